@@ -1,0 +1,10 @@
+//! The replicated state: a deterministic [`StateMachine`] and the tables it is made of.
+
+mod key_space;
+mod lock_table;
+mod service_table;
+mod session_table;
+mod shard_table;
+mod state_machine;
+
+pub use state_machine::{SnapshotError, StateCounts, StateMachine};

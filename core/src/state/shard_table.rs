@@ -1,0 +1,269 @@
+//! Shards: replicas registered by sessions, the master the core chose among them, and the
+//! fencing epoch that grows with every change of master.
+//!
+//! Invariants (checked by `StateMachine::check_invariants` in tests):
+//! - the master, when set, is one of the shard's replicas;
+//! - a shard with replicas always has a master;
+//! - the epoch never decreases, and grows by exactly one per change of master.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use corral_proto::{
+    CommandError, Event, Replica, Revision, SessionId, Shard, limits::SHARD_REPLICAS_MAX,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ShardTable {
+    shards: BTreeMap<String, Shard>,
+}
+
+/// What a registration did.
+pub(crate) struct Registered {
+    pub(crate) added: bool,
+    pub(crate) master: Option<String>,
+    pub(crate) epoch: u64,
+}
+
+impl ShardTable {
+    pub(crate) fn get(&self, name: &str) -> Option<&Shard> {
+        self.shards.get(name)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Shard> {
+        self.shards.values()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub(crate) fn create(
+        &mut self,
+        name: &str,
+        revision: Revision,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CommandError> {
+        if self.shards.contains_key(name) {
+            return Err(CommandError::ShardExists {
+                name: name.to_string(),
+            });
+        }
+        self.shards.insert(
+            name.to_string(),
+            Shard {
+                name: name.to_string(),
+                replicas: Vec::new(),
+                master: None,
+                epoch: 0,
+                create_revision: revision,
+            },
+        );
+        events.push(Event::ShardCreated {
+            shard: name.to_string(),
+        });
+        Ok(())
+    }
+
+    pub(crate) fn delete(
+        &mut self,
+        name: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CommandError> {
+        let shard = self
+            .shards
+            .get(name)
+            .ok_or_else(|| CommandError::NoSuchShard {
+                name: name.to_string(),
+            })?;
+        if !shard.replicas.is_empty() {
+            return Err(CommandError::ShardNotEmpty {
+                name: name.to_string(),
+                replicas: shard.replicas.len(),
+            });
+        }
+        self.shards.remove(name);
+        events.push(Event::ShardDeleted {
+            shard: name.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Adds a replica; the first replica of a masterless shard becomes its master.
+    /// A repeated registration by the same session changes nothing.
+    pub(crate) fn register(
+        &mut self,
+        name: &str,
+        address: &str,
+        priority: u32,
+        session: SessionId,
+        revision: Revision,
+        events: &mut Vec<Event>,
+    ) -> Result<Registered, CommandError> {
+        let shard = self
+            .shards
+            .get_mut(name)
+            .ok_or_else(|| CommandError::NoSuchShard {
+                name: name.to_string(),
+            })?;
+        if let Some(existing) = shard.replicas.iter().find(|r| r.address == address) {
+            if existing.session != session {
+                return Err(CommandError::AddressTaken {
+                    shard: name.to_string(),
+                    address: address.to_string(),
+                    session: existing.session,
+                });
+            }
+            return Ok(Registered {
+                added: false,
+                master: shard.master.clone(),
+                epoch: shard.epoch,
+            });
+        }
+        if shard.replicas.len() >= SHARD_REPLICAS_MAX {
+            return Err(CommandError::TooManyReplicas {
+                shard: name.to_string(),
+                max: SHARD_REPLICAS_MAX,
+            });
+        }
+        let replica = Replica {
+            address: address.to_string(),
+            priority,
+            session,
+            registered_revision: revision,
+        };
+        shard.replicas.push(replica.clone());
+        events.push(Event::ReplicaAdded {
+            shard: name.to_string(),
+            replica,
+        });
+        if shard.master.is_none() {
+            set_master(shard, Some(address.to_string()), events);
+        }
+        Ok(Registered {
+            added: true,
+            master: shard.master.clone(),
+            epoch: shard.epoch,
+        })
+    }
+
+    /// The session that registered `address` in shard `name`.
+    pub(crate) fn replica_session(
+        &self,
+        name: &str,
+        address: &str,
+    ) -> Result<SessionId, CommandError> {
+        let shard = self
+            .shards
+            .get(name)
+            .ok_or_else(|| CommandError::NoSuchShard {
+                name: name.to_string(),
+            })?;
+        shard
+            .replicas
+            .iter()
+            .find(|r| r.address == address)
+            .map(|r| r.session)
+            .ok_or_else(|| CommandError::NoSuchReplica {
+                shard: name.to_string(),
+                address: address.to_string(),
+            })
+    }
+
+    /// Removes the given replicas of one shard at once and, if the master was among them,
+    /// promotes the best remaining replica in a single step (one epoch increment).
+    pub(crate) fn remove_replicas(
+        &mut self,
+        name: &str,
+        addresses: &BTreeSet<String>,
+        events: &mut Vec<Event>,
+    ) {
+        let Some(shard) = self.shards.get_mut(name) else {
+            return;
+        };
+        let before = shard.replicas.len();
+        shard.replicas.retain(|r| {
+            let gone = addresses.contains(&r.address);
+            if gone {
+                events.push(Event::ReplicaRemoved {
+                    shard: name.to_string(),
+                    address: r.address.clone(),
+                });
+            }
+            !gone
+        });
+        if shard.replicas.len() == before {
+            return;
+        }
+        let master_gone = shard.master.as_ref().is_some_and(|m| addresses.contains(m));
+        if master_gone {
+            let next = best_replica(shard, None);
+            set_master(shard, next, events);
+        }
+    }
+
+    /// Hands the master role to `to` or to the best other replica.
+    pub(crate) fn handover(
+        &mut self,
+        name: &str,
+        to: Option<&str>,
+        expected_epoch: Option<u64>,
+        events: &mut Vec<Event>,
+    ) -> Result<(String, u64), CommandError> {
+        let shard = self
+            .shards
+            .get_mut(name)
+            .ok_or_else(|| CommandError::NoSuchShard {
+                name: name.to_string(),
+            })?;
+        if let Some(epoch) = expected_epoch
+            && epoch != shard.epoch
+        {
+            return Err(CommandError::EpochMismatch {
+                shard: name.to_string(),
+                epoch: shard.epoch,
+            });
+        }
+        let target = match to {
+            Some(to) => {
+                if !shard.replicas.iter().any(|r| r.address == to) {
+                    return Err(CommandError::NoSuchReplica {
+                        shard: name.to_string(),
+                        address: to.to_string(),
+                    });
+                }
+                to.to_string()
+            }
+            None => best_replica(shard, shard.master.as_deref()).ok_or_else(|| {
+                CommandError::NoHandoverTarget {
+                    shard: name.to_string(),
+                }
+            })?,
+        };
+        if shard.master.as_deref() != Some(target.as_str()) {
+            set_master(shard, Some(target.clone()), events);
+        }
+        Ok((target, shard.epoch))
+    }
+}
+
+/// The best replica other than `excluding`: highest priority, then earliest registration.
+fn best_replica(shard: &Shard, excluding: Option<&str>) -> Option<String> {
+    shard
+        .replicas
+        .iter()
+        .filter(|r| Some(r.address.as_str()) != excluding)
+        .min_by_key(|r| (std::cmp::Reverse(r.priority), r.registered_revision))
+        .map(|r| r.address.clone())
+}
+
+fn set_master(shard: &mut Shard, master: Option<String>, events: &mut Vec<Event>) {
+    let previous = std::mem::replace(&mut shard.master, master.clone());
+    shard.epoch += 1;
+    events.push(Event::MasterChanged {
+        shard: shard.name.clone(),
+        master,
+        previous,
+        epoch: shard.epoch,
+    });
+}

@@ -1,0 +1,711 @@
+//! Property and scenario tests of the core's state machine: random command sequences must
+//! keep every invariant, and the named scenarios must behave as DESIGN.md says.
+
+use std::collections::BTreeMap;
+
+use corral_core::state::StateMachine;
+use corral_proto::*;
+use proptest::prelude::*;
+
+/// A command over a small universe, with sessions named by the order they were opened so
+/// that generated sequences refer to real (and sometimes closed or bogus) sessions.
+#[derive(Clone, Debug)]
+enum Op {
+    Put {
+        key: u8,
+        value: u8,
+        session: Option<u8>,
+    },
+    Delete {
+        key: u8,
+        prefix: bool,
+    },
+    Cas {
+        key: u8,
+        version: u8,
+        value: u8,
+        session: Option<u8>,
+    },
+    Txn {
+        compare_key: u8,
+        compare_version: u8,
+        put_key: u8,
+        put_session: Option<u8>,
+        delete_key: u8,
+    },
+    OpenNode {
+        name: u8,
+        incarnation: u8,
+    },
+    OpenClient {
+        node: u8,
+        client_key: u8,
+    },
+    Close {
+        session: u8,
+    },
+    CloseNode {
+        name: u8,
+        incarnation: u8,
+    },
+    CreateShard {
+        shard: u8,
+    },
+    DeleteShard {
+        shard: u8,
+    },
+    Register {
+        shard: u8,
+        address: u8,
+        priority: u8,
+        session: u8,
+    },
+    Deregister {
+        shard: u8,
+        address: u8,
+    },
+    Handover {
+        shard: u8,
+        to: Option<u8>,
+        epoch: Option<u8>,
+    },
+    Acquire {
+        lock: u8,
+        session: u8,
+        wait: bool,
+    },
+    Release {
+        lock: u8,
+        session: u8,
+    },
+    RegisterService {
+        service: u8,
+        id: u8,
+        session: u8,
+    },
+    DeregisterService {
+        service: u8,
+        id: u8,
+    },
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let s = 0u8..8;
+    prop_oneof![
+        1 => (0u8..6, any::<u8>(), proptest::option::of(0u8..8)).prop_map(|(key, value, session)| Op::Put { key, value, session }),
+        1 => (0u8..6, any::<bool>()).prop_map(|(key, prefix)| Op::Delete { key, prefix }),
+        1 => (0u8..6, 0u8..4, any::<u8>(), proptest::option::of(0u8..8))
+            .prop_map(|(key, version, value, session)| Op::Cas { key, version, value, session }),
+        1 => (0u8..6, 0u8..3, 0u8..6, proptest::option::of(0u8..8), 0u8..6).prop_map(
+            |(compare_key, compare_version, put_key, put_session, delete_key)| Op::Txn {
+                compare_key,
+                compare_version,
+                put_key,
+                put_session,
+                delete_key
+            }
+        ),
+        3 => (0u8..3, 0u8..4).prop_map(|(name, incarnation)| Op::OpenNode { name, incarnation }),
+        3 => (s.clone(), 0u8..3).prop_map(|(node, client_key)| Op::OpenClient { node, client_key }),
+        1 => s.clone().prop_map(|session| Op::Close { session }),
+        1 => (0u8..3, 0u8..4).prop_map(|(name, incarnation)| Op::CloseNode { name, incarnation }),
+        1 => (0u8..3).prop_map(|shard| Op::CreateShard { shard }),
+        1 => (0u8..3).prop_map(|shard| Op::DeleteShard { shard }),
+        3 => (0u8..3, 0u8..5, 0u8..3, s.clone())
+            .prop_map(|(shard, address, priority, session)| Op::Register { shard, address, priority, session }),
+        1 => (0u8..3, 0u8..5).prop_map(|(shard, address)| Op::Deregister { shard, address }),
+        1 => (0u8..3, proptest::option::of(0u8..5), proptest::option::of(0u8..6))
+            .prop_map(|(shard, to, epoch)| Op::Handover { shard, to, epoch }),
+        3 => (0u8..3, s.clone(), any::<bool>()).prop_map(|(lock, session, wait)| Op::Acquire { lock, session, wait }),
+        2 => (0u8..3, s.clone()).prop_map(|(lock, session)| Op::Release { lock, session }),
+        1 => (0u8..2, 0u8..3, s).prop_map(|(service, id, session)| Op::RegisterService { service, id, session }),
+        1 => (0u8..2, 0u8..3).prop_map(|(service, id)| Op::DeregisterService { service, id }),
+    ]
+}
+
+/// Turns abstract ops into commands, resolving session numbers against the sessions opened
+/// so far (an unknown number becomes a session that never existed).
+struct Resolver {
+    opened: Vec<SessionId>,
+}
+
+impl Resolver {
+    fn session(&self, index: u8) -> SessionId {
+        self.opened
+            .get(index as usize)
+            .copied()
+            .unwrap_or(1_000_000 + index as u64)
+    }
+
+    fn command(&self, op: &Op) -> Command {
+        let key = |k: u8| format!("k/{}", k % 3) + if k >= 3 { "/x" } else { "" };
+        match op.clone() {
+            Op::Put {
+                key: k,
+                value,
+                session,
+            } => Command::Put {
+                key: key(k),
+                value: vec![value],
+                session: session.map(|s| self.session(s)),
+            },
+            Op::Delete { key: k, prefix } => Command::Delete {
+                key: if prefix {
+                    format!("k/{}", k % 3)
+                } else {
+                    key(k)
+                },
+                prefix,
+            },
+            Op::Cas {
+                key: k,
+                version,
+                value,
+                session,
+            } => Command::compare_and_set(
+                key(k),
+                version as u64,
+                vec![value],
+                session.map(|s| self.session(s)),
+            ),
+            Op::Txn {
+                compare_key,
+                compare_version,
+                put_key,
+                put_session,
+                delete_key,
+            } => Command::Txn(Txn {
+                compares: vec![Compare {
+                    key: key(compare_key),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::Version(compare_version as u64),
+                }],
+                success: vec![
+                    TxnOp::Put {
+                        key: key(put_key),
+                        value: vec![1],
+                        session: put_session.map(|s| self.session(s)),
+                    },
+                    TxnOp::Delete {
+                        key: key(delete_key),
+                        prefix: false,
+                    },
+                ],
+                failure: vec![TxnOp::Put {
+                    key: key(delete_key),
+                    value: vec![2],
+                    session: None,
+                }],
+            }),
+            Op::OpenNode { name, incarnation } => Command::OpenSession {
+                owner: SessionOwner::Node {
+                    name: format!("node{name}"),
+                    incarnation: incarnation as u64,
+                },
+            },
+            Op::OpenClient { node, client_key } => Command::OpenSession {
+                owner: SessionOwner::Client {
+                    node_session: self.session(node),
+                    client_key: client_key as u64,
+                    label: String::new(),
+                },
+            },
+            Op::Close { session } => Command::CloseSession {
+                session: self.session(session),
+            },
+            Op::CloseNode { name, incarnation } => Command::CloseNode {
+                name: format!("node{name}"),
+                incarnation: incarnation as u64,
+            },
+            Op::CreateShard { shard } => Command::CreateShard {
+                name: format!("M{shard}"),
+            },
+            Op::DeleteShard { shard } => Command::DeleteShard {
+                name: format!("M{shard}"),
+            },
+            Op::Register {
+                shard,
+                address,
+                priority,
+                session,
+            } => Command::RegisterReplica {
+                shard: format!("M{shard}"),
+                address: format!("10.0.0.{address}:7000"),
+                priority: priority as u32,
+                session: self.session(session),
+            },
+            Op::Deregister { shard, address } => Command::DeregisterReplica {
+                shard: format!("M{shard}"),
+                address: format!("10.0.0.{address}:7000"),
+            },
+            Op::Handover { shard, to, epoch } => Command::Handover {
+                shard: format!("M{shard}"),
+                to: to.map(|a| format!("10.0.0.{a}:7000")),
+                epoch: epoch.map(u64::from),
+            },
+            Op::Acquire {
+                lock,
+                session,
+                wait,
+            } => Command::AcquireLock {
+                name: format!("lock{lock}"),
+                session: self.session(session),
+                wait,
+            },
+            Op::Release { lock, session } => Command::ReleaseLock {
+                name: format!("lock{lock}"),
+                session: self.session(session),
+            },
+            Op::RegisterService {
+                service,
+                id,
+                session,
+            } => Command::RegisterService {
+                service: format!("svc{service}"),
+                id: format!("i{id}"),
+                address: "10.0.0.1".into(),
+                port: 8000 + id as u16,
+                tags: vec!["t".into()],
+                session: self.session(session),
+            },
+            Op::DeregisterService { service, id } => Command::DeregisterService {
+                service: format!("svc{service}"),
+                id: format!("i{id}"),
+            },
+        }
+    }
+}
+
+/// Everything that still refers to `session` in the state.
+fn references(state: &StateMachine, session: SessionId) -> Vec<String> {
+    let mut found = Vec::new();
+    let (keys, _) = state.list("", None, usize::MAX);
+    for kv in keys {
+        if kv.session == Some(session) {
+            found.push(format!("key {}", kv.key));
+        }
+    }
+    for shard in state.shards() {
+        for replica in &shard.replicas {
+            if replica.session == session {
+                found.push(format!("replica {} of {}", replica.address, shard.name));
+            }
+        }
+    }
+    for lock in state.locks() {
+        if lock.holder.as_ref().is_some_and(|h| h.session == session)
+            || lock.waiters.contains(&session)
+        {
+            found.push(format!("lock {}", lock.name));
+        }
+    }
+    for instance in state.service_instances() {
+        if instance.session == session {
+            found.push(format!("service {}/{}", instance.service, instance.id));
+        }
+    }
+    found
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Every invariant holds after every command of a random sequence: tokens of a lock
+    /// strictly increase and it never has two holders, a shard's epoch only grows and it has
+    /// one master, ending a session removes all it owned, a refused command changes nothing,
+    /// and the revision grows by one exactly when a command had an effect.
+    #[test]
+    fn random_sequences_keep_every_invariant(ops in proptest::collection::vec(op_strategy(), 1..120)) {
+        let mut state = StateMachine::new();
+        let mut resolver = Resolver { opened: Vec::new() };
+        let mut last_token: BTreeMap<String, u64> = BTreeMap::new();
+        let mut holder: BTreeMap<String, SessionId> = BTreeMap::new();
+        let mut last_epoch: BTreeMap<String, u64> = BTreeMap::new();
+
+        for op in &ops {
+            let command = resolver.command(op);
+            let before_bytes = state.to_snapshot_bytes();
+            let before_revision = state.revision();
+            let (response, events) = state.apply(&command);
+
+            if response.outcome.is_err() || events.is_empty() {
+                prop_assert_eq!(state.to_snapshot_bytes(), before_bytes, "a command without effect changed state: {:?}", command);
+                prop_assert!(events.is_empty());
+            } else {
+                prop_assert_eq!(state.revision(), before_revision + 1);
+            }
+            prop_assert_eq!(response.revision, state.revision());
+            if let Ok(Answer::SessionOpened { session, existing: false }) = &response.outcome {
+                resolver.opened.push(*session);
+            }
+
+            for event in &events {
+                match event {
+                    Event::LockGranted { name, grant } => {
+                        if let Some(previous) = last_token.get(name) {
+                            prop_assert!(grant.token > *previous, "token of {} went from {} to {}", name, previous, grant.token);
+                        }
+                        prop_assert!(!holder.contains_key(name), "lock {} granted while held", name);
+                        last_token.insert(name.clone(), grant.token);
+                        holder.insert(name.clone(), grant.session);
+                    }
+                    Event::LockReleased { name, session } => {
+                        prop_assert_eq!(holder.remove(name), Some(*session));
+                    }
+                    Event::MasterChanged { shard, epoch, master, .. } => {
+                        let previous = last_epoch.get(shard).copied().unwrap_or(0);
+                        prop_assert_eq!(*epoch, previous + 1, "epoch of {} jumped", shard);
+                        last_epoch.insert(shard.clone(), *epoch);
+                        let current = state.shard(shard).unwrap();
+                        prop_assert_eq!(current.epoch, *epoch);
+                        prop_assert_eq!(&current.master, master);
+                    }
+                    Event::ShardDeleted { shard } => { last_epoch.remove(shard); }
+                    Event::SessionClosed { session, .. } => {
+                        let left = references(&state, *session);
+                        prop_assert!(left.is_empty(), "session {} closed but still owns {:?}", session, left);
+                        prop_assert!(state.session(*session).is_none());
+                    }
+                    _ => {}
+                }
+            }
+            if let Err(problem) = state.check_invariants() {
+                prop_assert!(false, "after {:?}: {}", command, problem);
+            }
+        }
+
+        // Snapshot -> restore -> snapshot is byte-identical, and the restored state goes
+        // on exactly like the original.
+        let bytes = state.to_snapshot_bytes();
+        let mut restored = StateMachine::from_snapshot_bytes(&bytes).unwrap();
+        prop_assert_eq!(restored.to_snapshot_bytes(), bytes.clone());
+        for op in ops.iter().take(20) {
+            let command = resolver.command(op);
+            let a = state.apply(&command);
+            let b = restored.apply(&command);
+            prop_assert_eq!(a, b);
+        }
+        prop_assert_eq!(state.to_snapshot_bytes(), restored.to_snapshot_bytes());
+    }
+
+    /// Arbitrary bytes never load as a snapshot by accident and never panic the loader.
+    #[test]
+    fn garbage_snapshots_are_refused_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        if let Ok(state) = StateMachine::from_snapshot_bytes(&bytes) {
+            prop_assert!(state.check_invariants().is_ok());
+        }
+    }
+}
+
+fn apply_ok(state: &mut StateMachine, command: Command) -> (Answer, Vec<Event>) {
+    let (response, events) = state.apply(&command);
+    match response.outcome {
+        Ok(answer) => (answer, events),
+        Err(e) => panic!("{command:?} failed: {e}"),
+    }
+}
+
+fn open_node(state: &mut StateMachine, name: &str, incarnation: u64) -> SessionId {
+    match apply_ok(
+        state,
+        Command::OpenSession {
+            owner: SessionOwner::Node {
+                name: name.into(),
+                incarnation,
+            },
+        },
+    )
+    .0
+    {
+        Answer::SessionOpened { session, .. } => session,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn open_client(state: &mut StateMachine, node_session: SessionId, client_key: u64) -> SessionId {
+    let owner = SessionOwner::Client {
+        node_session,
+        client_key,
+        label: "app".into(),
+    };
+    match apply_ok(state, Command::OpenSession { owner }).0 {
+        Answer::SessionOpened { session, .. } => session,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn register(
+    state: &mut StateMachine,
+    shard: &str,
+    address: &str,
+    priority: u32,
+    session: SessionId,
+) {
+    apply_ok(
+        state,
+        Command::RegisterReplica {
+            shard: shard.into(),
+            address: address.into(),
+            priority,
+            session,
+        },
+    );
+}
+
+/// The death of a master's node promotes the best live replica (priority, then
+/// registration order) with epoch + 1, in the same entry that closes the sessions.
+#[test]
+fn master_death_promotes_the_best_replica_with_a_higher_epoch() {
+    let mut state = StateMachine::new();
+    let n1 = open_node(&mut state, "host1", 1);
+    let n2 = open_node(&mut state, "host2", 1);
+    let n3 = open_node(&mut state, "host3", 1);
+    let a1 = open_client(&mut state, n1, 1);
+    apply_ok(&mut state, Command::CreateShard { name: "M3".into() });
+    register(&mut state, "M3", "host1:7000", 100, a1);
+    register(&mut state, "M3", "host2:7000", 100, n2);
+    register(&mut state, "M3", "host3:7000", 200, n3);
+    let shard = state.shard("M3").unwrap();
+    assert_eq!(
+        shard.master.as_deref(),
+        Some("host1:7000"),
+        "the first replica becomes master"
+    );
+    assert_eq!(shard.epoch, 1);
+
+    let (answer, events) = apply_ok(
+        &mut state,
+        Command::CloseNode {
+            name: "host1".into(),
+            incarnation: 1,
+        },
+    );
+    assert_eq!(
+        answer,
+        Answer::SessionsClosed {
+            sessions: vec![n1, a1]
+        }
+    );
+    let shard = state.shard("M3").unwrap();
+    assert_eq!(
+        shard.master.as_deref(),
+        Some("host3:7000"),
+        "highest priority wins"
+    );
+    assert_eq!(shard.epoch, 2);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::MasterChanged { epoch: 2, .. }))
+    );
+
+    // Equal priorities: earliest registration wins.
+    apply_ok(
+        &mut state,
+        Command::CloseNode {
+            name: "host3".into(),
+            incarnation: 1,
+        },
+    );
+    assert_eq!(
+        state.shard("M3").unwrap().master.as_deref(),
+        Some("host2:7000")
+    );
+    assert_eq!(state.shard("M3").unwrap().epoch, 3);
+}
+
+/// A death report never closes a newer incarnation, and a restarted node supersedes its
+/// predecessor's session.
+#[test]
+fn death_reports_only_close_that_incarnation_or_older() {
+    let mut state = StateMachine::new();
+    let old = open_node(&mut state, "host1", 1);
+    let new = open_node(&mut state, "host1", 2);
+    assert_ne!(old, new);
+    assert!(
+        state.session(old).is_none(),
+        "the new incarnation superseded the old one"
+    );
+    let (answer, events) = apply_ok(
+        &mut state,
+        Command::CloseNode {
+            name: "host1".into(),
+            incarnation: 1,
+        },
+    );
+    assert_eq!(answer, Answer::SessionsClosed { sessions: vec![] });
+    assert!(events.is_empty());
+    assert!(state.session(new).is_some());
+    let (response, _) = state.apply(&Command::OpenSession {
+        owner: SessionOwner::Node {
+            name: "host1".into(),
+            incarnation: 1,
+        },
+    });
+    assert!(matches!(
+        response.outcome,
+        Err(CommandError::NodeSuperseded { incarnation: 2, .. })
+    ));
+}
+
+/// Locks are granted first come first served, with tokens that grow; an app whose session
+/// ends passes the lock on at once.
+#[test]
+fn locks_pass_in_fifo_order_with_growing_tokens() {
+    let mut state = StateMachine::new();
+    let node = open_node(&mut state, "host1", 1);
+    let apps: Vec<_> = (0..4).map(|k| open_client(&mut state, node, k)).collect();
+    let acquire = |state: &mut StateMachine, session| {
+        apply_ok(
+            state,
+            Command::AcquireLock {
+                name: "L".into(),
+                session,
+                wait: true,
+            },
+        )
+        .0
+    };
+    let Answer::LockGranted(first) = acquire(&mut state, apps[0]) else {
+        panic!()
+    };
+    assert_eq!(
+        acquire(&mut state, apps[1]),
+        Answer::LockQueued { position: 1 }
+    );
+    assert_eq!(
+        acquire(&mut state, apps[2]),
+        Answer::LockQueued { position: 2 }
+    );
+    assert_eq!(
+        acquire(&mut state, apps[3]),
+        Answer::LockQueued { position: 3 }
+    );
+    let (response, _) = state.apply(&Command::AcquireLock {
+        name: "L".into(),
+        session: apps[3],
+        wait: false,
+    });
+    assert_eq!(
+        response.outcome,
+        Ok(Answer::LockQueued { position: 3 }),
+        "asking again is idempotent"
+    );
+
+    apply_ok(&mut state, Command::CloseSession { session: apps[0] });
+    let second = state.lock("L").unwrap().holder.clone().unwrap();
+    assert_eq!(second.session, apps[1]);
+    assert!(second.token > first.token);
+
+    // A waiter leaving the queue is skipped.
+    apply_ok(
+        &mut state,
+        Command::ReleaseLock {
+            name: "L".into(),
+            session: apps[2],
+        },
+    );
+    let (answer, _) = apply_ok(
+        &mut state,
+        Command::ReleaseLock {
+            name: "L".into(),
+            session: apps[1],
+        },
+    );
+    let Answer::LockReleased { next: Some(third) } = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(third.session, apps[3]);
+    assert!(third.token > second.token);
+}
+
+/// A transaction whose branch cannot be applied in full changes nothing at all.
+#[test]
+fn a_failed_transaction_changes_nothing() {
+    let mut state = StateMachine::new();
+    apply_ok(
+        &mut state,
+        Command::Put {
+            key: "a".into(),
+            value: b"1".to_vec(),
+            session: None,
+        },
+    );
+    let before = state.to_snapshot_bytes();
+    let txn = Txn {
+        compares: vec![],
+        success: vec![
+            TxnOp::Put {
+                key: "b".into(),
+                value: b"2".to_vec(),
+                session: None,
+            },
+            TxnOp::Delete {
+                key: "a".into(),
+                prefix: false,
+            },
+            TxnOp::Put {
+                key: "c".into(),
+                value: b"3".to_vec(),
+                session: Some(424242),
+            },
+        ],
+        failure: vec![],
+    };
+    let (response, events) = state.apply(&Command::Txn(txn));
+    assert_eq!(
+        response.outcome,
+        Err(CommandError::NoSuchSession { session: 424242 })
+    );
+    assert!(events.is_empty());
+    assert_eq!(state.to_snapshot_bytes(), before);
+
+    // A compare that fails with an empty failure branch changes nothing either.
+    let cas = Command::compare_and_set("a".into(), 7, b"x".to_vec(), None);
+    let (response, events) = state.apply(&cas);
+    assert_eq!(
+        response.outcome,
+        Ok(Answer::Txn {
+            succeeded: false,
+            results: vec![]
+        })
+    );
+    assert!(events.is_empty());
+    assert_eq!(state.to_snapshot_bytes(), before);
+}
+
+/// The same log gives byte-identical snapshots, whoever applies it.
+#[test]
+fn the_same_log_gives_identical_snapshots() {
+    let commands: Vec<Command> = (0..200)
+        .map(|i| match i % 4 {
+            0 => Command::Put {
+                key: format!("k/{}", i % 17),
+                value: vec![i as u8; 10],
+                session: None,
+            },
+            1 => Command::OpenSession {
+                owner: SessionOwner::Node {
+                    name: format!("n{}", i % 5),
+                    incarnation: i,
+                },
+            },
+            2 => Command::Delete {
+                key: format!("k/{}", i % 13),
+                prefix: false,
+            },
+            _ => Command::CreateShard {
+                name: format!("M{}", i % 7),
+            },
+        })
+        .collect();
+    let mut a = StateMachine::new();
+    let mut b = StateMachine::new();
+    for c in &commands {
+        a.apply(c);
+    }
+    for c in &commands {
+        b.apply(c);
+    }
+    assert_eq!(a.to_snapshot_bytes(), b.to_snapshot_bytes());
+}

@@ -1,0 +1,131 @@
+//! What applying a command answers: either an [`Answer`] or a [`CommandError`], with the
+//! revision of the state it reflects.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::InvalidCommand;
+use crate::model::{LockGrant, Revision, SessionId};
+
+/// The result of applying one command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// The core's revision after this command: the command's own revision if it changed
+    /// anything, otherwise the revision it was evaluated against.
+    pub revision: Revision,
+    pub outcome: Result<Answer, CommandError>,
+}
+
+/// Header of a key after a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMeta {
+    pub create_revision: Revision,
+    pub modify_revision: Revision,
+    pub version: u64,
+}
+
+/// The result of one operation of a transaction branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResult {
+    Put(KeyMeta),
+    Deleted { count: u64 },
+}
+
+/// What a successful command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    Put(KeyMeta),
+    Deleted {
+        count: u64,
+    },
+    /// `succeeded` tells which branch ran; `results` are that branch's.
+    Txn {
+        succeeded: bool,
+        results: Vec<TxnOpResult>,
+    },
+    /// `existing` is true when the same owner already had this session open.
+    SessionOpened {
+        session: SessionId,
+        existing: bool,
+    },
+    /// The sessions that ended, parents before children; empty if none was open.
+    SessionsClosed {
+        sessions: Vec<SessionId>,
+    },
+    ShardCreated,
+    ShardDeleted,
+    /// The shard's master and epoch after the registration.
+    ReplicaRegistered {
+        master: Option<String>,
+        epoch: u64,
+    },
+    ReplicaDeregistered {
+        master: Option<String>,
+        epoch: u64,
+    },
+    HandedOver {
+        master: String,
+        epoch: u64,
+    },
+    LockGranted(LockGrant),
+    /// The session waits; `position` 1 is next in line.
+    LockQueued {
+        position: usize,
+    },
+    /// The session released the lock (or left its queue); `next` is the new holder.
+    LockReleased {
+        next: Option<LockGrant>,
+    },
+    ServiceRegistered,
+    ServiceDeregistered,
+}
+
+/// Why a command was refused by the state machine. In every case nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum CommandError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
+    #[error("session {session} is not open")]
+    NoSuchSession { session: SessionId },
+    #[error("session {session} is not a node session")]
+    NotNodeSession { session: SessionId },
+    #[error("node {name} already has incarnation {incarnation}, newer than the one asked for")]
+    NodeSuperseded { name: String, incarnation: u64 },
+    #[error("node session {session} already has {max} client sessions")]
+    TooManySessions { session: SessionId, max: usize },
+    #[error("shard {name} already exists")]
+    ShardExists { name: String },
+    #[error("shard {name} does not exist")]
+    NoSuchShard { name: String },
+    #[error("shard {name} still has {replicas} replicas")]
+    ShardNotEmpty { name: String, replicas: usize },
+    #[error("address {address} of shard {shard} is registered by session {session}")]
+    AddressTaken {
+        shard: String,
+        address: String,
+        session: SessionId,
+    },
+    #[error("shard {shard} has no replica at {address}")]
+    NoSuchReplica { shard: String, address: String },
+    #[error("shard {shard} already has {max} replicas")]
+    TooManyReplicas { shard: String, max: usize },
+    #[error("shard {shard} is at epoch {epoch}, not the one expected")]
+    EpochMismatch { shard: String, epoch: u64 },
+    #[error("shard {shard} has no other replica to hand over to")]
+    NoHandoverTarget { shard: String },
+    #[error("lock {name} is held by session {} with token {}", holder.session, holder.token)]
+    LockHeld { name: String, holder: LockGrant },
+    #[error("lock {name} already has {max} waiters")]
+    TooManyWaiters { name: String, max: usize },
+    #[error("session {session} neither holds nor waits for lock {name}")]
+    NotLockHolder { name: String, session: SessionId },
+    #[error("instance {id} of service {service} is registered by session {session}")]
+    InstanceTaken {
+        service: String,
+        id: String,
+        session: SessionId,
+    },
+    #[error("service {service} has no instance {id}")]
+    NoSuchInstance { service: String, id: String },
+    #[error("service {service} already has {max} instances")]
+    TooManyInstances { service: String, max: usize },
+}

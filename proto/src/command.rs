@@ -1,0 +1,480 @@
+//! Commands: every change to the core's state is one of these, committed to the Raft log
+//! and applied in log order by every member (and by every agent's replica).
+//!
+//! [`Command::validate`] checks every limit without looking at state; the core refuses an
+//! invalid command before proposing it, and apply checks again so that a bad entry can
+//! never change state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::*;
+use crate::model::{SessionId, SessionOwner};
+
+/// A change to the core's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Writes `value` under `key`. With `session`, the key is ephemeral: it is deleted
+    /// when that session ends.
+    Put {
+        key: String,
+        value: Vec<u8>,
+        session: Option<SessionId>,
+    },
+    /// Deletes `key`, or with `prefix` every key that starts with it.
+    Delete {
+        key: String,
+        prefix: bool,
+    },
+    /// Compares, then applies `success` or `failure` atomically.
+    Txn(Txn),
+    /// Opens a session (idempotent for the same owner).
+    OpenSession {
+        owner: SessionOwner,
+    },
+    /// Ends a session and everything it owns.
+    CloseSession {
+        session: SessionId,
+    },
+    /// Ends the node session of `name` if its incarnation is at most `incarnation` (never a
+    /// newer one), with its client sessions: the core's reaction to a death that gossip
+    /// declared.
+    CloseNode {
+        name: String,
+        incarnation: u64,
+    },
+    CreateShard {
+        name: String,
+    },
+    /// Deletes a shard that has no replicas.
+    DeleteShard {
+        name: String,
+    },
+    /// Registers a replica of `shard` reachable at `address`, bound to `session`.
+    RegisterReplica {
+        shard: String,
+        address: String,
+        priority: u32,
+        session: SessionId,
+    },
+    DeregisterReplica {
+        shard: String,
+        address: String,
+    },
+    /// Planned hand-over of the master role to `to`, or to the best other replica. With
+    /// `epoch`, only if the shard is still at that epoch.
+    Handover {
+        shard: String,
+        to: Option<String>,
+        epoch: Option<u64>,
+    },
+    /// Takes `name` for `session`, or with `wait` queues behind the holder.
+    AcquireLock {
+        name: String,
+        session: SessionId,
+        wait: bool,
+    },
+    /// Releases `name` if `session` holds it, or leaves its queue.
+    ReleaseLock {
+        name: String,
+        session: SessionId,
+    },
+    RegisterService {
+        service: String,
+        id: String,
+        address: String,
+        port: u16,
+        tags: Vec<String>,
+        session: SessionId,
+    },
+    DeregisterService {
+        service: String,
+        id: String,
+    },
+}
+
+/// Compare-then-apply, atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// One condition of a transaction: `target(key) op value`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// What of a key a compare looks at. An absent key has version, create and modify
+/// revision 0 and no value (an absent value compares below every present one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Version(u64),
+    CreateRevision(u64),
+    ModifyRevision(u64),
+    Value(Vec<u8>),
+}
+
+/// A write inside a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        session: Option<SessionId>,
+    },
+    Delete {
+        key: String,
+        prefix: bool,
+    },
+}
+
+/// A command that breaks a limit. Nothing was proposed or written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum InvalidCommand {
+    #[error("invalid key {key:?}: {reason}")]
+    Key { key: String, reason: String },
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("invalid {what} {name:?}: {reason}")]
+    Name {
+        what: String,
+        name: String,
+        reason: String,
+    },
+    #[error("transaction has {count} {what}, more than the limit of {max}")]
+    TxnTooLarge {
+        what: String,
+        count: usize,
+        max: usize,
+    },
+    #[error("service instance has {count} tags, more than the limit of {max}")]
+    TooManyTags { count: usize, max: usize },
+    #[error("command of {len} bytes exceeds the limit of {max} bytes")]
+    CommandTooLarge { len: usize, max: usize },
+}
+
+/// Checks a key: non-empty UTF-8 up to [`KEY_LEN_MAX`] bytes with no NUL and no control
+/// characters. An empty prefix is allowed where a prefix is asked for.
+pub fn validate_key(key: &str, allow_empty: bool) -> Result<(), InvalidCommand> {
+    let reason = if key.is_empty() && !allow_empty {
+        Some("empty".to_string())
+    } else if key.len() > KEY_LEN_MAX {
+        Some(format!(
+            "{} bytes, more than the limit of {KEY_LEN_MAX}",
+            key.len()
+        ))
+    } else if key.chars().any(char::is_control) {
+        Some("contains a control character".to_string())
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(InvalidCommand::Key {
+            key: truncate_for_error(key),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a name (shard, lock, service, instance id, address, node): non-empty, up to
+/// [`NAME_LEN_MAX`] bytes, printable, no white space.
+pub fn validate_name(what: &str, name: &str) -> Result<(), InvalidCommand> {
+    let reason = if name.is_empty() {
+        Some("empty".to_string())
+    } else if name.len() > NAME_LEN_MAX {
+        Some(format!(
+            "{} bytes, more than the limit of {NAME_LEN_MAX}",
+            name.len()
+        ))
+    } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some("contains white space or a control character".to_string())
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(InvalidCommand::Name {
+            what: what.to_string(),
+            name: truncate_for_error(name),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn validate_value(value: &[u8]) -> Result<(), InvalidCommand> {
+    if value.len() > VALUE_LEN_MAX {
+        return Err(InvalidCommand::ValueTooLarge {
+            len: value.len(),
+            max: VALUE_LEN_MAX,
+        });
+    }
+    Ok(())
+}
+
+fn truncate_for_error(text: &str) -> String {
+    const SHOWN: usize = 64;
+    if text.len() <= SHOWN {
+        return text.to_string();
+    }
+    let mut end = SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl TxnOp {
+    fn validate(&self) -> Result<(), InvalidCommand> {
+        match self {
+            TxnOp::Put { key, value, .. } => {
+                validate_key(key, false)?;
+                validate_value(value)
+            }
+            TxnOp::Delete { key, prefix } => validate_key(key, *prefix),
+        }
+    }
+}
+
+impl Command {
+    /// Checks every limit that does not depend on state.
+    pub fn validate(&self) -> Result<(), InvalidCommand> {
+        match self {
+            Command::Put { key, value, .. } => {
+                validate_key(key, false)?;
+                validate_value(value)?;
+            }
+            Command::Delete { key, prefix } => validate_key(key, *prefix)?,
+            Command::Txn(txn) => {
+                for (what, count) in [
+                    ("compares", txn.compares.len()),
+                    ("success operations", txn.success.len()),
+                    ("failure operations", txn.failure.len()),
+                ] {
+                    if count > TXN_OPS_MAX {
+                        return Err(InvalidCommand::TxnTooLarge {
+                            what: what.to_string(),
+                            count,
+                            max: TXN_OPS_MAX,
+                        });
+                    }
+                }
+                for compare in &txn.compares {
+                    validate_key(&compare.key, false)?;
+                    if let CompareTarget::Value(value) = &compare.target {
+                        validate_value(value)?;
+                    }
+                }
+                for op in txn.success.iter().chain(&txn.failure) {
+                    op.validate()?;
+                }
+            }
+            Command::OpenSession { owner } => match owner {
+                SessionOwner::Node { name, .. } => validate_name("node name", name)?,
+                SessionOwner::Client { label, .. } => {
+                    if label.len() > NAME_LEN_MAX {
+                        return Err(InvalidCommand::Name {
+                            what: "session label".into(),
+                            name: truncate_for_error(label),
+                            reason: "too long".into(),
+                        });
+                    }
+                }
+            },
+            Command::CloseSession { .. } => {}
+            Command::CloseNode { name, .. } => validate_name("node name", name)?,
+            Command::CreateShard { name } | Command::DeleteShard { name } => {
+                validate_name("shard name", name)?
+            }
+            Command::RegisterReplica { shard, address, .. }
+            | Command::DeregisterReplica { shard, address } => {
+                validate_name("shard name", shard)?;
+                validate_name("replica address", address)?;
+            }
+            Command::Handover { shard, to, .. } => {
+                validate_name("shard name", shard)?;
+                if let Some(to) = to {
+                    validate_name("replica address", to)?;
+                }
+            }
+            Command::AcquireLock { name, .. } | Command::ReleaseLock { name, .. } => {
+                validate_name("lock name", name)?
+            }
+            Command::RegisterService {
+                service,
+                id,
+                address,
+                tags,
+                ..
+            } => {
+                validate_name("service name", service)?;
+                validate_name("service instance id", id)?;
+                validate_name("service address", address)?;
+                if tags.len() > SERVICE_TAGS_MAX {
+                    return Err(InvalidCommand::TooManyTags {
+                        count: tags.len(),
+                        max: SERVICE_TAGS_MAX,
+                    });
+                }
+                for tag in tags {
+                    if tag.len() > SERVICE_TAG_LEN_MAX || tag.chars().any(char::is_control) {
+                        return Err(InvalidCommand::Name {
+                            what: "service tag".into(),
+                            name: truncate_for_error(tag),
+                            reason: format!(
+                                "longer than {SERVICE_TAG_LEN_MAX} bytes or has a control character"
+                            ),
+                        });
+                    }
+                }
+            }
+            Command::DeregisterService { service, id } => {
+                validate_name("service name", service)?;
+                validate_name("service instance id", id)?;
+            }
+        }
+        let len = postcard::experimental::serialized_size(self).unwrap_or(usize::MAX);
+        if len > COMMAND_LEN_MAX {
+            return Err(InvalidCommand::CommandTooLarge {
+                len,
+                max: COMMAND_LEN_MAX,
+            });
+        }
+        Ok(())
+    }
+
+    /// A compare-and-set: put `value` under `key` only if the key's version is `version`
+    /// (0 means the key must not exist).
+    pub fn compare_and_set(
+        key: String,
+        version: u64,
+        value: Vec<u8>,
+        session: Option<SessionId>,
+    ) -> Self {
+        Command::Txn(Txn {
+            compares: vec![Compare {
+                key: key.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Version(version),
+            }],
+            success: vec![TxnOp::Put {
+                key,
+                value,
+                session,
+            }],
+            failure: vec![],
+        })
+    }
+
+    /// The session this command acts for, if any.
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Command::Put { session, .. } => *session,
+            Command::CloseSession { session }
+            | Command::RegisterReplica { session, .. }
+            | Command::AcquireLock { session, .. }
+            | Command::ReleaseLock { session, .. }
+            | Command::RegisterService { session, .. } => Some(*session),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_enforced() {
+        let long_key = "k".repeat(KEY_LEN_MAX + 1);
+        assert!(matches!(
+            Command::Put {
+                key: long_key,
+                value: vec![],
+                session: None
+            }
+            .validate(),
+            Err(InvalidCommand::Key { .. })
+        ));
+        assert!(matches!(
+            Command::Put {
+                key: "a".into(),
+                value: vec![0; VALUE_LEN_MAX + 1],
+                session: None
+            }
+            .validate(),
+            Err(InvalidCommand::ValueTooLarge { .. })
+        ));
+        assert!(
+            Command::Put {
+                key: "".into(),
+                value: vec![],
+                session: None
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Command::Delete {
+                key: "".into(),
+                prefix: true
+            }
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            Command::CreateShard {
+                name: "has space".into()
+            }
+            .validate()
+            .is_err()
+        );
+        let big_txn = Txn {
+            success: vec![
+                TxnOp::Delete {
+                    key: "a".into(),
+                    prefix: false
+                };
+                TXN_OPS_MAX + 1
+            ],
+            ..Txn::default()
+        };
+        assert!(matches!(
+            Command::Txn(big_txn).validate(),
+            Err(InvalidCommand::TxnTooLarge { .. })
+        ));
+        let heavy_txn = Txn {
+            success: vec![
+                TxnOp::Put {
+                    key: "a".into(),
+                    value: vec![0; VALUE_LEN_MAX],
+                    session: None
+                };
+                2
+            ],
+            ..Txn::default()
+        };
+        assert!(matches!(
+            Command::Txn(heavy_txn).validate(),
+            Err(InvalidCommand::CommandTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn error_text_of_a_huge_key_is_short() {
+        let err = validate_key(&"é".repeat(5000), false).unwrap_err();
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+}

@@ -1,0 +1,22 @@
+//! Corral's wire crate: the types every tier exchanges and the framing that carries them.
+//!
+//! ```text
+//!   app ──[api]──► agent ──[Command]──► core ──apply──► [Answer] + [Event]s
+//!          frame.rs: u32 length + version byte + postcard body, 4 MiB at most
+//! ```
+//!
+//! The types hold no I/O. [`frame`] turns them into bytes and back, refusing anything
+//! truncated, oversized or undecodable with a typed error.
+
+pub mod answer;
+pub mod command;
+pub mod event;
+pub mod frame;
+pub mod limits;
+pub mod model;
+
+pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};
+pub use command::{Command, Compare, CompareOp, CompareTarget, InvalidCommand, Txn, TxnOp};
+pub use event::{Event, EventBatch};
+pub use frame::FrameError;
+pub use model::*;
