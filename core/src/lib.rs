@@ -14,4 +14,8 @@
 //! - `transport`: QUIC with mutual TLS under the cluster CA, and the RPC framing;
 //! - `server`: the member process: Raft, client requests, watch streams.
 
+pub mod applied_state;
+pub mod raft_types;
+pub mod rpc;
 pub mod state;
+pub mod storage;

@@ -1,0 +1,150 @@
+//! The messages of the core's QUIC RPC: Raft between members, and requests from agents
+//! and tools. Every request opens its own bidirectional stream and carries one
+//! [`CoreRequest`] frame; the answer is one [`CoreResponse`] frame, except for a watch,
+//! whose stream carries [`WatchItem`] frames until either side closes it.
+
+use corral_proto::{Command, CommandResponse, InvalidCommand, KeyValue, Revision};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::raft_types::{NodeId, TypeConfig};
+use crate::state::StateCounts;
+
+/// ALPN protocol name of every Corral QUIC connection between core members, agents and
+/// tools.
+pub const ALPN_CORE: &[u8] = b"corral-core/1";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum CoreRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Propose a command; only the leader accepts it.
+    Write(Command),
+    /// Confirm leadership with a quorum and answer the revision a linearizable read must
+    /// reflect (the read index). Only the leader answers.
+    ReadIndex,
+    /// Read one key from this member's state; with `consistent`, through the read index.
+    Get {
+        key: String,
+        consistent: bool,
+    },
+    /// Stream every command applied after revision `after` (None: start from a snapshot).
+    Watch {
+        after: Option<Revision>,
+    },
+    Status,
+    /// Asked by a member with an empty data directory before it forms a cluster.
+    Probe,
+    AddVoter {
+        id: NodeId,
+        address: String,
+    },
+    RemoveVoter {
+        id: NodeId,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum CoreResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Write(CommandResponse),
+    ReadIndex {
+        revision: Revision,
+    },
+    Get {
+        revision: Revision,
+        value: Option<KeyValue>,
+    },
+    Status(CoreStatus),
+    Probe {
+        id: NodeId,
+        initialized: bool,
+    },
+    MembershipChanged(CoreStatus),
+    Error(CoreError),
+}
+
+/// What the core refused, and why. Nothing was written in any case except where a variant
+/// says the outcome is unknown.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum CoreError {
+    /// This member is not the leader; `leader` is the one it knows, with its address.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    /// The core cannot serve now (no quorum, shutting down, still starting).
+    #[error("core unavailable: {0}")]
+    Unavailable(String),
+    /// The leader lost leadership while the command was in flight: it may or may not have
+    /// been committed.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
+    /// The caller's certificate does not allow this request.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("membership change failed: {0}")]
+    Membership(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+/// A member's view of the cluster, as `corral core status` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreStatus {
+    pub id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub committed: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub revision: Revision,
+    /// Oldest revision a watcher can resume from without a snapshot.
+    pub watch_history_floor: Revision,
+    pub state: String,
+    pub voters: Vec<MemberInfo>,
+    pub learners: Vec<MemberInfo>,
+    pub counts: StateCounts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub address: String,
+}
+
+/// One frame of a watch stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchItem {
+    /// Part of a snapshot of the whole state at `revision`; chunks arrive in order and the
+    /// one with `last` completes it. Entries after `revision` follow.
+    SnapshotChunk {
+        revision: Revision,
+        bytes: Vec<u8>,
+        last: bool,
+    },
+    /// One applied command that changed the state, making it `revision`.
+    Entry {
+        revision: Revision,
+        command: Command,
+    },
+    /// Sent when idle, so the watcher knows the member is alive and how far it is.
+    Progress {
+        revision: Revision,
+        leader: Option<NodeId>,
+        term: u64,
+    },
+}
+
+/// Size of one snapshot chunk on a watch stream.
+pub const WATCH_SNAPSHOT_CHUNK_LEN: usize = 1024 * 1024;

@@ -1,0 +1,18 @@
+//! Durable storage of a core member.
+//!
+//! ```text
+//!  data-dir/
+//!    raft.redb        log entries, vote, committed and purge pointers (LogStore)
+//!    snapshot.bin     the last snapshot of the state machine (SnapshotFile)
+//! ```
+//!
+//! The log is the source of truth; the state machine lives in memory and is rebuilt on
+//! start from the snapshot plus the committed log after it.
+
+mod log_store;
+mod snapshot_file;
+mod state_store;
+
+pub use log_store::{LogStore, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
+pub use snapshot_file::{SnapshotFile, SnapshotFileError};
+pub use state_store::StateStore;
