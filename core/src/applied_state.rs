@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_proto::{Command, Revision, frame};
+use corral_proto::{Command, CommandResponse, Revision, frame};
 use openraft::{EntryPayload, RaftLogId};
 use parking_lot::RwLock;
 use tokio::sync::broadcast;
@@ -107,32 +107,36 @@ impl AppliedState {
         self.inner.read().machine.revision()
     }
 
-    /// Applies committed entries in order and returns one response per entry.
+    /// Applies committed entries in order and returns, per entry, one response per command.
     pub fn apply_entries(
         &self,
         entries: impl IntoIterator<Item = Entry>,
-    ) -> Vec<Option<corral_proto::CommandResponse>> {
+    ) -> Vec<Vec<CommandResponse>> {
         let mut applied = self.inner.write();
         let mut responses = Vec::new();
         for entry in entries {
             let log_id = *entry.get_log_id();
             applied.last_applied = Some(log_id);
             match entry.payload {
-                EntryPayload::Blank => responses.push(None),
+                EntryPayload::Blank => responses.push(Vec::new()),
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(log_id), membership);
-                    responses.push(None);
+                    responses.push(Vec::new());
                 }
-                EntryPayload::Normal(command) => {
-                    let (response, events) = applied.machine.apply(&command);
-                    if !events.is_empty() {
-                        let revision = applied.machine.revision();
-                        let entry = applied.push_history(revision, command);
-                        // Sent under the write lock, so signals are in history order.
-                        // Nobody listening is fine: the history keeps the entry.
-                        let _ = self.signals.send(WatchSignal::Entry(entry));
+                EntryPayload::Normal(proposal) => {
+                    let mut answers = Vec::with_capacity(proposal.commands.len());
+                    for command in proposal.commands {
+                        let (response, events) = applied.machine.apply(&command);
+                        if !events.is_empty() {
+                            let revision = applied.machine.revision();
+                            let entry = applied.push_history(revision, command);
+                            // Sent under the write lock, so signals are in history order.
+                            // Nobody listening is fine: the history keeps the entry.
+                            let _ = self.signals.send(WatchSignal::Entry(entry));
+                        }
+                        answers.push(response);
                     }
-                    responses.push(Some(response));
+                    responses.push(answers);
                 }
             }
         }

@@ -15,7 +15,10 @@
 //! - `server`: the member process: Raft, client requests, watch streams.
 
 pub mod applied_state;
+pub mod client;
 pub mod raft_types;
 pub mod rpc;
+pub mod server;
 pub mod state;
 pub mod storage;
+pub mod transport;

@@ -4,13 +4,28 @@ use std::io::Cursor;
 
 use corral_proto::{Command, CommandResponse};
 use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+
+/// What one log entry carries: the commands that arrived together at the leader, applied
+/// in order, each with its own revision and answer. Batching them shares one fsync among
+/// all, since the leader writes each entry to disk before it takes the next.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub commands: Vec<Command>,
+}
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "proposal of {} commands", self.commands.len())
+    }
+}
 
 openraft::declare_raft_types!(
-    /// Corral's Raft: commands in, command responses out, members named by `u64` ids and
-    /// reached at the address in [`BasicNode`].
+    /// Corral's Raft: proposals in, one command response per command out, members named by
+    /// `u64` ids and reached at the address in [`BasicNode`].
     pub TypeConfig:
-        D = Command,
-        R = Option<CommandResponse>,
+        D = Proposal,
+        R = Vec<CommandResponse>,
         NodeId = u64,
         Node = BasicNode,
 );

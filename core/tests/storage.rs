@@ -39,10 +39,12 @@ async fn acknowledged_log_and_vote_survive_reopening() {
         let entries: Vec<Entry<TypeConfig>> = (1..=50)
             .map(|i| Entry {
                 log_id: log_id(i),
-                payload: EntryPayload::Normal(corral_proto::Command::Put {
-                    key: format!("k{i}"),
-                    value: vec![i as u8],
-                    session: None,
+                payload: EntryPayload::Normal(corral_core::raft_types::Proposal {
+                    commands: vec![corral_proto::Command::Put {
+                        key: format!("k{i}"),
+                        value: vec![i as u8],
+                        session: None,
+                    }],
                 }),
             })
             .collect();

@@ -378,6 +378,28 @@ impl Command {
         })
     }
 
+    /// True when applying the command twice in a row has the same effect as once, so a
+    /// client may repeat it after an outcome it could not observe (a lost connection).
+    /// A repeat may answer an error that says the work was already done (e.g. a session
+    /// that is no longer open), never change state a second time.
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            Command::Put { .. } | Command::Delete { .. } | Command::Txn(_) => false,
+            Command::Handover { epoch, .. } => epoch.is_some(),
+            Command::OpenSession { .. }
+            | Command::CloseSession { .. }
+            | Command::CloseNode { .. }
+            | Command::CreateShard { .. }
+            | Command::DeleteShard { .. }
+            | Command::RegisterReplica { .. }
+            | Command::DeregisterReplica { .. }
+            | Command::AcquireLock { .. }
+            | Command::ReleaseLock { .. }
+            | Command::RegisterService { .. }
+            | Command::DeregisterService { .. } => true,
+        }
+    }
+
     /// The session this command acts for, if any.
     pub fn session(&self) -> Option<SessionId> {
         match self {

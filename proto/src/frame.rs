@@ -24,6 +24,9 @@ pub const FRAME_VERSION: u8 = 1;
 /// Size of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 
+/// Initial buffer of a frame being read; it grows as the bytes arrive.
+const READ_CHUNK_LEN: usize = 64 * 1024;
+
 /// Why a frame could not be read or written. No variant changes any state: the frame is
 /// dropped and, on a connection, the connection is closed by the caller.
 #[derive(Debug, thiserror::Error)]
@@ -150,17 +153,18 @@ where
         got += n;
     }
     let len = body_len(header, len_max)?;
-    let mut body = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        let n = reader.read(&mut body[got..]).await?;
-        if n == 0 {
-            return Err(FrameError::Truncated {
-                needed: FRAME_HEADER_LEN + len,
-                got: FRAME_HEADER_LEN + got,
-            });
-        }
-        got += n;
+    // Grow the buffer as bytes arrive rather than trusting the declared length, so that a
+    // peer announcing a large frame and then stalling holds little memory.
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK_LEN));
+    let got = (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if got < len {
+        return Err(FrameError::Truncated {
+            needed: FRAME_HEADER_LEN + len,
+            got: FRAME_HEADER_LEN + got,
+        });
     }
     decode_body(&body).map(Some)
 }

@@ -106,7 +106,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     async fn apply<I>(
         &mut self,
         entries: I,
-    ) -> Result<Vec<Option<corral_proto::CommandResponse>>, StorageError>
+    ) -> Result<Vec<Vec<corral_proto::CommandResponse>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

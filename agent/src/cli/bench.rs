@@ -1,0 +1,181 @@
+//! `corral bench`: throughput and latency figures, printed, never asserted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use corral_proto::Command;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::core_member::CoreAccess;
+use super::output::print_json;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    action: BenchAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchAction {
+    /// Writes (puts) straight to the core's leader, as an agent forwards them.
+    Put {
+        #[command(flatten)]
+        access: CoreAccess,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Total operations, shared among the clients.
+        #[arg(long, default_value_t = 10_000)]
+        ops: usize,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What one run measured.
+#[derive(Debug, Serialize)]
+pub(crate) struct BenchReport {
+    pub(crate) workload: String,
+    pub(crate) clients: usize,
+    pub(crate) ops: u64,
+    pub(crate) errors: u64,
+    pub(crate) seconds: f64,
+    pub(crate) ops_per_second: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) p999_us: u64,
+    pub(crate) max_us: u64,
+}
+
+impl BenchReport {
+    pub(crate) fn new(
+        workload: &str,
+        clients: usize,
+        histogram: &Histogram<u64>,
+        errors: u64,
+        elapsed: Duration,
+    ) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Self {
+            workload: workload.to_string(),
+            clients,
+            ops: histogram.len(),
+            errors,
+            seconds,
+            ops_per_second: histogram.len() as f64 / seconds.max(f64::EPSILON),
+            p50_us: histogram.value_at_quantile(0.50),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
+
+    pub(crate) fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            return print_json(self);
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        println!(
+            "{}: {} clients, {} ops in {:.2} s = {:.0} ops/s; latency p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, max {:.3} ms; {} errors",
+            self.workload,
+            self.clients,
+            self.ops,
+            self.seconds,
+            self.ops_per_second,
+            ms(self.p50_us),
+            ms(self.p99_us),
+            ms(self.p999_us),
+            ms(self.max_us),
+            self.errors
+        );
+        Ok(())
+    }
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+    super::init_logging("warn");
+    match args.action {
+        BenchAction::Put {
+            access,
+            clients,
+            ops,
+            value_size,
+            json,
+        } => {
+            anyhow::ensure!(
+                clients > 0 && ops > 0,
+                "--clients and --ops must be positive"
+            );
+            let report = super::runtime()?.block_on(bench_put(access, clients, ops, value_size))?;
+            report.print(json)
+        }
+    }
+}
+
+async fn bench_put(
+    access: CoreAccess,
+    clients: usize,
+    ops: usize,
+    value_size: usize,
+) -> anyhow::Result<BenchReport> {
+    let client = Arc::new(access.client()?);
+    // Find the leader before the clock starts.
+    client
+        .write(&Command::Put {
+            key: "bench/warmup".into(),
+            value: vec![0; value_size],
+            session: None,
+        })
+        .await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = client.clone();
+        let count = ops / clients + usize::from(c < ops % clients);
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            let mut errors = 0u64;
+            let value = vec![b'x'; value_size];
+            for i in 0..count {
+                let command = Command::Put {
+                    key: format!("bench/{c}/{}", i % 1000),
+                    value: value.clone(),
+                    session: None,
+                };
+                let t = Instant::now();
+                match client.write(&command).await {
+                    Ok(response) if response.outcome.is_ok() => {
+                        histogram
+                            .record(t.elapsed().as_micros().max(1) as u64)
+                            .expect("latency within bounds");
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (histogram, errors)
+        }));
+    }
+    let mut histogram = new_histogram();
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await?;
+        histogram.add(&h).expect("same bounds");
+        errors += e;
+    }
+    Ok(BenchReport::new(
+        "put (core)",
+        clients,
+        &histogram,
+        errors,
+        started.elapsed(),
+    ))
+}

@@ -1,0 +1,237 @@
+//! `corral core`: run a core member; `corral core status|add-voter|remove-voter`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use corral_core::client::CoreClient;
+use corral_core::rpc::{ALPN_CORE, CoreStatus};
+use corral_core::server::config::{
+    ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT,
+    SNAPSHOT_EVERY_DEFAULT,
+};
+use corral_core::server::{CoreConfig, CoreMember, parse_peers};
+use corral_core::transport::certificate_authority::ADMIN_NAME;
+use corral_core::transport::{QuicTransport, TlsIdentity};
+use serde_json::json;
+
+use super::output::print_json;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct CoreArgs {
+    #[command(subcommand)]
+    action: Option<CoreAction>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// This member's id (its certificate is core-<id>).
+    #[arg(long, env = "CORRAL_ID", required = true)]
+    id: Option<u64>,
+    /// Where the Raft log, vote and snapshots are kept.
+    #[arg(long, env = "CORRAL_DATA_DIR", required = true)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on for peers, agents and tools (IP:PORT).
+    #[arg(long, env = "CORRAL_LISTEN", required = true)]
+    listen: Option<String>,
+    /// The initial members: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT.
+    #[arg(long, env = "CORRAL_PEERS", required = true)]
+    peers: Option<String>,
+    /// Directory with ca.pem and this member's core-<id>.pem and core-<id>-key.pem.
+    #[arg(long, env = "CORRAL_TLS_DIR", required = true)]
+    tls_dir: Option<PathBuf>,
+    /// Log entries between snapshots; the log before a snapshot is then compacted.
+    #[arg(long, env = "CORRAL_SNAPSHOT_EVERY", default_value_t = SNAPSHOT_EVERY_DEFAULT)]
+    snapshot_every: u64,
+    /// Leader heartbeat interval, in milliseconds.
+    #[arg(long, env = "CORRAL_HEARTBEAT_MS", default_value_t = HEARTBEAT_MS_DEFAULT)]
+    heartbeat_ms: u64,
+    /// Shortest election timeout, in milliseconds.
+    #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MIN_MS", default_value_t = ELECTION_TIMEOUT_MIN_MS_DEFAULT)]
+    election_timeout_min_ms: u64,
+    /// Longest election timeout, in milliseconds.
+    #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MAX_MS", default_value_t = ELECTION_TIMEOUT_MAX_MS_DEFAULT)]
+    election_timeout_max_ms: u64,
+}
+
+/// How a tool reaches the core.
+#[derive(Debug, Args)]
+pub(crate) struct CoreAccess {
+    /// Core member addresses: HOST:PORT[,HOST:PORT..].
+    #[arg(long, env = "CORRAL_CORE", value_delimiter = ',', required = true)]
+    pub(crate) core: Vec<String>,
+    /// Directory with ca.pem and the tool's certificate.
+    #[arg(long, env = "CORRAL_TLS_DIR")]
+    pub(crate) tls_dir: PathBuf,
+    /// Name of the certificate to present.
+    #[arg(long, env = "CORRAL_TLS_NAME", default_value = ADMIN_NAME)]
+    pub(crate) tls_name: String,
+}
+
+impl CoreAccess {
+    pub(crate) fn client(&self) -> anyhow::Result<CoreClient> {
+        let identity = TlsIdentity::load(&self.tls_dir, &self.tls_name)?;
+        let transport = Arc::new(QuicTransport::client(&identity, &[ALPN_CORE])?);
+        Ok(CoreClient::new(transport, self.core.clone()))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum CoreAction {
+    /// Show one member's view of the cluster.
+    Status {
+        #[command(flatten)]
+        access: CoreAccess,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a voting member while the core serves (it must be running already).
+    AddVoter {
+        #[command(flatten)]
+        access: CoreAccess,
+        #[arg(long)]
+        id: u64,
+        /// The new member's address, HOST:PORT, as the others will reach it.
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a voting member while the core serves.
+    RemoveVoter {
+        #[command(flatten)]
+        access: CoreAccess,
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn run(args: CoreArgs) -> anyhow::Result<()> {
+    match args.action {
+        None => run_member(args.run),
+        Some(action) => {
+            super::init_logging("warn");
+            super::runtime()?.block_on(manage(action))
+        }
+    }
+}
+
+fn run_member(args: RunArgs) -> anyhow::Result<()> {
+    super::init_logging("info");
+    let missing = |name| anyhow::anyhow!("--{name} is required");
+    let listen_text = args.listen.ok_or_else(|| missing("listen"))?;
+    let listen = listen_text
+        .parse()
+        .with_context(|| format!("invalid --listen {listen_text:?}: expected IP:PORT"))?;
+    let config = CoreConfig {
+        id: args.id.ok_or_else(|| missing("id"))?,
+        data_dir: args.data_dir.ok_or_else(|| missing("data-dir"))?,
+        listen,
+        peers: parse_peers(&args.peers.ok_or_else(|| missing("peers"))?)?,
+        tls_dir: args.tls_dir.ok_or_else(|| missing("tls-dir"))?,
+        snapshot_every: args.snapshot_every,
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_min_ms: args.election_timeout_min_ms,
+        election_timeout_max_ms: args.election_timeout_max_ms,
+    };
+    super::runtime()?.block_on(async move {
+        let member = CoreMember::start(config).await?;
+        member.run_until(super::shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn manage(action: CoreAction) -> anyhow::Result<()> {
+    match action {
+        CoreAction::Status { access, json } => {
+            let client = access.client()?;
+            let address = access.core.first().context("--core names no member")?;
+            let status = client.status(address).await?;
+            print_status(&status, json)
+        }
+        CoreAction::AddVoter {
+            access,
+            id,
+            address,
+            json,
+        } => {
+            let status = access.client()?.add_voter(id, address).await?;
+            print_status(&status, json)
+        }
+        CoreAction::RemoveVoter { access, id, json } => {
+            let status = access.client()?.remove_voter(id).await?;
+            print_status(&status, json)
+        }
+    }
+}
+
+fn print_status(status: &CoreStatus, json: bool) -> anyhow::Result<()> {
+    if json {
+        let members: Vec<_> = status
+            .voters
+            .iter()
+            .map(|m| json!({"id": m.id, "address": m.address, "role": "voter"}))
+            .chain(
+                status
+                    .learners
+                    .iter()
+                    .map(|m| json!({"id": m.id, "address": m.address, "role": "learner"})),
+            )
+            .collect();
+        return print_json(&json!({
+            "id": status.id,
+            "state": status.state,
+            "leader": status.leader,
+            "term": status.term,
+            "last_log_index": status.last_log_index,
+            "last_applied": status.last_applied,
+            "snapshot_index": status.snapshot_index,
+            "revision": status.revision,
+            "watch_history_floor": status.watch_history_floor,
+            "members": members,
+            "counts": status.counts,
+        }));
+    }
+    let show = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    println!(
+        "member {} ({}), term {}, leader {}",
+        status.id,
+        status.state,
+        status.term,
+        show(status.leader)
+    );
+    println!(
+        "revision {}   last applied {}   last log {}   snapshot {}",
+        status.revision,
+        show(status.last_applied),
+        show(status.last_log_index),
+        show(status.snapshot_index)
+    );
+    let voters: Vec<_> = status
+        .voters
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.address))
+        .collect();
+    println!("voters   {}", voters.join(" "));
+    if !status.learners.is_empty() {
+        let learners: Vec<_> = status
+            .learners
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.address))
+            .collect();
+        println!("learners {}", learners.join(" "));
+    }
+    let c = status.counts;
+    println!(
+        "keys {}   sessions {}   shards {}   locks {}   service instances {}",
+        c.keys, c.sessions, c.shards, c.locks, c.service_instances
+    );
+    Ok(())
+}

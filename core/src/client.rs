@@ -1,0 +1,272 @@
+//! A client of the core, for agents and tools: finds the leader, sends writes and
+//! linearizable reads to it, and opens watch streams on any member.
+//!
+//! ```text
+//!  write(cmd) ─► cached leader ─► NotLeader{leader} ─► retry at that leader
+//!                     │ unreachable ─► next member
+//!                     └ lost after sending ─► OutcomeUnknown (unless the command is
+//!                                             idempotent, then retried)
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use corral_proto::frame::{self, FRAME_LEN_MAX};
+use corral_proto::{Command, CommandResponse, KeyValue, Revision};
+use parking_lot::Mutex;
+use quinn::{RecvStream, SendStream};
+
+use crate::raft_types::NodeId;
+use crate::rpc::{CoreError, CoreRequest, CoreResponse, CoreStatus, WatchItem};
+use crate::transport::certificate_authority::CORE_NAME;
+use crate::transport::{QuicTransport, TransportError};
+
+/// Longest one request to one member may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(12);
+/// Longest a request may take in all, across leader changes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause before asking again while the core elects a leader.
+const ELECTION_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The core refused the request; nothing was written.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The request may or may not have been applied.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// No member could serve the request in time; nothing was written.
+    #[error("the core is unavailable: {0}")]
+    Unavailable(String),
+    #[error("unexpected answer from the core: {0}")]
+    Unexpected(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+pub struct CoreClient {
+    transport: Arc<QuicTransport>,
+    members: Vec<String>,
+    next_member: AtomicUsize,
+    leader: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for CoreClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreClient")
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CoreClient {
+    pub fn new(transport: Arc<QuicTransport>, members: Vec<String>) -> Self {
+        Self {
+            transport,
+            members,
+            next_member: AtomicUsize::new(0),
+            leader: Mutex::new(None),
+        }
+    }
+
+    pub fn members(&self) -> &[String] {
+        &self.members
+    }
+
+    pub fn transport(&self) -> &Arc<QuicTransport> {
+        &self.transport
+    }
+
+    /// The member the client currently believes leads.
+    pub fn leader(&self) -> Option<String> {
+        self.leader.lock().clone()
+    }
+
+    fn pick(&self) -> Option<String> {
+        if let Some(leader) = self.leader.lock().clone() {
+            return Some(leader);
+        }
+        if self.members.is_empty() {
+            return None;
+        }
+        let i = self.next_member.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        Some(self.members[i].clone())
+    }
+
+    fn forget_leader(&self, address: &str) {
+        let mut leader = self.leader.lock();
+        if leader.as_deref() == Some(address) {
+            *leader = None;
+        }
+        self.next_member.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends `request` to the leader, following redirects. With `repeatable`, a request
+    /// whose outcome was lost is sent again; otherwise that is an `OutcomeUnknown` error.
+    pub async fn call_leader(
+        &self,
+        request: &CoreRequest,
+        repeatable: bool,
+    ) -> Result<CoreResponse, ClientError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut last_error = String::from("no core member is configured");
+        while Instant::now() < deadline {
+            let Some(target) = self.pick() else { break };
+            let timeout = CALL_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            match self
+                .transport
+                .call::<_, CoreResponse>(&target, CORE_NAME, request, timeout)
+                .await
+            {
+                Ok(CoreResponse::Error(CoreError::NotLeader { leader })) => {
+                    self.forget_leader(&target);
+                    match leader {
+                        Some((_, address)) if address != target => {
+                            *self.leader.lock() = Some(address)
+                        }
+                        _ => tokio::time::sleep(ELECTION_BACKOFF).await,
+                    }
+                    last_error = format!("{target} is not the leader");
+                }
+                Ok(CoreResponse::Error(CoreError::Unavailable(reason))) => {
+                    self.forget_leader(&target);
+                    last_error = format!("{target}: {reason}");
+                    tokio::time::sleep(ELECTION_BACKOFF).await;
+                }
+                Ok(CoreResponse::Error(CoreError::OutcomeUnknown(reason))) if !repeatable => {
+                    self.forget_leader(&target);
+                    return Err(ClientError::OutcomeUnknown(format!("{target}: {reason}")));
+                }
+                Ok(CoreResponse::Error(CoreError::OutcomeUnknown(reason))) => {
+                    self.forget_leader(&target);
+                    last_error = format!("{target}: {reason}");
+                }
+                Ok(CoreResponse::Error(e)) => return Err(ClientError::Core(e)),
+                Ok(answer) => {
+                    *self.leader.lock() = Some(target);
+                    return Ok(answer);
+                }
+                Err(e) if e.is_before_send() || repeatable => {
+                    self.forget_leader(&target);
+                    last_error = format!("{target}: {e}");
+                    tokio::time::sleep(ELECTION_BACKOFF / 2).await;
+                }
+                Err(e) => {
+                    self.forget_leader(&target);
+                    return Err(ClientError::OutcomeUnknown(format!("{target}: {e}")));
+                }
+            }
+        }
+        Err(ClientError::Unavailable(last_error))
+    }
+
+    /// Proposes a command and returns its result once the leader applied it.
+    pub async fn write(&self, command: &Command) -> Result<CommandResponse, ClientError> {
+        let request = CoreRequest::Write(command.clone());
+        match self.call_leader(&request, command.is_idempotent()).await? {
+            CoreResponse::Write(response) => Ok(response),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The revision a linearizable read must reflect.
+    pub async fn read_index(&self) -> Result<Revision, ClientError> {
+        match self.call_leader(&CoreRequest::ReadIndex, true).await? {
+            CoreResponse::ReadIndex { revision } => Ok(revision),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Reads a key from the leader, linearizably when `consistent`.
+    pub async fn get(
+        &self,
+        key: &str,
+        consistent: bool,
+    ) -> Result<(Revision, Option<KeyValue>), ClientError> {
+        match self
+            .call_leader(
+                &CoreRequest::Get {
+                    key: key.to_string(),
+                    consistent,
+                },
+                true,
+            )
+            .await?
+        {
+            CoreResponse::Get { revision, value } => Ok((revision, value)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The status of one member.
+    pub async fn status(&self, address: &str) -> Result<CoreStatus, ClientError> {
+        match self
+            .transport
+            .call::<_, CoreResponse>(address, CORE_NAME, &CoreRequest::Status, CALL_TIMEOUT)
+            .await?
+        {
+            CoreResponse::Status(status) => Ok(status),
+            CoreResponse::Error(e) => Err(ClientError::Core(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn add_voter(&self, id: NodeId, address: String) -> Result<CoreStatus, ClientError> {
+        match self
+            .call_leader(&CoreRequest::AddVoter { id, address }, true)
+            .await?
+        {
+            CoreResponse::MembershipChanged(status) => Ok(status),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn remove_voter(&self, id: NodeId) -> Result<CoreStatus, ClientError> {
+        match self
+            .call_leader(&CoreRequest::RemoveVoter { id }, true)
+            .await?
+        {
+            CoreResponse::MembershipChanged(status) => Ok(status),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Opens a watch stream on the member at `address`, from after revision `after`.
+    pub async fn watch(
+        &self,
+        address: &str,
+        after: Option<Revision>,
+    ) -> Result<WatchStream, ClientError> {
+        let (send, receive) = self
+            .transport
+            .open_stream(address, CORE_NAME, &CoreRequest::Watch { after })
+            .await?;
+        Ok(WatchStream {
+            _send: send,
+            receive,
+        })
+    }
+}
+
+/// The receiving end of a watch stream.
+pub struct WatchStream {
+    _send: SendStream,
+    receive: RecvStream,
+}
+
+impl std::fmt::Debug for WatchStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchStream").finish_non_exhaustive()
+    }
+}
+
+impl WatchStream {
+    /// The next item; `Ok(None)` when the member ended the stream.
+    pub async fn next(&mut self) -> Result<Option<WatchItem>, ClientError> {
+        frame::read_frame::<_, WatchItem>(&mut self.receive, FRAME_LEN_MAX)
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("watch stream failed: {e}")))
+    }
+}

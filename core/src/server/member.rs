@@ -1,0 +1,592 @@
+//! A running core member: openraft, its stores, and the QUIC server that answers peers,
+//! agents and tools.
+//!
+//! ```text
+//!  QUIC accept ─► connection ─► stream ─► one CoreRequest
+//!     AppendEntries/Vote/InstallSnapshot ─► (certificate must be core-<sender>) ─► Raft
+//!     Write ─► Raft::client_write ─► answer after apply
+//!     ReadIndex/Get ─► ensure_linearizable ─► applied state
+//!     Watch ─► watch_stream (history, then live entries)
+//!     Status/Probe ─► metrics;  Add/RemoveVoter ─► (certificate must be admin) ─► membership
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use corral_proto::frame::{self, FRAME_LEN_MAX};
+use corral_proto::{Command, Revision};
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::{BasicNode, ServerState};
+use quinn::{Connection, RecvStream, SendStream};
+
+use super::bootstrap::{self, BootstrapDecision, ProbeAnswer};
+use super::config::{ConfigError, CoreConfig};
+use super::proposer::{LeaderHint, Proposer};
+use super::raft_network::Network;
+use super::watch_stream;
+use crate::applied_state::AppliedState;
+use crate::raft_types::{NodeId, Raft};
+use crate::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse, CoreStatus, MemberInfo};
+use crate::storage::{LogStore, SnapshotFileError, StateStore};
+use crate::transport::certificate_authority::{ADMIN_NAME, core_member_name};
+use crate::transport::tls::peer_has_name;
+use crate::transport::{QuicTransport, TlsError, TlsIdentity, TransportError};
+
+/// Longest a write may wait for its commit before the member answers "outcome unknown".
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a linearizable read may wait for the leader to confirm its leadership.
+pub const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a peer may take to send its request frame.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most QUIC connections served at once; more are refused.
+pub const CONNECTIONS_MAX: usize = 16_384;
+/// Interval between probes while forming the cluster.
+const PROBE_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Why a member could not start. Nothing was changed on disk beyond creating the data
+/// directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("log store: {0}")]
+    LogStore(String),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotFileError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A member that stopped on its own: storage failed, so it refuses to go on serving.
+#[derive(Debug, thiserror::Error)]
+#[error("the member stopped: {0}")]
+pub struct FatalError(pub String);
+
+pub struct CoreMember {
+    pub(crate) id: NodeId,
+    config: CoreConfig,
+    pub(crate) raft: Raft,
+    pub(crate) applied: Arc<AppliedState>,
+    transport: Arc<QuicTransport>,
+    /// Set while a member with an empty data directory catches up with an existing
+    /// cluster: it must not vote until a leader has given it the current term, or it could
+    /// vote twice in a term it voted in before its data was lost.
+    rejoining: AtomicBool,
+    connections: AtomicUsize,
+    proposer: Proposer,
+}
+
+impl std::fmt::Debug for CoreMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreMember")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CoreMember {
+    /// Opens the stores, starts Raft and the server, and (on first start) forms or joins the
+    /// cluster in the background.
+    pub async fn start(config: CoreConfig) -> Result<Arc<Self>, StartError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source: e,
+        })?;
+        let identity = TlsIdentity::load(&config.tls_dir, &core_member_name(config.id))?;
+        let log_store = LogStore::open(&config.data_dir.join("raft.redb"))
+            .map_err(|e| StartError::LogStore(e.to_string()))?;
+        let (state_store, applied) = StateStore::open(&config.data_dir)?;
+        let transport = Arc::new(QuicTransport::server(
+            &identity,
+            config.listen,
+            &[ALPN_CORE],
+        )?);
+        let raft_config = Arc::new(
+            config
+                .raft_config()
+                .validate()
+                .map_err(|e| StartError::Raft(e.to_string()))?,
+        );
+        let network = Network {
+            self_id: config.id,
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(config.id, raft_config, network, log_store, state_store)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let proposer = Proposer::start(raft.clone(), WRITE_TIMEOUT, leader_hint_of(raft.clone()));
+        let member = Arc::new(Self {
+            id: config.id,
+            config,
+            raft,
+            applied,
+            transport,
+            rejoining: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            proposer,
+        });
+        tokio::spawn(member.clone().accept_loop());
+        let initialized = member
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized {
+            tokio::spawn(member.clone().form_cluster());
+        }
+        tracing::info!(id = member.id, listen = %member.local_addr(), initialized, "core member started");
+        Ok(member)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.transport
+            .endpoint()
+            .local_addr()
+            .expect("a bound endpoint has an address")
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn applied(&self) -> &Arc<AppliedState> {
+        &self.applied
+    }
+
+    /// Waits until the member stops on its own (a fatal storage error) or `shutdown`
+    /// completes, then stops Raft and closes every connection.
+    pub async fn run_until(
+        self: &Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), FatalError> {
+        let mut metrics = self.raft.metrics();
+        let fatal = async {
+            loop {
+                if let Err(fatal) = &metrics.borrow().running_state {
+                    return fatal.to_string();
+                }
+                if metrics.changed().await.is_err() {
+                    return "raft stopped".to_string();
+                }
+            }
+        };
+        let result = tokio::select! {
+            reason = fatal => Err(FatalError(reason)),
+            () = shutdown => Ok(()),
+        };
+        if let Err(e) = &result {
+            tracing::error!(id = self.id, error = %e.0, "core member stops on a fatal error");
+        }
+        let _ = self.raft.shutdown().await;
+        self.transport
+            .endpoint()
+            .close(0u32.into(), b"member stopping");
+        result
+    }
+
+    // ----- forming the cluster -------------------------------------------------------
+
+    async fn form_cluster(self: Arc<Self>) {
+        let others: Vec<(NodeId, String)> = self
+            .config
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        loop {
+            if self.raft.is_initialized().await.unwrap_or(true) {
+                return;
+            }
+            let mut answers = Vec::new();
+            for (id, address) in &others {
+                let answer = self
+                    .transport
+                    .call::<_, CoreResponse>(
+                        address,
+                        &core_member_name(*id),
+                        &CoreRequest::Probe,
+                        PROBE_INTERVAL * 3,
+                    )
+                    .await;
+                answers.push(match answer {
+                    Ok(CoreResponse::Probe {
+                        initialized: true, ..
+                    }) => ProbeAnswer::Initialized,
+                    Ok(CoreResponse::Probe {
+                        initialized: false, ..
+                    }) => ProbeAnswer::Fresh,
+                    _ => ProbeAnswer::NoAnswer,
+                });
+            }
+            match bootstrap::decide(
+                self.config.is_initial_member(),
+                self.config.peers.len(),
+                &answers,
+            ) {
+                BootstrapDecision::Initialize => {
+                    let members: std::collections::BTreeMap<NodeId, BasicNode> = self
+                        .config
+                        .peers
+                        .iter()
+                        .map(|(id, a)| (*id, BasicNode::new(a)))
+                        .collect();
+                    match self.raft.initialize(members).await {
+                        Ok(()) => tracing::info!(id = self.id, "formed a new cluster"),
+                        Err(e) => {
+                            tracing::info!(id = self.id, error = %e, "cluster already formed")
+                        }
+                    }
+                    return;
+                }
+                BootstrapDecision::JoinExisting => {
+                    tracing::warn!(
+                        id = self.id,
+                        "empty data directory but the cluster exists: waiting for the leader to catch this member up; \
+                         not voting until then"
+                    );
+                    self.rejoining.store(true, Ordering::SeqCst);
+                    self.clone().end_rejoin_when_caught_up();
+                    return;
+                }
+                BootstrapDecision::Retry => tokio::time::sleep(PROBE_INTERVAL).await,
+            }
+        }
+    }
+
+    fn end_rejoin_when_caught_up(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let mut metrics = self.raft.metrics();
+            loop {
+                let caught_up = {
+                    let m = metrics.borrow();
+                    m.vote.is_committed() && m.current_leader.is_some() && m.last_applied.is_some()
+                };
+                if caught_up {
+                    self.rejoining.store(false, Ordering::SeqCst);
+                    tracing::info!(id = self.id, "caught up with the cluster; voting again");
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    // ----- serving -------------------------------------------------------------------
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.transport.endpoint().accept().await {
+            if self.connections.load(Ordering::Relaxed) >= CONNECTIONS_MAX {
+                incoming.refuse();
+                continue;
+            }
+            let member = self.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(connection) => {
+                        member.connections.fetch_add(1, Ordering::Relaxed);
+                        member.clone().serve_connection(connection).await;
+                        member.connections.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "refused a connection"),
+                }
+            });
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, connection: Connection) {
+        while let Ok((send, receive)) = connection.accept_bi().await {
+            tokio::spawn(self.clone().serve_stream(connection.clone(), send, receive));
+        }
+    }
+
+    async fn serve_stream(
+        self: Arc<Self>,
+        connection: Connection,
+        mut send: SendStream,
+        mut receive: RecvStream,
+    ) {
+        let request = tokio::time::timeout(
+            REQUEST_READ_TIMEOUT,
+            frame::read_frame::<_, CoreRequest>(&mut receive, FRAME_LEN_MAX),
+        )
+        .await;
+        let request = match request {
+            Ok(Ok(Some(request))) => request,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %connection.remote_address(), error = %e, "bad request frame");
+                let _ = frame::write_frame(
+                    &mut send,
+                    &CoreResponse::Error(CoreError::BadRequest(e.to_string())),
+                )
+                .await;
+                let _ = send.finish();
+                return;
+            }
+            Err(_) => return,
+        };
+        if let CoreRequest::Watch { after } = request {
+            watch_stream::serve(&self, after, send, receive).await;
+            return;
+        }
+        let response = self.handle(&connection, request).await;
+        if frame::write_frame(&mut send, &response).await.is_ok() {
+            let _ = send.finish();
+        }
+    }
+
+    /// True when the connection's certificate is that of core member `claimed`.
+    fn is_member_connection(&self, connection: &Connection, claimed: Option<NodeId>) -> bool {
+        claimed.is_some_and(|id| peer_has_name(connection, &core_member_name(id)))
+    }
+
+    async fn handle(&self, connection: &Connection, request: CoreRequest) -> CoreResponse {
+        let forbidden = |what: &str| CoreResponse::Error(CoreError::Forbidden(what.to_string()));
+        match request {
+            CoreRequest::AppendEntries(rpc) => {
+                if !self.is_member_connection(connection, rpc.vote.leader_id().voted_for()) {
+                    return forbidden(
+                        "Raft messages are accepted only from the core member they claim to come from",
+                    );
+                }
+                CoreResponse::AppendEntries(self.raft.append_entries(rpc).await)
+            }
+            CoreRequest::Vote(rpc) => {
+                if !self.is_member_connection(connection, rpc.vote.leader_id().voted_for()) {
+                    return forbidden(
+                        "Raft messages are accepted only from the core member they claim to come from",
+                    );
+                }
+                if self.rejoining.load(Ordering::SeqCst) {
+                    return CoreResponse::Error(CoreError::Unavailable(
+                        "this member is catching up after losing its data and does not vote yet"
+                            .into(),
+                    ));
+                }
+                CoreResponse::Vote(self.raft.vote(rpc).await)
+            }
+            CoreRequest::InstallSnapshot(rpc) => {
+                if !self.is_member_connection(connection, rpc.vote.leader_id().voted_for()) {
+                    return forbidden(
+                        "Raft messages are accepted only from the core member they claim to come from",
+                    );
+                }
+                CoreResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+            }
+            CoreRequest::Write(command) => self.write(command).await,
+            CoreRequest::ReadIndex => match self.read_index().await {
+                Ok(revision) => CoreResponse::ReadIndex { revision },
+                Err(e) => CoreResponse::Error(e),
+            },
+            CoreRequest::Get { key, consistent } => {
+                if consistent && let Err(e) = self.read_index().await {
+                    return CoreResponse::Error(e);
+                }
+                let (revision, value) = self
+                    .applied
+                    .read(|a| (a.machine.revision(), a.machine.get(&key)));
+                CoreResponse::Get { revision, value }
+            }
+            CoreRequest::Watch { .. } => {
+                CoreResponse::Error(CoreError::BadRequest("a watch needs its own stream".into()))
+            }
+            CoreRequest::Status => CoreResponse::Status(self.status()),
+            CoreRequest::Probe => CoreResponse::Probe {
+                id: self.id,
+                initialized: self.raft.is_initialized().await.unwrap_or(false),
+            },
+            CoreRequest::AddVoter { id, address } => {
+                if !peer_has_name(connection, ADMIN_NAME) {
+                    return forbidden("changing the membership needs the admin certificate");
+                }
+                self.add_voter(id, address).await
+            }
+            CoreRequest::RemoveVoter { id } => {
+                if !peer_has_name(connection, ADMIN_NAME) {
+                    return forbidden("changing the membership needs the admin certificate");
+                }
+                self.remove_voter(id).await
+            }
+        }
+    }
+
+    fn leader_hint(&self) -> Option<(NodeId, String)> {
+        leader_hint_of(self.raft.clone())()
+    }
+
+    async fn write(&self, command: Command) -> CoreResponse {
+        if let Err(invalid) = command.validate() {
+            return CoreResponse::Error(CoreError::Invalid(invalid));
+        }
+        match self.proposer.propose(command).await {
+            Ok(response) => CoreResponse::Write(response),
+            Err(e) => CoreResponse::Error(e),
+        }
+    }
+
+    async fn read_index(&self) -> Result<Revision, CoreError> {
+        match tokio::time::timeout(READ_INDEX_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(CoreError::Unavailable(format!(
+                "leadership not confirmed within {READ_INDEX_TIMEOUT:?}"
+            ))),
+            Ok(Ok(_)) => Ok(self.applied.revision()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                let leader = forward
+                    .leader_id
+                    .zip(forward.leader_node.map(|n| n.addr))
+                    .or_else(|| self.leader_hint());
+                Err(CoreError::NotLeader { leader })
+            }
+            Ok(Err(e)) => Err(CoreError::Unavailable(e.to_string())),
+        }
+    }
+
+    pub fn status(&self) -> CoreStatus {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow().clone();
+        let membership = m.membership_config.membership();
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut voters = Vec::new();
+        let mut learners = Vec::new();
+        for (id, node) in membership.nodes() {
+            let info = MemberInfo {
+                id: *id,
+                address: node.addr.clone(),
+            };
+            if voter_ids.contains(id) {
+                voters.push(info)
+            } else {
+                learners.push(info)
+            }
+        }
+        let (revision, counts) = self
+            .applied
+            .read(|a| (a.machine.revision(), a.machine.counts()));
+        CoreStatus {
+            id: self.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            committed: None,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            revision,
+            watch_history_floor: self.applied.history_floor(),
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .to_string(),
+            voters,
+            learners,
+            counts,
+        }
+    }
+
+    async fn add_voter(&self, id: NodeId, address: String) -> CoreResponse {
+        if let Err(e) = self
+            .raft
+            .add_learner(id, BasicNode::new(&address), true)
+            .await
+        {
+            return self.membership_error(
+                e.to_string(),
+                e.forward_to_leader()
+                    .map(|f| (f.leader_id, f.leader_node.clone())),
+            );
+        }
+        let voters: BTreeSet<NodeId> = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .chain([id])
+                .collect()
+        };
+        match self.raft.change_membership(voters, false).await {
+            Ok(_) => CoreResponse::MembershipChanged(self.status()),
+            Err(e) => self.membership_error(
+                e.to_string(),
+                e.forward_to_leader()
+                    .map(|f| (f.leader_id, f.leader_node.clone())),
+            ),
+        }
+    }
+
+    async fn remove_voter(&self, id: NodeId) -> CoreResponse {
+        let voters: BTreeSet<NodeId> = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != id)
+                .collect()
+        };
+        if voters.is_empty() {
+            return CoreResponse::Error(CoreError::Membership(
+                "cannot remove the last voter".into(),
+            ));
+        }
+        match self.raft.change_membership(voters, false).await {
+            Ok(_) => CoreResponse::MembershipChanged(self.status()),
+            Err(e) => self.membership_error(
+                e.to_string(),
+                e.forward_to_leader()
+                    .map(|f| (f.leader_id, f.leader_node.clone())),
+            ),
+        }
+    }
+
+    fn membership_error(
+        &self,
+        message: String,
+        forward: Option<(Option<NodeId>, Option<BasicNode>)>,
+    ) -> CoreResponse {
+        match forward {
+            Some((leader_id, leader_node)) => {
+                let leader = leader_id
+                    .zip(leader_node.map(|n| n.addr))
+                    .or_else(|| self.leader_hint());
+                CoreResponse::Error(CoreError::NotLeader { leader })
+            }
+            None => CoreResponse::Error(CoreError::Membership(message)),
+        }
+    }
+}
+
+/// The leader this member knows of, with its address.
+fn leader_hint_of(raft: Raft) -> LeaderHint {
+    Arc::new(move || {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        let address = m
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
+        Some((leader, address))
+    })
+}

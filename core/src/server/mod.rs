@@ -1,0 +1,19 @@
+//! The core member process: configuration, cluster formation, the Raft network and the
+//! request server.
+
+pub mod bootstrap;
+pub mod config;
+mod member;
+mod proposer;
+mod raft_network;
+mod watch_stream;
+
+pub use config::{CoreConfig, parse_peers};
+pub use member::{
+    CONNECTIONS_MAX, CoreMember, FatalError, READ_INDEX_TIMEOUT, REQUEST_READ_TIMEOUT, StartError,
+    WRITE_TIMEOUT,
+};
+pub use proposer::{
+    PROPOSAL_BYTES_MAX, PROPOSAL_COMMANDS_MAX, PROPOSAL_QUEUE_MAX, PROPOSALS_IN_FLIGHT_MAX,
+};
+pub use watch_stream::WATCH_PROGRESS_INTERVAL;

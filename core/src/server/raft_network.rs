@@ -1,0 +1,161 @@
+//! openraft's network: Raft RPCs to other members over QUIC.
+
+use std::sync::Arc;
+
+use corral_proto::FrameError;
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
+};
+use openraft::network::RPCTypes;
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+
+use crate::raft_types::{NodeId, TypeConfig};
+use crate::rpc::{CoreRequest, CoreResponse};
+use crate::transport::certificate_authority::core_member_name;
+use crate::transport::{QuicTransport, TransportError};
+
+#[derive(Clone, Debug)]
+pub(crate) struct Network {
+    pub(crate) self_id: NodeId,
+    pub(crate) transport: Arc<QuicTransport>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PeerClient {
+    self_id: NodeId,
+    target: NodeId,
+    address: String,
+    name: String,
+    transport: Arc<QuicTransport>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            self_id: self.self_id,
+            target,
+            address: node.addr.clone(),
+            name: core_member_name(target),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unexpected(String);
+
+impl PeerClient {
+    async fn call<E: std::error::Error>(
+        &self,
+        request: CoreRequest,
+        option: &RPCOption,
+        entries: usize,
+        action: RPCTypes,
+    ) -> Result<CoreResponse, RPCError<NodeId, BasicNode, E>> {
+        let ttl = option.hard_ttl();
+        match self
+            .transport
+            .call(&self.address, &self.name, &request, ttl)
+            .await
+        {
+            Ok(CoreResponse::Error(e)) => Err(RPCError::Network(NetworkError::new(&Unexpected(
+                e.to_string(),
+            )))),
+            Ok(answer) => Ok(answer),
+            Err(TransportError::Frame(FrameError::TooLarge { .. })) => {
+                Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint((entries / 2).max(1) as u64),
+                ))
+            }
+            Err(TransportError::Timeout(_)) => Err(RPCError::Timeout(Timeout {
+                action,
+                id: self.self_id,
+                target: self.target,
+                timeout: ttl,
+            })),
+            Err(e) if e.is_before_send() => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>(answer: CoreResponse) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&Unexpected(format!(
+        "unexpected answer {answer:?}"
+    ))))
+}
+
+type Rpc<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<NodeId>> {
+        let entries = rpc.entries.len();
+        match self
+            .call(
+                CoreRequest::AppendEntries(rpc),
+                &option,
+                entries,
+                RPCTypes::AppendEntries,
+            )
+            .await?
+        {
+            CoreResponse::AppendEntries(Ok(answer)) => Ok(answer),
+            CoreResponse::AppendEntries(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        match self
+            .call(
+                CoreRequest::InstallSnapshot(rpc),
+                &option,
+                1,
+                RPCTypes::InstallSnapshot,
+            )
+            .await?
+        {
+            CoreResponse::InstallSnapshot(Ok(answer)) => Ok(answer),
+            CoreResponse::InstallSnapshot(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<NodeId>> {
+        match self
+            .call(CoreRequest::Vote(rpc), &option, 1, RPCTypes::Vote)
+            .await?
+        {
+            CoreResponse::Vote(Ok(answer)) => Ok(answer),
+            CoreResponse::Vote(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! QUIC endpoints and request/response over streams.
+//!
+//! ```text
+//!  call(addr, name, request) ─► cached Connection to (addr, name) ─► open_bi
+//!       ─► write one frame, finish ─► read one frame ─► response
+//! ```
+//!
+//! One endpoint per process both listens (members) and dials. Connections are cached per
+//! (address, expected name) and reused while open; a failed or timed-out call drops the
+//! cached connection so that the next one dials afresh.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_proto::frame::{self, FRAME_LEN_MAX, FrameError};
+use parking_lot::Mutex;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::tls::{TlsError, TlsIdentity};
+
+/// Time allowed to establish a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection with no traffic for this long is closed; keep-alives prevent it while the
+/// peer lives.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Most concurrent request streams a peer may open on one connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("cannot connect to {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream failed: {0}")]
+    Stream(String),
+    #[error("the peer closed the stream without answering")]
+    NoAnswer,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot bind {address}: {reason}")]
+    Bind { address: SocketAddr, reason: String },
+}
+
+impl TransportError {
+    /// True when the request certainly did not reach the peer's application (so retrying
+    /// it elsewhere cannot apply it twice).
+    pub fn is_before_send(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Resolve(_)
+                | TransportError::Connect { .. }
+                | TransportError::Tls(_)
+                | TransportError::Bind { .. }
+        )
+    }
+}
+
+fn transport_config() -> TransportConfig {
+    let mut config = TransportConfig::default();
+    config.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("the idle timeout fits QUIC's range"),
+    ));
+    config.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    config.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
+    config.max_concurrent_uni_streams(VarInt::from_u32(0));
+    config.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
+    config.receive_window(VarInt::from_u32(32 * 1024 * 1024));
+    config.send_window(32 * 1024 * 1024);
+    config
+}
+
+/// A QUIC endpoint with its cache of outgoing connections.
+pub struct QuicTransport {
+    endpoint: Endpoint,
+    connections: Mutex<HashMap<(String, String), Connection>>,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("local", &self.endpoint.local_addr().ok())
+            .finish()
+    }
+}
+
+fn client_config(
+    identity: &TlsIdentity,
+    alpn: &[&[u8]],
+) -> Result<quinn::ClientConfig, TransportError> {
+    let crypto = QuicClientConfig::try_from(identity.client_config(alpn)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config()));
+    Ok(config)
+}
+
+/// The server configuration for `identity`, with the given transport settings.
+pub fn server_config(
+    identity: &TlsIdentity,
+    alpn: &[&[u8]],
+    transport: TransportConfig,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let crypto = QuicServerConfig::try_from(identity.server_config(alpn)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+impl QuicTransport {
+    /// An endpoint that accepts connections on `listen` and dials from the same socket.
+    pub fn server(
+        identity: &TlsIdentity,
+        listen: SocketAddr,
+        alpn: &[&[u8]],
+    ) -> Result<Self, TransportError> {
+        let server = server_config(identity, alpn, transport_config())?;
+        let mut endpoint = Endpoint::server(server, listen).map_err(|e| TransportError::Bind {
+            address: listen,
+            reason: e.to_string(),
+        })?;
+        endpoint.set_default_client_config(client_config(identity, alpn)?);
+        Ok(Self::from_endpoint(endpoint))
+    }
+
+    /// An endpoint that only dials.
+    pub fn client(identity: &TlsIdentity, alpn: &[&[u8]]) -> Result<Self, TransportError> {
+        let bind: SocketAddr = "0.0.0.0:0".parse().expect("a literal address");
+        let mut endpoint = Endpoint::client(bind).map_err(|e| TransportError::Bind {
+            address: bind,
+            reason: e.to_string(),
+        })?;
+        endpoint.set_default_client_config(client_config(identity, alpn)?);
+        Ok(Self::from_endpoint(endpoint))
+    }
+
+    pub fn from_endpoint(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// A live connection to `address` whose certificate carries `server_name`.
+    pub async fn connection(
+        &self,
+        address: &str,
+        server_name: &str,
+    ) -> Result<Connection, TransportError> {
+        let key = (address.to_string(), server_name.to_string());
+        if let Some(connection) = self.connections.lock().get(&key)
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
+        }
+        let target = resolve(address).await?;
+        let connecting =
+            self.endpoint
+                .connect(target, server_name)
+                .map_err(|e| TransportError::Connect {
+                    address: address.to_string(),
+                    reason: e.to_string(),
+                })?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| TransportError::Connect {
+                address: address.to_string(),
+                reason: format!("no handshake within {CONNECT_TIMEOUT:?}"),
+            })?
+            .map_err(|e| TransportError::Connect {
+                address: address.to_string(),
+                reason: e.to_string(),
+            })?;
+        self.connections.lock().insert(key, connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the cached connection to `address`, so the next call dials again.
+    pub fn forget(&self, address: &str, server_name: &str) {
+        if let Some(connection) = self
+            .connections
+            .lock()
+            .remove(&(address.to_string(), server_name.to_string()))
+        {
+            connection.close(VarInt::from_u32(0), b"forgotten");
+        }
+    }
+
+    /// Sends one request and waits for its answer, within `timeout`.
+    pub async fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        address: &str,
+        server_name: &str,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<A, TransportError> {
+        let result = tokio::time::timeout(timeout, async {
+            let connection = self.connection(address, server_name).await?;
+            call_on(&connection, request).await
+        })
+        .await
+        .unwrap_or(Err(TransportError::Timeout(timeout)));
+        if let Err(e) = &result
+            && !matches!(e, TransportError::Frame(_))
+        {
+            self.forget(address, server_name);
+        }
+        result
+    }
+
+    /// Opens a request stream to `address` and sends `request`, for answers that arrive as
+    /// a stream of frames (watches).
+    pub async fn open_stream<Q: Serialize>(
+        &self,
+        address: &str,
+        server_name: &str,
+        request: &Q,
+    ) -> Result<(SendStream, RecvStream), TransportError> {
+        let connection = self.connection(address, server_name).await?;
+        let (mut send, receive) = connection
+            .open_bi()
+            .await
+            .inspect_err(|_| self.forget(address, server_name))?;
+        frame::write_frame(&mut send, request).await?;
+        Ok((send, receive))
+    }
+}
+
+/// Resolves `HOST:PORT`, preferring the first address.
+pub async fn resolve(address: &str) -> Result<SocketAddr, TransportError> {
+    if let Ok(addr) = address.parse() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|_| TransportError::Resolve(address.to_string()))?
+        .next()
+        .ok_or_else(|| TransportError::Resolve(address.to_string()))
+}
+
+/// One request, one answer, on a fresh stream of `connection`.
+pub async fn call_on<Q: Serialize, A: DeserializeOwned>(
+    connection: &Connection,
+    request: &Q,
+) -> Result<A, TransportError> {
+    let (mut send, mut receive) = connection.open_bi().await?;
+    frame::write_frame(&mut send, request).await?;
+    send.finish()
+        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    match frame::read_frame(&mut receive, FRAME_LEN_MAX).await? {
+        Some(answer) => Ok(answer),
+        None => Err(TransportError::NoAnswer),
+    }
+}

@@ -1,0 +1,181 @@
+//! A node's TLS identity and the rustls configurations built from it.
+//!
+//! Both sides authenticate: a server accepts only clients whose certificate chains to the
+//! cluster CA, and a client accepts only a server whose certificate chains to it and
+//! carries the expected name. A certificate from any other CA fails the handshake.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use super::certificate_authority::{ca_cert_path, cert_path, key_path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("missing {path}: {hint}")]
+    Missing { path: PathBuf, hint: String },
+    #[error("{path}: not a valid PEM {what}: {reason}")]
+    BadPem {
+        path: PathBuf,
+        what: String,
+        reason: String,
+    },
+    #[error("invalid TLS configuration: {0}")]
+    Config(String),
+    #[error("cannot generate a certificate: {0}")]
+    Generate(String),
+    #[error("{} already exists; refusing to overwrite it", .0.display())]
+    Exists(PathBuf),
+    #[error("invalid node name {0}")]
+    BadName(String),
+}
+
+/// The certificates and key a node presents, and the CA it trusts.
+#[derive(Clone, Debug)]
+pub struct TlsIdentity {
+    pub name: String,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    roots: Arc<RootCertStore>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsIdentity {
+    /// Loads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME-key.pem`.
+    pub fn load(dir: &Path, name: &str) -> Result<Self, TlsError> {
+        let hint = format!(
+            "issue it with `corral ca issue --dir {} --name {name}`",
+            dir.display()
+        );
+        let ca = ca_cert_path(dir);
+        if !ca.exists() {
+            return Err(TlsError::Missing {
+                path: ca,
+                hint: format!(
+                    "create the CA with `corral ca init --dir {}`",
+                    dir.display()
+                ),
+            });
+        }
+        let bad = |path: &Path, what: &str, e: &dyn std::fmt::Display| TlsError::BadPem {
+            path: path.to_path_buf(),
+            what: what.into(),
+            reason: e.to_string(),
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&ca).map_err(|e| bad(&ca, "certificate", &e))? {
+            let cert = cert.map_err(|e| bad(&ca, "certificate", &e))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad(&ca, "CA certificate", &e))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(&ca, "certificate", &"no certificate in the file"));
+        }
+        let cert_file = cert_path(dir, name);
+        if !cert_file.exists() {
+            return Err(TlsError::Missing {
+                path: cert_file,
+                hint,
+            });
+        }
+        let chain = CertificateDer::pem_file_iter(&cert_file)
+            .map_err(|e| bad(&cert_file, "certificate", &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&cert_file, "certificate", &e))?;
+        if chain.is_empty() {
+            return Err(bad(
+                &cert_file,
+                "certificate",
+                &"no certificate in the file",
+            ));
+        }
+        let key_file = key_path(dir, name);
+        if !key_file.exists() {
+            return Err(TlsError::Missing {
+                path: key_file,
+                hint,
+            });
+        }
+        let key = PrivateKeyDer::from_pem_file(&key_file)
+            .map_err(|e| bad(&key_file, "private key", &e))?;
+        let identity = Self {
+            name: name.to_string(),
+            chain,
+            key: Arc::new(key),
+            roots: Arc::new(roots),
+        };
+        if !certificate_has_name(&identity.chain[0], name) {
+            return Err(TlsError::Config(format!(
+                "{} is not a certificate for {name}",
+                cert_path(dir, name).display()
+            )));
+        }
+        Ok(identity)
+    }
+
+    /// Server side: require a client certificate from the cluster CA.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+
+    /// Client side: trust only the cluster CA, and present our certificate.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+}
+
+/// True when `cert` is valid for the DNS name `name`. The chain itself is checked by the
+/// TLS handshake; this answers only "does this certificate carry that name".
+pub fn certificate_has_name(cert: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok(server_name) = ServerName::try_from(name) else {
+        return false;
+    };
+    let Ok(end_entity) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    end_entity
+        .verify_is_valid_for_subject_name(&server_name)
+        .is_ok()
+}
+
+/// The certificate the peer of a QUIC connection presented, if any.
+pub fn peer_certificate(connection: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
+}
+
+/// True when the peer of `connection` presented a certificate for `name`.
+pub fn peer_has_name(connection: &quinn::Connection, name: &str) -> bool {
+    peer_certificate(connection).is_some_and(|cert| certificate_has_name(&cert, name))
+}
