@@ -213,6 +213,41 @@ impl CoreClient {
         }
     }
 
+    /// The revision and a checksum of the whole state of the member at `address`.
+    pub async fn state_digest(&self, address: &str) -> Result<(Revision, u32), ClientError> {
+        match self
+            .transport
+            .call::<_, CoreResponse>(address, CORE_NAME, &CoreRequest::StateDigest, CALL_TIMEOUT)
+            .await?
+        {
+            CoreResponse::StateDigest {
+                revision, digest, ..
+            } => Ok((revision, digest)),
+            CoreResponse::Error(e) => Err(ClientError::Core(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Reads a key from the state of the member at `address`, whatever its role.
+    pub async fn get_local(
+        &self,
+        address: &str,
+        key: &str,
+    ) -> Result<(Revision, Option<KeyValue>), ClientError> {
+        let request = CoreRequest::GetLocal {
+            key: key.to_string(),
+        };
+        match self
+            .transport
+            .call::<_, CoreResponse>(address, CORE_NAME, &request, CALL_TIMEOUT)
+            .await?
+        {
+            CoreResponse::Get { revision, value } => Ok((revision, value)),
+            CoreResponse::Error(e) => Err(ClientError::Core(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     pub async fn add_voter(&self, id: NodeId, address: String) -> Result<CoreStatus, ClientError> {
         match self
             .call_leader(&CoreRequest::AddVoter { id, address }, true)

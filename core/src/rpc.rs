@@ -38,6 +38,13 @@ pub enum CoreRequest {
         after: Option<Revision>,
     },
     Status,
+    /// A checksum of this member's whole state and the revision it is at, to compare
+    /// members.
+    StateDigest,
+    /// Read one key from this member's own state, whatever its role.
+    GetLocal {
+        key: String,
+    },
     /// Asked by a member with an empty data directory before it forms a cluster.
     Probe,
     AddVoter {
@@ -65,9 +72,15 @@ pub enum CoreResponse {
         value: Option<KeyValue>,
     },
     Status(CoreStatus),
+    StateDigest {
+        revision: Revision,
+        digest: u32,
+        len: usize,
+    },
     Probe {
         id: NodeId,
         initialized: bool,
+        last_log_index: Option<u64>,
     },
     MembershipChanged(CoreStatus),
     Error(CoreError),
@@ -106,8 +119,11 @@ pub struct CoreStatus {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
-    pub committed: Option<u64>,
+    /// The last log id a quorum accepted, as this member knows it.
+    pub committed: Option<crate::raft_types::LogId>,
     pub snapshot_index: Option<u64>,
+    /// The log up to here was compacted into the snapshot.
+    pub purged_index: Option<u64>,
     pub revision: Revision,
     /// Oldest revision a watcher can resume from without a snapshot.
     pub watch_history_floor: Revision,

@@ -9,7 +9,7 @@ use corral_core::client::CoreClient;
 use corral_core::rpc::{ALPN_CORE, CoreStatus};
 use corral_core::server::config::{
     ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT,
-    SNAPSHOT_EVERY_DEFAULT,
+    SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_EVERY_DEFAULT,
 };
 use corral_core::server::{CoreConfig, CoreMember, parse_peers};
 use corral_core::transport::certificate_authority::ADMIN_NAME;
@@ -47,6 +47,9 @@ struct RunArgs {
     /// Log entries between snapshots; the log before a snapshot is then compacted.
     #[arg(long, env = "CORRAL_SNAPSHOT_EVERY", default_value_t = SNAPSHOT_EVERY_DEFAULT)]
     snapshot_every: u64,
+    /// Log entries kept behind a snapshot for lagging members to catch up from.
+    #[arg(long, env = "CORRAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = SNAPSHOT_CATCHUP_ENTRIES_DEFAULT)]
+    snapshot_catchup_entries: u64,
     /// Leader heartbeat interval, in milliseconds.
     #[arg(long, env = "CORRAL_HEARTBEAT_MS", default_value_t = HEARTBEAT_MS_DEFAULT)]
     heartbeat_ms: u64,
@@ -137,6 +140,7 @@ fn run_member(args: RunArgs) -> anyhow::Result<()> {
         peers: parse_peers(&args.peers.ok_or_else(|| missing("peers"))?)?,
         tls_dir: args.tls_dir.ok_or_else(|| missing("tls-dir"))?,
         snapshot_every: args.snapshot_every,
+        snapshot_catchup_entries: args.snapshot_catchup_entries,
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_min_ms: args.election_timeout_min_ms,
         election_timeout_max_ms: args.election_timeout_max_ms,
@@ -193,6 +197,8 @@ fn print_status(status: &CoreStatus, json: bool) -> anyhow::Result<()> {
             "last_log_index": status.last_log_index,
             "last_applied": status.last_applied,
             "snapshot_index": status.snapshot_index,
+            "purged_index": status.purged_index,
+            "committed": status.committed.map(|c| c.index),
             "revision": status.revision,
             "watch_history_floor": status.watch_history_floor,
             "members": members,

@@ -1,35 +1,71 @@
-//! Forming the cluster on first start, as a pure decision.
+//! Forming the cluster on first start, and rejoining after losing the data directory, as
+//! pure decisions.
 //!
 //! A member with an empty data directory asks the other listed members whether they hold
 //! a cluster already. It forms a new one (openraft `initialize` with the listed members,
 //! the same call on every fresh member, which openraft allows) only when a majority of the
 //! listed members, itself included, answered that they are fresh too and none answered
 //! that a cluster exists. A member whose data directory was wiped therefore never forms a
-//! second cluster beside the running one: it waits for the leader to catch it up.
+//! second cluster beside the running one: it waits for the leader to catch it up, and
+//! votes under a [`RejoinGuard`] until then.
+
+use crate::raft_types::LogId;
 
 /// What one peer answered to a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeAnswer {
+    /// No cluster: an empty log.
     Fresh,
-    Initialized,
+    /// A member of a cluster, whose last log index is this (0: only the initial membership).
+    Initialized {
+        last_log_index: Option<u64>,
+    },
     NoAnswer,
+}
+
+impl ProbeAnswer {
+    /// True when the peer holds nothing past the initial membership entry (index 0), so it
+    /// holds no entry a leader committed.
+    fn holds_nothing_committed(&self) -> bool {
+        match self {
+            ProbeAnswer::Fresh => true,
+            ProbeAnswer::Initialized { last_log_index } => last_log_index.is_none_or(|i| i == 0),
+            ProbeAnswer::NoAnswer => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootstrapDecision {
     /// Form the cluster now.
     Initialize,
-    /// A cluster exists: wait for its leader to replicate to us.
-    JoinExisting,
+    /// A cluster exists: wait for its leader to replicate to us. With `guarded`, this
+    /// member may have lost committed entries and votes, and must vote under a
+    /// [`RejoinGuard`] until it caught up.
+    JoinExisting { guarded: bool },
     /// Not enough answers yet: probe again.
     Retry,
 }
 
 /// `answers` are those of the other listed members; `member_count` counts all listed
 /// members (this one included); `listed` says whether this member is one of them.
+///
+/// A joining member needs no guard when a majority of all members, not counting itself,
+/// answered that they hold nothing past the initial membership: every committed entry is
+/// on a majority, which would meet those members, so nothing was ever committed (the
+/// cluster is still forming) and this member cannot have lost anything.
 pub fn decide(listed: bool, member_count: usize, answers: &[ProbeAnswer]) -> BootstrapDecision {
-    if answers.contains(&ProbeAnswer::Initialized) {
-        return BootstrapDecision::JoinExisting;
+    if answers
+        .iter()
+        .any(|a| matches!(a, ProbeAnswer::Initialized { .. }))
+    {
+        let empty_others = answers
+            .iter()
+            .filter(|a| a.holds_nothing_committed())
+            .count();
+        return BootstrapDecision::JoinExisting {
+            guarded: empty_others * 2 <= member_count,
+        };
     }
     if !listed {
         return BootstrapDecision::Retry;
@@ -42,13 +78,78 @@ pub fn decide(listed: bool, member_count: usize, answers: &[ProbeAnswer]) -> Boo
     }
 }
 
+/// The vote guard of a member that rejoins with an empty data directory.
+///
+/// Such a member has lost entries it may have acknowledged and the votes it cast, so a
+/// leader elected with its vote could lack an entry committed with its help, or share a
+/// term with another leader. Until it holds everything committed, it grants a vote only
+/// for a term later than the leader's term it learned after restarting, and only to a
+/// candidate whose last log id is at least that leader's committed log id: by Raft's log
+/// matching, such a candidate holds every committed entry. Before it learned both, it
+/// grants none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejoinGuard {
+    /// A normal member: votes as Raft says.
+    Off,
+    /// Rejoining, the leader's committed log id not yet known.
+    Unknown,
+    /// Rejoining; the leader of `term` had committed up to `committed`.
+    Target { term: u64, committed: LogId },
+}
+
+impl RejoinGuard {
+    /// Whether a vote request for `candidate_term` from a candidate whose last log id is
+    /// `candidate_last_log` may reach Raft.
+    pub fn allows_vote(&self, candidate_term: u64, candidate_last_log: Option<LogId>) -> bool {
+        match self {
+            RejoinGuard::Off => true,
+            RejoinGuard::Unknown => false,
+            RejoinGuard::Target { term, committed } => {
+                candidate_term > *term && candidate_last_log.is_some_and(|last| last >= *committed)
+            }
+        }
+    }
+
+    /// The guard after learning a leader's term and committed log id, and after applying
+    /// up to `applied` locally.
+    pub fn advance(self, leader: Option<(u64, LogId)>, applied: Option<LogId>) -> Self {
+        let next = match (self, leader) {
+            (RejoinGuard::Off, _) => return RejoinGuard::Off,
+            (RejoinGuard::Unknown, Some((term, committed))) => {
+                RejoinGuard::Target { term, committed }
+            }
+            (RejoinGuard::Target { term, committed }, Some((t, c))) => RejoinGuard::Target {
+                term: term.max(t),
+                committed: committed.max(c),
+            },
+            (guard, None) => guard,
+        };
+        match (next, applied) {
+            (RejoinGuard::Target { committed, .. }, Some(a)) if a.index >= committed.index => {
+                RejoinGuard::Off
+            }
+            _ => next,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ProbeAnswer::*;
     use super::*;
 
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(openraft::CommittedLeaderId::new(term, 1), index)
+    }
+
     #[test]
     fn forms_only_with_a_fresh_majority_and_never_beside_a_cluster() {
+        let empty = Initialized {
+            last_log_index: Some(0),
+        };
+        let busy = Initialized {
+            last_log_index: Some(40),
+        };
         assert_eq!(decide(true, 1, &[]), BootstrapDecision::Initialize);
         assert_eq!(
             decide(true, 3, &[NoAnswer, NoAnswer]),
@@ -57,10 +158,6 @@ mod tests {
         assert_eq!(
             decide(true, 3, &[Fresh, NoAnswer]),
             BootstrapDecision::Initialize
-        );
-        assert_eq!(
-            decide(true, 3, &[Fresh, Initialized]),
-            BootstrapDecision::JoinExisting
         );
         assert_eq!(
             decide(true, 5, &[Fresh, NoAnswer, NoAnswer, NoAnswer]),
@@ -74,9 +171,67 @@ mod tests {
             decide(false, 3, &[Fresh, Fresh, Fresh]),
             BootstrapDecision::Retry
         );
+        // A cluster still forming: nothing can have been committed, so no guard.
         assert_eq!(
-            decide(false, 3, &[Initialized, NoAnswer, NoAnswer]),
-            BootstrapDecision::JoinExisting
+            decide(true, 3, &[Fresh, empty]),
+            BootstrapDecision::JoinExisting { guarded: false }
         );
+        assert_eq!(
+            decide(true, 3, &[empty, empty]),
+            BootstrapDecision::JoinExisting { guarded: false }
+        );
+        // A running cluster, or one not shown to have committed nothing: guard.
+        assert_eq!(
+            decide(true, 3, &[busy, empty]),
+            BootstrapDecision::JoinExisting { guarded: true }
+        );
+        assert_eq!(
+            decide(true, 3, &[empty, NoAnswer]),
+            BootstrapDecision::JoinExisting { guarded: true }
+        );
+        assert_eq!(
+            decide(false, 3, &[busy, NoAnswer, NoAnswer]),
+            BootstrapDecision::JoinExisting { guarded: true }
+        );
+    }
+
+    #[test]
+    fn a_rejoining_member_votes_only_for_later_terms_and_candidates_holding_the_committed_log() {
+        let guard = RejoinGuard::Unknown;
+        assert!(
+            !guard.allows_vote(99, Some(log_id(9, 9999))),
+            "no vote before the target is known"
+        );
+        let guard = guard.advance(Some((3, log_id(3, 100))), None);
+        assert_eq!(
+            guard,
+            RejoinGuard::Target {
+                term: 3,
+                committed: log_id(3, 100)
+            }
+        );
+        assert!(guard.allows_vote(4, Some(log_id(3, 100))));
+        assert!(
+            guard.allows_vote(5, Some(log_id(4, 90))),
+            "a later term holds every earlier commit"
+        );
+        assert!(
+            !guard.allows_vote(3, Some(log_id(3, 100))),
+            "no vote in the leader's own term"
+        );
+        assert!(!guard.allows_vote(4, Some(log_id(3, 99))));
+        assert!(!guard.allows_vote(4, Some(log_id(2, 500))));
+        assert!(!guard.allows_vote(4, None));
+        // The target only grows, and applying up to it ends the guard.
+        assert_eq!(
+            guard.advance(Some((2, log_id(3, 50))), None),
+            RejoinGuard::Target {
+                term: 3,
+                committed: log_id(3, 100)
+            }
+        );
+        assert_eq!(guard.advance(None, Some(log_id(3, 99))), guard);
+        assert_eq!(guard.advance(None, Some(log_id(3, 100))), RejoinGuard::Off);
+        assert!(RejoinGuard::Off.allows_vote(0, None));
     }
 }

@@ -8,9 +8,12 @@ use crate::raft_types::NodeId;
 
 /// Entries between two snapshots (after which the log before the snapshot is purged).
 pub const SNAPSHOT_EVERY_DEFAULT: u64 = 10_000;
-pub const HEARTBEAT_MS_DEFAULT: u64 = 150;
-pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = 1000;
-pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = 2000;
+/// Entries kept in the log behind a snapshot, so that a briefly lagging member catches up
+/// from the log rather than a whole snapshot.
+pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5_000;
+pub const HEARTBEAT_MS_DEFAULT: u64 = 100;
+pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = 500;
+pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = 1000;
 
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -21,6 +24,7 @@ pub struct CoreConfig {
     pub peers: BTreeMap<NodeId, String>,
     pub tls_dir: PathBuf,
     pub snapshot_every: u64,
+    pub snapshot_catchup_entries: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -106,7 +110,7 @@ impl CoreConfig {
             max_payload_entries: 512,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             snapshot_max_chunk_size: 1024 * 1024,
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: self.snapshot_catchup_entries,
             purge_batch_size: 256,
             ..Default::default()
         }

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use corral_proto::frame::{self, FRAME_LEN_MAX};
@@ -22,7 +22,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ServerState};
 use quinn::{Connection, RecvStream, SendStream};
 
-use super::bootstrap::{self, BootstrapDecision, ProbeAnswer};
+use super::bootstrap::{self, BootstrapDecision, ProbeAnswer, RejoinGuard};
 use super::config::{ConfigError, CoreConfig};
 use super::proposer::{LeaderHint, Proposer};
 use super::raft_network::Network;
@@ -80,10 +80,9 @@ pub struct CoreMember {
     pub(crate) raft: Raft,
     pub(crate) applied: Arc<AppliedState>,
     transport: Arc<QuicTransport>,
-    /// Set while a member with an empty data directory catches up with an existing
-    /// cluster: it must not vote until a leader has given it the current term, or it could
-    /// vote twice in a term it voted in before its data was lost.
-    rejoining: AtomicBool,
+    /// Not `Off` while a member with an empty data directory catches up with an existing
+    /// cluster (see [`RejoinGuard`]).
+    rejoin: parking_lot::Mutex<RejoinGuard>,
     connections: AtomicUsize,
     proposer: Proposer,
 }
@@ -134,7 +133,7 @@ impl CoreMember {
             raft,
             applied,
             transport,
-            rejoining: AtomicBool::new(false),
+            rejoin: parking_lot::Mutex::new(RejoinGuard::Off),
             connections: AtomicUsize::new(0),
             proposer,
         });
@@ -224,8 +223,10 @@ impl CoreMember {
                     .await;
                 answers.push(match answer {
                     Ok(CoreResponse::Probe {
-                        initialized: true, ..
-                    }) => ProbeAnswer::Initialized,
+                        initialized: true,
+                        last_log_index,
+                        ..
+                    }) => ProbeAnswer::Initialized { last_log_index },
                     Ok(CoreResponse::Probe {
                         initialized: false, ..
                     }) => ProbeAnswer::Fresh,
@@ -252,14 +253,18 @@ impl CoreMember {
                     }
                     return;
                 }
-                BootstrapDecision::JoinExisting => {
+                BootstrapDecision::JoinExisting { guarded: false } => {
+                    tracing::info!(id = self.id, "joining the cluster as it forms");
+                    return;
+                }
+                BootstrapDecision::JoinExisting { guarded: true } => {
                     tracing::warn!(
                         id = self.id,
-                        "empty data directory but the cluster exists: waiting for the leader to catch this member up; \
-                         not voting until then"
+                        "empty data directory but the cluster holds data: waiting for the leader to catch this \
+                         member up, voting only for candidates that hold every committed entry until then"
                     );
-                    self.rejoining.store(true, Ordering::SeqCst);
-                    self.clone().end_rejoin_when_caught_up();
+                    *self.rejoin.lock() = RejoinGuard::Unknown;
+                    self.clone().rejoin(others).await;
                     return;
                 }
                 BootstrapDecision::Retry => tokio::time::sleep(PROBE_INTERVAL).await,
@@ -267,24 +272,41 @@ impl CoreMember {
         }
     }
 
-    fn end_rejoin_when_caught_up(self: Arc<Self>) {
-        tokio::spawn(async move {
-            let mut metrics = self.raft.metrics();
-            loop {
-                let caught_up = {
-                    let m = metrics.borrow();
-                    m.vote.is_committed() && m.current_leader.is_some() && m.last_applied.is_some()
-                };
-                if caught_up {
-                    self.rejoining.store(false, Ordering::SeqCst);
-                    tracing::info!(id = self.id, "caught up with the cluster; voting again");
-                    return;
-                }
-                if metrics.changed().await.is_err() {
-                    return;
+    /// Learns the leader's committed log id, then waits until this member applied that far.
+    async fn rejoin(self: Arc<Self>, others: Vec<(NodeId, String)>) {
+        loop {
+            let mut leader = None;
+            if matches!(*self.rejoin.lock(), RejoinGuard::Unknown) {
+                for (id, address) in &others {
+                    let answer = self
+                        .transport
+                        .call::<_, CoreResponse>(
+                            address,
+                            &core_member_name(*id),
+                            &CoreRequest::Status,
+                            PROBE_INTERVAL * 3,
+                        )
+                        .await;
+                    if let Ok(CoreResponse::Status(status)) = answer
+                        && status.state == "leader"
+                    {
+                        leader = status.committed.map(|c| (status.term, c));
+                        break;
+                    }
                 }
             }
-        });
+            let applied = self.raft.metrics().borrow().last_applied;
+            let guard = {
+                let mut guard = self.rejoin.lock();
+                *guard = guard.advance(leader, applied);
+                *guard
+            };
+            if guard == RejoinGuard::Off {
+                tracing::info!(id = self.id, "caught up with the cluster; voting again");
+                return;
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
     }
 
     // ----- serving -------------------------------------------------------------------
@@ -373,9 +395,14 @@ impl CoreMember {
                         "Raft messages are accepted only from the core member they claim to come from",
                     );
                 }
-                if self.rejoining.load(Ordering::SeqCst) {
+                if !self
+                    .rejoin
+                    .lock()
+                    .allows_vote(rpc.vote.leader_id().term, rpc.last_log_id)
+                {
                     return CoreResponse::Error(CoreError::Unavailable(
-                        "this member is catching up after losing its data and does not vote yet"
+                        "this member is catching up after losing its data and votes only for a \
+                         candidate holding every committed entry"
                             .into(),
                     ));
                 }
@@ -406,10 +433,27 @@ impl CoreMember {
             CoreRequest::Watch { .. } => {
                 CoreResponse::Error(CoreError::BadRequest("a watch needs its own stream".into()))
             }
-            CoreRequest::Status => CoreResponse::Status(self.status()),
+            CoreRequest::Status => CoreResponse::Status(self.status().await),
+            CoreRequest::StateDigest => {
+                let (revision, bytes) = self
+                    .applied
+                    .read(|a| (a.machine.revision(), a.machine.to_snapshot_bytes()));
+                CoreResponse::StateDigest {
+                    revision,
+                    digest: crc32fast::hash(&bytes),
+                    len: bytes.len(),
+                }
+            }
+            CoreRequest::GetLocal { key } => {
+                let (revision, value) = self
+                    .applied
+                    .read(|a| (a.machine.revision(), a.machine.get(&key)));
+                CoreResponse::Get { revision, value }
+            }
             CoreRequest::Probe => CoreResponse::Probe {
                 id: self.id,
                 initialized: self.raft.is_initialized().await.unwrap_or(false),
+                last_log_index: self.raft.metrics().borrow().last_log_index,
             },
             CoreRequest::AddVoter { id, address } => {
                 if !peer_has_name(connection, ADMIN_NAME) {
@@ -457,7 +501,13 @@ impl CoreMember {
         }
     }
 
-    pub fn status(&self) -> CoreStatus {
+    pub async fn status(&self) -> CoreStatus {
+        let committed = self
+            .raft
+            .with_raft_state(|st| st.committed)
+            .await
+            .ok()
+            .flatten();
         let metrics = self.raft.metrics();
         let m = metrics.borrow().clone();
         let membership = m.membership_config.membership();
@@ -484,8 +534,9 @@ impl CoreMember {
             term: m.current_term,
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
-            committed: None,
+            committed,
             snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             revision,
             watch_history_floor: self.applied.history_floor(),
             state: match m.state {
@@ -524,7 +575,7 @@ impl CoreMember {
                 .collect()
         };
         match self.raft.change_membership(voters, false).await {
-            Ok(_) => CoreResponse::MembershipChanged(self.status()),
+            Ok(_) => CoreResponse::MembershipChanged(self.status().await),
             Err(e) => self.membership_error(
                 e.to_string(),
                 e.forward_to_leader()
@@ -549,7 +600,7 @@ impl CoreMember {
             ));
         }
         match self.raft.change_membership(voters, false).await {
-            Ok(_) => CoreResponse::MembershipChanged(self.status()),
+            Ok(_) => CoreResponse::MembershipChanged(self.status().await),
             Err(e) => self.membership_error(
                 e.to_string(),
                 e.forward_to_leader()

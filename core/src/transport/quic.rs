@@ -27,8 +27,8 @@ use super::tls::{TlsError, TlsIdentity};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection with no traffic for this long is closed; keep-alives prevent it while the
 /// peer lives.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
 /// Most concurrent request streams a peer may open on one connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 4096;
 

@@ -1,0 +1,501 @@
+//! The voting core as real processes on loopback: election, durability across a leader
+//! kill, restart from disk, catch-up of a wiped member through a snapshot, membership
+//! changes, and refusal of foreign certificates and bad frames.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use corral_core::client::ClientError;
+use corral_core::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse};
+use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_proto::{Answer, Command, SessionOwner};
+use corral_testkit::core_cluster::admin_client;
+use corral_testkit::{CoreCluster, CoreOptions, Pki, wait_until};
+
+const STARTUP: Duration = Duration::from_secs(20);
+
+fn put(key: &str, value: &[u8]) -> Command {
+    Command::Put {
+        key: key.to_string(),
+        value: value.to_vec(),
+        session: None,
+    }
+}
+
+/// Three members elect one leader, which serves writes and linearizable reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_is_elected_and_serves() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    let leader = cluster.wait_for_leader(STARTUP).await;
+    let response = cluster
+        .client()
+        .write(&put("config/a", b"1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(response.outcome, Ok(Answer::Put(_))),
+        "{response:?}"
+    );
+    let (revision, value) = cluster.client().get("config/a", true).await.unwrap();
+    assert_eq!(value.unwrap().value, b"1");
+    assert!(revision >= response.revision);
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(status.voters.len(), 3);
+}
+
+/// 1,000 acknowledged writes survive SIGKILL of the leader in the middle of the load and
+/// are present on both survivors, and a new leader serves a write within 3 s of the kill.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_killing_the_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    let leader = cluster.wait_for_leader(STARTUP).await;
+
+    let client = Arc::new(admin_client(
+        &cluster.pki.dir,
+        cluster.addresses.values().cloned().collect(),
+    ));
+    let acknowledged = Arc::new(Acked::default());
+    let target = 1000;
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let client = client.clone();
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while acknowledged.count() < target {
+                let key = format!("w/{w}/{i}");
+                i += 1;
+                if let Ok(response) = client.write(&put(&key, key.as_bytes())).await {
+                    assert!(response.outcome.is_ok(), "{response:?}");
+                    acknowledged.add(key);
+                }
+            }
+        }));
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "400 acknowledged writes",
+        || async { (acknowledged.count() >= 400).then_some(()) },
+    )
+    .await;
+    cluster.kill(leader);
+    let killed_at = Instant::now();
+
+    // A new leader among the survivors serves a write.
+    let survivors: Vec<u64> = cluster
+        .addresses
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    let survivor_client = admin_client(
+        &cluster.pki.dir,
+        survivors
+            .iter()
+            .map(|id| cluster.address(*id).to_string())
+            .collect(),
+    );
+    let new_leader = wait_until(Duration::from_secs(3), "a new leader", || async {
+        for id in &survivors {
+            if let Some(status) = cluster.status(*id).await
+                && status.state == "leader"
+            {
+                return Some(*id);
+            }
+        }
+        None
+    })
+    .await;
+    let probe = survivor_client
+        .write(&put("probe/after-kill", b"x"))
+        .await
+        .expect("the new leader serves");
+    let failover = killed_at.elapsed();
+    assert!(probe.outcome.is_ok());
+    assert!(
+        failover < Duration::from_secs(3),
+        "new leader {new_leader} served only after {failover:?}"
+    );
+
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let keys = acknowledged.keys();
+    assert!(keys.len() >= target);
+    cluster
+        .wait_for_identical_state(Duration::from_secs(20))
+        .await;
+    for id in &survivors {
+        let mut missing = Vec::new();
+        for key in &keys {
+            let (_, value) = cluster
+                .client()
+                .get_local(cluster.address(*id), key)
+                .await
+                .unwrap();
+            if value.map(|v| v.value) != Some(key.as_bytes().to_vec()) {
+                missing.push(key.clone());
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "member {id} lost {} acknowledged writes: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+}
+
+/// Killing every member and starting them again from their data directories gives the
+/// same state, byte for byte, on all three.
+#[tokio::test(flavor = "multi_thread")]
+async fn restarting_every_member_from_disk_keeps_identical_state() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = CoreCluster::start(
+        root.path(),
+        CoreOptions {
+            snapshot_every: Some(150),
+            ..Default::default()
+        },
+    );
+    cluster.wait_for_leader(STARTUP).await;
+    let client = cluster.client();
+    let session = match client
+        .write(&Command::OpenSession {
+            owner: SessionOwner::Node {
+                name: "host1".into(),
+                incarnation: 1,
+            },
+        })
+        .await
+        .unwrap()
+        .outcome
+    {
+        Ok(Answer::SessionOpened { session, .. }) => session,
+        other => panic!("{other:?}"),
+    };
+    client
+        .write(&Command::CreateShard { name: "M1".into() })
+        .await
+        .unwrap();
+    client
+        .write(&Command::RegisterReplica {
+            shard: "M1".into(),
+            address: "host1:7000".into(),
+            priority: 1,
+            session,
+        })
+        .await
+        .unwrap();
+    client
+        .write(&Command::AcquireLock {
+            name: "L".into(),
+            session,
+            wait: false,
+        })
+        .await
+        .unwrap();
+    for i in 0..400 {
+        client
+            .write(&put(&format!("k/{i}"), &[i as u8; 32]))
+            .await
+            .unwrap();
+    }
+    let before = cluster
+        .wait_for_identical_state(Duration::from_secs(20))
+        .await;
+
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(STARTUP).await;
+    let after = cluster
+        .wait_for_identical_state(Duration::from_secs(20))
+        .await;
+    assert_eq!(after, before, "the state after a restart differs");
+    let shard = cluster
+        .client()
+        .get_local(cluster.address(1), "k/399")
+        .await
+        .unwrap();
+    assert_eq!(shard.1.unwrap().value, vec![143u8; 32]);
+}
+
+/// A member whose data directory was wiped rejoins and catches up through a snapshot,
+/// because the others compacted the log it would need.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_member_catches_up_through_a_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = CoreCluster::start(
+        root.path(),
+        CoreOptions {
+            snapshot_every: Some(100),
+            ..Default::default()
+        },
+    );
+    let leader = cluster.wait_for_leader(STARTUP).await;
+    for i in 0..1000 {
+        cluster
+            .client()
+            .write(&put(&format!("k/{i}"), b"v"))
+            .await
+            .unwrap();
+    }
+    let before = cluster
+        .wait_for_identical_state(Duration::from_secs(20))
+        .await;
+    let leader_status = cluster.status(leader).await.unwrap();
+    assert!(
+        leader_status.purged_index.unwrap_or(0) >= 800,
+        "the leader did not compact its log: {leader_status:?}"
+    );
+
+    let wiped = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.kill(wiped);
+    cluster.wipe(wiped);
+    cluster.spawn(wiped);
+    let after = cluster
+        .wait_for_identical_state(Duration::from_secs(30))
+        .await;
+    assert_eq!(after, before);
+    let status = cluster.status(wiped).await.unwrap();
+    assert!(
+        status.snapshot_index.is_some(),
+        "caught up without a snapshot: {status:?}"
+    );
+    assert!(
+        cluster
+            .process(wiped)
+            .log_text()
+            .contains("snapshot installed"),
+        "no snapshot was installed:\n{}",
+        cluster.logs()
+    );
+    // And it takes part again: writes go on with the wiped member's vote counted.
+    cluster
+        .client()
+        .write(&put("after/rejoin", b"1"))
+        .await
+        .unwrap();
+    cluster
+        .wait_for_identical_state(Duration::from_secs(20))
+        .await;
+}
+
+/// Voters are added and removed while the core serves writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn voters_are_added_and_removed_while_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    cluster.wait_for_leader(STARTUP).await;
+    for i in 0..100 {
+        cluster
+            .client()
+            .write(&put(&format!("k/{i}"), b"v"))
+            .await
+            .unwrap();
+    }
+    cluster.pki.issue("core-4");
+    let address = cluster.add_address(4);
+    cluster.spawn(4);
+    let status = cluster.client().add_voter(4, address).await.unwrap();
+    assert_eq!(
+        status.voters.iter().map(|m| m.id).collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 2, 3, 4])
+    );
+    cluster
+        .client()
+        .write(&put("after/add", b"1"))
+        .await
+        .unwrap();
+    cluster
+        .wait_for_identical_state(Duration::from_secs(20))
+        .await;
+
+    let status = cluster.client().remove_voter(1).await.unwrap();
+    assert_eq!(
+        status.voters.iter().map(|m| m.id).collect::<BTreeSet<_>>(),
+        BTreeSet::from([2, 3, 4])
+    );
+    cluster.kill(1);
+    let client = admin_client(
+        &cluster.pki.dir,
+        (2..=4).map(|id| cluster.address(id).to_string()).collect(),
+    );
+    let response = client.write(&put("after/remove", b"1")).await.unwrap();
+    assert!(response.outcome.is_ok());
+    let (_, value) = client.get("k/99", true).await.unwrap();
+    assert!(value.is_some());
+}
+
+/// A member whose certificate comes from another CA is refused by the others and cannot
+/// take part; a tool with such a certificate is refused too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_with_a_foreign_certificate_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    // Replace member 3 by an impostor with a certificate from another CA.
+    cluster.kill(3);
+    cluster.wipe(3);
+    let foreign = Pki::new(&root.path().join("foreign"), &["core-3"]);
+    let args = cluster.member_args(3, &foreign.dir);
+    cluster.spawn_with_args(3, &args);
+
+    // Members 1 and 2 form the cluster and serve without it.
+    let client = admin_client(
+        &cluster.pki.dir,
+        vec![cluster.address(1).into(), cluster.address(2).into()],
+    );
+    wait_until(STARTUP, "members 1 and 2 serve", || async {
+        client.write(&put("a", b"1")).await.ok()
+    })
+    .await;
+    for i in 0..20 {
+        client.write(&put(&format!("k/{i}"), b"v")).await.unwrap();
+    }
+    // The genuine admin cannot talk to the impostor: its certificate is not from our CA.
+    let err = cluster
+        .client()
+        .status(cluster.address(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Transport(_)), "{err}");
+    // The impostor, asked with its own CA, never received anything from the cluster.
+    let foreign_client = admin_client(&foreign.dir, vec![cluster.address(3).into()]);
+    let status = foreign_client.status(cluster.address(3)).await.unwrap();
+    assert_eq!(status.revision, 0);
+    assert_eq!(status.leader, None);
+    // And a foreign tool cannot reach the real members.
+    let err = foreign_client.status(cluster.address(1)).await.unwrap_err();
+    assert!(matches!(err, ClientError::Transport(_)), "{err}");
+    assert!(cluster.process(1).is_running() && cluster.process(2).is_running());
+}
+
+/// Raft messages are accepted only over a connection whose certificate names the member
+/// they claim to come from: an agent's valid certificate cannot forge a vote.
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_messages_need_the_senders_member_certificate() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    let leader = cluster.wait_for_leader(STARTUP).await;
+    cluster.pki.issue("agent-1");
+    let identity = TlsIdentity::load(&cluster.pki.dir, "agent-1").unwrap();
+    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let forged = CoreRequest::Vote(openraft::raft::VoteRequest::new(
+        openraft::Vote::new(1000, 2),
+        None,
+    ));
+    let answer: CoreResponse = transport
+        .call(
+            cluster.address(leader),
+            "core",
+            &forged,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, CoreResponse::Error(CoreError::Forbidden(_))),
+        "{answer:?}"
+    );
+    let status = cluster.status(leader).await.unwrap();
+    assert!(status.term < 1000, "the forged vote raised the term");
+    // The agent certificate cannot change the membership either.
+    let answer: CoreResponse = transport
+        .call(
+            cluster.address(leader),
+            "core",
+            &CoreRequest::RemoveVoter { id: 1 },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, CoreResponse::Error(CoreError::Forbidden(_))),
+        "{answer:?}"
+    );
+}
+
+/// Oversized, garbage and truncated frames get a clear error, and the member goes on
+/// serving everyone else.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_frames_get_an_error_and_the_member_keeps_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    let leader = cluster.wait_for_leader(STARTUP).await;
+    let identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
+    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let connection = transport
+        .connection(cluster.address(leader), "core")
+        .await
+        .unwrap();
+
+    let oversized = ((corral_proto::frame::FRAME_LEN_MAX + 1) as u32)
+        .to_be_bytes()
+        .to_vec();
+    let mut garbage = 64u32.to_be_bytes().to_vec();
+    garbage.push(1);
+    garbage.extend(std::iter::repeat_n(0xff, 63));
+    let mut truncated = 1000u32.to_be_bytes().to_vec();
+    truncated.extend([1, 2, 3]);
+    let mut wrong_version = 2u32.to_be_bytes().to_vec();
+    wrong_version.extend([9, 0]);
+    for (what, bytes, expected) in [
+        ("oversized", oversized, "exceeds the limit"),
+        ("garbage", garbage, "undecodable"),
+        ("truncated", truncated, "truncated"),
+        ("wrong version", wrong_version, "unsupported frame version"),
+    ] {
+        let (mut send, mut receive) = connection.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        let answer: CoreResponse =
+            corral_proto::frame::read_frame(&mut receive, corral_proto::frame::FRAME_LEN_MAX)
+                .await
+                .unwrap()
+                .unwrap();
+        match answer {
+            CoreResponse::Error(CoreError::BadRequest(message)) => {
+                assert!(message.contains(expected), "{what}: {message}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    let response = cluster
+        .client()
+        .write(&put("still/serving", b"1"))
+        .await
+        .unwrap();
+    assert!(response.outcome.is_ok());
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(status.state, "leader");
+}
+
+/// Keys whose writes were acknowledged, shared by the writer tasks.
+#[derive(Default)]
+struct Acked {
+    keys: std::sync::Mutex<Vec<String>>,
+    count: AtomicUsize,
+}
+
+impl Acked {
+    fn add(&self, key: String) {
+        self.keys.lock().unwrap().push(key);
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.keys.lock().unwrap().clone()
+    }
+}

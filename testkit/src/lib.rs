@@ -1,0 +1,16 @@
+//! Helpers for tests that run real `corral` processes on loopback.
+//!
+//! ```text
+//!  corral_binary()  locates target/<profile>/corral, built by cargo for the agent's tests
+//!  Pki              a throwaway CA with certificates, made by `corral ca`
+//!  CoreCluster      core members as child processes: kill, pause, wipe, restart
+//!  wait_until       poll a condition with a deadline, never a bare sleep
+//! ```
+
+pub mod core_cluster;
+pub mod pki;
+pub mod process;
+
+pub use core_cluster::{CoreCluster, CoreOptions};
+pub use pki::Pki;
+pub use process::{ChildProcess, corral_binary, free_udp_port, wait_until};
