@@ -11,8 +11,8 @@ use corral_core::client::ClientError;
 use corral_core::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse};
 use corral_core::transport::{QuicTransport, TlsIdentity};
 use corral_proto::{Answer, Command, SessionOwner};
-use corral_testkit::core_cluster::admin_client;
-use corral_testkit::{CoreCluster, CoreOptions, Pki, wait_until};
+use corral_tests::core_cluster::admin_client;
+use corral_tests::{CoreCluster, CoreOptions, Pki, wait_until};
 
 const STARTUP: Duration = Duration::from_secs(20);
 
