@@ -14,6 +14,8 @@
 //! - `transport`: QUIC with mutual TLS under the cluster CA, and the RPC framing;
 //! - `server`: the member process: Raft, client requests, watch streams.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod applied_state;
 pub mod client;
 pub mod raft_types;

@@ -8,6 +8,8 @@
 //! The types hold no I/O. [`frame`] turns them into bytes and back, refusing anything
 //! truncated, oversized or undecodable with a typed error.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod answer;
 pub mod command;
 pub mod event;

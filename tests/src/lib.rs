@@ -1,7 +1,7 @@
 //! Helpers for tests that run real `corral` processes on loopback.
 //!
 //! ```text
-//!  corral_binary()  locates target/<profile>/corral, built by cargo for the agent's tests
+//!  corral_binary()  builds (once per test process, a no-op when fresh) target/<profile>/corral
 //!  Pki              a throwaway CA with certificates, made by `corral ca`
 //!  CoreCluster      core members as child processes: kill, pause, wipe, restart
 //!  wait_until       poll a condition with a deadline, never a bare sleep

@@ -8,24 +8,34 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// The `corral` binary of this build profile. Cargo builds it, with the same features,
-/// before the integration tests of `corral-agent`, which is where the process tests live.
+/// The `corral` binary of this build profile, brought up to date once per test process
+/// (`cargo build --bin corral`, a no-op when it is) so that tests always run the code
+/// under test. `scripts/check` builds it before the tests so that no test waits on it.
 pub fn corral_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let exe = std::env::current_exe().expect("the test binary knows its path");
-        // target/<profile>/deps/<test> -> target/<profile>/corral
-        let binary = exe
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
             .parent()
             .and_then(Path::parent)
-            .expect("tests run from target/<profile>/deps")
-            .join("corral");
-        assert!(
-            binary.exists(),
-            "{} does not exist: process tests belong to corral-agent, whose test build \
-             builds the binary",
-            binary.display()
-        );
+            .expect("tests run from target/<profile>/deps");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is inside the workspace");
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(workspace)
+            .args(["build", "--quiet", "--bin", "corral"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the corral binary failed");
+        let binary = profile_dir.join("corral");
+        assert!(binary.exists(), "{} was not built", binary.display());
         binary
     })
 }
