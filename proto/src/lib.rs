@@ -1,7 +1,7 @@
 //! Corral's wire crate: the types every tier exchanges and the framing that carries them.
 //!
 //! ```text
-//!   app ──[api]──► agent ──[Command]──► core ──apply──► [Answer] + [Event]s
+//!   app ──[api, client]──► agent ──[Command]──► core ──apply──► [Answer] + [Event]s
 //!          frame.rs: u32 length + version byte + postcard body, 4 MiB at most
 //! ```
 //!
@@ -11,6 +11,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod answer;
+pub mod api;
+pub mod client;
 pub mod command;
 pub mod event;
 pub mod frame;
@@ -18,6 +20,8 @@ pub mod limits;
 pub mod model;
 
 pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};
+pub use api::{AgentRequest, ApiError, EventFilter, Query, QueryResult, Reply};
+pub use client::{AgentClient, ClientError, Subscription};
 pub use command::{Command, Compare, CompareOp, CompareTarget, InvalidCommand, Txn, TxnOp};
 pub use event::{Event, EventBatch};
 pub use frame::FrameError;

@@ -35,6 +35,27 @@ enum BenchAction {
         #[arg(long)]
         json: bool,
     },
+    /// Shard-master lookups through the local agent's socket ("who is the master of
+    /// SHARD"), answered from its replica, or linearizable with --consistent.
+    Get {
+        /// The agent's socket.
+        #[arg(long, env = "CORRAL_SOCKET")]
+        socket: std::path::PathBuf,
+        /// Concurrent clients, each on its own connection.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Total lookups, shared among the clients.
+        #[arg(long, default_value_t = 100_000)]
+        ops: usize,
+        /// The shard looked up; created with one replica if missing.
+        #[arg(long, default_value = "bench-shard")]
+        shard: String,
+        /// Linearizable lookups (read index through the core leader).
+        #[arg(long)]
+        consistent: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// What one run measured.
@@ -118,7 +139,95 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             let report = super::runtime()?.block_on(bench_put(access, clients, ops, value_size))?;
             report.print(json)
         }
+        BenchAction::Get {
+            socket,
+            clients,
+            ops,
+            shard,
+            consistent,
+            json,
+        } => {
+            anyhow::ensure!(
+                clients > 0 && ops > 0,
+                "--clients and --ops must be positive"
+            );
+            let report =
+                super::runtime()?.block_on(bench_get(socket, clients, ops, shard, consistent))?;
+            report.print(json)
+        }
     }
+}
+
+async fn bench_get(
+    socket: std::path::PathBuf,
+    clients: usize,
+    ops: usize,
+    shard: String,
+    consistent: bool,
+) -> anyhow::Result<BenchReport> {
+    use corral_proto::AgentClient;
+    use corral_proto::api::{AgentRequest, Query, QueryResult};
+    let setup = AgentClient::connect(&socket).await?;
+    if setup.shard(&shard).await?.is_none() {
+        let _ = setup
+            .write(AgentRequest::CreateShard {
+                name: shard.clone(),
+            })
+            .await;
+        setup
+            .write(AgentRequest::JoinShard {
+                shard: shard.clone(),
+                address: "bench-master:1".into(),
+                priority: 1,
+                detach: true,
+            })
+            .await?;
+    }
+    let mut connections = Vec::new();
+    for _ in 0..clients {
+        connections.push(AgentClient::connect(&socket).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, client) in connections.into_iter().enumerate() {
+        let count = ops / clients + usize::from(c < ops % clients);
+        let shard = shard.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            let mut errors = 0u64;
+            for _ in 0..count {
+                let t = Instant::now();
+                match client.read(Query::Shard(shard.clone()), consistent).await {
+                    Ok(reply) if matches!(reply.result, QueryResult::Shard(Some(ref s)) if s.master.is_some()) => {
+                        histogram
+                            .record(t.elapsed().as_micros().max(1) as u64)
+                            .expect("latency within bounds");
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (histogram, errors)
+        }));
+    }
+    let mut histogram = new_histogram();
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await?;
+        histogram.add(&h).expect("same bounds");
+        errors += e;
+    }
+    let workload = if consistent {
+        "shard lookup (agent, consistent)"
+    } else {
+        "shard lookup (agent, local)"
+    };
+    Ok(BenchReport::new(
+        workload,
+        clients,
+        &histogram,
+        errors,
+        started.elapsed(),
+    ))
 }
 
 async fn bench_put(

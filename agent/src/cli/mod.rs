@@ -1,7 +1,9 @@
 //! The `corral` command line: argument parsing and dispatch to each command.
 
+mod agent_run;
 mod bench;
 mod ca;
+mod client;
 mod core_member;
 mod output;
 
@@ -26,6 +28,47 @@ enum Command {
     Ca(ca::CaArgs),
     /// Run a member of the voting core, or manage the core.
     Core(core_member::CoreArgs),
+    /// Run this host's agent: gossip, local replica, socket API.
+    Agent(agent_run::AgentArgs),
+    /// Show the local agent's state.
+    Status(client::Connect),
+    /// List the gossip pool as the local agent sees it.
+    Members(client::Connect),
+    /// Keys: get, put, del, cas, list.
+    Kv {
+        #[command(subcommand)]
+        action: client::KvAction,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Shards: create, get, list, join, handover.
+    Shard {
+        #[command(subcommand)]
+        action: client::ShardAction,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Locks: acquire, release, status.
+    Lock {
+        #[command(subcommand)]
+        action: client::LockAction,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Services: register, resolve.
+    Service {
+        #[command(subcommand)]
+        action: client::ServiceAction,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Stream events as JSON, one per line.
+    Watch {
+        #[command(flatten)]
+        args: client::WatchArgs,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
     /// Measure Corral: write and read throughput and latency.
     Bench(bench::BenchArgs),
 }
@@ -35,6 +78,22 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Ca(args) => ca::run(args),
         Command::Core(args) => core_member::run(args),
+        Command::Agent(args) => agent_run::run(args),
+        Command::Status(connect) => client::run(connect, client::ClientCommand::Status),
+        Command::Members(connect) => client::run(connect, client::ClientCommand::Members),
+        Command::Kv { action, connect } => client::run(connect, client::ClientCommand::Kv(action)),
+        Command::Shard { action, connect } => {
+            client::run(connect, client::ClientCommand::Shard(action))
+        }
+        Command::Lock { action, connect } => {
+            client::run(connect, client::ClientCommand::Lock(action))
+        }
+        Command::Service { action, connect } => {
+            client::run(connect, client::ClientCommand::Service(action))
+        }
+        Command::Watch { args, connect } => {
+            client::run(connect, client::ClientCommand::Watch(args))
+        }
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -1,0 +1,193 @@
+//! One agent: gossip, the replica feed, the node session, death reports and the socket,
+//! wired together.
+//!
+//! ```text
+//!              ┌────────────── agent ───────────────────────────────┐
+//!  peers ◄────►│ gossip (foca/QUIC) ──view──► death reports ──┐     │
+//!              │                                              ▼     │
+//!  core  ◄────►│ feed ──► replica ◄── socket API ──writes──► CoreClient ──► core
+//!              │            ▲             ▲                          │
+//!              │            └─ node session (opened, renewed) ───────┘
+//!  apps ◄─────►│ unix socket                                        │
+//!              └────────────────────────────────────────────────────┘
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use corral_core::client::CoreClient;
+use corral_core::rpc::ALPN_CORE;
+use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_proto::SessionId;
+use tokio::sync::watch;
+
+use crate::gossip::{self, GossipConfig, GossipHandle, GossipTransport, NodeIdentity};
+use crate::replica::SharedReplica;
+use crate::sessions::{death_reports, node_session};
+
+/// What the agent's tasks share.
+#[derive(Debug)]
+pub struct AgentContext {
+    pub name: String,
+    pub core: Arc<CoreClient>,
+    pub replica: Arc<SharedReplica>,
+    pub gossip: GossipHandle,
+    pub node_session: watch::Receiver<Option<SessionId>>,
+    pub shutdown: watch::Receiver<bool>,
+    client_keys: AtomicU64,
+}
+
+impl AgentContext {
+    pub fn next_client_key(&self) -> u64 {
+        self.client_keys.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub gossip_listen: SocketAddr,
+    /// The address other agents reach this one at (default: `gossip_listen`).
+    pub advertise: SocketAddr,
+    pub join: Vec<SocketAddr>,
+    pub core: Vec<String>,
+    pub socket: PathBuf,
+    pub tls_dir: PathBuf,
+    pub gossip: GossipConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Names reserved for core members and operators; agents cannot use them.
+pub fn check_agent_name(name: &str) -> Result<(), AgentError> {
+    corral_core::transport::certificate_authority::validate_node_name(name)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    if name == "core" || name == "admin" || name.starts_with("core-") {
+        return Err(AgentError::Config(format!(
+            "agent name {name} is reserved for core members and operators"
+        )));
+    }
+    Ok(())
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub context: Arc<AgentContext>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        check_agent_name(&config.name)?;
+        config
+            .gossip
+            .validate()
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        if config.advertise.ip().is_unspecified() {
+            return Err(AgentError::Config(
+                "the gossip address others use cannot be unspecified; give --advertise".into(),
+            ));
+        }
+        if config.core.is_empty() {
+            return Err(AgentError::Config("no core member given (--core)".into()));
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            AgentError::Start(format!("data directory {}: {e}", config.data_dir.display()))
+        })?;
+        let tls = TlsIdentity::load(&config.tls_dir, &config.name)
+            .map_err(|e| AgentError::Start(e.to_string()))?;
+        let incarnation = node_session::next_incarnation(&config.data_dir)
+            .map_err(|e| AgentError::Start(format!("incarnation: {e}")))?;
+        let identity = NodeIdentity {
+            name: config.name.clone(),
+            address: config.advertise,
+            incarnation,
+        };
+        let (gossip_transport, inbound) = GossipTransport::bind(&tls, config.gossip_listen)
+            .map_err(|e| AgentError::Start(e.to_string()))?;
+        let core_transport = QuicTransport::client(&tls, &[ALPN_CORE])
+            .map_err(|e| AgentError::Start(e.to_string()))?;
+        let core = Arc::new(CoreClient::new(
+            Arc::new(core_transport),
+            config.core.clone(),
+        ));
+        let listener = crate::api::server::bind(&config.socket)
+            .map_err(|e| AgentError::Start(e.to_string()))?;
+
+        let gossip = gossip::service::spawn(
+            identity.clone(),
+            &config.gossip,
+            gossip_transport,
+            inbound,
+            config.join.clone(),
+        );
+        let replica = Arc::new(SharedReplica::new());
+        let (shutdown, shutdown_receiver) = watch::channel(false);
+        let (session_sender, session_receiver) = watch::channel(None);
+        let context = Arc::new(AgentContext {
+            name: config.name.clone(),
+            core: core.clone(),
+            replica: replica.clone(),
+            gossip: gossip.clone(),
+            node_session: session_receiver,
+            shutdown: shutdown_receiver.clone(),
+            client_keys: AtomicU64::new(1),
+        });
+        let tasks = vec![
+            tokio::spawn(crate::replica::feed::run(
+                core.clone(),
+                replica.clone(),
+                shutdown_receiver.clone(),
+            )),
+            tokio::spawn(node_session::run(
+                config.data_dir.clone(),
+                core.clone(),
+                replica.clone(),
+                gossip.clone(),
+                session_sender,
+                shutdown_receiver.clone(),
+            )),
+            tokio::spawn(death_reports::run(
+                config.name.clone(),
+                core.clone(),
+                replica.clone(),
+                gossip.view.clone(),
+                shutdown_receiver.clone(),
+            )),
+            tokio::spawn(crate::api::server::run(listener, context.clone())),
+        ];
+        tracing::info!(
+            identity = %identity,
+            socket = %config.socket.display(),
+            "agent started"
+        );
+        Ok(Agent {
+            context,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Leaves gracefully: closes the node session (releasing what it holds), leaves the
+    /// gossip pool, and stops every task.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+        self.context.gossip.leave().await;
+        tracing::info!(name = self.context.name, "agent stopped");
+    }
+}

@@ -1,0 +1,654 @@
+//! One app connection on the agent's socket: its requests, its client session and its
+//! subscriptions.
+//!
+//! ```text
+//!  reader: frame ──► spawn handler (≤ REQUESTS_IN_FLIGHT_MAX) ──► replies ─┐
+//!                    spawn subscription ──► events ─────────────────────────┼─► writer
+//!  bad frame: error reply, then the connection is closed                   ┘
+//!  close: every subscription ends; the client session is closed in the core at once
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_core::client::ClientError as CoreClientError;
+use corral_core::rpc::CoreError;
+use corral_proto::api::{
+    AgentFrame, AgentRequest, AgentStatus, ApiError, ClientFrame, EventFilter, LOCK_WAIT_MAX_MS,
+    MemberInfo, MemberState, REQUESTS_IN_FLIGHT_MAX, ReadReply, Reply,
+    SUBSCRIPTIONS_PER_CONNECTION_MAX, SubscriptionItem,
+};
+use corral_proto::limits::FRAME_LEN_MAX;
+use corral_proto::{
+    Answer, Command, CommandError, Event, EventBatch, Revision, SessionId, SessionOwner, frame,
+};
+use parking_lot::Mutex;
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+
+use super::translate::{self, Binding};
+use crate::agent::AgentContext;
+use crate::replica::ReplicaSignal;
+
+/// Frames queued for the writer of one connection.
+const OUTGOING_BUFFER: usize = 1024;
+
+/// How long a write waits for the local replica to apply it before answering anyway.
+pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a consistent read waits for the replica to reach the read index.
+const CONSISTENT_READ_WAIT: Duration = Duration::from_secs(5);
+
+struct Connection {
+    context: Arc<AgentContext>,
+    outgoing: mpsc::Sender<AgentFrame>,
+    /// The connection's client session, and the node session it was opened under.
+    session: tokio::sync::Mutex<Option<(SessionId, SessionId)>>,
+    client_key: u64,
+    /// Highest revision this connection wrote: its reads never show less.
+    watermark: Mutex<Revision>,
+    subscriptions: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+}
+
+pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let (outgoing, mut frames) = mpsc::channel::<AgentFrame>(OUTGOING_BUFFER);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = frames.recv().await {
+            if frame::write_frame(&mut write, &message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let client_key = context.next_client_key();
+    let connection = Arc::new(Connection {
+        context: context.clone(),
+        outgoing: outgoing.clone(),
+        session: tokio::sync::Mutex::new(None),
+        client_key,
+        watermark: Mutex::new(0),
+        subscriptions: Mutex::new(HashMap::new()),
+    });
+    let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
+    let mut reader = BufReader::new(read);
+    let mut shutdown = context.shutdown.clone();
+    loop {
+        let message = tokio::select! {
+            message = frame::read_frame::<_, ClientFrame>(&mut reader, FRAME_LEN_MAX) => message,
+            _ = shutdown.changed() => break,
+        };
+        let message = match message {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(e) => {
+                if !e.is_clean_close() {
+                    tracing::info!(error = %e, "bad frame on the socket; closing the connection");
+                    let reply = AgentFrame::Reply {
+                        id: 0,
+                        result: Err(ApiError::BadRequest(e.to_string())),
+                    };
+                    let _ = outgoing.send(reply).await;
+                }
+                break;
+            }
+        };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let reply = AgentFrame::Reply {
+                id: message.id,
+                result: Err(ApiError::TooManyRequests(REQUESTS_IN_FLIGHT_MAX)),
+            };
+            if outgoing.send(reply).await.is_err() {
+                break;
+            }
+            continue;
+        };
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            let id = message.id;
+            if let Some(result) = connection.handle(id, message.request).await {
+                let _ = connection
+                    .outgoing
+                    .send(AgentFrame::Reply { id, result })
+                    .await;
+            }
+            drop(permit);
+        });
+    }
+    // The connection is gone: end subscriptions, release the session at once.
+    connection.subscriptions.lock().clear();
+    drop(outgoing);
+    connection.close_session().await;
+    drop(connection);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+}
+
+fn core_error(error: CoreClientError) -> ApiError {
+    match error {
+        CoreClientError::OutcomeUnknown(e) => ApiError::OutcomeUnknown(e),
+        CoreClientError::Core(CoreError::Invalid(e)) => ApiError::Invalid(e),
+        CoreClientError::Core(CoreError::OutcomeUnknown(e)) => ApiError::OutcomeUnknown(e),
+        CoreClientError::Core(e) => ApiError::Unavailable(e.to_string()),
+        other => ApiError::Unavailable(other.to_string()),
+    }
+}
+
+impl Connection {
+    /// Handles one request. None when the reply was already sent (subscriptions).
+    async fn handle(
+        self: &Arc<Self>,
+        id: u64,
+        request: AgentRequest,
+    ) -> Option<Result<Reply, ApiError>> {
+        Some(match request {
+            AgentRequest::Status => Ok(Reply::Status(self.status().await)),
+            AgentRequest::Members => Ok(Reply::Members(self.members())),
+            AgentRequest::Read { query, consistent } => self.read(query, consistent).await,
+            AgentRequest::Subscribe { filter, after } => {
+                return self.subscribe(id, filter, after).await.err().map(Err);
+            }
+            AgentRequest::Unsubscribe { subscription } => {
+                match self.subscriptions.lock().remove(&subscription) {
+                    Some(stop) => {
+                        let _ = stop.send(());
+                        Ok(Reply::Unsubscribed)
+                    }
+                    None => Err(ApiError::NoSuchSubscription(subscription)),
+                }
+            }
+            AgentRequest::AcquireLock { wait_ms, .. } if wait_ms > LOCK_WAIT_MAX_MS => Err(
+                ApiError::BadRequest(format!("wait_ms above the limit of {LOCK_WAIT_MAX_MS}")),
+            ),
+            AgentRequest::AcquireLock {
+                ref name, wait_ms, ..
+            } if wait_ms > 0 => {
+                let name = name.clone();
+                self.acquire_waiting(request, name, wait_ms).await
+            }
+            write => self.write(write).await,
+        })
+    }
+
+    async fn status(&self) -> AgentStatus {
+        let context = &self.context;
+        let identity = context.gossip.identity.borrow().clone();
+        let (alive, suspect, down) = {
+            let view = context.gossip.view.read();
+            let count = |state| view.members.values().filter(|m| m.state == state).count();
+            (
+                count(MemberState::Alive),
+                count(MemberState::Suspect),
+                count(MemberState::Down),
+            )
+        };
+        let (revision, keys, shards) = context.replica.read(|r| {
+            let counts = r.machine().counts();
+            (r.revision(), counts.keys, counts.shards)
+        });
+        let node_session = *context.node_session.borrow();
+        let client_session = self.session.lock().await.map(|(s, _)| s);
+        AgentStatus {
+            name: identity.name,
+            incarnation: identity.incarnation,
+            gossip_address: identity.address.to_string(),
+            node_session,
+            client_session,
+            revision,
+            age_ms: context.replica.age_ms(),
+            feed: context.replica.feed(),
+            members_alive: alive,
+            members_suspect: suspect,
+            members_down: down,
+            keys,
+            shards,
+        }
+    }
+
+    fn members(&self) -> Vec<MemberInfo> {
+        let sessions: HashMap<(String, u64), SessionId> = self.context.replica.read(|r| {
+            r.machine()
+                .sessions()
+                .filter_map(|s| match s.owner {
+                    SessionOwner::Node { name, incarnation } => Some(((name, incarnation), s.id)),
+                    SessionOwner::Client { .. } => None,
+                })
+                .collect()
+        });
+        let view = self.context.gossip.view.read();
+        let mut members: Vec<MemberInfo> = view
+            .members
+            .values()
+            .map(|m| MemberInfo {
+                name: m.identity.name.clone(),
+                address: m.identity.address.to_string(),
+                incarnation: m.identity.incarnation,
+                state: m.state,
+                session: sessions
+                    .get(&(m.identity.name.clone(), m.identity.incarnation))
+                    .copied(),
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        members
+    }
+
+    async fn read(
+        &self,
+        query: corral_proto::api::Query,
+        consistent: bool,
+    ) -> Result<Reply, ApiError> {
+        let replica = &self.context.replica;
+        let mut needed = *self.watermark.lock();
+        if consistent {
+            let index = self.context.core.read_index().await.map_err(core_error)?;
+            needed = needed.max(index);
+        }
+        if replica.revision() < needed {
+            let wait = if consistent {
+                CONSISTENT_READ_WAIT
+            } else {
+                READ_YOUR_WRITES_WAIT
+            };
+            replica
+                .wait_for(needed, wait)
+                .await
+                .map_err(|current| ApiError::ReplicaBehind {
+                    replica: current,
+                    needed,
+                })?;
+        }
+        let (revision, result) =
+            replica.read(|r| (r.revision(), translate::answer(r.machine(), &query)));
+        Ok(Reply::Read(ReadReply {
+            revision,
+            age_ms: replica.age_ms(),
+            result: result?,
+        }))
+    }
+
+    /// The session a request binding resolves to, opening the client session if needed.
+    async fn session_for(&self, binding: Binding) -> Result<Option<SessionId>, ApiError> {
+        let node = (*self.context.node_session.borrow())
+            .ok_or_else(|| ApiError::Unavailable("this agent has no node session yet".into()))?;
+        match binding {
+            Binding::None => Ok(None),
+            Binding::Node => Ok(Some(node)),
+            Binding::Connection => {
+                let mut session = self.session.lock().await;
+                if let Some((id, under)) = *session {
+                    if under == node {
+                        return Ok(Some(id));
+                    }
+                    // The node session changed: the old client session died with it.
+                    *session = None;
+                }
+                let owner = SessionOwner::Client {
+                    node_session: node,
+                    client_key: self.client_key,
+                    label: format!("connection {}", self.client_key),
+                };
+                let response = self
+                    .context
+                    .core
+                    .write(&Command::OpenSession { owner })
+                    .await
+                    .map_err(core_error)?;
+                match response.outcome {
+                    Ok(Answer::SessionOpened { session: id, .. }) => {
+                        *session = Some((id, node));
+                        *self.watermark.lock() = (*self.watermark.lock()).max(response.revision);
+                        Ok(Some(id))
+                    }
+                    Ok(other) => Err(ApiError::Unavailable(format!(
+                        "unexpected answer {other:?}"
+                    ))),
+                    Err(error) => Err(ApiError::Refused {
+                        revision: response.revision,
+                        error,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Sends a write and waits until the local replica applied it.
+    async fn write(&self, request: AgentRequest) -> Result<Reply, ApiError> {
+        let binding = translate::binding_of(&request);
+        let session = self.session_for(binding).await?;
+        let Some(command) = translate::command_for(&request, session) else {
+            return Err(ApiError::BadRequest("not a write".into()));
+        };
+        command.validate()?;
+        let response = self
+            .context
+            .core
+            .write(&command)
+            .await
+            .map_err(core_error)?;
+        let revision = response.revision;
+        {
+            let mut watermark = self.watermark.lock();
+            *watermark = (*watermark).max(revision);
+        }
+        let _ = self
+            .context
+            .replica
+            .wait_for(revision, READ_YOUR_WRITES_WAIT)
+            .await;
+        match response.outcome {
+            Ok(Answer::Txn {
+                succeeded: false, ..
+            }) if matches!(request, AgentRequest::CompareAndSet { .. }) => {
+                let AgentRequest::CompareAndSet { key, .. } = request else {
+                    unreachable!("matched above")
+                };
+                let version = self
+                    .context
+                    .replica
+                    .read(|r| r.machine().get(&key).map_or(0, |kv| kv.version));
+                Err(ApiError::Conflict {
+                    key,
+                    version,
+                    revision,
+                })
+            }
+            Ok(answer) => Ok(Reply::Written { revision, answer }),
+            Err(CommandError::NoSuchSession { session: lost })
+                if binding == Binding::Connection =>
+            {
+                // Our client session was closed by the core: forget it, tell the app.
+                let mut session = self.session.lock().await;
+                if session.is_some_and(|(id, _)| id == lost) {
+                    *session = None;
+                }
+                Err(ApiError::SessionLost(lost))
+            }
+            Err(error) => Err(ApiError::Refused { revision, error }),
+        }
+    }
+
+    /// A lock acquire that may wait in the queue until granted or `wait_ms` passes.
+    async fn acquire_waiting(
+        &self,
+        request: AgentRequest,
+        name: String,
+        wait_ms: u64,
+    ) -> Result<Reply, ApiError> {
+        // Subscribe before writing so that a grant right after the queueing is not missed.
+        let mut signals = self.context.replica.subscribe();
+        let reply = self.write(request.clone()).await?;
+        let Reply::Written {
+            answer: Answer::LockQueued { .. },
+            revision,
+        } = reply
+        else {
+            return Ok(reply);
+        };
+        let binding = translate::binding_of(&request);
+        let session = self
+            .session_for(binding)
+            .await?
+            .expect("a lock request is bound to a session");
+        let granted_now = |revision: Revision| {
+            self.context.replica.read(|r| {
+                r.machine()
+                    .lock(&name)
+                    .and_then(|l| l.holder.clone())
+                    .filter(|h| h.session == session)
+                    .map(|grant| (r.revision().max(revision), grant))
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            if let Some((at, grant)) = granted_now(revision) {
+                return Ok(Reply::Written {
+                    revision: at,
+                    answer: Answer::LockGranted(grant),
+                });
+            }
+            let signal = tokio::select! {
+                signal = signals.recv() => signal,
+                () = tokio::time::sleep_until(deadline) => break,
+            };
+            match signal {
+                Ok(ReplicaSignal::Applied(batch)) => {
+                    for event in &batch.events {
+                        match event {
+                            Event::LockGranted { name: n, grant }
+                                if *n == name && grant.session == session =>
+                            {
+                                *self.watermark.lock() =
+                                    (*self.watermark.lock()).max(batch.revision);
+                                return Ok(Reply::Written {
+                                    revision: batch.revision,
+                                    answer: Answer::LockGranted(grant.clone()),
+                                });
+                            }
+                            Event::SessionClosed { session: s, .. } if *s == session => {
+                                return Err(ApiError::SessionLost(session));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                // Lagged or replaced: the state check at the loop's top covers it.
+                Ok(ReplicaSignal::Replaced(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(ApiError::ShuttingDown);
+                }
+            }
+        }
+        // Gave up: leave the queue (or release, if the grant came just now).
+        let release = Command::ReleaseLock {
+            name: name.clone(),
+            session,
+        };
+        let _ = self.context.core.write(&release).await;
+        Err(ApiError::Timeout(format!(
+            "lock {name} not granted within {wait_ms} ms"
+        )))
+    }
+
+    async fn subscribe(
+        self: &Arc<Self>,
+        id: u64,
+        filter: EventFilter,
+        after: Option<Revision>,
+    ) -> Result<(), ApiError> {
+        let (stop, stopped) = oneshot::channel();
+        {
+            let mut subscriptions = self.subscriptions.lock();
+            if subscriptions.len() >= SUBSCRIPTIONS_PER_CONNECTION_MAX {
+                return Err(ApiError::BadRequest(format!(
+                    "at most {SUBSCRIPTIONS_PER_CONNECTION_MAX} subscriptions per connection"
+                )));
+            }
+            subscriptions.insert(id, stop);
+        }
+        let connection = self.clone();
+        tokio::spawn(async move {
+            let reason = connection.stream_events(id, filter, after, stopped).await;
+            connection.subscriptions.lock().remove(&id);
+            if let Some(reason) = reason {
+                let item = SubscriptionItem::Ended { reason };
+                let _ = connection
+                    .outgoing
+                    .send(AgentFrame::Event {
+                        subscription: id,
+                        item,
+                    })
+                    .await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Sends what of `batch` passes `filter`; false when the connection is gone.
+    async fn send_filtered(
+        &self,
+        subscription: u64,
+        filter: &EventFilter,
+        batch: &EventBatch,
+    ) -> bool {
+        match translate::filter_batch(filter, batch) {
+            Some(filtered) => {
+                self.send_event(subscription, SubscriptionItem::Events(filtered))
+                    .await
+            }
+            None => true,
+        }
+    }
+
+    async fn send_event(&self, subscription: u64, item: SubscriptionItem) -> bool {
+        self.outgoing
+            .send(AgentFrame::Event { subscription, item })
+            .await
+            .is_ok()
+    }
+
+    /// Streams events until the subscriber leaves (None) or the stream must end (Some).
+    async fn stream_events(
+        &self,
+        id: u64,
+        filter: EventFilter,
+        after: Option<Revision>,
+        mut stopped: oneshot::Receiver<()>,
+    ) -> Option<String> {
+        let replica = &self.context.replica;
+        let mut signals = replica.subscribe();
+        let mut members = filter
+            .members
+            .then(|| self.context.gossip.events.subscribe());
+        // Where the stream starts, and what it must send first to get there.
+        let (start, backlog) = replica.read(|r| match after {
+            None => (r.revision(), Ok(Vec::new())),
+            Some(after) if after >= r.revision() => (after, Ok(Vec::new())),
+            Some(after) => match r.history_after(after) {
+                Some(batches) => (r.revision(), Ok(batches)),
+                None => {
+                    let (revision, item) = translate::reset_item(r.machine(), &filter);
+                    (revision, Err(item))
+                }
+            },
+        });
+        let reply = AgentFrame::Reply {
+            id,
+            result: Ok(Reply::Subscribed { revision: start }),
+        };
+        if self.outgoing.send(reply).await.is_err() {
+            return None;
+        }
+        let mut last = after.unwrap_or(start);
+        match backlog {
+            Ok(batches) => {
+                for batch in batches {
+                    if !self.send_filtered(id, &filter, &batch).await {
+                        return None;
+                    }
+                    last = batch.revision;
+                }
+            }
+            Err(reset) => {
+                if !self.send_event(id, reset).await {
+                    return None;
+                }
+                last = start;
+            }
+        }
+        loop {
+            let member_event = async {
+                match members.as_mut() {
+                    Some(receiver) => receiver.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stopped => return None,
+                event = member_event => match event {
+                    Ok(member) => {
+                        if !self.send_event(id, SubscriptionItem::Member(member)).await {
+                            return None;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "member events lagged");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => members = None,
+                },
+                signal = signals.recv() => {
+                    let resume = match signal {
+                        Ok(ReplicaSignal::Applied(batch)) => {
+                            if batch.revision <= last {
+                                continue;
+                            }
+                            if batch.revision == last + 1 {
+                                if !self.send_filtered(id, &filter, &batch).await {
+                        return None;
+                    }
+                                last = batch.revision;
+                                continue;
+                            }
+                            true
+                        }
+                        Ok(ReplicaSignal::Replaced(_)) => true,
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Some("the agent is stopping".into());
+                        }
+                    };
+                    if resume {
+                        // Catch up from history, or reset when it no longer reaches back.
+                        let catch_up = replica.read(|r| match r.history_after(last) {
+                            Some(batches) => Ok(batches),
+                            None => Err(translate::reset_item(r.machine(), &filter)),
+                        });
+                        match catch_up {
+                            Ok(batches) => {
+                                for batch in batches {
+                                    if batch.revision <= last {
+                                        continue;
+                                    }
+                                    if !self.send_filtered(id, &filter, &batch).await {
+                        return None;
+                    }
+                                    last = batch.revision;
+                                }
+                            }
+                            Err((revision, reset)) => {
+                                if revision < last {
+                                    // The replica started over below us; wait to pass `last`.
+                                    continue;
+                                }
+                                if !self.send_event(id, reset).await {
+                                    return None;
+                                }
+                                last = revision;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the client session in the core, now that the connection is closed.
+    async fn close_session(&self) {
+        let Some((session, _)) = self.session.lock().await.take() else {
+            return;
+        };
+        let command = Command::CloseSession { session };
+        for attempt in 0..20 {
+            match self.context.core.write(&command).await {
+                Ok(_) => {
+                    tracing::debug!(session, "client session closed with its connection");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(session, attempt, error = %e, "closing a client session failed");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+}

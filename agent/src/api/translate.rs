@@ -1,0 +1,287 @@
+//! Pure translations between the socket API and the core: a request into the command the
+//! core applies, a query into an answer from the replica, and an event batch through a
+//! subscription's filter.
+
+use corral_core::state::StateMachine;
+use corral_proto::api::{
+    AgentRequest, ApiError, EventFilter, Query, QueryResult, SubscriptionItem,
+};
+use corral_proto::limits::LIST_KEYS_MAX;
+use corral_proto::{
+    Command, Compare, CompareOp, CompareTarget, Event, EventBatch, Revision, SessionId, Txn, TxnOp,
+};
+
+/// Which session a write binds what it creates to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// Nothing session-bound.
+    None,
+    /// The connection's client session (opened on first use).
+    Connection,
+    /// The agent's node session: lives until the agent leaves or dies.
+    Node,
+}
+
+/// The session binding a write request needs.
+pub fn binding_of(request: &AgentRequest) -> Binding {
+    let bound = |detach: bool| {
+        if detach {
+            Binding::Node
+        } else {
+            Binding::Connection
+        }
+    };
+    match request {
+        AgentRequest::Put { ephemeral, .. } | AgentRequest::CompareAndSet { ephemeral, .. } => {
+            if *ephemeral {
+                Binding::Connection
+            } else {
+                Binding::None
+            }
+        }
+        AgentRequest::Txn(txn) => {
+            let any_bound = txn.success.iter().chain(&txn.failure).any(|op| {
+                matches!(
+                    op,
+                    TxnOp::Put {
+                        session: Some(_),
+                        ..
+                    }
+                )
+            });
+            if any_bound {
+                Binding::Connection
+            } else {
+                Binding::None
+            }
+        }
+        AgentRequest::JoinShard { detach, .. }
+        | AgentRequest::AcquireLock { detach, .. }
+        | AgentRequest::ReleaseLock { detach, .. }
+        | AgentRequest::RegisterService { detach, .. } => bound(*detach),
+        _ => Binding::None,
+    }
+}
+
+/// The command for a write request, with `session` the session its binding resolved to.
+/// None for requests that are not writes.
+pub fn command_for(request: &AgentRequest, session: Option<SessionId>) -> Option<Command> {
+    let need = || session.expect("a bound request gets a session");
+    Some(match request.clone() {
+        AgentRequest::Put {
+            key,
+            value,
+            ephemeral,
+        } => Command::Put {
+            key,
+            value,
+            session: ephemeral.then(need),
+        },
+        AgentRequest::Delete { key, prefix } => Command::Delete { key, prefix },
+        AgentRequest::CompareAndSet {
+            key,
+            version,
+            value,
+            ephemeral,
+        } => Command::Txn(Txn {
+            compares: vec![Compare {
+                key: key.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Version(version),
+            }],
+            success: vec![TxnOp::Put {
+                key,
+                value,
+                session: ephemeral.then(need),
+            }],
+            failure: vec![],
+        }),
+        AgentRequest::Txn(mut txn) => {
+            for op in txn.success.iter_mut().chain(txn.failure.iter_mut()) {
+                if let TxnOp::Put { session: s, .. } = op
+                    && s.is_some()
+                {
+                    *s = Some(need());
+                }
+            }
+            Command::Txn(txn)
+        }
+        AgentRequest::CreateShard { name } => Command::CreateShard { name },
+        AgentRequest::DeleteShard { name } => Command::DeleteShard { name },
+        AgentRequest::JoinShard {
+            shard,
+            address,
+            priority,
+            ..
+        } => Command::RegisterReplica {
+            shard,
+            address,
+            priority,
+            session: need(),
+        },
+        AgentRequest::LeaveShard { shard, address } => {
+            Command::DeregisterReplica { shard, address }
+        }
+        AgentRequest::Handover { shard, to, epoch } => Command::Handover { shard, to, epoch },
+        AgentRequest::AcquireLock { name, wait_ms, .. } => Command::AcquireLock {
+            name,
+            session: need(),
+            wait: wait_ms > 0,
+        },
+        AgentRequest::ReleaseLock { name, .. } => Command::ReleaseLock {
+            name,
+            session: need(),
+        },
+        AgentRequest::RegisterService {
+            service,
+            id,
+            address,
+            port,
+            tags,
+            ..
+        } => Command::RegisterService {
+            service,
+            id,
+            address,
+            port,
+            tags,
+            session: need(),
+        },
+        AgentRequest::DeregisterService { service, id } => {
+            Command::DeregisterService { service, id }
+        }
+        _ => return None,
+    })
+}
+
+/// Answers a query from the replica's state.
+pub fn answer(machine: &StateMachine, query: &Query) -> Result<QueryResult, ApiError> {
+    Ok(match query {
+        Query::Key(key) => QueryResult::Key(machine.get(key)),
+        Query::Prefix { prefix, limit } => {
+            let limit = (*limit as usize).clamp(1, LIST_KEYS_MAX);
+            let (keys, more) = machine.list(prefix, None, limit);
+            QueryResult::Keys { keys, more }
+        }
+        Query::Shard(name) => QueryResult::Shard(machine.shard(name).cloned()),
+        Query::Shards => QueryResult::Shards(machine.shards().cloned().collect()),
+        Query::Lock(name) => QueryResult::Lock(machine.lock(name).cloned()),
+        Query::Locks => QueryResult::Locks(machine.locks().cloned().collect()),
+        Query::Service(name) => QueryResult::Service(machine.service(name).cloned().collect()),
+    })
+}
+
+/// True when `filter` lets `event` through.
+pub fn matches(filter: &EventFilter, event: &Event) -> bool {
+    match event {
+        Event::KeyPut(kv) => filter.keys.as_ref().is_some_and(|p| kv.key.starts_with(p)),
+        Event::KeyDeleted { key } => filter.keys.as_ref().is_some_and(|p| key.starts_with(p)),
+        Event::SessionOpened(_) | Event::SessionClosed { .. } => filter.sessions,
+        Event::ShardCreated { .. }
+        | Event::ShardDeleted { .. }
+        | Event::ReplicaAdded { .. }
+        | Event::ReplicaRemoved { .. }
+        | Event::MasterChanged { .. } => filter.shards,
+        Event::LockGranted { .. }
+        | Event::LockReleased { .. }
+        | Event::LockQueued { .. }
+        | Event::LockDequeued { .. } => filter.locks,
+        Event::ServiceUp(_) | Event::ServiceDown { .. } => filter.services,
+    }
+}
+
+/// The part of `batch` that `filter` lets through; None when nothing is left.
+pub fn filter_batch(filter: &EventFilter, batch: &EventBatch) -> Option<EventBatch> {
+    let events: Vec<Event> = batch
+        .events
+        .iter()
+        .filter(|e| matches(filter, e))
+        .cloned()
+        .collect();
+    (!events.is_empty()).then_some(EventBatch {
+        revision: batch.revision,
+        events,
+    })
+}
+
+/// The state a subscriber restarts from when its history is gone.
+pub fn reset_item(machine: &StateMachine, filter: &EventFilter) -> (Revision, SubscriptionItem) {
+    let keys = match &filter.keys {
+        Some(prefix) => machine.list(prefix, None, usize::MAX).0,
+        None => Vec::new(),
+    };
+    let item = SubscriptionItem::Reset {
+        revision: machine.revision(),
+        keys,
+        shards: if filter.shards {
+            machine.shards().cloned().collect()
+        } else {
+            Vec::new()
+        },
+        locks: if filter.locks {
+            machine.locks().cloned().collect()
+        } else {
+            Vec::new()
+        },
+        services: if filter.services {
+            machine.service_instances().cloned().collect()
+        } else {
+            Vec::new()
+        },
+    };
+    (machine.revision(), item)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_and_connection_bound_requests_bind_to_the_right_session() {
+        let acquire = |detach| AgentRequest::AcquireLock {
+            name: "l".into(),
+            wait_ms: 0,
+            detach,
+        };
+        assert_eq!(binding_of(&acquire(false)), Binding::Connection);
+        assert_eq!(binding_of(&acquire(true)), Binding::Node);
+        let put = AgentRequest::Put {
+            key: "k".into(),
+            value: vec![],
+            ephemeral: false,
+        };
+        assert_eq!(binding_of(&put), Binding::None);
+        assert_eq!(
+            command_for(&put, None),
+            Some(Command::Put {
+                key: "k".into(),
+                value: vec![],
+                session: None
+            })
+        );
+        assert_eq!(command_for(&AgentRequest::Status, None), None);
+    }
+
+    #[test]
+    fn a_key_filter_lets_only_its_prefix_through() {
+        let filter = EventFilter::keys("a/");
+        let batch = EventBatch {
+            revision: 3,
+            events: vec![
+                Event::KeyDeleted { key: "a/1".into() },
+                Event::KeyDeleted { key: "b/1".into() },
+                Event::ShardCreated { shard: "s".into() },
+            ],
+        };
+        let filtered = filter_batch(&filter, &batch).unwrap();
+        assert_eq!(filtered.events.len(), 1);
+        assert!(filter_batch(&EventFilter::keys("c/"), &batch).is_none());
+        assert_eq!(
+            filter_batch(&EventFilter::everything(), &batch)
+                .unwrap()
+                .events
+                .len(),
+            3
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! `corral agent`: run this host's agent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::agent::{Agent, AgentConfig};
+use crate::gossip::GossipConfig;
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// This host's name in the pool; its certificate is NAME.pem.
+    #[arg(long, env = "CORRAL_NAME")]
+    name: String,
+    /// Where the agent keeps its incarnation number.
+    #[arg(long, env = "CORRAL_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address to gossip on (UDP, QUIC).
+    #[arg(long, env = "CORRAL_GOSSIP")]
+    gossip: SocketAddr,
+    /// Address other agents reach this one at, when it differs from --gossip.
+    #[arg(long, env = "CORRAL_ADVERTISE")]
+    advertise: Option<SocketAddr>,
+    /// Agents to join through: HOST:PORT[,HOST:PORT..]. Empty for the first agent.
+    #[arg(long, env = "CORRAL_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// Core member addresses: HOST:PORT[,HOST:PORT..].
+    #[arg(long, env = "CORRAL_CORE", value_delimiter = ',', required = true)]
+    core: Vec<String>,
+    /// The Unix socket apps connect to.
+    #[arg(long, env = "CORRAL_SOCKET")]
+    socket: PathBuf,
+    /// Directory with ca.pem and this agent's NAME.pem and NAME-key.pem.
+    #[arg(long, env = "CORRAL_TLS_DIR")]
+    tls_dir: PathBuf,
+    /// Gossip probe period, in milliseconds.
+    #[arg(long, env = "CORRAL_PROBE_PERIOD_MS", default_value_t = 500)]
+    probe_period_ms: u64,
+    /// Time a probe waits for its ack before asking others, in milliseconds.
+    #[arg(long, env = "CORRAL_PROBE_RTT_MS", default_value_t = 200)]
+    probe_rtt_ms: u64,
+    /// Time a suspected member has to refute before it is declared dead, in ms.
+    #[arg(long, env = "CORRAL_SUSPECT_TO_DOWN_MS", default_value_t = 2000)]
+    suspect_to_down_ms: u64,
+}
+
+fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {address}"))?
+        .next()
+        .with_context(|| format!("{address} resolves to nothing"))
+}
+
+pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
+    super::init_logging("info");
+    let gossip = GossipConfig {
+        probe_period: Duration::from_millis(args.probe_period_ms),
+        probe_rtt: Duration::from_millis(args.probe_rtt_ms),
+        suspect_to_down: Duration::from_millis(args.suspect_to_down_ms),
+        ..GossipConfig::default()
+    };
+    let join = args
+        .join
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| resolve(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = AgentConfig {
+        name: args.name,
+        data_dir: args.data_dir,
+        gossip_listen: args.gossip,
+        advertise: args.advertise.unwrap_or(args.gossip),
+        join,
+        core: args.core,
+        socket: args.socket,
+        tls_dir: args.tls_dir,
+        gossip,
+    };
+    super::runtime()?.block_on(async move {
+        let agent = Agent::start(config).await?;
+        super::shutdown_signal().await;
+        tracing::info!("leaving");
+        agent.stop().await;
+        Ok(())
+    })
+}

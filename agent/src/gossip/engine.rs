@@ -1,0 +1,248 @@
+//! The gossip protocol as a plain value: foca plus the effects it asks for.
+//!
+//! ```text
+//!  GossipInput (datagram, timer, announce, leave) ──► GossipEngine::handle
+//!                                                        │ foca
+//!                    Vec<GossipEffect> ◄─────────────────┘ send / schedule / notify
+//! ```
+//!
+//! No sockets, clocks or threads here: the agent's gossip task performs the effects, and
+//! the simulations drive the very same engine on a virtual clock.
+
+use std::time::Duration;
+
+use foca::{Foca, NoCustomBroadcast, Notification, PostcardCodec, Runtime, State, Timer};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::config::GossipConfig;
+use super::identity::NodeIdentity;
+
+#[derive(Debug)]
+pub enum GossipInput {
+    Datagram(Vec<u8>),
+    Timer(Timer<NodeIdentity>),
+    /// Ask the member at this address to let us in.
+    Announce(std::net::SocketAddr),
+    /// Leave the pool gracefully.
+    Leave,
+    /// Take a new incarnation above `above` (our node session was closed, or the core
+    /// knows a newer incarnation of our name): we must come back as new.
+    Renew {
+        above: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GossipEffect {
+    Send {
+        to: NodeIdentity,
+        data: Vec<u8>,
+    },
+    Schedule {
+        timer: Timer<NodeIdentity>,
+        after: Duration,
+    },
+    MemberUp(NodeIdentity),
+    MemberDown(NodeIdentity),
+    /// A member came back under a newer identity.
+    Renamed {
+        old: NodeIdentity,
+        new: NodeIdentity,
+    },
+    /// Our own identity changed (the pool had declared us dead, or we renewed).
+    IdentityChanged(NodeIdentity),
+    /// We are known by at least one member.
+    Active,
+    /// Every other member is gone or dead.
+    Idle,
+}
+
+struct Effects<'a>(&'a mut Vec<GossipEffect>);
+
+impl Runtime<NodeIdentity> for Effects<'_> {
+    fn notify(&mut self, notification: Notification<'_, NodeIdentity>) {
+        let effect = match notification {
+            Notification::MemberUp(id) => GossipEffect::MemberUp(id.clone()),
+            Notification::MemberDown(id) => GossipEffect::MemberDown(id.clone()),
+            Notification::Rename(old, new) => GossipEffect::Renamed {
+                old: old.clone(),
+                new: new.clone(),
+            },
+            Notification::Rejoin(id) => GossipEffect::IdentityChanged(id.clone()),
+            Notification::Active => GossipEffect::Active,
+            Notification::Idle => GossipEffect::Idle,
+            // Not reachable: our identity always renews itself.
+            Notification::Defunct => return,
+        };
+        self.0.push(effect);
+    }
+
+    fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
+        self.0.push(GossipEffect::Send {
+            to,
+            data: data.to_vec(),
+        });
+    }
+
+    fn submit_after(&mut self, timer: Timer<NodeIdentity>, after: Duration) {
+        self.0.push(GossipEffect::Schedule { timer, after });
+    }
+}
+
+/// Why an input could not be handled. Nothing changed in the membership.
+#[derive(Debug, thiserror::Error)]
+#[error("gossip: {0}")]
+pub struct GossipError(String);
+
+pub struct GossipEngine {
+    foca: Foca<NodeIdentity, PostcardCodec, StdRng, NoCustomBroadcast>,
+}
+
+impl std::fmt::Debug for GossipEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipEngine")
+            .field("identity", self.foca.identity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GossipEngine {
+    /// `config` must have passed [`GossipConfig::validate`]. `seed` feeds the random
+    /// choice of probe targets.
+    pub fn new(identity: NodeIdentity, config: &GossipConfig, seed: u64) -> Self {
+        GossipEngine {
+            foca: Foca::new(
+                identity,
+                config.to_foca(),
+                StdRng::seed_from_u64(seed),
+                PostcardCodec,
+            ),
+        }
+    }
+
+    pub fn identity(&self) -> &NodeIdentity {
+        self.foca.identity()
+    }
+
+    /// Effects to perform at start: the first probe and periodic timers.
+    pub fn start(&mut self) -> Vec<GossipEffect> {
+        // Foca arms its timers on the first member it learns of; nothing to do before.
+        Vec::new()
+    }
+
+    pub fn handle(&mut self, input: GossipInput) -> Result<Vec<GossipEffect>, GossipError> {
+        let mut effects = Vec::new();
+        let runtime = Effects(&mut effects);
+        let result = match input {
+            GossipInput::Datagram(data) => self.foca.handle_data(&data, runtime),
+            GossipInput::Timer(timer) => self.foca.handle_timer(timer, runtime),
+            GossipInput::Announce(address) => {
+                self.foca.announce(NodeIdentity::seed(address), runtime)
+            }
+            GossipInput::Leave => self.foca.leave_cluster(runtime),
+            GossipInput::Renew { above } => {
+                let current = self.foca.identity();
+                let renewed = NodeIdentity {
+                    incarnation: current.incarnation.max(above) + 1,
+                    ..current.clone()
+                };
+                let result = self.foca.change_identity(renewed.clone(), runtime);
+                if result.is_ok() {
+                    effects.push(GossipEffect::IdentityChanged(renewed));
+                }
+                result
+            }
+        };
+        result.map_err(|e| GossipError(e.to_string()))?;
+        Ok(effects)
+    }
+
+    /// Every member foca knows, with its state (dead members until forgotten).
+    pub fn members(&self) -> impl Iterator<Item = (&NodeIdentity, State)> {
+        self.foca
+            .iter_membership_state()
+            .map(|member| (member.id(), member.state()))
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    /// Installs an already converged membership at once (simulations of large pools).
+    pub fn preload(
+        &mut self,
+        members: impl Iterator<Item = NodeIdentity>,
+    ) -> Result<Vec<GossipEffect>, GossipError> {
+        let mut effects = Vec::new();
+        self.foca
+            .apply_many(
+                members.map(foca::Member::alive),
+                true,
+                Effects(&mut effects),
+            )
+            .map_err(|e| GossipError(e.to_string()))?;
+        Ok(effects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(name: &str, port: u16) -> NodeIdentity {
+        NodeIdentity {
+            name: name.into(),
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            incarnation: 1,
+        }
+    }
+
+    /// Two engines exchanging their effects directly converge: each sees the other up.
+    #[test]
+    fn two_engines_find_each_other() {
+        let config = GossipConfig::default();
+        let mut a = GossipEngine::new(identity("a", 1), &config, 1);
+        let mut b = GossipEngine::new(identity("b", 2), &config, 2);
+        let mut queue: Vec<(char, GossipEffect)> = a
+            .handle(GossipInput::Announce(b.identity().address))
+            .unwrap()
+            .into_iter()
+            .map(|e| ('a', e))
+            .collect();
+        let mut a_saw_b = false;
+        let mut b_saw_a = false;
+        for _ in 0..100 {
+            let Some((from, effect)) = queue.pop() else {
+                break;
+            };
+            match (from, effect) {
+                ('a', GossipEffect::Send { data, .. }) => queue.extend(
+                    b.handle(GossipInput::Datagram(data))
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| ('b', e)),
+                ),
+                ('b', GossipEffect::Send { data, .. }) => queue.extend(
+                    a.handle(GossipInput::Datagram(data))
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| ('a', e)),
+                ),
+                ('a', GossipEffect::MemberUp(id)) => a_saw_b |= id.name == "b",
+                ('b', GossipEffect::MemberUp(id)) => b_saw_a |= id.name == "a",
+                _ => {}
+            }
+        }
+        assert!(a_saw_b && b_saw_a);
+        assert_eq!(a.active_count(), 1);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut a = GossipEngine::new(identity("a", 1), &GossipConfig::default(), 1);
+        for data in [vec![], vec![0xff; 7], vec![1; 2000]] {
+            assert!(a.handle(GossipInput::Datagram(data)).is_err());
+        }
+    }
+}

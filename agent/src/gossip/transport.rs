@@ -1,0 +1,353 @@
+//! Gossip packets in QUIC datagrams, over one endpoint that both listens and dials.
+//!
+//! ```text
+//!  send(to, bytes) ──► per-peer queue ──► link task: connect (mTLS), send_datagram
+//!  any connection ──read_datagram──► check: claimed sender = certificate name ──► inbound
+//! ```
+//!
+//! Every connection is mutual TLS under the cluster CA, so a peer without a certificate
+//! from it never completes a handshake. A datagram whose foca header claims a sender
+//! other than the name in its connection's certificate is dropped before it reaches foca.
+//! Queues are bounded and sending never blocks the gossip task: when a peer is slow or
+//! unreachable its packets are dropped, which gossip tolerates by design.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral_core::transport::TlsIdentity;
+use corral_core::transport::tls::{certificate_has_name, peer_certificate};
+use foca::Codec;
+use parking_lot::Mutex;
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use tokio::sync::mpsc;
+
+use super::config::GOSSIP_PACKET_LEN_MAX;
+use super::identity::NodeIdentity;
+
+/// ALPN of gossip connections.
+pub const ALPN_GOSSIP: &[u8] = b"corral-gossip/1";
+
+/// Packets queued for one peer while its connection is being made.
+pub const PEER_QUEUE_LEN_MAX: usize = 256;
+
+/// Packets received and not yet taken by the gossip task.
+pub const INBOUND_QUEUE_LEN_MAX: usize = 8192;
+
+/// A link with no packet to send for this long is closed.
+const LINK_IDLE: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A datagram that passed the identity check.
+#[derive(Debug)]
+pub struct Inbound {
+    pub from: String,
+    pub data: Vec<u8>,
+}
+
+/// Counters of what the transport dropped, for status and metrics.
+#[derive(Debug, Default)]
+pub struct GossipCounters {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    /// Dropped because a queue was full or the peer unreachable.
+    pub dropped_send: AtomicU64,
+    pub dropped_inbound: AtomicU64,
+    /// Dropped because the claimed sender did not match the certificate, or undecodable.
+    pub rejected: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GossipTransportError {
+    #[error("cannot listen for gossip on {address}: {reason}")]
+    Bind { address: SocketAddr, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+pub struct GossipTransport {
+    endpoint: Endpoint,
+    client_config: quinn::ClientConfig,
+    links: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    /// The newest connection with each peer address, whichever side opened it. A peer
+    /// that restarted dials us afresh, and its old connection is dead: packets for it
+    /// must go on the new one at once, not after the old one's idle timeout.
+    newest: Mutex<HashMap<SocketAddr, Connection>>,
+    inbound: mpsc::Sender<Inbound>,
+    pub counters: Arc<GossipCounters>,
+}
+
+impl std::fmt::Debug for GossipTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipTransport")
+            .field("local", &self.endpoint.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport_config() -> TransportConfig {
+    let mut config = TransportConfig::default();
+    config.max_idle_timeout(Some(VarInt::from_u32(5_000).into()));
+    config.keep_alive_interval(Some(Duration::from_secs(1)));
+    config.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    config.max_concurrent_uni_streams(VarInt::from_u32(0));
+    config.datagram_receive_buffer_size(Some(1024 * 1024));
+    config.datagram_send_buffer_size(1024 * 1024);
+    config
+}
+
+impl GossipTransport {
+    /// Listens on `listen`. Accepted datagrams go to the returned receiver.
+    pub fn bind(
+        identity: &TlsIdentity,
+        listen: SocketAddr,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Inbound>), GossipTransportError> {
+        let tls = |e: &dyn std::fmt::Display| GossipTransportError::Tls(e.to_string());
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
+            identity
+                .server_config(&[ALPN_GOSSIP])
+                .map_err(|e| tls(&e))?,
+        )
+        .map_err(|e| tls(&e))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(Arc::new(transport_config()));
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
+            identity
+                .client_config_any_member(&[ALPN_GOSSIP])
+                .map_err(|e| tls(&e))?,
+        )
+        .map_err(|e| tls(&e))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(Arc::new(transport_config()));
+        let endpoint =
+            Endpoint::server(server, listen).map_err(|e| GossipTransportError::Bind {
+                address: listen,
+                reason: e.to_string(),
+            })?;
+        let (inbound, receiver) = mpsc::channel(INBOUND_QUEUE_LEN_MAX);
+        let transport = Arc::new(GossipTransport {
+            endpoint,
+            client_config,
+            links: Mutex::new(HashMap::new()),
+            newest: Mutex::new(HashMap::new()),
+            inbound,
+            counters: Arc::new(GossipCounters::default()),
+        });
+        tokio::spawn(accept_loop(transport.clone()));
+        Ok((transport, receiver))
+    }
+
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// Queues `data` for `to`. Never waits: when the peer's queue is full the packet is
+    /// dropped and counted.
+    pub fn send(self: &Arc<Self>, to: &NodeIdentity, data: Vec<u8>) {
+        if data.len() > GOSSIP_PACKET_LEN_MAX {
+            self.counters.dropped_send.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                len = data.len(),
+                "gossip packet larger than the limit, dropped"
+            );
+            return;
+        }
+        let data = Bytes::from(data);
+        let mut links = self.links.lock();
+        let sender = links.entry(to.address).or_insert_with(|| {
+            let (sender, receiver) = mpsc::channel(PEER_QUEUE_LEN_MAX);
+            tokio::spawn(link(self.clone(), to.address, receiver));
+            sender
+        });
+        match sender.try_send(data) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.counters.dropped_send.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(data)) => {
+                // The link ended (idle); start a fresh one.
+                let (sender, receiver) = mpsc::channel(PEER_QUEUE_LEN_MAX);
+                let _ = sender.try_send(data);
+                tokio::spawn(link(self.clone(), to.address, receiver));
+                links.insert(to.address, sender);
+            }
+        }
+    }
+
+    /// Closes every connection, after giving queued datagrams `grace` to leave.
+    pub async fn close(&self, grace: Duration) {
+        tokio::time::sleep(grace).await;
+        self.endpoint.close(VarInt::from_u32(0), b"leaving");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    fn deliver(&self, connection: &Connection, verified: &mut Option<String>, data: Bytes) {
+        let mut reader: &[u8] = &data;
+        let header = match foca::PostcardCodec.decode_header(&mut reader) {
+            Ok(header) => header,
+            Err(e) => {
+                self.reject(connection, &format!("undecodable header: {e}"));
+                return;
+            }
+        };
+        let claimed: &NodeIdentity = &header.src;
+        let matches = match verified {
+            Some(name) => *name == claimed.name,
+            None => false,
+        };
+        if !matches {
+            let has_name = peer_certificate(connection)
+                .is_some_and(|cert| certificate_has_name(&cert, &claimed.name));
+            if !has_name {
+                self.reject(
+                    connection,
+                    &format!("claims to be {claimed} but its certificate says otherwise"),
+                );
+                return;
+            }
+            *verified = Some(claimed.name.clone());
+        }
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let inbound = Inbound {
+            from: claimed.name.clone(),
+            data: data.to_vec(),
+        };
+        if self.inbound.try_send(inbound).is_err() {
+            self.counters
+                .dropped_inbound
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn reject(&self, connection: &Connection, reason: &str) {
+        let count = self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        // One line per hundred, so a hostile peer cannot flood the log.
+        if count.is_multiple_of(100) {
+            tracing::warn!(peer = %connection.remote_address(), reason, "gossip datagram dropped");
+        }
+    }
+}
+
+async fn accept_loop(transport: Arc<GossipTransport>) {
+    while let Some(incoming) = transport.endpoint.accept().await {
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
+                Ok(Ok(connection)) => {
+                    transport
+                        .newest
+                        .lock()
+                        .insert(connection.remote_address(), connection.clone());
+                    read_datagrams(transport, connection).await
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "gossip handshake failed"),
+                Err(_) => tracing::debug!("gossip handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn read_datagrams(transport: Arc<GossipTransport>, connection: Connection) {
+    let mut verified = None;
+    while let Ok(data) = connection.read_datagram().await {
+        transport.deliver(&connection, &mut verified, data);
+    }
+    let mut newest = transport.newest.lock();
+    let address = connection.remote_address();
+    if newest
+        .get(&address)
+        .is_some_and(|c| c.stable_id() == connection.stable_id())
+    {
+        newest.remove(&address);
+    }
+}
+
+/// Carries the packets for one peer address: connects, sends, reconnects with backoff.
+async fn link(
+    transport: Arc<GossipTransport>,
+    address: SocketAddr,
+    mut packets: mpsc::Receiver<Bytes>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connection = match transport.endpoint.connect_with(
+            transport.client_config.clone(),
+            address,
+            "member",
+        ) {
+            Ok(connecting) => match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Ok(Ok(connection)) => Some(connection),
+                Ok(Err(e)) => {
+                    tracing::debug!(%address, error = %e, "gossip connect failed");
+                    None
+                }
+                Err(_) => None,
+            },
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "gossip connect refused locally");
+                None
+            }
+        };
+        let Some(connection) = connection else {
+            // Unreachable: drop what is queued meanwhile (it would be stale) and retry.
+            let until = tokio::time::Instant::now() + backoff;
+            loop {
+                match tokio::time::timeout_at(until, packets.recv()).await {
+                    Ok(Some(_)) => {
+                        transport
+                            .counters
+                            .dropped_send
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            continue;
+        };
+        backoff = Duration::from_millis(100);
+        transport.newest.lock().insert(address, connection.clone());
+        tokio::spawn(read_datagrams(transport.clone(), connection.clone()));
+        let mut connection = connection;
+        loop {
+            let packet = match tokio::time::timeout(LINK_IDLE, packets.recv()).await {
+                Ok(Some(packet)) => packet,
+                Ok(None) | Err(_) => {
+                    connection.close(VarInt::from_u32(0), b"idle");
+                    return;
+                }
+            };
+            let newest = transport.newest.lock().get(&address).cloned();
+            if let Some(newest) = newest
+                && newest.stable_id() != connection.stable_id()
+                && newest.close_reason().is_none()
+            {
+                connection = newest;
+            }
+            match connection.send_datagram(packet) {
+                Ok(()) => {
+                    transport.counters.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+                    transport
+                        .counters
+                        .dropped_send
+                        .fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    transport
+                        .counters
+                        .dropped_send
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%address, error = %e, "gossip datagram not sent");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The agent's local replica of the core's state.
+//!
+//! ```text
+//!  replica.rs  the state and its checks, no I/O
+//!  shared.rs   the replica shared between the feed and the API: locks, waits, signals
+//!  feed.rs     the task fed by core watch streams, moving between members
+//! ```
+
+pub mod feed;
+#[allow(clippy::module_inception)]
+pub mod replica;
+pub mod shared;
+
+pub use replica::{ItemOutcome, Replica, ReplicaError};
+pub use shared::{ReplicaSignal, SharedReplica};

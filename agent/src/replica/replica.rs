@@ -1,0 +1,376 @@
+//! The agent's copy of the core's state, as a plain value fed by watch items.
+//!
+//! ```text
+//!  WatchItem ──► Replica::handle_item ──► applied EventBatch (kept in a bounded history)
+//!                     │ checks: next revision exactly, snapshot never older, same result
+//!                     └──► ReplicaError: the feed reconnects from `revision()` (or anew)
+//! ```
+//!
+//! Invariant: the replica's revision only grows and every revision between its first
+//! snapshot and now was applied exactly once, in order. A gap, a repeat or a divergence
+//! is an error that the feed repairs by resuming from the replica's revision; it is never
+//! served.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use corral_core::rpc::WatchItem;
+use corral_core::state::StateMachine;
+use corral_proto::{EventBatch, Revision};
+
+/// Largest snapshot the replica assembles, so a hostile or broken member cannot make it
+/// allocate without bound.
+pub const SNAPSHOT_LEN_MAX: usize = 2 * 1024 * 1024 * 1024;
+
+/// Most event batches kept for subscribers resuming from a past revision.
+pub const HISTORY_BATCHES_MAX: usize = 100_000;
+
+/// Most bytes (estimated) of event batches kept.
+pub const HISTORY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplicaError {
+    /// An entry arrived out of order. Nothing was applied.
+    #[error("expected revision {expected}, got {got}")]
+    Gap { expected: Revision, got: Revision },
+    /// A snapshot older than the replica: taking it would move reads backwards.
+    #[error("snapshot at {snapshot} is older than the replica at {replica}")]
+    OldSnapshot {
+        snapshot: Revision,
+        replica: Revision,
+    },
+    /// Chunks of different snapshots mixed, or an entry inside a snapshot.
+    #[error("snapshot stream broken: {0}")]
+    BrokenSnapshot(String),
+    #[error("snapshot larger than {SNAPSHOT_LEN_MAX} bytes")]
+    SnapshotTooLarge,
+    /// Applying the entry gave another revision than the core's: the replica cannot be
+    /// trusted any more and must start over from a snapshot.
+    #[error("replica diverged: applying revision {expected} gave {got}")]
+    Diverged { expected: Revision, got: Revision },
+    /// An entry arrived before any snapshot or base.
+    #[error("entry {0} before the replica has a base")]
+    NoBase(Revision),
+}
+
+/// What one item did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// Nothing visible changed (a snapshot chunk, or a progress note).
+    Nothing,
+    Applied(Arc<EventBatch>),
+    /// The whole state was replaced by a snapshot at this revision; subscribers whose
+    /// position is older must be reset.
+    Replaced(Revision),
+    /// The member is at `revision`.
+    Progress(Revision),
+}
+
+#[derive(Debug, Default)]
+pub struct Replica {
+    machine: StateMachine,
+    /// False until the first snapshot (or the first entry at revision 1).
+    has_base: bool,
+    pending_snapshot: Option<(Revision, Vec<u8>)>,
+    history: VecDeque<Arc<EventBatch>>,
+    history_bytes: usize,
+}
+
+/// Bytes a batch holds, roughly: its keys and values plus a fixed cost per event.
+fn batch_len_estimate(batch: &EventBatch) -> usize {
+    batch
+        .events
+        .iter()
+        .map(|event| match event {
+            corral_proto::Event::KeyPut(kv) => 96 + kv.key.len() + kv.value.len(),
+            _ => 96,
+        })
+        .sum::<usize>()
+        + 32
+}
+
+impl Replica {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn machine(&self) -> &StateMachine {
+        &self.machine
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.machine.revision()
+    }
+
+    /// Where a feed resumes from: None until the replica has a base.
+    pub fn resume_point(&self) -> Option<Revision> {
+        self.has_base.then(|| self.revision())
+    }
+
+    /// The oldest revision a subscriber may resume after without a reset.
+    pub fn history_floor(&self) -> Revision {
+        match self.history.front() {
+            Some(first) => first.revision - 1,
+            None => self.revision(),
+        }
+    }
+
+    /// The batches after `after`, or None when the history no longer reaches back there.
+    pub fn history_after(&self, after: Revision) -> Option<Vec<Arc<EventBatch>>> {
+        if after < self.history_floor() {
+            return None;
+        }
+        let start = self.history.partition_point(|b| b.revision <= after);
+        Some(self.history.range(start..).cloned().collect())
+    }
+
+    /// Forgets any half-received snapshot (the stream it came on ended).
+    pub fn stream_ended(&mut self) {
+        self.pending_snapshot = None;
+    }
+
+    pub fn handle_item(&mut self, item: WatchItem) -> Result<ItemOutcome, ReplicaError> {
+        match item {
+            WatchItem::SnapshotChunk {
+                revision,
+                bytes,
+                last,
+            } => self.handle_chunk(revision, bytes, last),
+            WatchItem::Entry { revision, command } => {
+                if self.pending_snapshot.is_some() {
+                    self.pending_snapshot = None;
+                    return Err(ReplicaError::BrokenSnapshot(format!(
+                        "entry {revision} inside a snapshot"
+                    )));
+                }
+                let expected = self.revision() + 1;
+                if !self.has_base && revision != 1 {
+                    return Err(ReplicaError::NoBase(revision));
+                }
+                if revision != expected {
+                    return Err(ReplicaError::Gap {
+                        expected,
+                        got: revision,
+                    });
+                }
+                let (_, events) = self.machine.apply(&command);
+                let got = self.machine.revision();
+                if got != revision {
+                    // Start over: drop everything, the feed asks for a snapshot.
+                    *self = Replica::new();
+                    return Err(ReplicaError::Diverged {
+                        expected: revision,
+                        got,
+                    });
+                }
+                self.has_base = true;
+                let batch = Arc::new(EventBatch { revision, events });
+                self.remember(batch.clone());
+                Ok(ItemOutcome::Applied(batch))
+            }
+            WatchItem::Progress { revision, .. } => Ok(ItemOutcome::Progress(revision)),
+        }
+    }
+
+    fn handle_chunk(
+        &mut self,
+        revision: Revision,
+        bytes: Vec<u8>,
+        last: bool,
+    ) -> Result<ItemOutcome, ReplicaError> {
+        if self.has_base && revision < self.revision() {
+            self.pending_snapshot = None;
+            return Err(ReplicaError::OldSnapshot {
+                snapshot: revision,
+                replica: self.revision(),
+            });
+        }
+        let (pending_revision, buffer) = self
+            .pending_snapshot
+            .get_or_insert_with(|| (revision, Vec::new()));
+        if *pending_revision != revision {
+            self.pending_snapshot = None;
+            return Err(ReplicaError::BrokenSnapshot(
+                "chunks of two snapshots".into(),
+            ));
+        }
+        if buffer.len() + bytes.len() > SNAPSHOT_LEN_MAX {
+            self.pending_snapshot = None;
+            return Err(ReplicaError::SnapshotTooLarge);
+        }
+        buffer.extend_from_slice(&bytes);
+        if !last {
+            return Ok(ItemOutcome::Nothing);
+        }
+        let (_, buffer) = self.pending_snapshot.take().expect("set above");
+        let machine = StateMachine::from_snapshot_bytes(&buffer)
+            .map_err(|e| ReplicaError::BrokenSnapshot(e.to_string()))?;
+        if machine.revision() != revision {
+            return Err(ReplicaError::BrokenSnapshot(format!(
+                "snapshot announced revision {revision} but holds {}",
+                machine.revision()
+            )));
+        }
+        self.machine = machine;
+        self.has_base = true;
+        // The history no longer connects to the new state.
+        self.history.clear();
+        self.history_bytes = 0;
+        Ok(ItemOutcome::Replaced(revision))
+    }
+
+    fn remember(&mut self, batch: Arc<EventBatch>) {
+        self.history_bytes += batch_len_estimate(&batch);
+        self.history.push_back(batch);
+        while self.history.len() > HISTORY_BATCHES_MAX || self.history_bytes > HISTORY_BYTES_MAX {
+            match self.history.pop_front() {
+                Some(old) => {
+                    self.history_bytes = self.history_bytes.saturating_sub(batch_len_estimate(&old))
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_proto::Command;
+
+    fn put(key: &str) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+            session: None,
+        }
+    }
+
+    fn entry(revision: Revision, key: &str) -> WatchItem {
+        WatchItem::Entry {
+            revision,
+            command: put(key),
+        }
+    }
+
+    fn snapshot_of(machine: &StateMachine) -> WatchItem {
+        WatchItem::SnapshotChunk {
+            revision: machine.revision(),
+            bytes: machine.to_snapshot_bytes(),
+            last: true,
+        }
+    }
+
+    #[test]
+    fn entries_apply_in_order_and_gaps_or_repeats_are_refused() {
+        let mut replica = Replica::new();
+        assert_eq!(
+            replica.handle_item(entry(2, "a")),
+            Err(ReplicaError::NoBase(2))
+        );
+        assert!(matches!(
+            replica.handle_item(entry(1, "a")),
+            Ok(ItemOutcome::Applied(_))
+        ));
+        assert_eq!(
+            replica.handle_item(entry(3, "b")),
+            Err(ReplicaError::Gap {
+                expected: 2,
+                got: 3
+            })
+        );
+        assert_eq!(
+            replica.handle_item(entry(1, "a")),
+            Err(ReplicaError::Gap {
+                expected: 2,
+                got: 1
+            })
+        );
+        replica.handle_item(entry(2, "b")).unwrap();
+        assert_eq!(replica.revision(), 2);
+        assert_eq!(replica.resume_point(), Some(2));
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_state_but_never_moves_it_backwards() {
+        let mut core = StateMachine::new();
+        for key in ["a", "b", "c"] {
+            core.apply(&put(key));
+        }
+        let mut replica = Replica::new();
+        assert_eq!(
+            replica.handle_item(snapshot_of(&core)),
+            Ok(ItemOutcome::Replaced(3))
+        );
+        assert!(replica.machine().get("c").is_some());
+        replica.handle_item(entry(4, "d")).unwrap();
+        let mut older = StateMachine::new();
+        older.apply(&put("x"));
+        assert!(matches!(
+            replica.handle_item(snapshot_of(&older)),
+            Err(ReplicaError::OldSnapshot { .. })
+        ));
+        assert_eq!(replica.revision(), 4);
+    }
+
+    #[test]
+    fn a_divergent_entry_resets_the_replica() {
+        let mut replica = Replica::new();
+        replica.handle_item(entry(1, "a")).unwrap();
+        // A command that changes nothing cannot make revision 2.
+        let noop = WatchItem::Entry {
+            revision: 2,
+            command: Command::Delete {
+                key: "missing".into(),
+                prefix: false,
+            },
+        };
+        assert!(matches!(
+            replica.handle_item(noop),
+            Err(ReplicaError::Diverged { .. })
+        ));
+        assert_eq!(replica.resume_point(), None);
+    }
+
+    #[test]
+    fn history_serves_resumes_and_reports_when_it_no_longer_reaches() {
+        let mut replica = Replica::new();
+        for revision in 1..=10 {
+            replica
+                .handle_item(entry(revision, &format!("k{revision}")))
+                .unwrap();
+        }
+        let after_7: Vec<_> = replica
+            .history_after(7)
+            .unwrap()
+            .iter()
+            .map(|b| b.revision)
+            .collect();
+        assert_eq!(after_7, vec![8, 9, 10]);
+        assert_eq!(replica.history_after(10).unwrap().len(), 0);
+        let mut core = StateMachine::new();
+        for revision in 1..=20 {
+            core.apply(&put(&format!("k{revision}")));
+        }
+        replica.handle_item(snapshot_of(&core)).unwrap();
+        assert!(replica.history_after(5).is_none());
+        assert_eq!(replica.history_floor(), 20);
+    }
+
+    #[test]
+    fn garbage_snapshots_are_refused_and_the_state_kept() {
+        let mut replica = Replica::new();
+        replica.handle_item(entry(1, "a")).unwrap();
+        let garbage = WatchItem::SnapshotChunk {
+            revision: 5,
+            bytes: vec![0xff; 100],
+            last: true,
+        };
+        assert!(matches!(
+            replica.handle_item(garbage),
+            Err(ReplicaError::BrokenSnapshot(_))
+        ));
+        assert_eq!(replica.revision(), 1);
+        assert!(replica.machine().get("a").is_some());
+    }
+}

@@ -1,0 +1,130 @@
+//! The replica as the agent's tasks share it: reads under a read lock, a revision that
+//! writers wait on, and a signal for every applied batch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral_core::rpc::WatchItem;
+use corral_proto::{EventBatch, Revision};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, watch};
+
+use super::replica::{ItemOutcome, Replica, ReplicaError};
+
+/// Signals buffered for subscribers; one that falls further behind resumes from history.
+pub const SIGNALS_BUFFER: usize = 16 * 1024;
+
+#[derive(Clone, Debug)]
+pub enum ReplicaSignal {
+    Applied(Arc<EventBatch>),
+    /// The state was replaced by a snapshot at this revision.
+    Replaced(Revision),
+}
+
+#[derive(Debug)]
+pub struct SharedReplica {
+    state: RwLock<Replica>,
+    revision: watch::Sender<Revision>,
+    signals: broadcast::Sender<ReplicaSignal>,
+    last_heard: Mutex<Option<Instant>>,
+    feed: Mutex<Option<String>>,
+}
+
+impl Default for SharedReplica {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SharedReplica {
+    pub fn new() -> Self {
+        SharedReplica {
+            state: RwLock::new(Replica::new()),
+            revision: watch::channel(0).0,
+            signals: broadcast::channel(SIGNALS_BUFFER).0,
+            last_heard: Mutex::new(None),
+            feed: Mutex::new(None),
+        }
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&Replica) -> R) -> R {
+        f(&self.state.read())
+    }
+
+    pub fn revision(&self) -> Revision {
+        *self.revision.borrow()
+    }
+
+    /// Time since the core was last heard from (None: never).
+    pub fn age(&self) -> Option<Duration> {
+        self.last_heard.lock().map(|at| at.elapsed())
+    }
+
+    pub fn age_ms(&self) -> Option<u64> {
+        self.age().map(|age| age.as_millis() as u64)
+    }
+
+    pub fn feed(&self) -> Option<String> {
+        self.feed.lock().clone()
+    }
+
+    pub(crate) fn set_feed(&self, member: Option<String>) {
+        *self.feed.lock() = member;
+    }
+
+    pub(crate) fn heard(&self) {
+        *self.last_heard.lock() = Some(Instant::now());
+    }
+
+    /// Subscribes to applied batches; call before reading the history to miss nothing.
+    pub fn subscribe(&self) -> broadcast::Receiver<ReplicaSignal> {
+        self.signals.subscribe()
+    }
+
+    pub fn revisions(&self) -> watch::Receiver<Revision> {
+        self.revision.subscribe()
+    }
+
+    /// Applies one watch item and tells waiters and subscribers.
+    pub(crate) fn handle_item(&self, item: WatchItem) -> Result<ItemOutcome, ReplicaError> {
+        let mut state = self.state.write();
+        let outcome = state.handle_item(item);
+        match &outcome {
+            Ok(ItemOutcome::Applied(batch)) => {
+                // Under the write lock, so signals go out in revision order.
+                let _ = self.signals.send(ReplicaSignal::Applied(batch.clone()));
+                self.revision.send_replace(batch.revision);
+            }
+            Ok(ItemOutcome::Replaced(revision)) => {
+                let _ = self.signals.send(ReplicaSignal::Replaced(*revision));
+                self.revision.send_replace(*revision);
+            }
+            Ok(ItemOutcome::Nothing | ItemOutcome::Progress(_)) => {}
+            Err(ReplicaError::Diverged { .. }) => {
+                let _ = self.signals.send(ReplicaSignal::Replaced(0));
+                self.revision.send_replace(0);
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    pub(crate) fn stream_ended(&self) {
+        self.state.write().stream_ended();
+    }
+
+    /// Waits until the replica reached `revision`, for at most `timeout`. Returns the
+    /// replica's revision then.
+    pub async fn wait_for(
+        &self,
+        revision: Revision,
+        timeout: Duration,
+    ) -> Result<Revision, Revision> {
+        let mut revisions = self.revision.subscribe();
+        let wait = revisions.wait_for(|current| *current >= revision);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(current)) => Ok(*current),
+            _ => Err(self.revision()),
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The agent's socket API: what an app sends its local agent and what it gets back.
+//!
+//! ```text
+//!  app ──ClientFrame{id, request}──► agent
+//!  app ◄──AgentFrame::Reply{id, result}── agent          one reply per request
+//!  app ◄──AgentFrame::Event{subscription, item}── agent  for each live subscription
+//! ```
+//!
+//! Requests on one connection are multiplexed by `id`: an app may have many in flight (a
+//! lock acquire waiting while it reads) and replies come in any order. The connection is
+//! also the app's *client session*: ephemeral state it creates (an ephemeral key, a shard
+//! replica, a service instance, a lock or a place in a lock's queue) belongs to it and is
+//! released as soon as the connection closes, unless the request asked to `detach` it to
+//! the agent's node session.
+
+use serde::{Deserialize, Serialize};
+
+use crate::answer::{Answer, CommandError};
+use crate::command::{InvalidCommand, Txn};
+use crate::event::EventBatch;
+use crate::model::{KeyValue, Lock, Revision, ServiceInstance, SessionId, Shard};
+
+/// Most requests one connection may have in flight; more are refused with
+/// [`ApiError::TooManyRequests`].
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+
+/// Most subscriptions open on one connection.
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 64;
+
+/// Longest wait a lock acquire may ask for.
+pub const LOCK_WAIT_MAX_MS: u64 = 24 * 3600 * 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Chosen by the app; echoed in the reply. A subscription's events carry its id.
+    pub id: u64,
+    pub request: AgentRequest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentFrame {
+    Reply {
+        id: u64,
+        result: Result<Reply, ApiError>,
+    },
+    Event {
+        subscription: u64,
+        item: SubscriptionItem,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    /// The agent's own state: its identity, sessions, replica revision and age.
+    Status,
+    /// The gossip pool as this agent sees it, with each member's node session.
+    Members,
+    /// A read from the local replica; with `consistent`, it first waits for the revision
+    /// the core leader confirms (linearizable).
+    Read {
+        query: Query,
+        consistent: bool,
+    },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        /// Bind the key to this connection's session: deleted when the connection closes.
+        ephemeral: bool,
+    },
+    Delete {
+        key: String,
+        prefix: bool,
+    },
+    /// Put only if the key's version is `version` (0: only if the key does not exist).
+    CompareAndSet {
+        key: String,
+        version: u64,
+        value: Vec<u8>,
+        ephemeral: bool,
+    },
+    /// A transaction. A put that names any session is bound to this connection's session.
+    Txn(Txn),
+    CreateShard {
+        name: String,
+    },
+    DeleteShard {
+        name: String,
+    },
+    /// Register `address` as a replica of `shard`. The core picks the master.
+    JoinShard {
+        shard: String,
+        address: String,
+        priority: u32,
+        detach: bool,
+    },
+    LeaveShard {
+        shard: String,
+        address: String,
+    },
+    /// Planned hand-over of the master role, to `to` or the best other replica; with
+    /// `epoch`, only if the shard is still at that epoch.
+    Handover {
+        shard: String,
+        to: Option<String>,
+        epoch: Option<u64>,
+    },
+    /// Acquire a lock. With `wait_ms` 0 the reply is immediate (granted or held); otherwise
+    /// the session queues and the reply comes at the grant, or when the wait ends (then it
+    /// leaves the queue and gets [`ApiError::Timeout`]).
+    AcquireLock {
+        name: String,
+        wait_ms: u64,
+        detach: bool,
+    },
+    ReleaseLock {
+        name: String,
+        detach: bool,
+    },
+    RegisterService {
+        service: String,
+        id: String,
+        address: String,
+        port: u16,
+        tags: Vec<String>,
+        detach: bool,
+    },
+    DeregisterService {
+        service: String,
+        id: String,
+    },
+    /// Stream events matching `filter` after revision `after` (None: from now). The reply
+    /// comes first; events follow as [`AgentFrame::Event`]s under the request's id.
+    Subscribe {
+        filter: EventFilter,
+        after: Option<Revision>,
+    },
+    Unsubscribe {
+        subscription: u64,
+    },
+}
+
+/// What a read asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    Key(String),
+    /// Keys under a prefix, at most `limit` (capped by `LIST_KEYS_MAX`).
+    Prefix {
+        prefix: String,
+        limit: u32,
+    },
+    Shard(String),
+    Shards,
+    Lock(String),
+    Locks,
+    Service(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryResult {
+    Key(Option<KeyValue>),
+    /// `more` is true when keys beyond the limit exist.
+    Keys {
+        keys: Vec<KeyValue>,
+        more: bool,
+    },
+    Shard(Option<Shard>),
+    Shards(Vec<Shard>),
+    Lock(Option<Lock>),
+    Locks(Vec<Lock>),
+    Service(Vec<ServiceInstance>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Status(AgentStatus),
+    Members(Vec<MemberInfo>),
+    Read(ReadReply),
+    /// A write the core committed, at `revision`; the local replica has applied it.
+    Written {
+        revision: Revision,
+        answer: Answer,
+    },
+    Subscribed {
+        revision: Revision,
+    },
+    Unsubscribed,
+}
+
+/// A read answered from the replica, with how fresh the replica is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadReply {
+    pub revision: Revision,
+    /// Milliseconds since the agent last heard from the core (None: never).
+    pub age_ms: Option<u64>,
+    pub result: QueryResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub name: String,
+    pub incarnation: u64,
+    pub gossip_address: String,
+    pub node_session: Option<SessionId>,
+    /// This connection's client session, if it holds ephemeral state.
+    pub client_session: Option<SessionId>,
+    pub revision: Revision,
+    pub age_ms: Option<u64>,
+    /// The core member the replica is fed from.
+    pub feed: Option<String>,
+    pub members_alive: usize,
+    pub members_suspect: usize,
+    pub members_down: usize,
+    pub keys: usize,
+    pub shards: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Down,
+}
+
+/// One gossip member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub name: String,
+    pub address: String,
+    pub incarnation: u64,
+    pub state: MemberState,
+    /// Its node session in the core, as the replica shows it.
+    pub session: Option<SessionId>,
+}
+
+/// Which events a subscription receives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFilter {
+    /// Key events under this prefix (None: no key events).
+    pub keys: Option<String>,
+    pub shards: bool,
+    pub locks: bool,
+    pub services: bool,
+    pub sessions: bool,
+    /// Gossip membership changes (alive, suspect, down), as this agent sees them.
+    pub members: bool,
+}
+
+impl EventFilter {
+    pub fn everything() -> Self {
+        EventFilter {
+            keys: Some(String::new()),
+            shards: true,
+            locks: true,
+            services: true,
+            sessions: true,
+            members: true,
+        }
+    }
+
+    pub fn keys(prefix: impl Into<String>) -> Self {
+        EventFilter {
+            keys: Some(prefix.into()),
+            shards: false,
+            locks: false,
+            services: false,
+            sessions: false,
+            members: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubscriptionItem {
+    /// The events of one revision that match the filter. Revisions only grow.
+    Events(EventBatch),
+    /// A gossip membership change seen by this agent (not part of the core's history).
+    Member(MemberInfo),
+    /// The revision asked for is older than the agent's history: the events in between
+    /// are gone. Here is the matching state at `revision`; events after it follow.
+    Reset {
+        revision: Revision,
+        keys: Vec<KeyValue>,
+        shards: Vec<Shard>,
+        locks: Vec<Lock>,
+        services: Vec<ServiceInstance>,
+    },
+    /// The subscription ended (the subscriber fell too far behind, or the agent stops);
+    /// resume with `after` = the last revision received.
+    Ended { reason: String },
+}
+
+/// Why a request failed. Unless a variant says otherwise, nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ApiError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
+    /// The core refused the command; `revision` is the state it was checked against.
+    #[error("refused at revision {revision}: {error}")]
+    Refused {
+        revision: Revision,
+        error: CommandError,
+    },
+    /// A compare-and-set found the key at another version; nothing was written.
+    #[error("conflict on {key}: its version is {version} (0: absent), at revision {revision}")]
+    Conflict {
+        key: String,
+        version: u64,
+        revision: Revision,
+    },
+    /// The core cannot be reached or has no leader now.
+    #[error("core unavailable: {0}")]
+    Unavailable(String),
+    /// The write may or may not have been committed (the leader failed meanwhile).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// The local replica has not caught up with the revision this answer needs.
+    #[error("the local replica is at revision {replica}, behind {needed}")]
+    ReplicaBehind { replica: Revision, needed: Revision },
+    /// The connection's session was closed by the core (its node was declared dead).
+    /// What it held is gone; the next ephemeral request opens a new session.
+    #[error("session {0} was closed by the core")]
+    SessionLost(SessionId),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("too many requests in flight on this connection (max {0})")]
+    TooManyRequests(usize),
+    #[error("unknown subscription {0}")]
+    NoSuchSubscription(u64),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    /// A stable code for the error, for JSON answers and scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Invalid(_) => "invalid",
+            ApiError::Refused { error, .. } => match error {
+                CommandError::Invalid(_) => "invalid",
+                CommandError::NoSuchSession { .. } | CommandError::NotNodeSession { .. } => {
+                    "no_session"
+                }
+                CommandError::ShardExists { .. } => "exists",
+                CommandError::NoSuchShard { .. }
+                | CommandError::NoSuchReplica { .. }
+                | CommandError::NoSuchInstance { .. } => "not_found",
+                CommandError::EpochMismatch { .. } => "epoch_mismatch",
+                CommandError::LockHeld { .. } => "lock_held",
+                _ => "refused",
+            },
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::OutcomeUnknown(_) => "outcome_unknown",
+            ApiError::ReplicaBehind { .. } => "replica_behind",
+            ApiError::SessionLost(_) => "session_lost",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::NoSuchSubscription(_) => "no_such_subscription",
+            ApiError::ShuttingDown => "shutting_down",
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The async Rust client of the agent's Unix socket.
+//!
+//! ```text
+//!  AgentClient::call ──frame──► writer half ──► agent
+//!        ▲ oneshot                               │
+//!        └──────── reader task ◄─────────────────┘  replies by id, events to Subscription
+//! ```
+//!
+//! One connection is one client session: what it creates as ephemeral lives as long as
+//! the [`AgentClient`] (and its clones) do. Dropping the last clone closes the connection.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::answer::Answer;
+use crate::api::{
+    AgentFrame, AgentRequest, AgentStatus, ApiError, ClientFrame, EventFilter, MemberInfo, Query,
+    QueryResult, ReadReply, Reply, SubscriptionItem,
+};
+use crate::frame::{self, FrameError};
+use crate::limits::FRAME_LEN_MAX;
+use crate::model::{KeyValue, Lock, LockGrant, Revision, ServiceInstance, Shard};
+
+/// Items buffered per subscription before the reader task waits for the app.
+pub const SUBSCRIPTION_BUFFER: usize = 4096;
+
+/// Environment variable naming the agent's socket.
+pub const SOCKET_ENV: &str = "CORRAL_SOCKET";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the agent at {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("connection to the agent lost: {0}")]
+    Disconnected(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("unexpected reply from the agent: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The API error, if the agent answered with one.
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            ClientError::Api(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Result<Reply, ApiError>>>;
+
+struct Shared {
+    writer: Mutex<OwnedWriteHalf>,
+    pending: closable::Map<Pending>,
+    subscriptions: closable::Map<HashMap<u64, mpsc::Sender<SubscriptionItem>>>,
+    next_id: AtomicU64,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// A tiny mutex-protected map that never holds its guard across an await.
+mod closable {
+    #[derive(Debug, Default)]
+    pub(crate) struct Map<T>(std::sync::Mutex<Option<T>>);
+
+    impl<T: Default> Map<T> {
+        pub(crate) fn new() -> Self {
+            Map(std::sync::Mutex::new(Some(T::default())))
+        }
+
+        /// Runs `f` on the map; None once the connection is closed.
+        pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+            let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_mut().map(f)
+        }
+
+        /// Closes the map and returns what it held.
+        pub(crate) fn close(&self) -> Option<T> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+        }
+    }
+}
+
+/// A connection to the local agent. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct AgentClient {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient").finish_non_exhaustive()
+    }
+}
+
+/// The events of one subscription, in revision order.
+#[derive(Debug)]
+pub struct Subscription {
+    pub id: u64,
+    /// The replica's revision when the subscription started.
+    pub revision: Revision,
+    items: mpsc::Receiver<SubscriptionItem>,
+    client: AgentClient,
+}
+
+impl Subscription {
+    /// The next item; None when the connection is gone.
+    pub async fn next(&mut self) -> Option<SubscriptionItem> {
+        self.items.recv().await
+    }
+
+    /// Ends the subscription.
+    pub async fn cancel(self) -> Result<(), ClientError> {
+        self.client
+            .call(AgentRequest::Unsubscribe {
+                subscription: self.id,
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+impl AgentClient {
+    /// Connects to the agent listening at `path`.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let (read, write) = stream.into_split();
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+            let weak = weak.clone();
+            Shared {
+                writer: Mutex::new(write),
+                pending: closable::Map::new(),
+                subscriptions: closable::Map::new(),
+                next_id: AtomicU64::new(1),
+                reader: tokio::spawn(read_loop(read, weak)),
+            }
+        });
+        Ok(AgentClient { shared })
+    }
+
+    /// Connects to the socket named by `CORRAL_SOCKET`.
+    pub async fn connect_from_env() -> Result<Self, ClientError> {
+        let path = std::env::var(SOCKET_ENV).map_err(|_| ClientError::Connect {
+            path: format!("${SOCKET_ENV}"),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not set"),
+        })?;
+        Self::connect(path).await
+    }
+
+    /// Sends one request and waits for its reply.
+    pub async fn call(&self, request: AgentRequest) -> Result<Reply, ClientError> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        if self
+            .shared
+            .pending
+            .with(|pending| pending.insert(id, sender))
+            .is_none()
+        {
+            return Err(ClientError::Disconnected("connection closed".into()));
+        }
+        self.send(ClientFrame { id, request }).await?;
+        match receiver.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(ClientError::Disconnected("connection closed".into())),
+        }
+    }
+
+    async fn send(&self, message: ClientFrame) -> Result<(), ClientError> {
+        let mut writer = self.shared.writer.lock().await;
+        let id = message.id;
+        frame::write_frame(&mut *writer, &message)
+            .await
+            .inspect_err(|_| {
+                self.shared.pending.with(|p| p.remove(&id));
+            })?;
+        Ok(())
+    }
+
+    pub async fn status(&self) -> Result<AgentStatus, ClientError> {
+        match self.call(AgentRequest::Status).await? {
+            Reply::Status(status) => Ok(status),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn members(&self) -> Result<Vec<MemberInfo>, ClientError> {
+        match self.call(AgentRequest::Members).await? {
+            Reply::Members(members) => Ok(members),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn read(&self, query: Query, consistent: bool) -> Result<ReadReply, ClientError> {
+        match self.call(AgentRequest::Read { query, consistent }).await? {
+            Reply::Read(read) => Ok(read),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, ClientError> {
+        match self.read(Query::Key(key.into()), false).await?.result {
+            QueryResult::Key(value) => Ok(value),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn shard(&self, name: &str) -> Result<Option<Shard>, ClientError> {
+        match self.read(Query::Shard(name.into()), false).await?.result {
+            QueryResult::Shard(shard) => Ok(shard),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn lock(&self, name: &str) -> Result<Option<Lock>, ClientError> {
+        match self.read(Query::Lock(name.into()), false).await?.result {
+            QueryResult::Lock(lock) => Ok(lock),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn service(&self, name: &str) -> Result<Vec<ServiceInstance>, ClientError> {
+        match self.read(Query::Service(name.into()), false).await?.result {
+            QueryResult::Service(instances) => Ok(instances),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends a write and returns its revision and answer.
+    pub async fn write(&self, request: AgentRequest) -> Result<(Revision, Answer), ClientError> {
+        match self.call(request).await? {
+            Reply::Written { revision, answer } => Ok((revision, answer)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn put(&self, key: &str, value: &[u8]) -> Result<Revision, ClientError> {
+        let request = AgentRequest::Put {
+            key: key.into(),
+            value: value.to_vec(),
+            ephemeral: false,
+        };
+        Ok(self.write(request).await?.0)
+    }
+
+    /// Acquires `name`, waiting up to `wait_ms` in the queue.
+    pub async fn acquire_lock(&self, name: &str, wait_ms: u64) -> Result<LockGrant, ClientError> {
+        let request = AgentRequest::AcquireLock {
+            name: name.into(),
+            wait_ms,
+            detach: false,
+        };
+        match self.write(request).await? {
+            (_, Answer::LockGranted(grant)) => Ok(grant),
+            (_, other) => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn release_lock(&self, name: &str) -> Result<Revision, ClientError> {
+        let request = AgentRequest::ReleaseLock {
+            name: name.into(),
+            detach: false,
+        };
+        Ok(self.write(request).await?.0)
+    }
+
+    /// Subscribes to events matching `filter` after `after` (None: from now).
+    pub async fn subscribe(
+        &self,
+        filter: EventFilter,
+        after: Option<Revision>,
+    ) -> Result<Subscription, ClientError> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (items_sender, items) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let (sender, receiver) = oneshot::channel();
+        let registered = self
+            .shared
+            .subscriptions
+            .with(|s| s.insert(id, items_sender));
+        let pending = self.shared.pending.with(|p| p.insert(id, sender));
+        if registered.is_none() || pending.is_none() {
+            return Err(ClientError::Disconnected("connection closed".into()));
+        }
+        let request = AgentRequest::Subscribe { filter, after };
+        self.send(ClientFrame { id, request }).await?;
+        let reply = match receiver.await {
+            Ok(result) => result.inspect_err(|_| {
+                self.shared.subscriptions.with(|s| s.remove(&id));
+            })?,
+            Err(_) => return Err(ClientError::Disconnected("connection closed".into())),
+        };
+        match reply {
+            Reply::Subscribed { revision } => Ok(Subscription {
+                id,
+                revision,
+                items,
+                client: self.clone(),
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> ClientError {
+    ClientError::Unexpected(format!("{reply:?}"))
+}
+
+async fn read_loop(read: OwnedReadHalf, shared: std::sync::Weak<Shared>) {
+    let mut reader = BufReader::new(read);
+    let reason = loop {
+        let frame = match frame::read_frame::<_, AgentFrame>(&mut reader, FRAME_LEN_MAX).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break "the agent closed the connection".to_string(),
+            Err(e) => break e.to_string(),
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match frame {
+            AgentFrame::Reply { id, result } => {
+                if let Some(Some(sender)) = shared.pending.with(|p| p.remove(&id)) {
+                    let _ = sender.send(result);
+                }
+            }
+            AgentFrame::Event { subscription, item } => {
+                let ended = matches!(item, SubscriptionItem::Ended { .. });
+                let sender = shared
+                    .subscriptions
+                    .with(|s| s.get(&subscription).cloned())
+                    .flatten();
+                if let Some(sender) = sender {
+                    // Waiting here applies back-pressure to the agent, which ends the
+                    // subscription if the app stops reading altogether.
+                    if sender.send(item).await.is_err() || ended {
+                        shared.subscriptions.with(|s| s.remove(&subscription));
+                    }
+                }
+            }
+        }
+    };
+    if let Some(shared) = shared.upgrade() {
+        // Fail every waiting call and end every subscription.
+        drop(shared.pending.close());
+        if let Some(subscriptions) = shared.subscriptions.close() {
+            for sender in subscriptions.into_values() {
+                let _ = sender.try_send(SubscriptionItem::Ended {
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+}
