@@ -212,6 +212,10 @@ pub struct AgentStatus {
     pub members_down: usize,
     pub keys: usize,
     pub shards: usize,
+    /// Gossip datagrams accepted, and dropped because the claimed sender did not match
+    /// the connection's certificate (or was undecodable).
+    pub gossip_received: u64,
+    pub gossip_rejected: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

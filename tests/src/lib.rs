@@ -4,13 +4,16 @@
 //!  corral_binary()  builds (once per test process, a no-op when fresh) target/<profile>/corral
 //!  Pki              a throwaway CA with certificates, made by `corral ca`
 //!  CoreCluster      core members as child processes: kill, pause, wipe, restart
+//!  Fleet            a core plus agents as child processes, and clients of their sockets
 //!  wait_until       poll a condition with a deadline, never a bare sleep
 //! ```
 
 pub mod core_cluster;
+pub mod fleet;
 pub mod pki;
 pub mod process;
 
 pub use core_cluster::{CoreCluster, CoreOptions};
+pub use fleet::Fleet;
 pub use pki::Pki;
 pub use process::{ChildProcess, corral_binary, free_udp_port, wait_until};

@@ -9,8 +9,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// The `corral` binary of this build profile, brought up to date once per test process
-/// (`cargo build --bin corral`, a no-op when it is) so that tests always run the code
-/// under test. `scripts/check` builds it before the tests so that no test waits on it.
+/// (`cargo build --workspace --bins`, a no-op when it is) so that tests always run the
+/// code under test. `scripts/check` runs the same build before the tests so that no test
+/// waits on it.
 pub fn corral_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -28,7 +29,29 @@ pub fn corral_binary() -> &'static Path {
         let mut build = Command::new(cargo);
         build
             .current_dir(workspace)
-            .args(["build", "--quiet", "--bin", "corral"]);
+            .args(["build", "--quiet", "--workspace", "--bins"]);
+        // Cargo gives this test process its package's variables (CARGO_MANIFEST_DIR, ...);
+        // build scripts that watch them would see a change and rebuild everything.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let per_package = [
+                "CARGO_PKG_",
+                "CARGO_BIN_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+                || [
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&name.as_ref());
+            if per_package {
+                build.env_remove(name.as_ref());
+            }
+        }
         if release {
             build.arg("--release");
         }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use corral_core::client::ClientError as CoreClientError;
@@ -202,6 +203,8 @@ impl Connection {
             members_down: down,
             keys,
             shards,
+            gossip_received: context.gossip.counters.received.load(Ordering::Relaxed),
+            gossip_rejected: context.gossip.counters.rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -297,7 +300,7 @@ impl Connection {
                 match response.outcome {
                     Ok(Answer::SessionOpened { session: id, .. }) => {
                         *session = Some((id, node));
-                        *self.watermark.lock() = (*self.watermark.lock()).max(response.revision);
+                        self.raise_watermark(response.revision);
                         Ok(Some(id))
                     }
                     Ok(other) => Err(ApiError::Unavailable(format!(
@@ -310,6 +313,12 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Raises the revision this connection's reads must reach.
+    fn raise_watermark(&self, revision: Revision) {
+        let mut watermark = self.watermark.lock();
+        *watermark = (*watermark).max(revision);
     }
 
     /// Sends a write and waits until the local replica applied it.
@@ -327,10 +336,7 @@ impl Connection {
             .await
             .map_err(core_error)?;
         let revision = response.revision;
-        {
-            let mut watermark = self.watermark.lock();
-            *watermark = (*watermark).max(revision);
-        }
+        self.raise_watermark(revision);
         let _ = self
             .context
             .replica
@@ -386,10 +392,11 @@ impl Connection {
             return Ok(reply);
         };
         let binding = translate::binding_of(&request);
-        let session = self
-            .session_for(binding)
-            .await?
-            .expect("a lock request is bound to a session");
+        let Some(session) = self.session_for(binding).await? else {
+            return Err(ApiError::BadRequest(
+                "a lock request needs a session".into(),
+            ));
+        };
         let granted_now = |revision: Revision| {
             self.context.replica.read(|r| {
                 r.machine()
@@ -418,8 +425,7 @@ impl Connection {
                             Event::LockGranted { name: n, grant }
                                 if *n == name && grant.session == session =>
                             {
-                                *self.watermark.lock() =
-                                    (*self.watermark.lock()).max(batch.revision);
+                                self.raise_watermark(batch.revision);
                                 return Ok(Reply::Written {
                                     revision: batch.revision,
                                     answer: Answer::LockGranted(grant.clone()),

@@ -1,0 +1,177 @@
+//! A fleet on loopback: a core of real `corral core` processes and agents as real
+//! `corral agent` processes, each with its own certificate, gossip port and socket.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_proto::AgentClient;
+use corral_proto::api::{MemberInfo, MemberState};
+use nix::sys::signal::Signal;
+
+use crate::core_cluster::{CoreCluster, CoreOptions};
+use crate::process::{ChildProcess, free_udp_port, wait_until};
+
+pub struct Fleet {
+    pub core: CoreCluster,
+    pub agents: BTreeMap<String, AgentProcess>,
+    root: PathBuf,
+}
+
+pub struct AgentProcess {
+    pub name: String,
+    pub gossip: String,
+    pub socket: PathBuf,
+    process: Option<ChildProcess>,
+}
+
+impl AgentProcess {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        self.process.as_ref().expect("running").pid()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process
+            .as_ref()
+            .map(ChildProcess::log_text)
+            .unwrap_or_default()
+    }
+}
+
+impl Fleet {
+    /// Starts a three-member core and `agents` agents named `a1`..; the first agent is
+    /// everyone's seed. Call within a tokio runtime.
+    pub async fn start(root: &Path, agents: usize) -> Fleet {
+        let core = CoreCluster::start(root, CoreOptions::default());
+        core.wait_for_leader(Duration::from_secs(20)).await;
+        let mut fleet = Fleet {
+            core,
+            agents: BTreeMap::new(),
+            root: root.to_path_buf(),
+        };
+        for i in 1..=agents {
+            let name = format!("a{i}");
+            fleet.core.pki.issue(&name);
+            let agent = AgentProcess {
+                name: name.clone(),
+                gossip: format!("127.0.0.1:{}", free_udp_port()),
+                socket: root.join("sockets").join(format!("{name}.sock")),
+                process: None,
+            };
+            fleet.agents.insert(name.clone(), agent);
+            fleet.spawn_agent(&name);
+        }
+        fleet
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.agents.keys().cloned().collect()
+    }
+
+    fn seed(&self) -> String {
+        self.agents
+            .values()
+            .next()
+            .expect("one agent")
+            .gossip
+            .clone()
+    }
+
+    /// Starts (or restarts) agent `name`.
+    pub fn spawn_agent(&mut self, name: &str) {
+        let seed = self.seed();
+        let core: Vec<String> = self.core.addresses.values().cloned().collect();
+        let root = self.root.clone();
+        let tls = self.core.pki.dir.clone();
+        let agent = self.agents.get_mut(name).expect("a known agent");
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            root.join(format!("agent-{name}")).display().to_string(),
+            "--gossip".into(),
+            agent.gossip.clone(),
+            "--join".into(),
+            seed,
+            "--core".into(),
+            core.join(","),
+            "--socket".into(),
+            agent.socket.display().to_string(),
+            "--tls-dir".into(),
+            tls.display().to_string(),
+        ];
+        let log = root.join(format!("agent-{name}.log"));
+        agent.process = Some(ChildProcess::spawn(name, &args, &log, &[]));
+    }
+
+    pub fn agent(&self, name: &str) -> &AgentProcess {
+        &self.agents[name]
+    }
+
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some(mut process) = self.agents.get_mut(name).and_then(|a| a.process.take()) {
+            process.kill();
+        }
+    }
+
+    pub fn signal_agent(&self, name: &str, signal: Signal) {
+        if let Some(process) = &self.agents[name].process {
+            process.signal(signal);
+        }
+    }
+
+    /// A new connection to agent `name`, once its socket answers.
+    pub async fn client(&self, name: &str) -> AgentClient {
+        let socket = self.agents[name].socket.clone();
+        wait_until(
+            Duration::from_secs(20),
+            &format!("socket of {name}"),
+            || {
+                let socket = socket.clone();
+                async move { AgentClient::connect(&socket).await.ok() }
+            },
+        )
+        .await
+    }
+
+    /// Waits until every agent in `names` sees exactly `expected` alive, each with a node
+    /// session, and returns how long it took.
+    pub async fn wait_for_members(
+        &self,
+        names: &[String],
+        expected: &[String],
+        timeout: Duration,
+    ) -> Duration {
+        let started = std::time::Instant::now();
+        for name in names {
+            let client = self.client(name).await;
+            wait_until(timeout, &format!("{name} to see {expected:?}"), || {
+                let client = client.clone();
+                async move {
+                    let members = client.members().await.ok()?;
+                    let alive: Vec<&MemberInfo> = members
+                        .iter()
+                        .filter(|m| m.state == MemberState::Alive && m.session.is_some())
+                        .collect();
+                    let names: Vec<&str> = alive.iter().map(|m| m.name.as_str()).collect();
+                    (names == expected.iter().map(String::as_str).collect::<Vec<_>>()).then_some(())
+                }
+            })
+            .await;
+        }
+        started.elapsed()
+    }
+
+    pub fn logs(&self) -> String {
+        let mut text = self.core.logs();
+        for agent in self.agents.values() {
+            text.push_str(&format!(
+                "\n===== {} =====\n{}",
+                agent.name,
+                agent.log_text()
+            ));
+        }
+        text
+    }
+}
