@@ -13,7 +13,7 @@ use corral_proto::api::{
 use corral_proto::{AgentClient, Answer, KeyValue, Shard};
 use serde_json::json;
 
-use super::output::print_json;
+use super::output::{print_json, print_json_line};
 
 #[derive(Debug, Args)]
 pub(crate) struct Connect {
@@ -138,7 +138,8 @@ pub(crate) struct WatchArgs {
     /// Only key events under this prefix (default: every event).
     #[arg(long)]
     prefix: Option<String>,
-    /// Start after this revision (default: now).
+    /// First revision to stream, inclusive (default: only what happens from now on). A
+    /// revision older than the agent's history starts with a `Reset` holding the state.
     #[arg(long)]
     from: Option<u64>,
 }
@@ -503,14 +504,16 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                 Some(prefix) => EventFilter::keys(prefix),
                 None => EventFilter::everything(),
             };
-            let mut subscription = client.subscribe(filter, args.from).await?;
+            let mut subscription = client
+                .subscribe(filter, args.from.map(|from| from.saturating_sub(1)))
+                .await?;
             loop {
                 let item = tokio::select! {
                     item = subscription.next() => item,
                     () = super::shutdown_signal() => break,
                 };
                 let Some(item) = item else { break };
-                println!("{}", serde_json::to_string(&item)?);
+                print_json_line(&item)?;
                 if let SubscriptionItem::Ended { reason } = item {
                     bail!("watch ended: {reason}");
                 }

@@ -23,10 +23,10 @@ use corral_proto::{EventBatch, Revision};
 pub const SNAPSHOT_LEN_MAX: usize = 2 * 1024 * 1024 * 1024;
 
 /// Most event batches kept for subscribers resuming from a past revision.
-pub const HISTORY_BATCHES_MAX: usize = 100_000;
+pub const HISTORY_BATCHES_MAX: usize = 50_000;
 
 /// Most bytes (estimated) of event batches kept.
-pub const HISTORY_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const HISTORY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReplicaError {
