@@ -25,6 +25,7 @@ use corral_proto::SessionId;
 use tokio::sync::watch;
 
 use crate::gossip::{self, GossipConfig, GossipHandle, GossipTransport, NodeIdentity};
+use crate::metrics::AgentMetrics;
 use crate::replica::SharedReplica;
 use crate::sessions::{death_reports, node_session};
 
@@ -37,6 +38,7 @@ pub struct AgentContext {
     pub gossip: GossipHandle,
     pub node_session: watch::Receiver<Option<SessionId>>,
     pub shutdown: watch::Receiver<bool>,
+    pub metrics: AgentMetrics,
     client_keys: AtomicU64,
 }
 
@@ -56,6 +58,8 @@ pub struct AgentConfig {
     pub join: Vec<SocketAddr>,
     pub core: Vec<String>,
     pub socket: PathBuf,
+    /// Address of the HTTP gateway and status page (None: no gateway).
+    pub http: Option<SocketAddr>,
     pub tls_dir: PathBuf,
     pub gossip: GossipConfig,
 }
@@ -125,6 +129,14 @@ impl Agent {
         ));
         let listener = crate::api::server::bind(&config.socket)
             .map_err(|e| AgentError::Start(e.to_string()))?;
+        let http_listener = match config.http {
+            Some(address) => Some(
+                crate::http::bind(address)
+                    .await
+                    .map_err(|e| AgentError::Start(format!("HTTP gateway on {address}: {e}")))?,
+            ),
+            None => None,
+        };
 
         let gossip = gossip::service::spawn(
             identity.clone(),
@@ -143,9 +155,10 @@ impl Agent {
             gossip: gossip.clone(),
             node_session: session_receiver,
             shutdown: shutdown_receiver.clone(),
+            metrics: AgentMetrics::default(),
             client_keys: AtomicU64::new(1),
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::replica::feed::run(
                 core.clone(),
                 replica.clone(),
@@ -168,9 +181,17 @@ impl Agent {
             )),
             tokio::spawn(crate::api::server::run(listener, context.clone())),
         ];
+        if let Some(http_listener) = http_listener {
+            tasks.push(tokio::spawn(crate::http::serve(
+                http_listener,
+                context.clone(),
+                config.socket.clone(),
+            )));
+        }
         tracing::info!(
             identity = %identity,
             socket = %config.socket.display(),
+            http = ?config.http,
             "agent started"
         );
         Ok(Agent {

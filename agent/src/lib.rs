@@ -6,6 +6,9 @@
 //!  replica/     the local copy of the core's state, fed by watch streams
 //!  sessions/    the node session and the deaths reported to the core
 //!  api/         the Unix-socket API apps use
+//!  http/        the HTTP/JSON gateway, the status page and /metrics
+//!  metrics.rs   counters and latency histograms
+//!  json.rs      JSON views of answers (values as text or hex)
 //!  cli/         the `corral` commands: ca, core, agent, client commands, bench
 //! ```
 
@@ -13,5 +16,8 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod gossip;
+pub mod http;
+pub mod json;
+pub mod metrics;
 pub mod replica;
 pub mod sessions;

@@ -173,6 +173,11 @@ impl AgentClient {
     }
 
     /// Sends one request and waits for its reply.
+    /// True once the connection to the agent is gone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.pending.with(|_| ()).is_none()
+    }
+
     pub async fn call(&self, request: AgentRequest) -> Result<Reply, ClientError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();

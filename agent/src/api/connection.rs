@@ -31,6 +31,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use super::translate::{self, Binding};
 use crate::agent::AgentContext;
+use crate::metrics::RequestKind;
 use crate::replica::ReplicaSignal;
 
 /// Frames queued for the writer of one connection.
@@ -108,7 +109,17 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
         let connection = connection.clone();
         tokio::spawn(async move {
             let id = message.id;
-            if let Some(result) = connection.handle(id, message.request).await {
+            let kind = request_kind(&message.request);
+            let started = std::time::Instant::now();
+            let result = connection.handle(id, message.request).await;
+            if let Some(kind) = kind {
+                let ok = result.as_ref().is_none_or(Result::is_ok);
+                connection
+                    .context
+                    .metrics
+                    .record(kind, started.elapsed(), ok);
+            }
+            if let Some(result) = result {
                 let _ = connection
                     .outgoing
                     .send(AgentFrame::Reply { id, result })
@@ -123,6 +134,23 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
     connection.close_session().await;
     drop(connection);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+}
+
+/// How a request's latency is counted; None for subscriptions, whose reply time says
+/// nothing useful.
+fn request_kind(request: &AgentRequest) -> Option<RequestKind> {
+    Some(match request {
+        AgentRequest::Read {
+            consistent: false, ..
+        } => RequestKind::Read,
+        AgentRequest::Read {
+            consistent: true, ..
+        } => RequestKind::ConsistentRead,
+        AgentRequest::AcquireLock { .. } | AgentRequest::ReleaseLock { .. } => RequestKind::Lock,
+        AgentRequest::Status | AgentRequest::Members => RequestKind::Other,
+        AgentRequest::Subscribe { .. } | AgentRequest::Unsubscribe { .. } => return None,
+        _ => RequestKind::Write,
+    })
 }
 
 fn core_error(error: CoreClientError) -> ApiError {

@@ -33,6 +33,10 @@ pub(crate) struct AgentArgs {
     /// The Unix socket apps connect to.
     #[arg(long, env = "CORRAL_SOCKET")]
     socket: PathBuf,
+    /// Address of the HTTP/JSON gateway and status page, e.g. 127.0.0.1:8500 (none by
+    /// default; it has no authentication, so keep it on loopback or a trusted network).
+    #[arg(long, env = "CORRAL_HTTP")]
+    http: Option<SocketAddr>,
     /// Directory with ca.pem and this agent's NAME.pem and NAME-key.pem.
     #[arg(long, env = "CORRAL_TLS_DIR")]
     tls_dir: PathBuf,
@@ -78,6 +82,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         join,
         core: args.core,
         socket: args.socket,
+        http: args.http,
         tls_dir: args.tls_dir,
         gossip,
     };

@@ -1,0 +1,589 @@
+//! The gateway's routes: each turns an HTTP request into a socket API request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query as QueryParams, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post, put};
+use corral_proto::api::{AgentRequest, Query, QueryResult, Reply};
+use corral_proto::{AgentClient, Answer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+use super::error::HttpError;
+use crate::agent::AgentContext;
+use crate::json::readable;
+use crate::metrics::Histogram;
+
+/// Longest lock wait an HTTP request may ask for (the request stays open meanwhile).
+const HTTP_LOCK_WAIT_MAX_MS: u64 = 5 * 60 * 1000;
+
+/// Largest request body accepted (a value is at most this big over HTTP).
+const BODY_LEN_MAX: usize = 1024 * 1024;
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    pub(super) context: Arc<AgentContext>,
+    socket: PathBuf,
+    client: Mutex<Option<AgentClient>>,
+    /// HTTP request latency, all routes together.
+    pub(super) latency: Histogram,
+}
+
+type Shared = State<Arc<Gateway>>;
+type Params = QueryParams<HashMap<String, String>>;
+
+impl Gateway {
+    /// The shared connection to the agent's socket, reconnected when it was lost.
+    pub(super) async fn client(&self) -> Result<AgentClient, HttpError> {
+        let mut client = self.client.lock().await;
+        if let Some(existing) = client.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(existing.clone());
+        }
+        let fresh = self.connect().await?;
+        *client = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// A connection of its own (for a watch stream).
+    pub(super) async fn connect(&self) -> Result<AgentClient, HttpError> {
+        AgentClient::connect(&self.socket)
+            .await
+            .map_err(HttpError::from)
+    }
+
+    async fn call(&self, request: AgentRequest) -> Result<Reply, HttpError> {
+        Ok(self.client().await?.call(request).await?)
+    }
+
+    async fn read(
+        &self,
+        query: Query,
+        params: &HashMap<String, String>,
+    ) -> Result<Value, HttpError> {
+        let consistent = flag(params, "consistent")?;
+        match self.call(AgentRequest::Read { query, consistent }).await? {
+            Reply::Read(read) => Ok(json!({
+                "revision": read.revision,
+                "age_ms": read.age_ms,
+                "result": to_json(&read.result)?,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn write(&self, request: AgentRequest) -> Result<Response, HttpError> {
+        match self.call(request).await? {
+            Reply::Written { revision, answer } => Ok(Json(
+                json!({"revision": revision, "answer": to_json(&answer)?}),
+            )
+            .into_response()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> HttpError {
+    HttpError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "unexpected",
+        format!("unexpected reply from the agent: {reply:?}"),
+    )
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, HttpError> {
+    readable(value)
+        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string()))
+}
+
+/// A boolean query flag: absent is false; present with no value, `true` or `1` is true.
+fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, HttpError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false" | "0") => Ok(false),
+        Some("" | "true" | "1") => Ok(true),
+        Some(other) => Err(HttpError::bad_request(format!(
+            "query parameter {name}: expected true or false, got {other:?}"
+        ))),
+    }
+}
+
+/// A numeric query parameter.
+fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, HttpError> {
+    params
+        .get(name)
+        .map(|text| {
+            text.parse().map_err(|_| {
+                HttpError::bad_request(format!(
+                    "query parameter {name}: expected a number, got {text:?}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// A JSON body of type `T`; malformed JSON is a `bad_json` error naming the problem.
+fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, HttpError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))
+}
+
+// ----- status, members ---------------------------------------------------------------
+
+async fn status(State(gateway): Shared) -> Result<Response, HttpError> {
+    match gateway.call(AgentRequest::Status).await? {
+        Reply::Status(status) => Ok(Json(to_json(&status)?).into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn members(State(gateway): Shared) -> Result<Response, HttpError> {
+    match gateway.call(AgentRequest::Members).await? {
+        Reply::Members(members) => Ok(Json(to_json(&members)?).into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+// ----- keys --------------------------------------------------------------------------
+
+async fn kv_get(
+    State(gateway): Shared,
+    Path(key): Path<String>,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let consistent = flag(&params, "consistent")?;
+    let raw = flag(&params, "raw")?;
+    let query = Query::Key(key.clone());
+    let read = match gateway
+        .call(AgentRequest::Read { query, consistent })
+        .await?
+    {
+        Reply::Read(read) => read,
+        other => return Err(unexpected(&other)),
+    };
+    let QueryResult::Key(Some(kv)) = read.result else {
+        return Err(HttpError::not_found(format!("no key {key}")));
+    };
+    if raw {
+        let headers = [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::ETAG, format!("\"{}\"", kv.version)),
+        ];
+        return Ok((headers, kv.value).into_response());
+    }
+    Ok(Json(json!({
+        "revision": read.revision,
+        "age_ms": read.age_ms,
+        "kv": to_json(&kv)?,
+    }))
+    .into_response())
+}
+
+async fn kv_list(
+    State(gateway): Shared,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let prefix = params.get("prefix").cloned().unwrap_or_default();
+    let limit = number(&params, "limit")?.unwrap_or(1000);
+    let limit = u32::try_from(limit).map_err(|_| HttpError::bad_request("limit too large"))?;
+    let read = gateway
+        .read(Query::Prefix { prefix, limit }, &params)
+        .await?;
+    Ok(Json(json!({
+        "revision": read["revision"],
+        "age_ms": read["age_ms"],
+        "keys": read["result"]["Keys"]["keys"],
+        "more": read["result"]["Keys"]["more"],
+    }))
+    .into_response())
+}
+
+async fn kv_put(
+    State(gateway): Shared,
+    Path(key): Path<String>,
+    QueryParams(params): Params,
+    value: Bytes,
+) -> Result<Response, HttpError> {
+    let value = value.to_vec();
+    let request = match number(&params, "cas")? {
+        Some(version) => AgentRequest::CompareAndSet {
+            key,
+            version,
+            value,
+            ephemeral: false,
+        },
+        None => AgentRequest::Put {
+            key,
+            value,
+            ephemeral: false,
+        },
+    };
+    gateway.write(request).await
+}
+
+async fn kv_delete(
+    State(gateway): Shared,
+    Path(key): Path<String>,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let prefix = flag(&params, "prefix")?;
+    gateway.write(AgentRequest::Delete { key, prefix }).await
+}
+
+// ----- shards ------------------------------------------------------------------------
+
+async fn shards(
+    State(gateway): Shared,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let read = gateway.read(Query::Shards, &params).await?;
+    Ok(Json(json!({
+        "revision": read["revision"],
+        "age_ms": read["age_ms"],
+        "shards": read["result"]["Shards"],
+    }))
+    .into_response())
+}
+
+async fn shard_get(
+    State(gateway): Shared,
+    Path(name): Path<String>,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let read = gateway.read(Query::Shard(name.clone()), &params).await?;
+    let shard = &read["result"]["Shard"];
+    if shard.is_null() {
+        return Err(HttpError::not_found(format!("no shard {name}")));
+    }
+    Ok(
+        Json(json!({"revision": read["revision"], "age_ms": read["age_ms"], "shard": shard}))
+            .into_response(),
+    )
+}
+
+async fn shard_create(
+    State(gateway): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, HttpError> {
+    gateway.write(AgentRequest::CreateShard { name }).await
+}
+
+async fn shard_delete(
+    State(gateway): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, HttpError> {
+    gateway.write(AgentRequest::DeleteShard { name }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    address: String,
+    #[serde(default)]
+    priority: u32,
+}
+
+async fn shard_join(
+    State(gateway): Shared,
+    Path(shard): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, HttpError> {
+    let JoinBody { address, priority } = body(&bytes)?;
+    gateway
+        .write(AgentRequest::JoinShard {
+            shard,
+            address,
+            priority,
+            detach: true,
+        })
+        .await
+}
+
+async fn shard_leave(
+    State(gateway): Shared,
+    Path((shard, address)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    gateway
+        .write(AgentRequest::LeaveShard { shard, address })
+        .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HandoverBody {
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    epoch: Option<u64>,
+}
+
+async fn shard_handover(
+    State(gateway): Shared,
+    Path(shard): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, HttpError> {
+    let HandoverBody { to, epoch } = if bytes.is_empty() {
+        HandoverBody::default()
+    } else {
+        body(&bytes)?
+    };
+    gateway
+        .write(AgentRequest::Handover { shard, to, epoch })
+        .await
+}
+
+// ----- locks -------------------------------------------------------------------------
+
+async fn locks(State(gateway): Shared, QueryParams(params): Params) -> Result<Response, HttpError> {
+    let read = gateway.read(Query::Locks, &params).await?;
+    Ok(Json(json!({
+        "revision": read["revision"],
+        "age_ms": read["age_ms"],
+        "locks": read["result"]["Locks"],
+    }))
+    .into_response())
+}
+
+async fn lock_get(
+    State(gateway): Shared,
+    Path(name): Path<String>,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let read = gateway.read(Query::Lock(name.clone()), &params).await?;
+    let lock = &read["result"]["Lock"];
+    if lock.is_null() {
+        return Err(HttpError::not_found(format!("no lock {name}")));
+    }
+    Ok(
+        Json(json!({"revision": read["revision"], "age_ms": read["age_ms"], "lock": lock}))
+            .into_response(),
+    )
+}
+
+async fn lock_acquire(
+    State(gateway): Shared,
+    Path(name): Path<String>,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let wait_ms = number(&params, "wait_ms")?.unwrap_or(0);
+    if wait_ms > HTTP_LOCK_WAIT_MAX_MS {
+        return Err(HttpError::bad_request(format!(
+            "wait_ms above the limit of {HTTP_LOCK_WAIT_MAX_MS} for HTTP"
+        )));
+    }
+    let reply = gateway
+        .call(AgentRequest::AcquireLock {
+            name,
+            wait_ms,
+            detach: true,
+        })
+        .await?;
+    match reply {
+        Reply::Written {
+            revision,
+            answer: answer @ Answer::LockGranted(_),
+        } => Ok(
+            Json(json!({"revision": revision, "granted": true, "answer": to_json(&answer)?}))
+                .into_response(),
+        ),
+        Reply::Written { revision, answer } => Ok((
+            StatusCode::CONFLICT,
+            Json(json!({
+                "code": "lock_held",
+                "message": "the lock is held by another session",
+                "revision": revision,
+                "answer": to_json(&answer)?,
+            })),
+        )
+            .into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn lock_release(
+    State(gateway): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, HttpError> {
+    gateway
+        .write(AgentRequest::ReleaseLock { name, detach: true })
+        .await
+}
+
+// ----- services ----------------------------------------------------------------------
+
+async fn service_get(
+    State(gateway): Shared,
+    Path(name): Path<String>,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let read = gateway.read(Query::Service(name), &params).await?;
+    Ok(Json(json!({
+        "revision": read["revision"],
+        "age_ms": read["age_ms"],
+        "instances": read["result"]["Service"],
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    address: String,
+    port: u16,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+async fn service_register(
+    State(gateway): Shared,
+    Path((service, id)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Result<Response, HttpError> {
+    let RegisterBody {
+        address,
+        port,
+        tags,
+    } = body(&bytes)?;
+    gateway
+        .write(AgentRequest::RegisterService {
+            service,
+            id,
+            address,
+            port,
+            tags,
+            detach: true,
+        })
+        .await
+}
+
+async fn service_deregister(
+    State(gateway): Shared,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    gateway
+        .write(AgentRequest::DeregisterService { service, id })
+        .await
+}
+
+// ----- page, fallback, timing --------------------------------------------------------
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn fallback(request: Request) -> HttpError {
+    HttpError::not_found(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+async fn timed(State(gateway): Shared, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    gateway.latency.record(started.elapsed());
+    response
+}
+
+/// Answers a body over the limit, or a method a route does not take, in JSON too.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let code = match status {
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "bad_request",
+        };
+        let message = status.canonical_reason().unwrap_or("error");
+        return HttpError::new(status, code, message).into_response();
+    }
+    response
+}
+
+pub(super) fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(super::metrics_page::metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/members", get(members))
+        .route("/v1/kv", get(kv_list))
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/shards", get(shards))
+        .route(
+            "/v1/shards/{name}",
+            get(shard_get).put(shard_create).delete(shard_delete),
+        )
+        .route("/v1/shards/{name}/replicas", post(shard_join))
+        .route(
+            "/v1/shards/{name}/replicas/{address}",
+            axum::routing::delete(shard_leave),
+        )
+        .route("/v1/shards/{name}/handover", post(shard_handover))
+        .route("/v1/locks", get(locks))
+        .route(
+            "/v1/locks/{name}",
+            get(lock_get).post(lock_acquire).delete(lock_release),
+        )
+        .route("/v1/services/{name}", get(service_get))
+        .route(
+            "/v1/services/{name}/{id}",
+            put(service_register).delete(service_deregister),
+        )
+        .route("/v1/watch", get(super::watch::watch))
+        .fallback(fallback)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LEN_MAX))
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(gateway.clone(), timed))
+        .with_state(gateway)
+}
+
+/// Binds the gateway's address (so that a taken port fails the agent's start).
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Serves the gateway until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, context: Arc<AgentContext>, socket: PathBuf) {
+    let gateway = Arc::new(Gateway {
+        context: context.clone(),
+        socket,
+        client: Mutex::new(None),
+        latency: Histogram::default(),
+    });
+    let mut shutdown = context.shutdown.clone();
+    let app = router(gateway);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(error) = served {
+        tracing::warn!(%error, "HTTP gateway stopped");
+    }
+}
+
+/// Headers a browser or proxy needs to not buffer a stream.
+pub(super) fn stream_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, "no-cache".parse().expect("valid"));
+    headers.insert("x-accel-buffering", "no".parse().expect("valid"));
+    headers
+}
