@@ -5,6 +5,8 @@ mod bench;
 mod ca;
 mod client;
 mod core_member;
+mod demo;
+mod dev;
 mod output;
 
 use std::process::ExitCode;
@@ -69,6 +71,9 @@ enum Command {
         #[command(flatten)]
         connect: client::Connect,
     },
+    /// A whole Corral on loopback: three core members and N agents (--demo: play a
+    /// failover).
+    Dev(dev::DevArgs),
     /// Measure Corral: write and read throughput and latency.
     Bench(bench::BenchArgs),
 }
@@ -95,6 +100,7 @@ pub fn run(cli: Cli) -> ExitCode {
             client::run(connect, client::ClientCommand::Watch(args))
         }
         Command::Bench(args) => bench::run(args),
+        Command::Dev(args) => dev::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
