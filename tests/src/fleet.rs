@@ -10,7 +10,7 @@ use corral_proto::api::{MemberInfo, MemberState};
 use nix::sys::signal::Signal;
 
 use crate::core_cluster::{CoreCluster, CoreOptions};
-use crate::process::{ChildProcess, free_udp_port, wait_until};
+use crate::process::{ChildProcess, free_tcp_port, free_udp_port, wait_until};
 
 pub struct Fleet {
     pub core: CoreCluster,
@@ -22,6 +22,8 @@ pub struct AgentProcess {
     pub name: String,
     pub gossip: String,
     pub socket: PathBuf,
+    /// The HTTP gateway's address.
+    pub http: std::net::SocketAddr,
     process: Option<ChildProcess>,
 }
 
@@ -56,6 +58,7 @@ impl Fleet {
                 name: name.clone(),
                 gossip: format!("127.0.0.1:{}", free_udp_port()),
                 socket: root.join("sockets").join(format!("{name}.sock")),
+                http: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
                 process: None,
             };
             fleet.agents.insert(name.clone(), agent);
@@ -98,6 +101,8 @@ impl Fleet {
             core.join(","),
             "--socket".into(),
             agent.socket.display().to_string(),
+            "--http".into(),
+            agent.http.to_string(),
             "--tls-dir".into(),
             tls.display().to_string(),
         ];

@@ -5,15 +5,18 @@
 //!  Pki              a throwaway CA with certificates, made by `corral ca`
 //!  CoreCluster      core members as child processes: kill, pause, wipe, restart
 //!  Fleet            a core plus agents as child processes, and clients of their sockets
+//!  http, browser   a plain HTTP client with SSE, and headless chromium over DevTools
 //!  wait_until       poll a condition with a deadline, never a bare sleep
 //! ```
 
+pub mod browser;
 pub mod core_cluster;
 pub mod fleet;
+pub mod http;
 pub mod pki;
 pub mod process;
 
 pub use core_cluster::{CoreCluster, CoreOptions};
 pub use fleet::Fleet;
 pub use pki::Pki;
-pub use process::{ChildProcess, corral_binary, free_udp_port, wait_until};
+pub use process::{ChildProcess, corral_binary, free_tcp_port, free_udp_port, wait_until};

@@ -72,6 +72,15 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// A free TCP port on loopback.
+pub fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+        .port()
+}
+
 /// Polls `condition` every 50 ms until it yields a value or `timeout` passes.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut condition: F) -> T
 where
