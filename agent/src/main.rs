@@ -3,6 +3,13 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = corral_agent::cli::Cli::parse();
+    let args = match corral_agent::cli::config_file::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let cli = corral_agent::cli::Cli::parse_from(args);
     corral_agent::cli::run(cli)
 }

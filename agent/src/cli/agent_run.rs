@@ -12,6 +12,10 @@ use crate::gossip::GossipConfig;
 
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
+    /// A TOML file with any of these flags by their long names; the command line and
+    /// CORRAL_* variables take precedence over it.
+    #[arg(long, env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
     /// This host's name in the pool; its certificate is NAME.pem.
     #[arg(long, env = "CORRAL_NAME")]
     name: String,

@@ -29,6 +29,10 @@ pub(crate) struct CoreArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// A TOML file with any of these flags by their long names; the command line and
+    /// CORRAL_* variables take precedence over it.
+    #[arg(long, env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
     /// This member's id (its certificate is core-<id>).
     #[arg(long, env = "CORRAL_ID", required = true)]
     id: Option<u64>,

@@ -4,6 +4,7 @@ mod agent_run;
 mod bench;
 mod ca;
 mod client;
+pub mod config_file;
 mod core_member;
 mod demo;
 mod dev;
