@@ -5,12 +5,16 @@
 //!  Pki              a throwaway CA with certificates, made by `corral ca`
 //!  CoreCluster      core members as child processes: kill, pause, wipe, restart
 //!  Fleet            a core plus agents as child processes, and clients of their sockets
-//!  http, browser   a plain HTTP client with SSE, and headless chromium over DevTools
+//!  checker          linearizability of key histories, fencing numbers that only grow
+//!  docker           the Docker cluster of deploy/: kill, pause, partition, netem
+//!  http, browser    a plain HTTP client with SSE, and headless chromium over DevTools
 //!  wait_until       poll a condition with a deadline, never a bare sleep
 //! ```
 
 pub mod browser;
+pub mod checker;
 pub mod core_cluster;
+pub mod docker;
 pub mod fleet;
 pub mod http;
 pub mod pki;

@@ -1,0 +1,244 @@
+//! The Docker cluster of `deploy/` (three core members, five agents, each container with
+//! its own address and certificate), and the faults a test inflicts on it: SIGKILL and
+//! restart, `docker pause`, partitions with iptables and loss or delay with `tc netem`,
+//! both run inside a container's network namespace through `nsenter` (the image holds
+//! nothing but the corral binary).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_core::client::CoreClient;
+use corral_core::rpc::ALPN_CORE;
+use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_proto::AgentClient;
+
+use crate::wait_until;
+
+pub const CORES: [&str; 3] = ["core1", "core2", "core3"];
+pub const AGENTS: [&str; 5] = ["a1", "a2", "a3", "a4", "a5"];
+
+/// True when a Docker engine answers.
+pub fn available() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub struct DockerCluster {
+    deploy: PathBuf,
+    project: String,
+    net: String,
+}
+
+impl DockerCluster {
+    /// Builds the image if needed and starts the cluster (deploy/up); waits until the core
+    /// has a leader and every agent sees all five alive.
+    pub async fn up() -> DockerCluster {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is in the workspace")
+            .join("deploy");
+        let cluster = DockerCluster {
+            deploy: deploy.clone(),
+            project: "corralfaults".into(),
+            net: std::env::var("CORRAL_NET").unwrap_or_else(|_| "172.28.7".into()),
+        };
+        cluster.compose_down();
+        let status = Command::new(deploy.join("up"))
+            .env("COMPOSE_PROJECT_NAME", &cluster.project)
+            .env("CORRAL_NET", &cluster.net)
+            .status()
+            .expect("deploy/up runs");
+        assert!(status.success(), "deploy/up failed");
+        let core = cluster.core_client();
+        wait_until(Duration::from_secs(60), "a core leader", || {
+            let core = core.clone();
+            async move { core.read_index().await.ok() }
+        })
+        .await;
+        for agent in AGENTS {
+            let client = cluster.client(agent).await;
+            wait_until(
+                Duration::from_secs(60),
+                &format!("{agent} to see 5 alive"),
+                || {
+                    let client = client.clone();
+                    async move {
+                        let status = client.status().await.ok()?;
+                        (status.members_alive == 5 && status.node_session.is_some()).then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+        cluster
+    }
+
+    fn compose_down(&self) {
+        let _ = Command::new(self.deploy.join("down"))
+            .env("COMPOSE_PROJECT_NAME", &self.project)
+            .env("CORRAL_NET", &self.net)
+            .status();
+    }
+
+    /// The container of service `name`.
+    pub fn container(&self, name: &str) -> String {
+        format!("{}_{name}_1", self.project)
+    }
+
+    pub fn ip(&self, name: &str) -> String {
+        let host = match name {
+            "core1" => 11,
+            "core2" => 12,
+            "core3" => 13,
+            agent => 20 + agent[1..].parse::<u8>().expect("agents are aN"),
+        };
+        format!("{}.{host}", self.net)
+    }
+
+    pub fn core_addresses(&self) -> Vec<String> {
+        CORES
+            .iter()
+            .map(|c| format!("{}:7001", self.ip(c)))
+            .collect()
+    }
+
+    pub fn core_client(&self) -> Arc<CoreClient> {
+        let identity =
+            TlsIdentity::load(&self.deploy.join("tls"), "admin").expect("admin certificate");
+        let transport = QuicTransport::client(&identity, &[ALPN_CORE]).expect("a QUIC client");
+        Arc::new(CoreClient::new(Arc::new(transport), self.core_addresses()))
+    }
+
+    pub fn socket(&self, agent: &str) -> PathBuf {
+        self.deploy.join("state").join(agent).join("agent.sock")
+    }
+
+    /// A connection to `agent`'s socket (bind-mounted on the host).
+    pub async fn client(&self, agent: &str) -> AgentClient {
+        let socket = self.socket(agent);
+        wait_until(
+            Duration::from_secs(60),
+            &format!("socket of {agent}"),
+            || {
+                let socket = socket.clone();
+                async move { AgentClient::connect(&socket).await.ok() }
+            },
+        )
+        .await
+    }
+
+    pub fn docker(&self, verb: &str, name: &str) {
+        run("docker", &[verb, &self.container(name)]);
+    }
+
+    /// SIGKILL.
+    pub fn kill(&self, name: &str) {
+        self.docker("kill", name);
+    }
+
+    pub fn start(&self, name: &str) {
+        self.docker("start", name);
+    }
+
+    pub fn pause(&self, name: &str) {
+        self.docker("pause", name);
+    }
+
+    pub fn unpause(&self, name: &str) {
+        self.docker("unpause", name);
+    }
+
+    fn pid(&self, name: &str) -> String {
+        run(
+            "docker",
+            &["inspect", "-f", "{{.State.Pid}}", &self.container(name)],
+        )
+    }
+
+    /// Runs `args` inside `name`'s network namespace.
+    pub fn in_netns(&self, name: &str, args: &[&str]) {
+        let pid = self.pid(name);
+        let mut all = vec!["-t", pid.as_str(), "-n"];
+        all.extend_from_slice(args);
+        run("nsenter", &all);
+    }
+
+    /// Drops all traffic between `a` and `b`, both ways.
+    pub fn cut(&self, a: &str, b: &str) {
+        let (ip_a, ip_b) = (self.ip(a), self.ip(b));
+        for (here, there) in [(a, &ip_b), (b, &ip_a)] {
+            self.in_netns(
+                here,
+                &["iptables", "-A", "INPUT", "-s", there, "-j", "DROP"],
+            );
+            self.in_netns(
+                here,
+                &["iptables", "-A", "OUTPUT", "-d", there, "-j", "DROP"],
+            );
+        }
+    }
+
+    /// Removes every cut that involves `name` (its own rules).
+    pub fn heal(&self, name: &str) {
+        self.in_netns(name, &["iptables", "-F"]);
+    }
+
+    /// Adds netem (`loss 5%`, `delay 50ms`, ...) to `name`'s interface.
+    pub fn netem(&self, name: &str, spec: &str) {
+        let mut args = vec!["tc", "qdisc", "replace", "dev", "eth0", "root", "netem"];
+        args.extend(spec.split_whitespace());
+        self.in_netns(name, &args);
+    }
+
+    pub fn clear_netem(&self, name: &str) {
+        let pid = self.pid(name);
+        let _ = Command::new("nsenter")
+            .args([
+                "-t", &pid, "-n", "tc", "qdisc", "del", "dev", "eth0", "root",
+            ])
+            .status();
+    }
+
+    pub fn logs(&self, name: &str) -> String {
+        let out = Command::new("docker")
+            .args(["logs", "--tail", "200", &self.container(name)])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default();
+        out
+    }
+}
+
+impl Drop for DockerCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for name in CORES.iter().chain(AGENTS.iter()) {
+                eprintln!("===== {name} =====\n{}", self.logs(name));
+            }
+        }
+        self.compose_down();
+    }
+}

@@ -1,0 +1,596 @@
+//! Faults on a Docker cluster (deploy/compose.yaml: three core members, five agents, each
+//! container with its own address and certificate), checked by the history checker.
+//!
+//! These tests need a Docker engine; they are `#[ignore]`d in the ordinary suite and run by
+//! `.ci/run` (through `tests/faults/run`) whenever an engine answers. Each scenario prints
+//! a line `FAULTS scenario=... ops=... anomalies=... failover_ms=...` for the record.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use corral_proto::Event;
+use corral_proto::api::{AgentRequest, EventFilter, Query, QueryResult, SubscriptionItem};
+use corral_tests::checker::{self, Call, Fence, Operation, Outcome};
+use corral_tests::docker::{AGENTS, CORES, DockerCluster};
+use corral_tests::wait_until;
+use tokio::sync::Mutex;
+
+const KEYS: usize = 5;
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Clients on every agent putting unique values and reading them back linearizably.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<BTreeMap<String, Vec<Operation>>>>,
+    /// Times of acknowledged puts, to measure how long writes stopped.
+    acks: Arc<Mutex<Vec<Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    async fn start(cluster: &DockerCluster, agents: &[&str]) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history: Arc<Mutex<BTreeMap<String, Vec<Operation>>>> = Arc::default();
+        let acks: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let mut tasks = Vec::new();
+        for (n, agent) in agents.iter().enumerate() {
+            let client = cluster.client(agent).await;
+            let (stop, history, acks) = (stop.clone(), history.clone(), acks.clone());
+            let name = agent.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("k{}", (i as usize + n) % KEYS);
+                    let write = i % 2 == 0;
+                    let invoked = Instant::now();
+                    let (call, outcome) = if write {
+                        let value = format!("{name}-{i}");
+                        let result =
+                            tokio::time::timeout(OP_TIMEOUT, client.put(&key, value.as_bytes()))
+                                .await;
+                        let outcome = match result {
+                            Ok(Ok(_)) => Outcome::Written,
+                            _ => Outcome::Unknown,
+                        };
+                        (Call::Put(value), outcome)
+                    } else {
+                        let result = tokio::time::timeout(
+                            OP_TIMEOUT,
+                            client.read(Query::Key(key.clone()), true),
+                        )
+                        .await;
+                        let outcome = match result {
+                            Ok(Ok(read)) => match read.result {
+                                QueryResult::Key(kv) => Outcome::Read(
+                                    kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                                ),
+                                _ => Outcome::Unknown,
+                            },
+                            _ => Outcome::Unknown,
+                        };
+                        (Call::Get, outcome)
+                    };
+                    let completed = (outcome != Outcome::Unknown).then(Instant::now);
+                    if outcome == Outcome::Written {
+                        acks.lock().await.push(Instant::now());
+                    }
+                    if outcome == Outcome::Unknown {
+                        // Do not hammer a core that is failing over.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    history
+                        .lock()
+                        .await
+                        .entry(key)
+                        .or_default()
+                        .push(Operation {
+                            client: name.clone(),
+                            call,
+                            invoked,
+                            completed,
+                            outcome,
+                        });
+                    i += 1;
+                }
+            }));
+        }
+        Workload {
+            stop,
+            history,
+            acks,
+            tasks,
+        }
+    }
+
+    /// Milliseconds from `fault` to the first acknowledged put invoked after it.
+    async fn recovery_after(&self, fault: Instant) -> Option<u128> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(first) = self.acks.lock().await.iter().filter(|t| **t > fault).min() {
+                return Some(first.duration_since(fault).as_millis());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the clients, adds a final linearizable read of every key, and checks.
+    async fn finish(self, cluster: &DockerCluster) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let client = cluster.client("a1").await;
+        let mut history = self.history.lock().await.clone();
+        for k in 0..KEYS {
+            let key = format!("k{k}");
+            let invoked = Instant::now();
+            let read = wait_until(Duration::from_secs(30), "a final consistent read", || {
+                let client = client.clone();
+                let key = key.clone();
+                async move { client.read(Query::Key(key), true).await.ok() }
+            })
+            .await;
+            let QueryResult::Key(kv) = read.result else {
+                panic!("a key read answered {:?}", read.result)
+            };
+            history.entry(key).or_default().push(Operation {
+                client: "final".into(),
+                call: Call::Get,
+                invoked,
+                completed: Some(Instant::now()),
+                outcome: Outcome::Read(
+                    kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                ),
+            });
+        }
+        checker::check_keys(&history)
+    }
+}
+
+/// Every agent in `agents` reaches the same revision with the same keys, shards and locks.
+async fn replicas_converge(cluster: &DockerCluster, agents: &[&str]) -> Vec<String> {
+    let core = cluster.core_client();
+    let target = wait_until(Duration::from_secs(30), "the core's commit index", || {
+        let core = core.clone();
+        async move { core.read_index().await.ok() }
+    })
+    .await;
+    let mut contents = Vec::new();
+    for agent in agents {
+        let client = cluster.client(agent).await;
+        let revision = wait_until(
+            Duration::from_secs(30),
+            &format!("{agent} to catch up"),
+            || {
+                let client = client.clone();
+                async move {
+                    let status = client.status().await.ok()?;
+                    (status.revision >= target).then_some(status.revision)
+                }
+            },
+        )
+        .await;
+        // Read everything at one revision: stop when two reads agree on it.
+        let keys = client
+            .read(
+                Query::Prefix {
+                    prefix: String::new(),
+                    limit: 10_000,
+                },
+                false,
+            )
+            .await
+            .unwrap();
+        let shards = client.read(Query::Shards, false).await.unwrap();
+        let locks = client.read(Query::Locks, false).await.unwrap();
+        contents.push((
+            agent.to_string(),
+            revision,
+            keys.revision,
+            format!("{:?}{:?}{:?}", keys.result, shards.result, locks.result),
+        ));
+    }
+    let mut anomalies = Vec::new();
+    let last_revision = contents.iter().map(|c| c.2).max().unwrap_or(0);
+    for (agent, _, revision, content) in &contents {
+        if *revision == last_revision
+            && *content != contents.iter().find(|c| c.2 == last_revision).unwrap().3
+        {
+            anomalies.push(format!("{agent} differs at revision {revision}"));
+        }
+    }
+    anomalies
+}
+
+fn report(scenario: &str, ops: usize, anomalies: &[String], failover_ms: &[u128]) {
+    let mut sorted = failover_ms.to_vec();
+    sorted.sort();
+    let p50 = sorted.get(sorted.len() / 2).copied();
+    let max = sorted.last().copied();
+    println!(
+        "FAULTS scenario={scenario} ops={ops} anomalies={} failover_ms_p50={} failover_ms_max={} {anomalies:?}",
+        anomalies.len(),
+        p50.map_or("-".into(), |v| v.to_string()),
+        max.map_or("-".into(), |v| v.to_string()),
+    );
+}
+
+async fn leader_container(cluster: &DockerCluster) -> &'static str {
+    let core = cluster.core_client();
+    let status = wait_until(Duration::from_secs(30), "a leader", || {
+        let core = core.clone();
+        let addresses = cluster.core_addresses();
+        async move {
+            for address in &addresses {
+                if let Ok(status) = core.status(address).await
+                    && status.leader.is_some()
+                {
+                    return Some(status);
+                }
+            }
+            None
+        }
+    })
+    .await;
+    CORES[(status.leader.expect("a leader") - 1) as usize]
+}
+
+fn docker_or_skip() -> bool {
+    if corral_tests::docker::available() {
+        true
+    } else {
+        println!("no Docker engine answers: skipping");
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Docker; run by .ci/run through tests/faults/run"]
+async fn leader_killed_under_write_load() {
+    if !docker_or_skip() {
+        return;
+    }
+    let cluster = DockerCluster::up().await;
+    let workload = Workload::start(&cluster, &AGENTS).await;
+    let mut failovers = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let leader = leader_container(&cluster).await;
+        let killed = Instant::now();
+        cluster.kill(leader);
+        failovers.push(
+            workload
+                .recovery_after(killed)
+                .await
+                .expect("writes resume within 30 s"),
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.start(leader);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ops, mut anomalies) = workload.finish(&cluster).await;
+    anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
+    report("leader-killed", ops, &anomalies, &failovers);
+    assert!(anomalies.is_empty(), "{anomalies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Docker; run by .ci/run through tests/faults/run"]
+async fn a_minority_of_the_core_cut_off() {
+    if !docker_or_skip() {
+        return;
+    }
+    let cluster = DockerCluster::up().await;
+    let workload = Workload::start(&cluster, &AGENTS).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Cut the leader off from the other two members (agents still reach it).
+    let leader = leader_container(&cluster).await;
+    let cut = Instant::now();
+    for other in CORES.iter().filter(|c| **c != leader) {
+        cluster.cut(leader, other);
+    }
+    let failover = workload
+        .recovery_after(cut)
+        .await
+        .expect("writes resume within 30 s");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.heal(leader);
+    for other in CORES.iter().filter(|c| **c != leader) {
+        cluster.heal(other);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ops, mut anomalies) = workload.finish(&cluster).await;
+    anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
+    report("core-minority-cut", ops, &anomalies, &[failover]);
+    assert!(anomalies.is_empty(), "{anomalies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Docker; run by .ci/run through tests/faults/run"]
+async fn the_whole_core_restarted_at_once() {
+    if !docker_or_skip() {
+        return;
+    }
+    let cluster = DockerCluster::up().await;
+    let workload = Workload::start(&cluster, &AGENTS).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed = Instant::now();
+    for core in CORES {
+        cluster.kill(core);
+    }
+    for core in CORES {
+        cluster.start(core);
+    }
+    let failover = workload
+        .recovery_after(killed)
+        .await
+        .expect("writes resume within 30 s");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ops, mut anomalies) = workload.finish(&cluster).await;
+    anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
+    report("whole-core-restart", ops, &anomalies, &[failover]);
+    assert!(anomalies.is_empty(), "{anomalies:?}");
+}
+
+/// Observes shard `shard` through `agent`: every (epoch, master) it reports.
+async fn observe_shard(
+    cluster: &DockerCluster,
+    agent: &str,
+    shard: &str,
+    fences: Arc<Mutex<Vec<(Instant, Fence)>>>,
+) -> tokio::task::JoinHandle<()> {
+    let client = cluster.client(agent).await;
+    let filter = EventFilter {
+        keys: None,
+        shards: true,
+        locks: false,
+        services: false,
+        sessions: false,
+        members: false,
+    };
+    let mut subscription = client.subscribe(filter, None).await.unwrap();
+    let (observer, shard) = (agent.to_string(), shard.to_string());
+    tokio::spawn(async move {
+        let _client = client;
+        while let Some(item) = subscription.next().await {
+            if let SubscriptionItem::Events(batch) = item {
+                for event in batch.events {
+                    if let Event::MasterChanged {
+                        shard: s,
+                        master,
+                        epoch,
+                        ..
+                    } = event
+                        && s == shard
+                    {
+                        fences.lock().await.push((
+                            Instant::now(),
+                            Fence {
+                                observer: observer.clone(),
+                                number: epoch,
+                                holder: master,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Docker; run by .ci/run through tests/faults/run"]
+async fn a_frozen_master_host_is_replaced_and_learns_it_on_thaw() {
+    if !docker_or_skip() {
+        return;
+    }
+    let cluster = DockerCluster::up().await;
+    // Replicas of S on a1 (preferred), a2, a3, each held by a connection to its agent.
+    let mut holders = Vec::new();
+    for (agent, priority) in [("a1", 30), ("a2", 20), ("a3", 10)] {
+        let client = cluster.client(agent).await;
+        if agent == "a1" {
+            client
+                .write(AgentRequest::CreateShard { name: "S".into() })
+                .await
+                .unwrap();
+        }
+        client
+            .write(AgentRequest::JoinShard {
+                shard: "S".into(),
+                address: format!("{}:9000", cluster.ip(agent)),
+                priority,
+                detach: false,
+            })
+            .await
+            .unwrap();
+        holders.push(client);
+    }
+    let old = holders[0].shard("S").await.unwrap().expect("shard S");
+    assert_eq!(
+        old.master.as_deref(),
+        Some(format!("{}:9000", cluster.ip("a1")).as_str())
+    );
+    let fences: Arc<Mutex<Vec<(Instant, Fence)>>> = Arc::default();
+    let mut observers = Vec::new();
+    for agent in ["a4", "a5"] {
+        observers.push(observe_shard(&cluster, agent, "S", fences.clone()).await);
+    }
+    let frozen = Instant::now();
+    cluster.pause("a1");
+    let failover = wait_until(Duration::from_secs(30), "a new master of S", || {
+        let fences = fences.clone();
+        async move {
+            let fences = fences.lock().await;
+            fences
+                .iter()
+                .find(|(_, f)| f.number > old.epoch)
+                .map(|(at, _)| at.duration_since(frozen).as_millis())
+        }
+    })
+    .await;
+    // Frozen past the suspicion timeout, then thawed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.unpause("a1");
+    let thawed = Instant::now();
+    // The old master asks its own agent before acting. A local answer right after the
+    // thaw is either already the new epoch, or visibly stale (its age covers the freeze);
+    // a consistent answer always has the new epoch.
+    let mut anomalies = Vec::new();
+    let local = holders[0].read(Query::Shard("S".into()), false).await;
+    if let Ok(read) = local
+        && let QueryResult::Shard(Some(shard)) = &read.result
+        && shard.epoch == old.epoch
+        && read.age_ms.is_some_and(|age| age < 3000)
+    {
+        anomalies.push(format!(
+            "a thawed agent served epoch {} as fresh (age {:?} ms)",
+            shard.epoch, read.age_ms
+        ));
+    }
+    let consistent = wait_until(
+        Duration::from_secs(30),
+        "a consistent read on the thawed host",
+        || {
+            let client = holders[0].clone();
+            async move { client.read(Query::Shard("S".into()), true).await.ok() }
+        },
+    )
+    .await;
+    match consistent.result {
+        QueryResult::Shard(Some(shard)) if shard.epoch > old.epoch => {}
+        other => anomalies.push(format!("consistent read after thaw: {other:?}")),
+    }
+    println!(
+        "thawed host's consistent read answered {} ms after the thaw",
+        thawed.elapsed().as_millis()
+    );
+    let observed: Vec<Fence> = fences.lock().await.iter().map(|(_, f)| f.clone()).collect();
+    anomalies.extend(checker::check_fences(&observed));
+    for task in observers {
+        task.abort();
+    }
+    anomalies.extend(replicas_converge(&cluster, &["a2", "a3", "a4", "a5", "a1"]).await);
+    report(
+        "frozen-master-host",
+        observed.len(),
+        &anomalies,
+        &[failover],
+    );
+    assert!(anomalies.is_empty(), "{anomalies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Docker; run by .ci/run through tests/faults/run"]
+async fn an_agent_cut_off_from_the_core_but_not_from_gossip() {
+    if !docker_or_skip() {
+        return;
+    }
+    let cluster = DockerCluster::up().await;
+    let a3 = cluster.client("a3").await;
+    a3.put("before", b"1").await.unwrap();
+    for core in CORES {
+        cluster.cut("a3", core);
+    }
+    let cut = Instant::now();
+    let mut anomalies = Vec::new();
+    // Reads go on from the replica, visibly older and older.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    match a3.read(Query::Key("before".into()), false).await {
+        Ok(read) if read.age_ms.is_some_and(|age| age >= 3000) => {}
+        other => anomalies.push(format!("a cut-off agent's local read: {other:?}")),
+    }
+    // Writes and consistent reads fail with an error, in bounded time.
+    let write = tokio::time::timeout(Duration::from_secs(30), a3.put("during", b"x")).await;
+    if !matches!(write, Ok(Err(_))) {
+        anomalies.push(format!("a cut-off agent's write: {write:?}"));
+    }
+    // Gossip still reaches it: nobody declares it dead.
+    let a1 = cluster.client("a1").await;
+    let members = a1.members().await.unwrap();
+    if !members
+        .iter()
+        .any(|m| m.name == "a3" && m.state == corral_proto::api::MemberState::Alive)
+    {
+        anomalies.push(format!("a3 is not alive for a1: {members:?}"));
+    }
+    // The rest of the fleet goes on.
+    a1.put("elsewhere", b"2").await.unwrap();
+    for core in CORES {
+        cluster.heal(core);
+    }
+    cluster.heal("a3");
+    let healed_after = cut.elapsed().as_millis();
+    anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
+    let seen = a3.get("elsewhere").await.unwrap();
+    if seen.is_none() {
+        anomalies.push("a3 did not catch up after the heal".into());
+    }
+    report("agent-cut-from-core", 4, &anomalies, &[healed_after]);
+    assert!(anomalies.is_empty(), "{anomalies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Docker; run by .ci/run through tests/faults/run"]
+async fn five_percent_loss_on_every_link_for_a_minute() {
+    if !docker_or_skip() {
+        return;
+    }
+    let cluster = DockerCluster::up().await;
+    // Every member event any agent reports during the loss.
+    let downs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut watchers = Vec::new();
+    for agent in AGENTS {
+        let client = cluster.client(agent).await;
+        let filter = EventFilter {
+            keys: None,
+            shards: false,
+            locks: false,
+            services: false,
+            sessions: false,
+            members: true,
+        };
+        let mut subscription = client.subscribe(filter, None).await.unwrap();
+        let downs = downs.clone();
+        watchers.push(tokio::spawn(async move {
+            let _client = client;
+            while let Some(item) = subscription.next().await {
+                if let SubscriptionItem::Member(member) = item
+                    && member.state == corral_proto::api::MemberState::Down
+                {
+                    downs
+                        .lock()
+                        .await
+                        .push(format!("{agent} saw {} down", member.name));
+                }
+            }
+        }));
+    }
+    for name in CORES.iter().chain(AGENTS.iter()) {
+        cluster.netem(name, "loss 5%");
+    }
+    let workload = Workload::start(&cluster, &AGENTS).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for name in CORES.iter().chain(AGENTS.iter()) {
+        cluster.clear_netem(name);
+    }
+    let (ops, mut anomalies) = workload.finish(&cluster).await;
+    anomalies.extend(
+        downs
+            .lock()
+            .await
+            .iter()
+            .map(|d| format!("false death: {d}")),
+    );
+    for task in watchers {
+        task.abort();
+    }
+    anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
+    report("loss-5pct-60s", ops, &anomalies, &[]);
+    assert!(anomalies.is_empty(), "{anomalies:?}");
+}
