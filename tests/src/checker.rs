@@ -154,7 +154,14 @@ pub fn check_keys(history: &BTreeMap<String, Vec<Operation>>) -> (usize, Vec<Str
     let mut checked = 0;
     let mut bad = Vec::new();
     for (key, ops) in history {
-        let verdict = check_register(ops);
+        // The search recurses once per operation: give it a deep stack.
+        let ops = ops.clone();
+        let verdict = std::thread::Builder::new()
+            .stack_size(1 << 30)
+            .spawn(move || check_register(&ops))
+            .expect("a checker thread")
+            .join()
+            .expect("the checker does not panic");
         checked += verdict.operations;
         if !verdict.linearizable {
             bad.push(key.clone());

@@ -1,7 +1,7 @@
 //! The Docker cluster of `deploy/` (three core members, five agents, each container with
 //! its own address and certificate), and the faults a test inflicts on it: SIGKILL and
-//! restart, `docker pause`, partitions with iptables and loss or delay with `tc netem`,
-//! both run inside a container's network namespace through `nsenter` (the image holds
+//! restart, `docker pause`, partitions with iptables, and loss with `tc netem` (or
+//! iptables' `statistic` match where the kernel has no netem), all run inside a container's network namespace through `nsenter` (the image holds
 //! nothing but the corral binary).
 
 use std::path::{Path, PathBuf};
@@ -205,6 +205,42 @@ impl DockerCluster {
         let mut args = vec!["tc", "qdisc", "replace", "dev", "eth0", "root", "netem"];
         args.extend(spec.split_whitespace());
         self.in_netns(name, &args);
+    }
+
+    /// Drops `percent` of the packets arriving at `name`, so every link into it loses that
+    /// share. With `tc netem` when the kernel has it; otherwise (some kernels ship without
+    /// sch_netem) with iptables' random `statistic` match, which drops the same share.
+    /// Returns which of the two did it.
+    pub fn loss(&self, name: &str, percent: u32) -> &'static str {
+        let pid = self.pid(name);
+        let netem = Command::new("nsenter")
+            .args([
+                "-t", &pid, "-n", "tc", "qdisc", "replace", "dev", "eth0", "root", "netem",
+            ])
+            .args(["loss", &format!("{percent}%")])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if netem {
+            return "netem";
+        }
+        let probability = format!("{:.4}", f64::from(percent) / 100.0);
+        self.in_netns(
+            name,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &probability,
+                "-j",
+                "DROP",
+            ],
+        );
+        "iptables statistic"
     }
 
     pub fn clear_netem(&self, name: &str) {

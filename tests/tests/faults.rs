@@ -24,8 +24,9 @@ const OP_TIMEOUT: Duration = Duration::from_secs(5);
 struct Workload {
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<BTreeMap<String, Vec<Operation>>>>,
-    /// Times of acknowledged puts, to measure how long writes stopped.
-    acks: Arc<Mutex<Vec<Instant>>>,
+    /// (invoked, acknowledged) of every acknowledged put, to measure how long writes
+    /// stopped.
+    acks: Arc<Mutex<Vec<(Instant, Instant)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -33,7 +34,7 @@ impl Workload {
     async fn start(cluster: &DockerCluster, agents: &[&str]) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let history: Arc<Mutex<BTreeMap<String, Vec<Operation>>>> = Arc::default();
-        let acks: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let acks: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
         let mut tasks = Vec::new();
         for (n, agent) in agents.iter().enumerate() {
             let client = cluster.client(agent).await;
@@ -74,7 +75,7 @@ impl Workload {
                     };
                     let completed = (outcome != Outcome::Unknown).then(Instant::now);
                     if outcome == Outcome::Written {
-                        acks.lock().await.push(Instant::now());
+                        acks.lock().await.push((invoked, Instant::now()));
                     }
                     if outcome == Outcome::Unknown {
                         // Do not hammer a core that is failing over.
@@ -104,11 +105,20 @@ impl Workload {
         }
     }
 
-    /// Milliseconds from `fault` to the first acknowledged put invoked after it.
+    /// Milliseconds from `fault` to the first acknowledgement of a put invoked after it:
+    /// the time until the core was serving writes again.
     async fn recovery_after(&self, fault: Instant) -> Option<u128> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(first) = self.acks.lock().await.iter().filter(|t| **t > fault).min() {
+            let first = self
+                .acks
+                .lock()
+                .await
+                .iter()
+                .filter(|(invoked, _)| *invoked > fault)
+                .map(|(_, acked)| *acked)
+                .min();
+            if let Some(first) = first {
                 return Some(first.duration_since(fault).as_millis());
             }
             if Instant::now() > deadline {
@@ -261,8 +271,8 @@ async fn leader_killed_under_write_load() {
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let leader = leader_container(&cluster).await;
-        let killed = Instant::now();
         cluster.kill(leader);
+        let killed = Instant::now();
         failovers.push(
             workload
                 .recovery_after(killed)
@@ -290,10 +300,10 @@ async fn a_minority_of_the_core_cut_off() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Cut the leader off from the other two members (agents still reach it).
     let leader = leader_container(&cluster).await;
-    let cut = Instant::now();
     for other in CORES.iter().filter(|c| **c != leader) {
         cluster.cut(leader, other);
     }
+    let cut = Instant::now();
     let failover = workload
         .recovery_after(cut)
         .await
@@ -319,10 +329,10 @@ async fn the_whole_core_restarted_at_once() {
     let cluster = DockerCluster::up().await;
     let workload = Workload::start(&cluster, &AGENTS).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let killed = Instant::now();
     for core in CORES {
         cluster.kill(core);
     }
+    let killed = Instant::now();
     for core in CORES {
         cluster.start(core);
     }
@@ -506,8 +516,15 @@ async fn an_agent_cut_off_from_the_core_but_not_from_gossip() {
         other => anomalies.push(format!("a cut-off agent's local read: {other:?}")),
     }
     // Writes and consistent reads fail with an error, in bounded time.
-    let write = tokio::time::timeout(Duration::from_secs(30), a3.put("during", b"x")).await;
-    if !matches!(write, Ok(Err(_))) {
+    let write_started = Instant::now();
+    let write = tokio::time::timeout(Duration::from_secs(10), a3.put("during", b"x")).await;
+    let write_failed_after = write_started.elapsed().as_millis();
+    println!("a cut-off agent's write failed after {write_failed_after} ms: {write:?}");
+    let unavailable = match &write {
+        Ok(Err(error)) => error.api().is_some_and(|e| e.code() == "unavailable"),
+        _ => false,
+    };
+    if !unavailable {
         anomalies.push(format!("a cut-off agent's write: {write:?}"));
     }
     // Gossip still reaches it: nobody declares it dead.
@@ -525,13 +542,13 @@ async fn an_agent_cut_off_from_the_core_but_not_from_gossip() {
         cluster.heal(core);
     }
     cluster.heal("a3");
-    let healed_after = cut.elapsed().as_millis();
+    println!("healed {} ms after the cut", cut.elapsed().as_millis());
     anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
     let seen = a3.get("elsewhere").await.unwrap();
     if seen.is_none() {
         anomalies.push("a3 did not catch up after the heal".into());
     }
-    report("agent-cut-from-core", 4, &anomalies, &[healed_after]);
+    report("agent-cut-from-core", 4, &anomalies, &[]);
     assert!(anomalies.is_empty(), "{anomalies:?}");
 }
 
@@ -571,13 +588,16 @@ async fn five_percent_loss_on_every_link_for_a_minute() {
             }
         }));
     }
+    let mut how = "";
     for name in CORES.iter().chain(AGENTS.iter()) {
-        cluster.netem(name, "loss 5%");
+        how = cluster.loss(name, 5);
     }
+    println!("5% loss on every link, by {how}");
     let workload = Workload::start(&cluster, &AGENTS).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     for name in CORES.iter().chain(AGENTS.iter()) {
         cluster.clear_netem(name);
+        cluster.heal(name);
     }
     let (ops, mut anomalies) = workload.finish(&cluster).await;
     anomalies.extend(

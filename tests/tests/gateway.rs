@@ -209,6 +209,9 @@ async fn bad_requests_get_json_errors() {
         assert_eq!(json["code"], code, "{method} {path}: {json}");
         assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    let resume = http::request(gw, "GET", "/v1/watch", &[("Last-Event-ID", "soon")], b"").await;
+    assert_eq!(resume.status, 400);
+    assert_eq!(resume.json()["code"], "bad_request");
     // Still serving.
     assert_eq!(http::get(gw, "/v1/status").await.status, 200);
 }

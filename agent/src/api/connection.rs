@@ -40,6 +40,12 @@ const OUTGOING_BUFFER: usize = 1024;
 /// How long a write waits for the local replica to apply it before answering anyway.
 pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 
+/// A replica silent this long makes a write probe the core first.
+const CORE_SILENT_AFTER: Duration = Duration::from_secs(3);
+
+/// How long that probe may take before the write is refused.
+const CORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a consistent read waits for the replica to reach the read index.
 const CONSISTENT_READ_WAIT: Duration = Duration::from_secs(5);
 
@@ -349,8 +355,28 @@ impl Connection {
         *watermark = (*watermark).max(revision);
     }
 
+    /// Refuses at once, with nothing sent, when the core has been silent for a while and
+    /// does not answer a short probe: a host cut off from the core learns it in about
+    /// [`CORE_PROBE_TIMEOUT`], not after the full retry budget of a write.
+    async fn check_core_reachable(&self) -> Result<(), ApiError> {
+        let Some(age) = self.context.replica.age() else {
+            return Ok(());
+        };
+        if age < CORE_SILENT_AFTER {
+            return Ok(());
+        }
+        match tokio::time::timeout(CORE_PROBE_TIMEOUT, self.context.core.read_index()).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError::Unavailable(format!(
+                "cut off from the core: not heard from for {} ms and not answering; nothing was written",
+                age.as_millis()
+            ))),
+        }
+    }
+
     /// Sends a write and waits until the local replica applied it.
     async fn write(&self, request: AgentRequest) -> Result<Reply, ApiError> {
+        self.check_core_reachable().await?;
         let binding = translate::binding_of(&request);
         let session = self.session_for(binding).await?;
         let Some(command) = translate::command_for(&request, session) else {

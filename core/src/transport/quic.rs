@@ -26,9 +26,12 @@ use super::tls::{TlsError, TlsIdentity};
 /// Time allowed to establish a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection with no traffic for this long is closed; keep-alives prevent it while the
-/// peer lives.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// peer lives. It is also how fast a caller learns that a peer vanished without a word (a
+/// killed host sends no reset): a request in flight to a dead leader fails after this and
+/// is retried elsewhere, so it bounds client-visible failover together with the election
+/// timeout.
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(300);
 /// Most concurrent request streams a peer may open on one connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 4096;
 
