@@ -200,13 +200,6 @@ impl DockerCluster {
         self.in_netns(name, &["iptables", "-F"]);
     }
 
-    /// Adds netem (`loss 5%`, `delay 50ms`, ...) to `name`'s interface.
-    pub fn netem(&self, name: &str, spec: &str) {
-        let mut args = vec!["tc", "qdisc", "replace", "dev", "eth0", "root", "netem"];
-        args.extend(spec.split_whitespace());
-        self.in_netns(name, &args);
-    }
-
     /// Drops `percent` of the packets arriving at `name`, so every link into it loses that
     /// share. With `tc netem` when the kernel has it; otherwise (some kernels ship without
     /// sch_netem) with iptables' random `statistic` match, which drops the same share.
@@ -243,6 +236,8 @@ impl DockerCluster {
         "iptables statistic"
     }
 
+    /// Removes a netem qdisc added by [`DockerCluster::loss`] (iptables rules go with
+    /// [`DockerCluster::heal`]).
     pub fn clear_netem(&self, name: &str) {
         let pid = self.pid(name);
         let _ = Command::new("nsenter")
