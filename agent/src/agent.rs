@@ -212,3 +212,18 @@ impl Agent {
         tracing::info!(name = self.context.name, "agent stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_core_members_and_operators_are_reserved() {
+        for name in ["core", "core-1", "admin"] {
+            assert!(check_agent_name(name).is_err(), "{name} accepted");
+        }
+        assert!(check_agent_name("").is_err());
+        assert!(check_agent_name("web-1").is_ok());
+        assert!(check_agent_name("corefile").is_ok());
+    }
+}

@@ -248,7 +248,7 @@ impl DockerCluster {
     }
 
     pub fn logs(&self, name: &str) -> String {
-        let out = Command::new("docker")
+        Command::new("docker")
             .args(["logs", "--tail", "200", &self.container(name)])
             .output()
             .map(|o| {
@@ -258,8 +258,7 @@ impl DockerCluster {
                     String::from_utf8_lossy(&o.stderr)
                 )
             })
-            .unwrap_or_default();
-        out
+            .unwrap_or_default()
     }
 }
 

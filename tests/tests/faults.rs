@@ -44,7 +44,7 @@ impl Workload {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("k{}", (i as usize + n) % KEYS);
-                    let write = i % 2 == 0;
+                    let write = i.is_multiple_of(2);
                     let invoked = Instant::now();
                     let (call, outcome) = if write {
                         let value = format!("{name}-{i}");

@@ -75,3 +75,24 @@ pub async fn run(listener: UnixListener, context: Arc<AgentContext>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
+        let dir = std::env::temp_dir().join(format!("corral-server-test-{}", std::process::id()));
+        let path = dir.join("agent.sock");
+        let _ = std::fs::remove_dir_all(&dir);
+        let live = bind(&path).expect("a fresh socket binds");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        assert!(matches!(bind(&path), Err(SocketError::InUse { .. })));
+        drop(live);
+        // The file is left behind, but nobody listens: it is replaced.
+        assert!(path.exists());
+        bind(&path).expect("a stale socket is replaced");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
