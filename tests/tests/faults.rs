@@ -399,7 +399,15 @@ async fn a_frozen_master_host_is_replaced_and_learns_it_on_thaw() {
     if !docker_or_skip() {
         return;
     }
+    let began = Instant::now();
+    let step = |what: &str| {
+        println!(
+            "frozen-master-host +{} ms: {what}",
+            began.elapsed().as_millis()
+        )
+    };
     let cluster = DockerCluster::up().await;
+    step("cluster up");
     // Replicas of S on a1 (preferred), a2, a3, each held by a connection to its agent.
     let mut holders = Vec::new();
     for (agent, priority) in [("a1", 30), ("a2", 20), ("a3", 10)] {
@@ -431,8 +439,9 @@ async fn a_frozen_master_host_is_replaced_and_learns_it_on_thaw() {
     for agent in ["a4", "a5"] {
         observers.push(observe_shard(&cluster, agent, "S", fences.clone()).await);
     }
-    let frozen = Instant::now();
+    step("replicas registered, observers subscribed");
     cluster.pause("a1");
+    let frozen = Instant::now();
     let failover = wait_until(Duration::from_secs(30), "a new master of S", || {
         let fences = fences.clone();
         async move {
@@ -444,6 +453,7 @@ async fn a_frozen_master_host_is_replaced_and_learns_it_on_thaw() {
         }
     })
     .await;
+    step("new master seen");
     // Frozen past the suspicion timeout, then thawed.
     tokio::time::sleep(Duration::from_secs(4)).await;
     cluster.unpause("a1");
@@ -480,12 +490,14 @@ async fn a_frozen_master_host_is_replaced_and_learns_it_on_thaw() {
         "thawed host's consistent read answered {} ms after the thaw",
         thawed.elapsed().as_millis()
     );
+    step("thawed host checked");
     let observed: Vec<Fence> = fences.lock().await.iter().map(|(_, f)| f.clone()).collect();
     anomalies.extend(checker::check_fences(&observed));
     for task in observers {
         task.abort();
     }
     anomalies.extend(replicas_converge(&cluster, &["a2", "a3", "a4", "a5", "a1"]).await);
+    step("replicas converged");
     report(
         "frozen-master-host",
         observed.len(),
