@@ -60,11 +60,12 @@ impl DockerCluster {
             net: std::env::var("CORRAL_NET").unwrap_or_else(|_| "172.28.7".into()),
         };
         cluster.compose_down();
-        let status = Command::new(deploy.join("up"))
-            .env("COMPOSE_PROJECT_NAME", &cluster.project)
-            .env("CORRAL_NET", &cluster.net)
-            .status()
-            .expect("deploy/up runs");
+        let mut up = Command::new(deploy.join("up"));
+        up.env("COMPOSE_PROJECT_NAME", &cluster.project)
+            .env("CORRAL_NET", &cluster.net);
+        // deploy/up builds the image; it must not see this test's package variables.
+        crate::process::without_package_env(&mut up);
+        let status = up.status().expect("deploy/up runs");
         assert!(status.success(), "deploy/up failed");
         let core = cluster.core_client();
         wait_until(Duration::from_secs(60), "a core leader", || {

@@ -30,28 +30,7 @@ pub fn corral_binary() -> &'static Path {
         build
             .current_dir(workspace)
             .args(["build", "--quiet", "--workspace", "--bins"]);
-        // Cargo gives this test process its package's variables (CARGO_MANIFEST_DIR, ...);
-        // build scripts that watch them would see a change and rebuild everything.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            let per_package = [
-                "CARGO_PKG_",
-                "CARGO_BIN_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-            ]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-                || [
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                ]
-                .contains(&name.as_ref());
-            if per_package {
-                build.env_remove(name.as_ref());
-            }
-        }
+        without_package_env(&mut build);
         if release {
             build.arg("--release");
         }
@@ -61,6 +40,32 @@ pub fn corral_binary() -> &'static Path {
         assert!(binary.exists(), "{} was not built", binary.display());
         binary
     })
+}
+
+/// Removes the variables cargo gives this test process about its own package
+/// (CARGO_MANIFEST_DIR, ...) from `command`: a cargo build run under them looks changed to
+/// build scripts that watch them (ring's does) and so rebuilds everything.
+pub fn without_package_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_BIN_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || [
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&name.as_ref());
+        if per_package {
+            command.env_remove(name.as_ref());
+        }
+    }
 }
 
 /// A free UDP port on loopback (QUIC listens on UDP).

@@ -217,6 +217,129 @@ async fn replicas_converge(cluster: &DockerCluster, agents: &[&str]) -> Vec<Stri
     anomalies
 }
 
+/// Clients on several agents taking turns on one lock, and an observer of its grants.
+struct LockChurn {
+    stop: Arc<AtomicBool>,
+    /// Grants as the clients received them.
+    grants: Arc<Mutex<Vec<Fence>>>,
+    /// Grants and releases in the order the core made them, as one agent saw them.
+    events: Arc<Mutex<Vec<Event>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LockChurn {
+    async fn start(cluster: &DockerCluster, agents: &[&str], observer: &str) -> LockChurn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let grants: Arc<Mutex<Vec<Fence>>> = Arc::default();
+        let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let mut tasks = Vec::new();
+        for agent in agents {
+            let client = cluster.client(agent).await;
+            let (stop, grants) = (stop.clone(), grants.clone());
+            let name = agent.to_string();
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match tokio::time::timeout(OP_TIMEOUT, client.acquire_lock("L", 2000)).await {
+                        Ok(Ok(grant)) => {
+                            grants.lock().await.push(Fence {
+                                observer: name.clone(),
+                                number: grant.token,
+                                holder: Some(grant.session.to_string()),
+                            });
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            let _ =
+                                tokio::time::timeout(OP_TIMEOUT, client.release_lock("L")).await;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }));
+        }
+        let client = cluster.client(observer).await;
+        let filter = EventFilter {
+            keys: None,
+            shards: false,
+            locks: true,
+            services: false,
+            sessions: false,
+            members: false,
+        };
+        let mut subscription = client.subscribe(filter, None).await.unwrap();
+        let seen = events.clone();
+        let stopping = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let _client = client;
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await else {
+                    continue;
+                };
+                if let SubscriptionItem::Events(batch) = item {
+                    let mut seen = seen.lock().await;
+                    for event in batch.events {
+                        if matches!(&event, Event::LockGranted { name, .. } | Event::LockReleased { name, .. } if name == "L") {
+                            seen.push(event);
+                        }
+                    }
+                }
+            }
+        }));
+        LockChurn {
+            stop,
+            grants,
+            events,
+            tasks,
+        }
+    }
+
+    /// Stops, then checks: never two holders at once, tokens only grow, and no token was
+    /// handed to two sessions. Returns (grants checked, anomalies).
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let grants = self.grants.lock().await.clone();
+        let mut anomalies: Vec<String> = checker::check_fences(
+            &grants
+                .iter()
+                .map(|g| Fence {
+                    observer: "clients".into(),
+                    ..g.clone()
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .filter(|a| a.contains("held by both"))
+        .collect();
+        let mut holder = None;
+        let mut last_token = 0;
+        for event in self.events.lock().await.iter() {
+            match event {
+                Event::LockGranted { grant, .. } => {
+                    if let Some(other) = holder
+                        && other != grant.session
+                    {
+                        anomalies.push(format!(
+                            "L granted to {} while {other} held it",
+                            grant.session
+                        ));
+                    }
+                    if grant.token <= last_token {
+                        anomalies.push(format!("token {} after {last_token}", grant.token));
+                    }
+                    last_token = grant.token;
+                    holder = Some(grant.session);
+                }
+                Event::LockReleased { session, .. } if holder == Some(*session) => {
+                    holder = None;
+                }
+                _ => {}
+            }
+        }
+        (grants.len(), anomalies)
+    }
+}
+
 fn report(scenario: &str, ops: usize, anomalies: &[String], failover_ms: &[u128]) {
     let mut sorted = failover_ms.to_vec();
     sorted.sort();
@@ -267,6 +390,7 @@ async fn leader_killed_under_write_load() {
     }
     let cluster = DockerCluster::up().await;
     let workload = Workload::start(&cluster, &AGENTS).await;
+    let locks = LockChurn::start(&cluster, &["a1", "a2", "a3"], "a5").await;
     let mut failovers = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -283,9 +407,13 @@ async fn leader_killed_under_write_load() {
         cluster.start(leader);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let (grants, lock_anomalies) = locks.finish().await;
     let (ops, mut anomalies) = workload.finish(&cluster).await;
+    println!("lock L: {grants} grants checked");
+    assert!(grants > 0, "no lock was granted at all");
+    anomalies.extend(lock_anomalies);
     anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
-    report("leader-killed", ops, &anomalies, &failovers);
+    report("leader-killed", ops + grants, &anomalies, &failovers);
     assert!(anomalies.is_empty(), "{anomalies:?}");
 }
 
