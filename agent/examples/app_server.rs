@@ -60,12 +60,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The masters, as the local agent's replica shows them: the state, then each change.
     let filter = EventFilter {
-        keys: None,
         shards: true,
-        locks: false,
-        services: false,
-        sessions: false,
-        members: false,
+        ..EventFilter::nothing()
     };
     let mut events = agent.subscribe(filter, None).await?;
     let (masters_sender, masters) = watch::channel(BTreeMap::<String, (String, u64)>::new());

@@ -41,12 +41,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Follow the shard's master and epoch as the local replica shows them: subscribe
     // first, then read, so that no change falls in between.
     let filter = EventFilter {
-        keys: None,
         shards: true,
-        locks: false,
-        services: false,
-        sessions: false,
-        members: false,
+        ..EventFilter::nothing()
     };
     let mut events = agent.subscribe(filter, None).await?;
     let (role_sender, role) = watch::channel((None::<String>, 0u64));

@@ -261,14 +261,23 @@ impl EventFilter {
         }
     }
 
-    pub fn keys(prefix: impl Into<String>) -> Self {
+    /// No events at all: the base to switch on what a subscriber wants, as in
+    /// `EventFilter { shards: true, ..EventFilter::nothing() }`.
+    pub fn nothing() -> Self {
         EventFilter {
-            keys: Some(prefix.into()),
+            keys: None,
             shards: false,
             locks: false,
             services: false,
             sessions: false,
             members: false,
+        }
+    }
+
+    pub fn keys(prefix: impl Into<String>) -> Self {
+        EventFilter {
+            keys: Some(prefix.into()),
+            ..EventFilter::nothing()
         }
     }
 }

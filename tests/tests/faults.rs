@@ -257,12 +257,8 @@ impl LockChurn {
         }
         let client = cluster.client(observer).await;
         let filter = EventFilter {
-            keys: None,
-            shards: false,
             locks: true,
-            services: false,
-            sessions: false,
-            members: false,
+            ..EventFilter::nothing()
         };
         let mut subscription = client.subscribe(filter, None).await.unwrap();
         let seen = events.clone();
@@ -484,12 +480,8 @@ async fn observe_shard(
 ) -> tokio::task::JoinHandle<()> {
     let client = cluster.client(agent).await;
     let filter = EventFilter {
-        keys: None,
         shards: true,
-        locks: false,
-        services: false,
-        sessions: false,
-        members: false,
+        ..EventFilter::nothing()
     };
     let mut subscription = client.subscribe(filter, None).await.unwrap();
     let (observer, shard) = (agent.to_string(), shard.to_string());
@@ -705,12 +697,8 @@ async fn five_percent_loss_on_every_link_for_a_minute() {
     for agent in AGENTS {
         let client = cluster.client(agent).await;
         let filter = EventFilter {
-            keys: None,
-            shards: false,
-            locks: false,
-            services: false,
-            sessions: false,
             members: true,
+            ..EventFilter::nothing()
         };
         let mut subscription = client.subscribe(filter, None).await.unwrap();
         let downs = downs.clone();

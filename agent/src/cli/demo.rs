@@ -60,12 +60,8 @@ async fn follow_masters(
     let mut subscription = client
         .subscribe(
             EventFilter {
-                keys: None,
                 shards: true,
-                locks: false,
-                services: false,
-                sessions: false,
-                members: false,
+                ..EventFilter::nothing()
             },
             None,
         )
@@ -245,12 +241,9 @@ async fn observe(
     let mut subscription = client
         .subscribe(
             EventFilter {
-                keys: None,
                 shards: true,
-                locks: false,
-                services: false,
-                sessions: false,
                 members: true,
+                ..EventFilter::nothing()
             },
             None,
         )
