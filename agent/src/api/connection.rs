@@ -17,8 +17,8 @@ use corral_core::client::ClientError as CoreClientError;
 use corral_core::rpc::CoreError;
 use corral_proto::api::{
     AgentFrame, AgentRequest, AgentStatus, ApiError, ClientFrame, EventFilter, LOCK_WAIT_MAX_MS,
-    MemberInfo, MemberState, REQUESTS_IN_FLIGHT_MAX, ReadReply, Reply,
-    SUBSCRIPTIONS_PER_CONNECTION_MAX, SubscriptionItem,
+    MemberInfo, REQUESTS_IN_FLIGHT_MAX, ReadReply, Reply, SUBSCRIPTIONS_PER_CONNECTION_MAX,
+    SubscriptionItem,
 };
 use corral_proto::limits::FRAME_LEN_MAX;
 use corral_proto::{
@@ -208,15 +208,7 @@ impl Connection {
     async fn status(&self) -> AgentStatus {
         let context = &self.context;
         let identity = context.gossip.identity.borrow().clone();
-        let (alive, suspect, down) = {
-            let view = context.gossip.view.read();
-            let count = |state| view.members.values().filter(|m| m.state == state).count();
-            (
-                count(MemberState::Alive),
-                count(MemberState::Suspect),
-                count(MemberState::Down),
-            )
-        };
+        let (alive, suspect, down) = context.gossip.view.read().counts();
         let (revision, keys, shards) = context.replica.read(|r| {
             let counts = r.machine().counts();
             (r.revision(), counts.keys, counts.shards)

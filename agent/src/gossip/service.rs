@@ -54,6 +54,16 @@ pub struct GossipView {
 }
 
 impl GossipView {
+    /// How many members are (alive, suspect, down).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let count = |state| self.members.values().filter(|m| m.state == state).count();
+        (
+            count(MemberState::Alive),
+            count(MemberState::Suspect),
+            count(MemberState::Down),
+        )
+    }
+
     /// Records `identity` in `state`, unless a newer incarnation of the name is known.
     /// Returns the member when something changed.
     fn record(&mut self, identity: &NodeIdentity, state: MemberState) -> Option<MemberInfo> {

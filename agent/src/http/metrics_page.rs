@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use corral_proto::api::MemberState;
 
 use super::routes::Gateway;
 use crate::metrics::RequestKind;
@@ -94,15 +93,7 @@ pub(super) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoRes
         node_session,
     );
 
-    let (alive, suspect, down) = {
-        let view = context.gossip.view.read();
-        let count = |state| view.members.values().filter(|m| m.state == state).count();
-        (
-            count(MemberState::Alive),
-            count(MemberState::Suspect),
-            count(MemberState::Down),
-        )
-    };
+    let (alive, suspect, down) = context.gossip.view.read().counts();
     let _ = writeln!(
         out,
         "# HELP corral_agent_members Gossip members by state, as this agent sees them.\n\
