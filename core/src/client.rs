@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  write(cmd) ─► cached leader ─► NotLeader{leader} ─► retry at that leader
-//!                     │ unreachable ─► next member
+//!                     │ unreachable ─► next member that has not failed lately
 //!                     └ lost after sending ─► OutcomeUnknown (unless the command is
 //!                                             idempotent, then retried)
 //! ```
@@ -28,6 +28,15 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(12);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause before asking again while the core elects a leader.
 const ELECTION_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a member that could not be reached is passed over. A dead member costs a
+/// whole QUIC idle timeout per try; without this, a client cycling through the members
+/// after a leader's death would keep paying it.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+/// How long a member that could not be reached is not believed when a follower names it
+/// leader. Followers name the old leader until their election timeout (0.5–1 s by
+/// default) has passed; after that the name is news: after a whole-core restart, every
+/// member failed a moment ago and the one named is the new leader.
+const LEADER_HINT_DISTRUST: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -51,6 +60,8 @@ pub struct CoreClient {
     members: Vec<String>,
     next_member: AtomicUsize,
     leader: Mutex<Option<String>>,
+    /// When each member (by index in `members`) last failed to answer at all.
+    unreachable_since: Mutex<Vec<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for CoreClient {
@@ -65,9 +76,10 @@ impl CoreClient {
     pub fn new(transport: Arc<QuicTransport>, members: Vec<String>) -> Self {
         Self {
             transport,
-            members,
             next_member: AtomicUsize::new(0),
             leader: Mutex::new(None),
+            unreachable_since: Mutex::new(vec![None; members.len()]),
+            members,
         }
     }
 
@@ -91,7 +103,15 @@ impl CoreClient {
         if self.members.is_empty() {
             return None;
         }
-        let i = self.next_member.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        let start = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let unreachable = self.unreachable_since.lock();
+        let n = self.members.len();
+        // The next member in turn that has not failed lately; when all have, the next
+        // one in turn, since one of them may be back.
+        let i = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| !recently(unreachable[i]))
+            .unwrap_or(start % n);
         Some(self.members[i].clone())
     }
 
@@ -100,7 +120,30 @@ impl CoreClient {
         if leader.as_deref() == Some(address) {
             *leader = None;
         }
-        self.next_member.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes that `address` did not answer, so that the next picks pass it over.
+    fn mark_unreachable(&self, address: &str) {
+        self.forget_leader(address);
+        if let Some(i) = self.members.iter().position(|m| m == address) {
+            self.unreachable_since.lock()[i] = Some(Instant::now());
+        }
+    }
+
+    fn mark_reachable(&self, address: &str) {
+        if let Some(i) = self.members.iter().position(|m| m == address) {
+            self.unreachable_since.lock()[i] = None;
+        }
+    }
+
+    /// Whether `address` failed to answer within the last `within`.
+    fn failed_within(&self, address: &str, within: Duration) -> bool {
+        self.members
+            .iter()
+            .position(|m| m == address)
+            .is_some_and(|i| {
+                self.unreachable_since.lock()[i].is_some_and(|at| at.elapsed() < within)
+            })
     }
 
     /// Sends `request` to the leader, following redirects. With `repeatable`, a request
@@ -121,9 +164,15 @@ impl CoreClient {
                 .await
             {
                 Ok(CoreResponse::Error(CoreError::NotLeader { leader })) => {
+                    self.mark_reachable(&target);
                     self.forget_leader(&target);
                     match leader {
-                        Some((_, address)) if address != target => {
+                        // A follower names the old leader until its election timeout;
+                        // a leader that just failed to answer is not taken at its word.
+                        Some((_, address))
+                            if address != target
+                                && !self.failed_within(&address, LEADER_HINT_DISTRUST) =>
+                        {
                             *self.leader.lock() = Some(address)
                         }
                         _ => tokio::time::sleep(ELECTION_BACKOFF).await,
@@ -145,16 +194,17 @@ impl CoreClient {
                 }
                 Ok(CoreResponse::Error(e)) => return Err(ClientError::Core(e)),
                 Ok(answer) => {
+                    self.mark_reachable(&target);
                     *self.leader.lock() = Some(target);
                     return Ok(answer);
                 }
                 Err(e) if e.is_before_send() || repeatable => {
-                    self.forget_leader(&target);
+                    self.mark_unreachable(&target);
                     last_error = format!("{target}: {e}");
                     tokio::time::sleep(ELECTION_BACKOFF / 2).await;
                 }
                 Err(e) => {
-                    self.forget_leader(&target);
+                    self.mark_unreachable(&target);
                     return Err(ClientError::OutcomeUnknown(format!("{target}: {e}")));
                 }
             }
@@ -283,6 +333,10 @@ impl CoreClient {
             receive,
         })
     }
+}
+
+fn recently(failed_at: Option<Instant>) -> bool {
+    failed_at.is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
 }
 
 /// The receiving end of a watch stream.
