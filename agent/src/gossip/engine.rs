@@ -16,14 +16,14 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::config::GossipConfig;
-use super::identity::NodeIdentity;
+use super::identity::{GossipIdentity, NodeIdentity};
 
 #[derive(Debug)]
-pub enum GossipInput {
+pub enum GossipInput<I: GossipIdentity = NodeIdentity> {
     Datagram(Vec<u8>),
-    Timer(Timer<NodeIdentity>),
+    Timer(Timer<I>),
     /// Ask the member at this address to let us in.
-    Announce(std::net::SocketAddr),
+    Announce(I::Addr),
     /// Leave the pool gracefully.
     Leave,
     /// Take a new incarnation above `above` (our node session was closed, or the core
@@ -34,34 +34,34 @@ pub enum GossipInput {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum GossipEffect {
+pub enum GossipEffect<I: GossipIdentity = NodeIdentity> {
     Send {
-        to: NodeIdentity,
+        to: I,
         data: Vec<u8>,
     },
     Schedule {
-        timer: Timer<NodeIdentity>,
+        timer: Timer<I>,
         after: Duration,
     },
-    MemberUp(NodeIdentity),
-    MemberDown(NodeIdentity),
+    MemberUp(I),
+    MemberDown(I),
     /// A member came back under a newer identity.
     Renamed {
-        old: NodeIdentity,
-        new: NodeIdentity,
+        old: I,
+        new: I,
     },
     /// Our own identity changed (the pool had declared us dead, or we renewed).
-    IdentityChanged(NodeIdentity),
+    IdentityChanged(I),
     /// We are known by at least one member.
     Active,
     /// Every other member is gone or dead.
     Idle,
 }
 
-struct Effects<'a>(&'a mut Vec<GossipEffect>);
+struct Effects<'a, I: GossipIdentity>(&'a mut Vec<GossipEffect<I>>);
 
-impl Runtime<NodeIdentity> for Effects<'_> {
-    fn notify(&mut self, notification: Notification<'_, NodeIdentity>) {
+impl<I: GossipIdentity> Runtime<I> for Effects<'_, I> {
+    fn notify(&mut self, notification: Notification<'_, I>) {
         let effect = match notification {
             Notification::MemberUp(id) => GossipEffect::MemberUp(id.clone()),
             Notification::MemberDown(id) => GossipEffect::MemberDown(id.clone()),
@@ -78,14 +78,14 @@ impl Runtime<NodeIdentity> for Effects<'_> {
         self.0.push(effect);
     }
 
-    fn send_to(&mut self, to: NodeIdentity, data: &[u8]) {
+    fn send_to(&mut self, to: I, data: &[u8]) {
         self.0.push(GossipEffect::Send {
             to,
             data: data.to_vec(),
         });
     }
 
-    fn submit_after(&mut self, timer: Timer<NodeIdentity>, after: Duration) {
+    fn submit_after(&mut self, timer: Timer<I>, after: Duration) {
         self.0.push(GossipEffect::Schedule { timer, after });
     }
 }
@@ -95,11 +95,11 @@ impl Runtime<NodeIdentity> for Effects<'_> {
 #[error("gossip: {0}")]
 pub struct GossipError(String);
 
-pub struct GossipEngine {
-    foca: Foca<NodeIdentity, PostcardCodec, StdRng, NoCustomBroadcast>,
+pub struct GossipEngine<I: GossipIdentity = NodeIdentity> {
+    foca: Foca<I, PostcardCodec, StdRng, NoCustomBroadcast>,
 }
 
-impl std::fmt::Debug for GossipEngine {
+impl<I: GossipIdentity> std::fmt::Debug for GossipEngine<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GossipEngine")
             .field("identity", self.foca.identity())
@@ -107,10 +107,10 @@ impl std::fmt::Debug for GossipEngine {
     }
 }
 
-impl GossipEngine {
+impl<I: GossipIdentity> GossipEngine<I> {
     /// `config` must have passed [`GossipConfig::validate`]. `seed` feeds the random
     /// choice of probe targets.
-    pub fn new(identity: NodeIdentity, config: &GossipConfig, seed: u64) -> Self {
+    pub fn new(identity: I, config: &GossipConfig, seed: u64) -> Self {
         GossipEngine {
             foca: Foca::new(
                 identity,
@@ -121,32 +121,27 @@ impl GossipEngine {
         }
     }
 
-    pub fn identity(&self) -> &NodeIdentity {
+    pub fn identity(&self) -> &I {
         self.foca.identity()
     }
 
     /// Effects to perform at start: the first probe and periodic timers.
-    pub fn start(&mut self) -> Vec<GossipEffect> {
+    pub fn start(&mut self) -> Vec<GossipEffect<I>> {
         // Foca arms its timers on the first member it learns of; nothing to do before.
         Vec::new()
     }
 
-    pub fn handle(&mut self, input: GossipInput) -> Result<Vec<GossipEffect>, GossipError> {
+    pub fn handle(&mut self, input: GossipInput<I>) -> Result<Vec<GossipEffect<I>>, GossipError> {
         let mut effects = Vec::new();
         let runtime = Effects(&mut effects);
         let result = match input {
             GossipInput::Datagram(data) => self.foca.handle_data(&data, runtime),
             GossipInput::Timer(timer) => self.foca.handle_timer(timer, runtime),
-            GossipInput::Announce(address) => {
-                self.foca.announce(NodeIdentity::seed(address), runtime)
-            }
+            GossipInput::Announce(address) => self.foca.announce(I::seed(address), runtime),
             GossipInput::Leave => self.foca.leave_cluster(runtime),
             GossipInput::Renew { above } => {
                 let current = self.foca.identity();
-                let renewed = NodeIdentity {
-                    incarnation: current.incarnation.max(above) + 1,
-                    ..current.clone()
-                };
+                let renewed = current.with_incarnation(current.incarnation().max(above) + 1);
                 let result = self.foca.change_identity(renewed.clone(), runtime);
                 if result.is_ok() {
                     effects.push(GossipEffect::IdentityChanged(renewed));
@@ -159,7 +154,7 @@ impl GossipEngine {
     }
 
     /// Every member foca knows, with its state (dead members until forgotten).
-    pub fn members(&self) -> impl Iterator<Item = (&NodeIdentity, State)> {
+    pub fn members(&self) -> impl Iterator<Item = (&I, State)> {
         self.foca
             .iter_membership_state()
             .map(|member| (member.id(), member.state()))
@@ -169,16 +164,17 @@ impl GossipEngine {
         self.foca.num_members()
     }
 
-    /// Installs an already converged membership at once (simulations of large pools).
+    /// Installs an already converged membership at once (simulations of large pools),
+    /// as if every member had been known for long: nothing is left to disseminate.
     pub fn preload(
         &mut self,
-        members: impl Iterator<Item = NodeIdentity>,
-    ) -> Result<Vec<GossipEffect>, GossipError> {
+        members: impl Iterator<Item = I>,
+    ) -> Result<Vec<GossipEffect<I>>, GossipError> {
         let mut effects = Vec::new();
         self.foca
             .apply_many(
                 members.map(foca::Member::alive),
-                true,
+                false,
                 Effects(&mut effects),
             )
             .map_err(|e| GossipError(e.to_string()))?;

@@ -14,6 +14,6 @@ pub mod transport;
 
 pub use config::GossipConfig;
 pub use engine::{GossipEffect, GossipEngine, GossipInput};
-pub use identity::NodeIdentity;
+pub use identity::{GossipIdentity, NodeIdentity};
 pub use service::{GossipHandle, GossipView};
 pub use transport::GossipTransport;

@@ -41,7 +41,9 @@ pub struct Death {
     pub incarnation: u64,
 }
 
-fn rank_hash(dead: &str, member: &str) -> u64 {
+/// The order in which members report the death of `dead`: lowest first. Deterministic,
+/// so every agent agrees on it without a message.
+pub fn rank_hash(dead: &str, member: &str) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     dead.hash(&mut hasher);
     member.hash(&mut hasher);

@@ -1,0 +1,322 @@
+//! The sweeps behind docs/simulations.md: runs the scenarios over fleet sizes, loss rates
+//! and suspicion timeouts, writes every report as CSV, and draws SVG charts.
+//!
+//! ```text
+//!  sizes 100..max at 1% loss ─► detect      ─► sizes.csv  ─► detection.svg, bandwidth.svg
+//!  loss 0..10% at 1,000       ─► detect + false-positives ─► loss.csv ─► loss.svg
+//!  suspicion 1..4 s at 1,000  ─► detect + false-positives ─► timing.csv ─► timing.svg
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use plotters::prelude::*;
+
+use crate::memberlist;
+use crate::scenarios;
+use crate::sim::SimConfig;
+use crate::stats::Report;
+
+const SIZES: [u32; 6] = [100, 300, 1_000, 3_000, 10_000, 50_000];
+const LOSSES: [f64; 5] = [0.0, 0.01, 0.02, 0.05, 0.10];
+const SUSPICIONS_MS: [u64; 5] = [1_000, 1_500, 2_000, 3_000, 4_000];
+/// Fleet size of the loss and timing sweeps.
+const SWEEP_MEMBERS: u32 = 1_000;
+
+pub fn sweep(out: &Path, max_members: u32, seed: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    // Sizes at 1% loss.
+    let mut sizes = Vec::new();
+    for &n in SIZES.iter().filter(|&&n| n <= max_members) {
+        let mut config = SimConfig::new(n, seed);
+        config.network.loss = 0.01;
+        let report = scenarios::detect(config, 3, 12)?;
+        eprintln!("{}", report.to_text());
+        sizes.push((n, report));
+    }
+    write_csv(&out.join("sizes.csv"), sizes.iter().map(|(_, r)| r))?;
+    let xs: Vec<f64> = sizes.iter().map(|(n, _)| *n as f64).collect();
+    let series = |name: &str| -> Vec<f64> {
+        sizes
+            .iter()
+            .map(|(_, r)| r.get_f64(name).unwrap_or(f64::NAN) / 1000.0)
+            .collect()
+    };
+    let ml: Vec<_> = sizes.iter().map(|(n, _)| memberlist::figures(*n)).collect();
+    line_chart(
+        &out.join("detection.svg"),
+        "Death known everywhere, 1% loss (s)",
+        "members",
+        true,
+        &xs,
+        &[
+            (
+                "Corral: last member knows, max",
+                series("detect_last_max_ms"),
+            ),
+            (
+                "Corral: first member knows, p50",
+                series("detect_first_p50_ms"),
+            ),
+            (
+                "Corral: shard failed over at the last agent, max",
+                series("failover_last_agent_max_ms"),
+            ),
+            (
+                "memberlist defaults (formula): last member knows",
+                ml.iter().map(|f| f.detect_last_ms / 1000.0).collect(),
+            ),
+        ],
+    )?;
+    let bytes = |name: &str| -> Vec<f64> {
+        sizes
+            .iter()
+            .map(|(_, r)| r.get_f64(name).unwrap_or(f64::NAN))
+            .collect()
+    };
+    line_chart(
+        &out.join("bandwidth.svg"),
+        "Gossip bytes sent per member per second, 1% loss",
+        "members",
+        true,
+        &xs,
+        &[
+            ("Corral: mean", bytes("bytes_per_member_s")),
+            ("Corral: busiest member", bytes("bytes_per_member_s_max")),
+            (
+                "memberlist defaults (formula)",
+                ml.iter().map(|f| f.bytes_per_member_s).collect(),
+            ),
+        ],
+    )?;
+
+    // Loss at a fixed size.
+    let mut losses = Vec::new();
+    for &loss in &LOSSES {
+        let mut config = SimConfig::new(SWEEP_MEMBERS, seed);
+        config.network.loss = loss;
+        let detect = scenarios::detect(config.clone(), 3, 12)?;
+        let fp = scenarios::false_positives(config, 600, 20.0, 1000)?;
+        eprintln!("{}{}", detect.to_text(), fp.to_text());
+        losses.push((loss, detect, fp));
+    }
+    write_csv(&out.join("loss.csv"), losses.iter().map(|(_, d, _)| d))?;
+    write_csv(
+        &out.join("loss-false-positives.csv"),
+        losses.iter().map(|(_, _, f)| f),
+    )?;
+    let xs: Vec<f64> = losses.iter().map(|(l, _, _)| l * 100.0).collect();
+    line_chart(
+        &out.join("loss.svg"),
+        "1,000 members: detection (s) and false deaths per 1,000 member-hours",
+        "datagram loss (%)",
+        false,
+        &xs,
+        &[
+            (
+                "last member knows, max (s)",
+                losses
+                    .iter()
+                    .map(|(_, d, _)| d.get_f64("detect_last_max_ms").unwrap_or(f64::NAN) / 1000.0)
+                    .collect(),
+            ),
+            (
+                "false deaths per 1,000 member-hours (1 s pauses, 20/min)",
+                losses
+                    .iter()
+                    .map(|(_, _, f)| {
+                        f.get_f64("false_deaths_per_member_hour")
+                            .unwrap_or(f64::NAN)
+                            * 1000.0
+                    })
+                    .collect(),
+            ),
+        ],
+    )?;
+
+    // Suspicion timeout at a fixed size and 1% loss.
+    let mut timings = Vec::new();
+    for &suspect in &SUSPICIONS_MS {
+        let mut config = SimConfig::new(SWEEP_MEMBERS, seed);
+        config.network.loss = 0.01;
+        config.gossip.suspect_to_down = Duration::from_millis(suspect);
+        let detect = scenarios::detect(config.clone(), 3, 12)?;
+        let fp = scenarios::false_positives(config, 600, 20.0, 1000)?;
+        eprintln!("{}{}", detect.to_text(), fp.to_text());
+        timings.push((suspect, detect, fp));
+    }
+    write_csv(&out.join("timing.csv"), timings.iter().map(|(_, d, _)| d))?;
+    write_csv(
+        &out.join("timing-false-positives.csv"),
+        timings.iter().map(|(_, _, f)| f),
+    )?;
+    let xs: Vec<f64> = timings.iter().map(|(s, _, _)| *s as f64 / 1000.0).collect();
+    line_chart(
+        &out.join("timing.svg"),
+        "1,000 members, 1% loss: the suspicion timeout's trade-off",
+        "suspicion timeout (s)",
+        false,
+        &xs,
+        &[
+            (
+                "last member knows, max (s)",
+                timings
+                    .iter()
+                    .map(|(_, d, _)| d.get_f64("detect_last_max_ms").unwrap_or(f64::NAN) / 1000.0)
+                    .collect(),
+            ),
+            (
+                "false deaths per 1,000 member-hours (1 s pauses, 20/min)",
+                timings
+                    .iter()
+                    .map(|(_, _, f)| {
+                        f.get_f64("false_deaths_per_member_hour")
+                            .unwrap_or(f64::NAN)
+                            * 1000.0
+                    })
+                    .collect(),
+            ),
+        ],
+    )?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn write_csv<'a>(path: &Path, reports: impl Iterator<Item = &'a Report>) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for (i, report) in reports.enumerate() {
+        if i == 0 {
+            text.push_str(&report.csv_header());
+            text.push('\n');
+        }
+        text.push_str(&report.csv_row());
+        text.push('\n');
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// A line chart of several series over the same x values, into an SVG file.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    log_x: bool,
+    xs: &[f64],
+    series: &[(&str, Vec<f64>)],
+) -> anyhow::Result<()> {
+    let finite = || {
+        series
+            .iter()
+            .flat_map(|(_, ys)| ys.iter())
+            .filter(|y| y.is_finite())
+    };
+    let y_max = finite().fold(0.0f64, |a, &b| a.max(b)) * 1.1 + 1e-9;
+    let x_min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let x_max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    anyhow::ensure!(x_min.is_finite() && x_max.is_finite(), "no points to draw");
+    let root = SVGBackend::new(path, (860, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(120, 120, 120),
+    ];
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .draw()
+                .map_err(plot_error)?;
+            for (i, (name, ys)) in series.iter().enumerate() {
+                let color = colors[i % colors.len()];
+                let points: Vec<(f64, f64)> = xs
+                    .iter()
+                    .copied()
+                    .zip(ys.iter().copied())
+                    .filter(|(_, y)| y.is_finite())
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                    .map_err(plot_error)?
+                    .label(*name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(
+                        points
+                            .into_iter()
+                            .map(|p| Circle::new(p, 3, color.filled())),
+                    )
+                    .map_err(plot_error)?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(plot_error)?;
+        }};
+    }
+    macro_rules! builder {
+        () => {
+            ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+        };
+    }
+    if log_x {
+        draw!(
+            builder!()
+                .build_cartesian_2d((x_min * 0.8..x_max * 1.25).log_scale(), 0.0..y_max)
+                .map_err(plot_error)?
+        );
+    } else {
+        let pad = (x_max - x_min).max(1e-9) * 0.05;
+        draw!(
+            builder!()
+                .build_cartesian_2d(x_min - pad..x_max + pad, 0.0..y_max)
+                .map_err(plot_error)?
+        );
+    }
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing a chart: {e:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chart_is_written_with_its_labels() {
+        let dir = std::env::temp_dir().join(format!("corral-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.svg");
+        line_chart(
+            &path,
+            "title here",
+            "members",
+            true,
+            &[100.0, 1000.0],
+            &[("series one", vec![1.0, 2.0])],
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            svg.contains("title here") && svg.contains("series one"),
+            "{svg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

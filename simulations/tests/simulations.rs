@@ -1,0 +1,148 @@
+//! The simulator's own checks: a seed replays a run exactly, and the detector it drives
+//! neither misses a death nor invents one.
+
+use std::time::Duration;
+
+use corral_simulations::scenarios;
+use corral_simulations::sim::{Action, HostState, Sim, SimConfig};
+
+const SECOND: u64 = 1_000_000;
+
+fn config(members: u32, seed: u64, loss: f64) -> SimConfig {
+    let mut config = SimConfig::new(members, seed);
+    config.network.loss = loss;
+    config
+}
+
+/// Two runs with the same seed print the same figures, byte for byte; another seed does
+/// not, so the comparison can fail.
+#[test]
+fn the_same_seed_gives_identical_output() {
+    let run = |seed| {
+        let report = scenarios::detect(config(150, seed, 0.02), 2, 8).unwrap();
+        (report.csv_header(), report.figures)
+    };
+    let (header, first) = run(11);
+    let (_, second) = run(11);
+    assert_eq!(first, second, "{header}");
+    let (_, other) = run(12);
+    assert_ne!(first, other, "a different seed should change the figures");
+}
+
+/// With no loss and nobody dying, no live member is ever declared dead.
+#[test]
+fn a_member_that_never_dies_is_never_reported_dead() {
+    let report = scenarios::load(config(200, 3, 0.0), 60).unwrap();
+    assert_eq!(
+        report.get("false_deaths"),
+        Some("0"),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(report.get("false_down_notices"), Some("0"));
+    let datagrams: f64 = report.get_f64("datagrams_per_member_s").unwrap();
+    assert!(
+        datagrams > 1.0,
+        "the members should be probing: {datagrams}/s"
+    );
+}
+
+/// Every kill is noticed by every member that knew the victim, the core closes its
+/// session, and every agent's replica shows the new master of each of its shards.
+#[test]
+fn every_death_is_noticed_everywhere_and_failed_over_at_every_agent() {
+    let mut sim = Sim::new(config(200, 5, 0.01)).unwrap();
+    sim.run_until(5 * SECOND);
+    let victims: Vec<u32> = sim.masters().into_iter().take(3).collect();
+    assert_eq!(victims.len(), 3);
+    for (k, v) in victims.iter().enumerate() {
+        sim.at((6 + 8 * k as u64) * SECOND, Action::Kill(*v));
+    }
+    sim.run_until(40 * SECOND);
+    let live = sim.live_hosts().count();
+    assert_eq!(live, 197);
+    for (k, death) in sim.observations.deaths.iter().enumerate() {
+        // Every live member knew the victim: the 199 others less the earlier victims.
+        assert_eq!(death.known_by.len(), 199 - k);
+        let mut noticed = death.noticed_by.clone();
+        noticed.sort_unstable();
+        noticed.dedup();
+        let missing: Vec<_> = death
+            .known_by
+            .iter()
+            .filter(|h| sim.state(**h) == HostState::Up && !noticed.contains(h))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{:?} never noticed {:?}",
+            missing,
+            death.id
+        );
+        let slowest = death.noticed_after.iter().max().copied().unwrap();
+        assert!(slowest < 10 * SECOND, "noticed only after {slowest} µs");
+        assert!(death.closed_after.is_some(), "the core closed the session");
+        assert!(death.had_shards);
+        // Agents alive when the master changed: the 199 others less the later victims.
+        assert!(
+            death.failover_after.len() >= live,
+            "{} agents saw the new master, {live} live",
+            death.failover_after.len()
+        );
+    }
+}
+
+/// A host frozen well past the suspicion timeout is declared dead (the detector is not a
+/// no-op); one frozen for a fraction of the probe period is not.
+#[test]
+fn a_long_pause_is_a_death_and_a_short_one_is_not() {
+    let mut sim = Sim::new(config(100, 9, 0.0)).unwrap();
+    sim.run_until(5 * SECOND);
+    sim.at(6 * SECOND, Action::Freeze(10));
+    sim.at(6 * SECOND + 300_000, Action::Thaw(10));
+    sim.at(8 * SECOND, Action::Freeze(20));
+    sim.at(18 * SECOND, Action::Thaw(20));
+    sim.run_until(40 * SECOND);
+    let falsely: Vec<u32> = sim
+        .observations
+        .false_downs
+        .iter()
+        .map(|(_, _, id)| id.index)
+        .collect();
+    assert!(
+        !falsely.contains(&10),
+        "a 300 ms pause was declared a death"
+    );
+    assert!(falsely.contains(&20), "a 10 s pause went unnoticed");
+    // Host 20 came back under a new incarnation, and everyone knows it again.
+    assert!(sim.identity(20).incarnation > 1);
+    assert!(sim.live_hosts().all(|h| sim.active_seen_by(h) == 99));
+}
+
+/// A fleet split in two declares the other half dead, and after the heal every member
+/// knows every other again.
+#[test]
+fn a_partition_heals() {
+    let report = scenarios::partition(config(100, 4, 0.0), 10).unwrap();
+    let declared: u64 = report
+        .get("declared_dead_across_the_cut")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(declared > 0, "{}", report.to_text());
+    assert_ne!(
+        report.get("converged_after_heal_ms"),
+        Some("-"),
+        "{}",
+        report.to_text()
+    );
+}
+
+/// Bad settings are refused with the field named, not simulated.
+#[test]
+fn nonsense_settings_are_refused() {
+    let mut bad = config(10, 1, 0.0);
+    bad.gossip.probe_rtt = Duration::from_secs(5);
+    let error = Sim::new(bad).unwrap_err().to_string();
+    assert!(error.contains("probe_rtt"), "{error}");
+    assert!(Sim::new(config(1, 1, 0.0)).is_err());
+}
