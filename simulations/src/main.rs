@@ -93,7 +93,7 @@ struct Fleet {
     suspect_ms: Option<u64>,
     /// How often a member announces itself to one it holds dead (ms).
     #[arg(long)]
-    announce_down_ms: Option<u64>,
+    announce_to_down_ms: Option<u64>,
     /// Print the figures as one CSV header and row.
     #[arg(long)]
     csv: bool,
@@ -117,7 +117,7 @@ impl Fleet {
         if let Some(ms) = self.suspect_ms {
             config.gossip.suspect_to_down = Duration::from_millis(ms);
         }
-        if let Some(ms) = self.announce_down_ms {
+        if let Some(ms) = self.announce_to_down_ms {
             config.gossip.announce_to_down_period = Duration::from_millis(ms);
         }
         config

@@ -302,6 +302,8 @@ fn false_positive_figures(report: &mut Report, sim: &Sim, since: Micros) {
     let hours = (sim.now().saturating_sub(since)) as f64 / 3.6e9;
     let member_hours = sim.host_count() as f64 * hours;
     report.put("false_deaths", targets.len());
+    report.put("renewed_identities", sim.observations.renewals);
+    report.put("core_commits", sim.core().commits);
     report.put("false_down_notices", sim.observations.false_downs.len());
     report.put(
         "false_deaths_per_member_hour",

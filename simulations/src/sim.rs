@@ -49,14 +49,12 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// The agent's shipped gossip settings, the network's and the core's defaults.
     pub fn new(members: u32, seed: u64) -> Self {
         SimConfig {
             members,
             seed,
-            gossip: GossipConfig {
-                expected_members: members,
-                ..GossipConfig::default()
-            },
+            gossip: GossipConfig::default(),
             network: NetworkConfig::default(),
             core: CoreConfig::default(),
         }

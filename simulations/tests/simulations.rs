@@ -92,16 +92,21 @@ fn every_death_is_noticed_everywhere_and_failed_over_at_every_agent() {
 }
 
 /// A host frozen well past the suspicion timeout is declared dead (the detector is not a
-/// no-op); one frozen for a fraction of the probe period is not.
+/// no-op); one frozen long enough to be suspected, but not declared dead, keeps its
+/// identity and its node session.
 #[test]
-fn a_long_pause_is_a_death_and_a_short_one_is_not() {
-    let mut sim = Sim::new(config(100, 9, 0.0)).unwrap();
+fn a_long_pause_is_a_death_and_short_ones_are_not() {
+    let mut sim = Sim::new(config(100, 9, 0.01)).unwrap();
     sim.run_until(5 * SECOND);
-    sim.at(6 * SECOND, Action::Freeze(10));
-    sim.at(6 * SECOND + 300_000, Action::Thaw(10));
+    let short = [10, 11, 12, 13, 14, 15];
+    for (k, host) in short.iter().enumerate() {
+        let at = 6 * SECOND + k as u64 * 3 * SECOND;
+        sim.at(at, Action::Freeze(*host));
+        sim.at(at + 1_200_000, Action::Thaw(*host));
+    }
     sim.at(8 * SECOND, Action::Freeze(20));
     sim.at(18 * SECOND, Action::Thaw(20));
-    sim.run_until(40 * SECOND);
+    sim.run_until(50 * SECOND);
     let falsely: Vec<u32> = sim
         .observations
         .false_downs
@@ -145,4 +150,31 @@ fn nonsense_settings_are_refused() {
     let error = Sim::new(bad).unwrap_err().to_string();
     assert!(error.contains("probe_rtt"), "{error}");
     assert!(Sim::new(config(1, 1, 0.0)).is_err());
+}
+
+/// Forty one-second pauses in a fleet of 300 with 1% loss: no member is declared dead,
+/// and none has to take a new identity (which would end its node session and fail its
+/// shards over) because a suspicion it refuted was taken for a death.
+#[test]
+fn refuted_suspicions_cost_nothing() {
+    let report = scenarios::false_positives(config(300, 7, 0.01), 120, 20.0, 1000).unwrap();
+    assert_eq!(report.get("pauses"), Some("40"));
+    assert_eq!(
+        report.get("false_deaths"),
+        Some("0"),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(
+        report.get("renewed_identities"),
+        Some("0"),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(
+        report.get("core_commits"),
+        Some("0"),
+        "{}",
+        report.to_text()
+    );
 }

@@ -53,6 +53,13 @@ pub(crate) struct AgentArgs {
     /// Time a suspected member has to refute before it is declared dead, in ms.
     #[arg(long, env = "CORRAL_SUSPECT_TO_DOWN_MS", default_value_t = 2000)]
     suspect_to_down_ms: u64,
+    /// How often a member announces itself to one it holds dead, in ms: what heals a
+    /// gossip partition.
+    #[arg(long, env = "CORRAL_ANNOUNCE_TO_DOWN_MS", default_value_t = 2000)]
+    announce_to_down_ms: u64,
+    /// The largest pool expected; sets how many times each update is gossiped.
+    #[arg(long, env = "CORRAL_EXPECTED_MEMBERS", default_value_t = 10_000)]
+    expected_members: u32,
 }
 
 fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
@@ -70,6 +77,8 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         probe_period: Duration::from_millis(args.probe_period_ms),
         probe_rtt: Duration::from_millis(args.probe_rtt_ms),
         suspect_to_down: Duration::from_millis(args.suspect_to_down_ms),
+        announce_to_down_period: Duration::from_millis(args.announce_to_down_ms),
+        expected_members: args.expected_members,
         ..GossipConfig::default()
     };
     let join = args

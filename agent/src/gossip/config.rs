@@ -38,7 +38,9 @@ pub struct GossipConfig {
     pub announce_to_down_period: Duration,
     /// How long a dead member is remembered (and its sessions kept reported dead).
     pub remember_down_for: Duration,
-    /// The pool size the dissemination count is computed for.
+    /// The pool size the dissemination count is computed for: each update is sent
+    /// 4 × log10(n + 1) times. Sized for the largest pool, since a few extra sends in a
+    /// small pool cost little and too few in a large one leave members unaware.
     pub expected_members: u32,
 }
 
@@ -54,7 +56,7 @@ impl Default for GossipConfig {
             announce_period: Duration::from_secs(10),
             announce_to_down_period: Duration::from_millis(ANNOUNCE_TO_DOWN_MS),
             remember_down_for: Duration::from_secs(24 * 3600),
-            expected_members: 1000,
+            expected_members: 10_000,
         }
     }
 }

@@ -150,7 +150,36 @@ impl<I: GossipIdentity> GossipEngine<I> {
             }
         };
         result.map_err(|e| GossipError(e.to_string()))?;
+        self.drop_false_turn_undead(&mut effects);
         Ok(effects)
+    }
+
+    /// Drops the `TurnUndead` messages foca sends to members it holds alive.
+    ///
+    /// foca 2.0 sends `TurnUndead` ("the pool thinks you are down") when a suspicion timer
+    /// fires, even when the suspect refuted in time and stays alive. The receiver then
+    /// takes a new identity, which for an agent means a new node session: its apps'
+    /// sessions end and its shards fail over, after a pause of one second. The simulations
+    /// showed it (one renewal for every other one-second pause). `TurnUndead` is right only
+    /// to a member this engine holds down, so that is the only one it goes to.
+    fn drop_false_turn_undead(&self, effects: &mut Vec<GossipEffect<I>>) {
+        effects.retain(|effect| {
+            let GossipEffect::Send { to, data } = effect else {
+                return true;
+            };
+            let mut reader: &[u8] = data;
+            let is_turn_undead = matches!(
+                foca::Codec::<I>::decode_header(&mut PostcardCodec, &mut reader),
+                Ok(header) if header.message == foca::Message::TurnUndead
+            );
+            !is_turn_undead || !self.holds_alive(to)
+        });
+    }
+
+    fn holds_alive(&self, id: &I) -> bool {
+        self.foca
+            .iter_membership_state()
+            .any(|member| member.id() == id && member.state() != State::Down)
     }
 
     /// Every member foca knows, with its state (dead members until forgotten).
