@@ -2,9 +2,9 @@
 //! and suspicion timeouts, writes every report as CSV, and draws SVG charts.
 //!
 //! ```text
-//!  sizes 100..max at 1% loss ─► detect      ─► sizes.csv  ─► detection.svg, bandwidth.svg
 //!  loss 0..10% at 1,000       ─► detect + false-positives ─► loss.csv ─► loss.svg
 //!  suspicion 1..4 s at 1,000  ─► detect + false-positives ─► timing.csv ─► timing.svg
+//!  sizes 100..max at 1% loss ─► detect      ─► sizes.csv  ─► detection.svg, bandwidth.svg
 //! ```
 
 use std::path::Path;
@@ -25,71 +25,8 @@ const SWEEP_MEMBERS: u32 = 1_000;
 
 pub fn sweep(out: &Path, max_members: u32, seed: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    // Sizes at 1% loss.
-    let mut sizes = Vec::new();
-    for &n in SIZES.iter().filter(|&&n| n <= max_members) {
-        let mut config = SimConfig::new(n, seed);
-        config.network.loss = 0.01;
-        let report = scenarios::detect(config, 3, 12)?;
-        eprintln!("{}", report.to_text());
-        sizes.push((n, report));
-    }
-    write_csv(&out.join("sizes.csv"), sizes.iter().map(|(_, r)| r))?;
-    let xs: Vec<f64> = sizes.iter().map(|(n, _)| *n as f64).collect();
-    let series = |name: &str| -> Vec<f64> {
-        sizes
-            .iter()
-            .map(|(_, r)| r.get_f64(name).unwrap_or(f64::NAN) / 1000.0)
-            .collect()
-    };
-    let ml: Vec<_> = sizes.iter().map(|(n, _)| memberlist::figures(*n)).collect();
-    line_chart(
-        &out.join("detection.svg"),
-        "Death known everywhere, 1% loss (s)",
-        "members",
-        true,
-        &xs,
-        &[
-            (
-                "Corral: last member knows, max",
-                series("detect_last_max_ms"),
-            ),
-            (
-                "Corral: first member knows, p50",
-                series("detect_first_p50_ms"),
-            ),
-            (
-                "Corral: shard failed over at the last agent, max",
-                series("failover_last_agent_max_ms"),
-            ),
-            (
-                "memberlist defaults (formula): last member knows",
-                ml.iter().map(|f| f.detect_last_ms / 1000.0).collect(),
-            ),
-        ],
-    )?;
-    let bytes = |name: &str| -> Vec<f64> {
-        sizes
-            .iter()
-            .map(|(_, r)| r.get_f64(name).unwrap_or(f64::NAN))
-            .collect()
-    };
-    line_chart(
-        &out.join("bandwidth.svg"),
-        "Gossip bytes sent per member per second, 1% loss",
-        "members",
-        true,
-        &xs,
-        &[
-            ("Corral: mean", bytes("bytes_per_member_s")),
-            ("Corral: busiest member", bytes("bytes_per_member_s_max")),
-            (
-                "memberlist defaults (formula)",
-                ml.iter().map(|f| f.bytes_per_member_s).collect(),
-            ),
-        ],
-    )?;
-
+    // The small fleets first: the allocator keeps what a large run freed, and each
+    // run reports the process's peak memory.
     // Loss at a fixed size.
     let mut losses = Vec::new();
     for &loss in &LOSSES {
@@ -178,6 +115,71 @@ pub fn sweep(out: &Path, max_members: u32, seed: u64) -> anyhow::Result<()> {
             ),
         ],
     )?;
+    // Sizes at 1% loss.
+    let mut sizes = Vec::new();
+    for &n in SIZES.iter().filter(|&&n| n <= max_members) {
+        let mut config = SimConfig::new(n, seed);
+        config.network.loss = 0.01;
+        let report = scenarios::detect(config, 3, 12)?;
+        eprintln!("{}", report.to_text());
+        sizes.push((n, report));
+    }
+    write_csv(&out.join("sizes.csv"), sizes.iter().map(|(_, r)| r))?;
+    let xs: Vec<f64> = sizes.iter().map(|(n, _)| *n as f64).collect();
+    let series = |name: &str| -> Vec<f64> {
+        sizes
+            .iter()
+            .map(|(_, r)| r.get_f64(name).unwrap_or(f64::NAN) / 1000.0)
+            .collect()
+    };
+    let ml: Vec<_> = sizes.iter().map(|(n, _)| memberlist::figures(*n)).collect();
+    line_chart(
+        &out.join("detection.svg"),
+        "Death known everywhere, 1% loss (s)",
+        "members",
+        true,
+        &xs,
+        &[
+            (
+                "Corral: last member knows, max",
+                series("detect_last_max_ms"),
+            ),
+            (
+                "Corral: first member knows, p50",
+                series("detect_first_p50_ms"),
+            ),
+            (
+                "Corral: shard failed over at the last agent, max",
+                series("failover_last_agent_max_ms"),
+            ),
+            (
+                "memberlist defaults (formula): last member knows",
+                ml.iter().map(|f| f.detect_last_ms / 1000.0).collect(),
+            ),
+        ],
+    )?;
+    let bytes = |name: &str| -> Vec<f64> {
+        sizes
+            .iter()
+            .map(|(_, r)| r.get_f64(name).unwrap_or(f64::NAN))
+            .collect()
+    };
+    line_chart(
+        &out.join("bandwidth.svg"),
+        "Gossip bytes sent per member per second, 1% loss",
+        "members",
+        true,
+        &xs,
+        &[
+            ("Corral: mean", bytes("bytes_per_member_s")),
+            ("Corral: busiest member", bytes("bytes_per_member_s_max")),
+            (
+                "memberlist defaults (formula)",
+                ml.iter().map(|f| f.bytes_per_member_s).collect(),
+            ),
+        ],
+    )?;
+
     eprintln!("wrote {}", out.display());
     Ok(())
 }
