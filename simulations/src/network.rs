@@ -95,8 +95,12 @@ impl Network {
         }
     }
 
-    pub fn send_is_muted(&self, host: u32) -> bool {
-        self.mute.get(host as usize).copied().unwrap_or(false)
+    /// Whether `target` cannot be heard by `observer`: they are on two sides of a
+    /// partition, or `target` cannot send at all.
+    pub fn cuts(&self, observer: u32, target: u32) -> bool {
+        let group = |h: u32| self.group.get(h as usize).copied().unwrap_or(0);
+        self.mute.get(target as usize).copied().unwrap_or(false)
+            || (self.partitioned && group(observer) != group(target))
     }
 
     /// The fixed part of the one-way latency of a link, the same both ways.
@@ -110,10 +114,8 @@ impl Network {
     }
 
     pub fn send(&self, from: u32, to: u32, rng: &mut StdRng) -> Fate {
-        let cut = |h: u32| self.group.get(h as usize).copied().unwrap_or(0);
-        if self.mute.get(from as usize).copied().unwrap_or(false)
-            || (self.partitioned && from != CORE && to != CORE && cut(from) != cut(to))
-        {
+        let muted = self.mute.get(from as usize).copied().unwrap_or(false);
+        if muted || (from != CORE && to != CORE && self.cuts(to, from)) {
             return Fate::Cut;
         }
         if self.config.loss > 0.0 && rng.random_bool(self.config.loss.min(1.0)) {

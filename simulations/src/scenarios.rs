@@ -185,7 +185,7 @@ pub fn partition(config: SimConfig, seconds: u64) -> anyhow::Result<Report> {
     let heal = WARM_UP + seconds * SECOND;
     sim.at(heal, Action::Heal);
     sim.run_until(heal);
-    let sessions_closed_during = sim
+    let node_sessions_open = sim
         .core()
         .machine()
         .sessions()
@@ -205,7 +205,7 @@ pub fn partition(config: SimConfig, seconds: u64) -> anyhow::Result<Report> {
     common_figures(&mut report, &sim);
     report.put("partition_s", seconds);
     report.put("declared_dead_across_the_cut", sim.observations.cut_downs);
-    report.put("node_sessions_open_at_heal", sessions_closed_during);
+    report.put("node_sessions_open_at_heal", node_sessions_open);
     report.put_ms(
         "converged_after_heal_ms",
         converged_after.map(|v| v as f64 / 1000.0),

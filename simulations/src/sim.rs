@@ -160,15 +160,15 @@ struct Host {
     replica_revision: u64,
     /// The last time a watch item reached this host: a stream delivers in order.
     last_watch_at: Micros,
-    /// When its replica first showed each shard loss, by the host that lost it.
+    /// Gossip sent since the last traffic reset.
     bytes_sent: u64,
     datagrams_sent: u64,
 }
 
 /// A killed or departed host and what the others learnt of it.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DeathRecord {
-    pub id: Option<SimId>,
+    pub id: SimId,
     pub at: Micros,
     /// MemberDown times at each observer, relative to `at`.
     pub noticed_after: Vec<Micros>,
@@ -218,7 +218,6 @@ pub struct Sim {
     first_reporters: HashMap<SimId, Vec<u32>>,
     /// Report checks already queued, so one observer does not queue the same one twice.
     report_pending: BTreeSet<(u32, SimId)>,
-    partitioned_at: Option<u32>,
     pub observations: Observations,
     pub events_processed: u64,
     /// Traffic counters start at this time (after the warm-up).
@@ -300,7 +299,6 @@ impl Sim {
             core,
             first_reporters: HashMap::new(),
             report_pending: BTreeSet::new(),
-            partitioned_at: None,
             observations: Observations::default(),
             events_processed: 0,
             traffic_since: 0,
@@ -588,15 +586,6 @@ impl Sim {
         }
     }
 
-    fn is_cut(&self, a: u32, b: u32) -> bool {
-        if let Some(at) = self.partitioned_at
-            && (a < at) != (b < at)
-        {
-            return true;
-        }
-        self.network.send_is_muted(b)
-    }
-
     fn member_down(&mut self, observer: u32, id: SimId) {
         if let Some(&i) = self.observations.death_of.get(&id) {
             let record = &mut self.observations.deaths[i];
@@ -606,7 +595,7 @@ impl Sim {
             && target.engine.identity().incarnation == id.incarnation
             && matches!(target.state, HostState::Up | HostState::Frozen)
         {
-            if self.is_cut(observer, id.index) {
+            if self.network.cuts(observer, id.index) {
                 self.observations.cut_downs += 1;
             } else {
                 self.observations.false_downs.push((self.now, observer, id));
@@ -704,11 +693,15 @@ impl Sim {
             })
             .collect();
         self.observations.deaths.push(DeathRecord {
-            id: Some(id),
+            id,
             at: self.now,
-            graceful,
+            noticed_after: Vec::new(),
+            noticed_by: Vec::new(),
             known_by,
-            ..DeathRecord::default()
+            closed_after: None,
+            failover_after: Vec::new(),
+            had_shards: false,
+            graceful,
         });
         self.observations.death_of.insert(id, i);
     }
@@ -738,14 +731,8 @@ impl Sim {
                     }
                 }
             }
-            Action::Split { at } => {
-                self.partitioned_at = Some(at);
-                self.network.partition(|h| u16::from(h >= at));
-            }
-            Action::Heal => {
-                self.partitioned_at = None;
-                self.network.heal();
-            }
+            Action::Split { at } => self.network.partition(|h| u16::from(h >= at)),
+            Action::Heal => self.network.heal(),
             Action::Join => self.join(),
             Action::Leave(host) => {
                 if self.state(host) == HostState::Up {
