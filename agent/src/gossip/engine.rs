@@ -134,6 +134,8 @@ impl<I: GossipIdentity> GossipEngine<I> {
     pub fn handle(&mut self, input: GossipInput<I>) -> Result<Vec<GossipEffect<I>>, GossipError> {
         let mut effects = Vec::new();
         let runtime = Effects(&mut effects);
+        // Only a suspicion timer sends the `TurnUndead` that may be false.
+        let suspicion_ends = matches!(input, GossipInput::Timer(Timer::ChangeSuspectToDown { .. }));
         let result = match input {
             GossipInput::Datagram(data) => self.foca.handle_data(&data, runtime),
             GossipInput::Timer(timer) => self.foca.handle_timer(timer, runtime),
@@ -150,7 +152,9 @@ impl<I: GossipIdentity> GossipEngine<I> {
             }
         };
         result.map_err(|e| GossipError(e.to_string()))?;
-        self.drop_false_turn_undead(&mut effects);
+        if suspicion_ends {
+            self.drop_false_turn_undead(&mut effects);
+        }
         Ok(effects)
     }
 
