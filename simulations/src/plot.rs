@@ -27,93 +27,36 @@ pub fn sweep(out: &Path, max_members: u32, seed: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     // The small fleets first: the allocator keeps what a large run freed, and each
     // run reports the process's peak memory.
-    // Loss at a fixed size.
-    let mut losses = Vec::new();
-    for &loss in &LOSSES {
-        let mut config = SimConfig::new(SWEEP_MEMBERS, seed);
-        config.network.loss = loss;
-        let detect = scenarios::detect(config.clone(), 3, 12)?;
-        let fp = scenarios::false_positives(config, 600, 20.0, 1000)?;
-        eprintln!("{}{}", detect.to_text(), fp.to_text());
-        losses.push((loss, detect, fp));
-    }
-    write_csv(&out.join("loss.csv"), losses.iter().map(|(_, d, _)| d))?;
-    write_csv(
-        &out.join("loss-false-positives.csv"),
-        losses.iter().map(|(_, _, f)| f),
-    )?;
-    let xs: Vec<f64> = losses.iter().map(|(l, _, _)| l * 100.0).collect();
-    line_chart(
-        &out.join("loss.svg"),
+    let losses: Vec<(f64, SimConfig)> = LOSSES
+        .iter()
+        .map(|&loss| {
+            let mut config = SimConfig::new(SWEEP_MEMBERS, seed);
+            config.network.loss = loss;
+            (loss * 100.0, config)
+        })
+        .collect();
+    trade_off(
+        out,
+        "loss",
         "1,000 members: detection (s) and false deaths per 1,000 member-hours",
         "datagram loss (%)",
-        false,
-        &xs,
-        &[
-            (
-                "last member knows, max (s)",
-                losses
-                    .iter()
-                    .map(|(_, d, _)| d.get_f64("detect_last_max_ms").unwrap_or(f64::NAN) / 1000.0)
-                    .collect(),
-            ),
-            (
-                "false deaths per 1,000 member-hours (1 s pauses, 20/min)",
-                losses
-                    .iter()
-                    .map(|(_, _, f)| {
-                        f.get_f64("false_deaths_per_member_hour")
-                            .unwrap_or(f64::NAN)
-                            * 1000.0
-                    })
-                    .collect(),
-            ),
-        ],
+        losses,
     )?;
-
-    // Suspicion timeout at a fixed size and 1% loss.
-    let mut timings = Vec::new();
-    for &suspect in &SUSPICIONS_MS {
-        let mut config = SimConfig::new(SWEEP_MEMBERS, seed);
-        config.network.loss = 0.01;
-        config.gossip.suspect_to_down = Duration::from_millis(suspect);
-        let detect = scenarios::detect(config.clone(), 3, 12)?;
-        let fp = scenarios::false_positives(config, 600, 20.0, 1000)?;
-        eprintln!("{}{}", detect.to_text(), fp.to_text());
-        timings.push((suspect, detect, fp));
-    }
-    write_csv(&out.join("timing.csv"), timings.iter().map(|(_, d, _)| d))?;
-    write_csv(
-        &out.join("timing-false-positives.csv"),
-        timings.iter().map(|(_, _, f)| f),
-    )?;
-    let xs: Vec<f64> = timings.iter().map(|(s, _, _)| *s as f64 / 1000.0).collect();
-    line_chart(
-        &out.join("timing.svg"),
+    let suspicions: Vec<(f64, SimConfig)> = SUSPICIONS_MS
+        .iter()
+        .map(|&suspect| {
+            let mut config = SimConfig::new(SWEEP_MEMBERS, seed);
+            config.network.loss = 0.01;
+            config.gossip.suspect_to_down = Duration::from_millis(suspect);
+            (suspect as f64 / 1000.0, config)
+        })
+        .collect();
+    trade_off(
+        out,
+        "timing",
         "1,000 members, 1% loss: the suspicion timeout's trade-off",
         "suspicion timeout (s)",
-        false,
-        &xs,
-        &[
-            (
-                "last member knows, max (s)",
-                timings
-                    .iter()
-                    .map(|(_, d, _)| d.get_f64("detect_last_max_ms").unwrap_or(f64::NAN) / 1000.0)
-                    .collect(),
-            ),
-            (
-                "false deaths per 1,000 member-hours (1 s pauses, 20/min)",
-                timings
-                    .iter()
-                    .map(|(_, _, f)| {
-                        f.get_f64("false_deaths_per_member_hour")
-                            .unwrap_or(f64::NAN)
-                            * 1000.0
-                    })
-                    .collect(),
-            ),
-        ],
+        suspicions,
     )?;
     // Sizes at 1% loss.
     let mut sizes = Vec::new();
@@ -182,6 +125,59 @@ pub fn sweep(out: &Path, max_members: u32, seed: u64) -> anyhow::Result<()> {
 
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// Detection and false deaths for each (x, configuration): `<name>.csv`,
+/// `<name>-false-positives.csv` and a chart of both against x, `<name>.svg`.
+fn trade_off(
+    out: &Path,
+    name: &str,
+    title: &str,
+    x_label: &str,
+    points: Vec<(f64, SimConfig)>,
+) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for (x, config) in points {
+        let detect = scenarios::detect(config.clone(), 3, 12)?;
+        let fp = scenarios::false_positives(config, 600, 20.0, 1000)?;
+        eprintln!("{}{}", detect.to_text(), fp.to_text());
+        runs.push((x, detect, fp));
+    }
+    write_csv(
+        &out.join(format!("{name}.csv")),
+        runs.iter().map(|(_, d, _)| d),
+    )?;
+    write_csv(
+        &out.join(format!("{name}-false-positives.csv")),
+        runs.iter().map(|(_, _, f)| f),
+    )?;
+    let xs: Vec<f64> = runs.iter().map(|(x, _, _)| *x).collect();
+    let detection = runs
+        .iter()
+        .map(|(_, d, _)| d.get_f64("detect_last_max_ms").unwrap_or(f64::NAN) / 1000.0)
+        .collect();
+    let false_deaths = runs
+        .iter()
+        .map(|(_, _, f)| {
+            f.get_f64("false_deaths_per_member_hour")
+                .unwrap_or(f64::NAN)
+                * 1000.0
+        })
+        .collect();
+    line_chart(
+        &out.join(format!("{name}.svg")),
+        title,
+        x_label,
+        false,
+        &xs,
+        &[
+            ("last member knows, max (s)", detection),
+            (
+                "false deaths per 1,000 member-hours (1 s pauses, 20/min)",
+                false_deaths,
+            ),
+        ],
+    )
 }
 
 fn write_csv<'a>(path: &Path, reports: impl Iterator<Item = &'a Report>) -> anyhow::Result<()> {
