@@ -1,0 +1,435 @@
+//! `corral-bench`: Corral, etcd and ZooKeeper side by side on one machine, in one run.
+//!
+//! `bench/run.sh` installs what is missing, builds Corral and this driver, and runs
+//! `corral-bench all`, which starts a three-member cluster of each system on loopback in
+//! turn, drives the same workloads through each one's client library with the same
+//! closed loop, stops it, and writes `docs/benchmarks.md`, its SVG charts and raw CSV.
+
+mod machine;
+mod process;
+mod report;
+mod runner;
+mod systems;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use report::{FailoverRun, FootprintRow, Results, Run};
+use runner::{Op, Sample, closed_loop};
+use systems::corral::Corral;
+use systems::etcd::Etcd;
+use systems::zookeeper::ZooKeeper;
+use systems::{Freeze, Writes};
+
+#[derive(Debug, Parser)]
+#[command(about = "Corral, etcd and ZooKeeper side by side on one machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Action,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Run every workload against every system and write the page.
+    All {
+        /// The corral binary to benchmark (a release build).
+        #[arg(long)]
+        corral: PathBuf,
+        /// Where to write benchmarks.md and benchmarks/*.csv, *.svg.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+        /// Measured seconds per run (after a 0.5 s warm-up).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Repetitions of every run.
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Concurrent clients.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,128")]
+        clients: Vec<usize>,
+        /// Only these systems (corral, etcd, zookeeper).
+        #[arg(long, value_delimiter = ',', default_value = "corral,etcd,zookeeper")]
+        systems: Vec<String>,
+        /// Only these workloads (lookup, write, lock, failover, footprint).
+        #[arg(long, value_delimiter = ',', default_value = "lookup,write,lock,failover,footprint")]
+        workloads: Vec<String>,
+        /// The command line to print on the page as the one that reproduces it.
+        #[arg(long, default_value = "bench/run.sh")]
+        command_line: String,
+    },
+    /// (internal) Hold a shard's master registration through a Corral agent.
+    HoldCorral { socket: PathBuf, shard: String, address: String },
+    /// (internal) Hold a key under the shortest etcd lease.
+    HoldEtcd { key: String, value: String },
+    /// (internal) Hold an ephemeral ZooKeeper node in the shortest session.
+    HoldZookeeper { path: String },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Action::HoldCorral { socket, shard, address } => {
+            runtime.block_on(systems::corral::hold(&socket, &shard, &address))
+        }
+        Action::HoldEtcd { key, value } => runtime.block_on(systems::etcd::hold(&key, &value)),
+        Action::HoldZookeeper { path } => runtime.block_on(systems::zookeeper::hold(&path)),
+        Action::All {
+            corral,
+            out,
+            seconds,
+            reps,
+            clients,
+            systems,
+            workloads,
+            command_line,
+        } => {
+            if !(0.5..=600.0).contains(&seconds) {
+                bail!("--seconds must be between 0.5 and 600, not {seconds}");
+            }
+            if reps == 0 || reps > 20 {
+                bail!("--reps must be between 1 and 20, not {reps}");
+            }
+            if clients.is_empty() || clients.iter().any(|&c| c == 0 || c > 1024) {
+                bail!("--clients must list counts between 1 and 1024");
+            }
+            for s in &systems {
+                if !["corral", "etcd", "zookeeper"].contains(&s.as_str()) {
+                    bail!("unknown system {s:?}: corral, etcd or zookeeper");
+                }
+            }
+            for w in &workloads {
+                if !["lookup", "write", "lock", "failover", "footprint"].contains(&w.as_str()) {
+                    bail!("unknown workload {w:?}: lookup, write, lock, failover or footprint");
+                }
+            }
+            let corral = std::fs::canonicalize(&corral)
+                .with_context(|| format!("no corral binary at {}", corral.display()))?;
+            let plan = Plan {
+                corral,
+                measure: Duration::from_secs_f64(seconds),
+                reps,
+                clients,
+                workloads,
+                bench: std::env::current_exe()?,
+            };
+            let results = runtime.block_on(run_all(&plan, &systems, &command_line))?;
+            report::write(&results, &out)?;
+            println!("wrote {}", out.join("benchmarks.md").display());
+            Ok(())
+        }
+    }
+}
+
+struct Plan {
+    corral: PathBuf,
+    measure: Duration,
+    reps: u32,
+    clients: Vec<usize>,
+    workloads: Vec<String>,
+    bench: PathBuf,
+}
+
+const WARMUP: Duration = Duration::from_millis(500);
+/// Unrecorded load on every system before its first measured run.
+const SYSTEM_WARMUP: Duration = Duration::from_secs(3);
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+const FAILOVER_REPS_MIN: u32 = 3;
+
+impl Plan {
+    fn wants(&self, workload: &str) -> bool {
+        self.workloads.iter().any(|w| w == workload)
+    }
+}
+
+/// One system's cluster, whichever it is.
+enum Cluster {
+    Corral(Corral),
+    Etcd(Etcd),
+    ZooKeeper(ZooKeeper),
+}
+
+impl Cluster {
+    fn name(&self) -> &'static str {
+        match self {
+            Cluster::Corral(_) => "Corral",
+            Cluster::Etcd(_) => "etcd",
+            Cluster::ZooKeeper(_) => "ZooKeeper",
+        }
+    }
+
+    fn processes(&self) -> Vec<(String, u32)> {
+        match self {
+            Cluster::Corral(c) => c.processes(),
+            Cluster::Etcd(e) => e.processes(),
+            Cluster::ZooKeeper(z) => z.processes(),
+        }
+    }
+
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        match self {
+            Cluster::Corral(c) => c.check_running(),
+            Cluster::Etcd(e) => e.check_running(),
+            Cluster::ZooKeeper(z) => z.check_running(),
+        }
+    }
+
+    /// The lookup variants: (label, linearizable).
+    fn lookups(&self) -> [(&'static str, bool); 2] {
+        match self {
+            Cluster::Corral(_) => [("local agent", false), ("linearizable", true)],
+            Cluster::Etcd(_) => [("serializable get", false), ("linearizable get", true)],
+            Cluster::ZooKeeper(_) => [("getData", false), ("sync + getData", true)],
+        }
+    }
+
+    async fn lookup_clients(&self, clients: usize, linearizable: bool) -> anyhow::Result<Vec<Op>> {
+        match self {
+            Cluster::Corral(c) => c.lookup_clients(clients, linearizable).await,
+            Cluster::Etcd(e) => e.lookup_clients(clients, linearizable).await,
+            Cluster::ZooKeeper(z) => z.lookup_clients(clients, linearizable).await,
+        }
+    }
+
+    /// The write variants.
+    fn writes(&self) -> Vec<(&'static str, Writes)> {
+        match self {
+            Cluster::Corral(_) => vec![("through agent", Writes::Agent), ("to core", Writes::Core)],
+            Cluster::Etcd(_) => vec![("put", Writes::Core)],
+            Cluster::ZooKeeper(_) => vec![("setData", Writes::Core)],
+        }
+    }
+
+    async fn write_clients(&self, clients: usize, writes: Writes) -> anyhow::Result<Vec<Op>> {
+        match self {
+            Cluster::Corral(c) => c.write_clients(clients, writes).await,
+            Cluster::Etcd(e) => e.write_clients(clients).await,
+            Cluster::ZooKeeper(z) => z.write_clients(clients).await,
+        }
+    }
+
+    fn lock_label(&self) -> &'static str {
+        match self {
+            Cluster::Corral(_) => "lock",
+            Cluster::Etcd(_) => "lock API",
+            Cluster::ZooKeeper(_) => "recipe",
+        }
+    }
+
+    async fn lock_clients(&self, clients: usize) -> anyhow::Result<Vec<Op>> {
+        match self {
+            Cluster::Corral(c) => c.lock_clients(clients).await,
+            Cluster::Etcd(e) => e.lock_clients(clients).await,
+            Cluster::ZooKeeper(z) => z.lock_clients(clients).await,
+        }
+    }
+
+    async fn failover(&mut self, bench: &Path, freeze: Freeze) -> anyhow::Result<Duration> {
+        match self {
+            Cluster::Corral(c) => c.failover(bench, freeze).await,
+            Cluster::Etcd(e) => e.failover(bench, freeze).await,
+            Cluster::ZooKeeper(z) => z.failover(bench, freeze).await,
+        }
+    }
+
+    /// What failover depends on, as granted in this run.
+    fn failover_setting(&self) -> String {
+        match self {
+            Cluster::Corral(_) => "gossip probe 500 ms, suspicion 2 s (agent defaults); the app's session ends with its connection".into(),
+            Cluster::Etcd(e) => match e.granted_ttl {
+                Some(ttl) => format!("lease TTL {ttl} s granted for 1 s asked (etcd's minimum), kept alive every TTL/3"),
+                None => "lease TTL: not measured".into(),
+            },
+            Cluster::ZooKeeper(z) => match z.granted_timeout {
+                Some(t) => format!(
+                    "session timeout {} ms granted for 1 ms asked (minimum = 2 × tickTime {} ms)",
+                    t.as_millis(),
+                    systems::zookeeper::TICK_MS
+                ),
+                None => "session timeout: not measured".into(),
+            },
+        }
+    }
+}
+
+async fn run_all(plan: &Plan, systems: &[String], command_line: &str) -> anyhow::Result<Results> {
+    let started_at = std::time::SystemTime::now();
+    let wall = Instant::now();
+    let root = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    std::fs::create_dir_all(&root)?;
+    let machine = machine::describe(&root, &plan.corral)?;
+    println!(
+        "machine: {} cores, {:.1} GiB, fsync p50 {} µs",
+        machine.cores, machine.memory_gib, machine.fsync_p50_us
+    );
+    let mut results = Results {
+        machine,
+        command_line: command_line.to_string(),
+        started_at,
+        seconds: plan.measure.as_secs_f64(),
+        reps: plan.reps,
+        runs: Vec::new(),
+        failovers: Vec::new(),
+        footprints: Vec::new(),
+        settings: Vec::new(),
+        wall_seconds: 0.0,
+    };
+    for system in systems {
+        let dir = root.join(system);
+        std::fs::create_dir_all(&dir)?;
+        println!("== {system}: starting a three-member cluster");
+        let mut cluster = match system.as_str() {
+            "corral" => Cluster::Corral(Corral::start(&plan.corral, &dir).await?),
+            "etcd" => Cluster::Etcd(Etcd::start(&dir).await?),
+            _ => Cluster::ZooKeeper(ZooKeeper::start(&dir).await?),
+        };
+        let outcome = run_system(plan, &mut cluster, &mut results).await;
+        drop(cluster);
+        outcome.with_context(|| format!("{system}: logs in {}", dir.display()))?;
+    }
+    results.wall_seconds = wall.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(results)
+}
+
+async fn run_system(plan: &Plan, cluster: &mut Cluster, results: &mut Results) -> anyhow::Result<()> {
+    let system = cluster.name();
+    // Warm every system up alike (ZooKeeper's JIT most of all): unrecorded lookups and
+    // writes from 16 clients.
+    let (_, linearizable) = cluster.lookups()[0];
+    let ops = cluster.lookup_clients(16, linearizable).await?;
+    closed_loop(ops, Duration::ZERO, SYSTEM_WARMUP).await;
+    let ops = cluster.write_clients(16, cluster.writes()[0].1).await?;
+    closed_loop(ops, Duration::ZERO, SYSTEM_WARMUP).await;
+    if plan.wants("footprint") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for f in machine::footprint(&cluster.processes(), IDLE_WINDOW).await {
+            results.footprints.push(FootprintRow { system, state: "idle", footprint: f });
+        }
+    }
+    if plan.wants("lookup") {
+        for (label, linearizable) in cluster.lookups() {
+            for &clients in &plan.clients {
+                for rep in 1..=plan.reps {
+                    let ops = cluster.lookup_clients(clients, linearizable).await?;
+                    let sample = closed_loop(ops, WARMUP, plan.measure).await;
+                    record(results, cluster, "lookup", label, linearizable, clients, rep, sample)?;
+                }
+            }
+        }
+    }
+    if plan.wants("write") || plan.wants("footprint") {
+        for (label, writes) in cluster.writes() {
+            for &clients in &plan.clients {
+                for rep in 1..=plan.reps {
+                    let ops = cluster.write_clients(clients, writes).await?;
+                    // Footprint under load: the first repetition at 16 clients (or the
+                    // middle concurrency), through the agent for Corral.
+                    let sample_footprint = plan.wants("footprint")
+                        && rep == 1
+                        && clients == plan.clients[plan.clients.len() / 2]
+                        && writes == cluster.writes()[0].1;
+                    let processes = cluster.processes();
+                    let load = tokio::spawn(closed_loop(ops, WARMUP, plan.measure));
+                    if sample_footprint {
+                        tokio::time::sleep(WARMUP).await;
+                        let window = plan.measure.mul_f64(0.9);
+                        for f in machine::footprint(&processes, window).await {
+                            results.footprints.push(FootprintRow {
+                                system,
+                                state: "write load",
+                                footprint: f,
+                            });
+                        }
+                    }
+                    let sample = load.await?;
+                    if plan.wants("write") {
+                        record(results, cluster, "write", label, false, clients, rep, sample)?;
+                    }
+                }
+            }
+        }
+    }
+    if plan.wants("lock") {
+        let label = cluster.lock_label();
+        for &clients in &plan.clients {
+            for rep in 1..=plan.reps {
+                let ops = cluster.lock_clients(clients).await?;
+                let sample = closed_loop(ops, WARMUP, plan.measure).await;
+                record(results, cluster, "lock", label, false, clients, rep, sample)?;
+            }
+        }
+    }
+    if plan.wants("failover") {
+        for freeze in [Freeze::Kill, Freeze::Stop] {
+            for rep in 1..=plan.reps.max(FAILOVER_REPS_MIN) {
+                let elapsed = cluster.failover(&plan.bench, freeze).await?;
+                println!(
+                    "{system} failover after {}: {} ms (rep {rep})",
+                    freeze.label(),
+                    elapsed.as_millis()
+                );
+                results.failovers.push(FailoverRun {
+                    system,
+                    signal: freeze.label(),
+                    rep,
+                    ms: elapsed.as_secs_f64() * 1000.0,
+                });
+            }
+        }
+        results
+            .settings
+            .push((format!("{system} failover"), cluster.failover_setting()));
+    }
+    cluster.check_running()?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    results: &mut Results,
+    cluster: &mut Cluster,
+    workload: &'static str,
+    variant: &'static str,
+    linearizable: bool,
+    clients: usize,
+    rep: u32,
+    sample: Sample,
+) -> anyhow::Result<()> {
+    cluster.check_running()?;
+    let system = cluster.name();
+    println!(
+        "{system} {workload} ({variant}) ×{clients} rep {rep}: {:.0} ops/s, p50 {} µs, p99 {} µs, {} errors{}",
+        sample.ops_per_second(),
+        sample.quantile_us(0.5),
+        sample.quantile_us(0.99),
+        sample.errors,
+        sample
+            .first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    if sample.ops == 0 {
+        bail!(
+            "{system} {workload} ({variant}) with {clients} clients completed nothing: {}",
+            sample.first_error.as_deref().unwrap_or("no error")
+        );
+    }
+    results.runs.push(Run {
+        workload,
+        system,
+        variant,
+        linearizable,
+        clients,
+        rep,
+        sample,
+    });
+    Ok(())
+}

@@ -1,0 +1,694 @@
+//! The page: docs/benchmarks.md, with its charts (SVG) and the raw figures (CSV), every
+//! number computed from the run that writes it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+use crate::machine::{Footprint, Machine};
+use crate::runner::Sample;
+
+pub struct Run {
+    pub workload: &'static str,
+    pub system: &'static str,
+    pub variant: &'static str,
+    pub linearizable: bool,
+    pub clients: usize,
+    pub rep: u32,
+    pub sample: Sample,
+}
+
+pub struct FailoverRun {
+    pub system: &'static str,
+    pub signal: &'static str,
+    pub rep: u32,
+    pub ms: f64,
+}
+
+pub struct FootprintRow {
+    pub system: &'static str,
+    pub state: &'static str,
+    pub footprint: Footprint,
+}
+
+pub struct Results {
+    pub machine: Machine,
+    pub command_line: String,
+    pub started_at: std::time::SystemTime,
+    pub seconds: f64,
+    pub reps: u32,
+    pub runs: Vec<Run>,
+    pub failovers: Vec<FailoverRun>,
+    pub footprints: Vec<FootprintRow>,
+    pub settings: Vec<(String, String)>,
+    pub wall_seconds: f64,
+}
+
+const PEERS: [&str; 2] = ["etcd", "ZooKeeper"];
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// The repetitions of one (workload, system, variant, clients), summarised.
+#[derive(Clone, Debug)]
+struct Summary {
+    ops: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    errors: u64,
+}
+
+impl Summary {
+    fn ops(&self) -> f64 {
+        median(&mut self.ops.clone())
+    }
+    fn p50(&self) -> f64 {
+        median(&mut self.p50.clone())
+    }
+    fn p99(&self) -> f64 {
+        median(&mut self.p99.clone())
+    }
+}
+
+fn spread(values: &[f64], format: impl Fn(f64) -> String) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mid = median(&mut values.to_vec());
+    format!("{} ({}–{})", format(mid), format(min), format(max))
+}
+
+type Key = (&'static str, &'static str, &'static str, usize);
+
+fn summaries(runs: &[Run]) -> BTreeMap<Key, Summary> {
+    let mut map: BTreeMap<Key, Summary> = BTreeMap::new();
+    for run in runs {
+        let entry = map
+            .entry((run.workload, run.system, run.variant, run.clients))
+            .or_insert(Summary {
+                ops: Vec::new(),
+                p50: Vec::new(),
+                p99: Vec::new(),
+                errors: 0,
+            });
+        entry.ops.push(run.sample.ops_per_second());
+        entry.p50.push(run.sample.quantile_us(0.5) as f64);
+        entry.p99.push(run.sample.quantile_us(0.99) as f64);
+        entry.errors += run.sample.errors;
+    }
+    map
+}
+
+fn us(v: f64) -> String {
+    if !v.is_finite() {
+        "—".into()
+    } else if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else if v >= 1000.0 {
+        format!("{:.2} ms", v / 1000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+fn rate(v: f64) -> String {
+    if !v.is_finite() {
+        "—".into()
+    } else if v >= 100.0 {
+        let n = v.round() as u64;
+        // Thousands separated, as the rest of the docs write them.
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn ratio(v: f64) -> String {
+    if !v.is_finite() {
+        "—".into()
+    } else if v >= 10.0 {
+        format!("{v:.0}×")
+    } else {
+        format!("{v:.2}×")
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "**met**" } else { "**not met**" }
+}
+
+pub fn write(results: &Results, out: &Path) -> anyhow::Result<()> {
+    let assets = out.join("benchmarks");
+    std::fs::create_dir_all(&assets).with_context(|| format!("cannot create {}", assets.display()))?;
+    write_csv(results, &assets)?;
+    let sums = summaries(&results.runs);
+    let clients: Vec<usize> = {
+        let mut c: Vec<usize> = results.runs.iter().map(|r| r.clients).collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    };
+    charts(results, &sums, &clients, &assets)?;
+    let page = page(results, &sums, &clients);
+    let path = out.join("benchmarks.md");
+    std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn write_csv(results: &Results, dir: &Path) -> anyhow::Result<()> {
+    let mut runs = String::from(
+        "workload,system,variant,linearizable,clients,rep,seconds,ops,errors,ops_per_second,p50_us,p90_us,p99_us,p999_us,max_us\n",
+    );
+    for r in &results.runs {
+        let s = &r.sample;
+        writeln!(
+            runs,
+            "{},{},{},{},{},{},{:.3},{},{},{:.1},{},{},{},{},{}",
+            r.workload,
+            r.system,
+            r.variant,
+            r.linearizable,
+            r.clients,
+            r.rep,
+            s.seconds,
+            s.ops,
+            s.errors,
+            s.ops_per_second(),
+            s.quantile_us(0.5),
+            s.quantile_us(0.9),
+            s.quantile_us(0.99),
+            s.quantile_us(0.999),
+            s.histogram.max()
+        )?;
+    }
+    std::fs::write(dir.join("runs.csv"), runs)?;
+    let mut failovers = String::from("system,signal,rep,ms\n");
+    for f in &results.failovers {
+        writeln!(failovers, "{},{},{},{:.1}", f.system, f.signal, f.rep, f.ms)?;
+    }
+    std::fs::write(dir.join("failover.csv"), failovers)?;
+    let mut footprint = String::from("system,state,process,rss_mib,cpu_percent_of_one_core\n");
+    for f in &results.footprints {
+        writeln!(
+            footprint,
+            "{},{},{},{:.1},{:.1}",
+            f.system, f.state, f.footprint.process, f.footprint.rss_mib, f.footprint.cpu_percent
+        )?;
+    }
+    std::fs::write(dir.join("footprint.csv"), footprint)?;
+    Ok(())
+}
+
+/// The fastest read any peer offers at `clients`, of any consistency: (p50, label).
+fn fastest_peer_read(sums: &BTreeMap<Key, Summary>, clients: usize) -> Option<(f64, String)> {
+    sums.iter()
+        .filter(|((w, s, _, c), _)| *w == "lookup" && PEERS.contains(s) && *c == clients)
+        .map(|((_, s, v, _), sum)| (sum.p50(), format!("{s} {v}")))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+fn get<'a>(sums: &'a BTreeMap<Key, Summary>, w: &'static str, s: &'static str, v: &'static str, c: usize) -> Option<&'a Summary> {
+    sums.get(&(w, s, v, c))
+}
+
+fn variant_of(results: &Results, workload: &str, system: &str, linearizable: bool) -> Option<&'static str> {
+    results
+        .runs
+        .iter()
+        .find(|r| r.workload == workload && r.system == system && r.linearizable == linearizable)
+        .map(|r| r.variant)
+}
+
+fn failover_ms(results: &Results, system: &str, signal: &str) -> Vec<f64> {
+    results
+        .failovers
+        .iter()
+        .filter(|f| f.system == system && f.signal == signal)
+        .map(|f| f.ms)
+        .collect()
+}
+
+fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> String {
+    let m = &results.machine;
+    let mut p = String::new();
+    let date = humantime(results.started_at);
+    let _ = writeln!(p, "# Benchmarks: Corral, etcd and ZooKeeper on one machine\n");
+    let _ = writeln!(
+        p,
+        "Every figure on this page comes from one run of\n\n```sh\n{}\n```\n\non {date}, which took {:.0} s. The command installs what is missing (Debian's\n`etcd-server` and `zookeeper`, and `protobuf-compiler` to build the etcd client),\nbuilds Corral and the driver (`bench/`), starts a three-member cluster of each system\non loopback in turn, drives the same workloads through each one's client library with\nthe same closed loop, stops it, and writes this page, the charts and the raw CSV\n(`docs/benchmarks/runs.csv`, `failover.csv`, `footprint.csv`). Nothing on it is\nwritten by hand.\n",
+        results.command_line, results.wall_seconds
+    );
+    let _ = writeln!(p, "## Machine and versions\n");
+    let _ = writeln!(p, "| | |\n|---|---|");
+    let _ = writeln!(p, "| CPU | {} × {} |", m.cores, m.cpu);
+    let _ = writeln!(p, "| Memory | {:.1} GiB |", m.memory_gib);
+    let _ = writeln!(p, "| Kernel | {} |", m.kernel);
+    let _ = writeln!(
+        p,
+        "| Disk: 4 KiB write + fdatasync | p50 {}, p99 {} (200 samples in the run's data directory) |",
+        us(m.fsync_p50_us as f64),
+        us(m.fsync_p99_us as f64)
+    );
+    for (name, version) in &m.versions {
+        let _ = writeln!(p, "| {name} | {version} |");
+    }
+    let _ = writeln!(
+        p,
+        "\nAll three clusters, the driver and (for Corral) three agents share these {} cores;\nthe driver's own CPU is part of every figure alike.\n",
+        m.cores
+    );
+    let _ = writeln!(p, "## Settings\n");
+    let _ = writeln!(
+        p,
+        "- **Corral** as shipped: three core members (Raft, each write fsynced by a majority\n  before it is acknowledged), three agents (hosts a1, a2, a3); every link QUIC with\n  mutual TLS. Clients talk to agent a1 over its Unix socket, except *write to core*,\n  which uses the core client over QUIC + mTLS as an agent does.\n- **etcd** as Debian ships it: three members, `--heartbeat-interval 100`,\n  `--election-timeout 1000` (defaults), plain HTTP/2 without TLS (its default), writes\n  fsynced by a majority. Client: `etcd-client` (Rust, tonic/gRPC), connected to all\n  three members.\n- **ZooKeeper** as Debian ships it (its `zoo.cfg`: `tickTime=2000`, `initLimit=10`,\n  `syncLimit=5`), with `forceSync=yes` (fsync before acknowledging), the admin HTTP\n  server off and `maxClientCnxns=0` (128 clients from one address). JVM defaults.\n  Client: `zookeeper-client` (Rust, async), connected to all three members.\n- **Load**: a closed loop; every client is its own connection (and, where the\n  system has them, its own session) and sends its next request when the last is\n  answered. {:.1} s measured after a 0.5 s warm-up, {} repetitions of every run;\n  latencies from an HDR histogram (3 significant digits). Tables give the median of\n  the repetitions, with their min–max in brackets.\n- **Values**: 256 bytes per write; each client cycles over 1,000 keys of its own\n  (ZooKeeper: one node per client).",
+        results.seconds, results.reps
+    );
+    for (name, setting) in &results.settings {
+        let _ = writeln!(p, "- **{name}**: {setting}.");
+    }
+    let _ = writeln!(p);
+
+    // ---- Goals -----------------------------------------------------------------
+    let _ = writeln!(p, "## The goals, and where Corral stands\n");
+    let _ = writeln!(p, "| Goal | Measured | |\n|---|---|---|");
+    let corral_local = variant_of(results, "lookup", "Corral", false);
+    for &c in clients {
+        if let (Some(v), Some((peer, label))) = (corral_local, fastest_peer_read(sums, c)) {
+            if let Some(s) = get(sums, "lookup", "Corral", v, c) {
+                let speedup = peer / s.p50();
+                let _ = writeln!(
+                    p,
+                    "| lookup p50 at least 10× faster than the fastest peer read, {c} client{} | Corral {} vs {label} {}: {} | {} |",
+                    plural(c),
+                    us(s.p50()),
+                    us(peer),
+                    ratio(speedup),
+                    verdict(speedup >= 10.0)
+                );
+            }
+        }
+    }
+    for &c in clients {
+        let corral = get(sums, "write", "Corral", "through agent", c).map(Summary::ops);
+        let peers: Vec<(f64, &str)> = PEERS
+            .iter()
+            .filter_map(|s| {
+                let v = variant_of(results, "write", s, false)?;
+                Some((get(sums, "write", s, v, c)?.ops(), *s))
+            })
+            .collect();
+        if let (Some(corral), Some(best)) = (corral, peers.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0))) {
+            let _ = writeln!(
+                p,
+                "| writes at least as fast as the faster peer, {c} client{} | Corral through agent {} /s vs {} {} /s: {} | {} |",
+                plural(c),
+                rate(corral),
+                best.1,
+                rate(best.0),
+                ratio(corral / best.0),
+                verdict(corral >= best.0)
+            );
+        }
+    }
+    let kill = failover_ms(results, "Corral", "SIGKILL");
+    if !kill.is_empty() {
+        let max = kill.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            p,
+            "| failover seen under 1 s after SIGKILL | Corral: slowest of {} runs {:.0} ms | {} |",
+            kill.len(),
+            max,
+            verdict(max < 1000.0)
+        );
+    }
+    let stop = median(&mut failover_ms(results, "Corral", "SIGSTOP"));
+    if stop.is_finite() {
+        let peers: Vec<(f64, &str)> = PEERS
+            .iter()
+            .map(|s| (median(&mut failover_ms(results, s, "SIGSTOP")), *s))
+            .filter(|(v, _)| v.is_finite())
+            .collect();
+        if let Some(best) = peers.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0)) {
+            let _ = writeln!(
+                p,
+                "| failover after SIGSTOP faster than either peer | Corral median {:.0} ms vs {} {:.0} ms | {} |",
+                stop,
+                best.1,
+                best.0,
+                verdict(stop < best.0)
+            );
+        }
+    }
+    let _ = writeln!(p);
+
+    // ---- Ratios ----------------------------------------------------------------
+    let _ = writeln!(p, "## Ratios\n");
+    let _ = writeln!(
+        p,
+        "Corral's figure divided by the peer's, medians of the repetitions. For latencies\nand failover times below 1 is better for Corral; for throughput above 1 is.\n"
+    );
+    let _ = writeln!(p, "| Workload | Clients | Measure | Corral/etcd | Corral/ZooKeeper |\n|---|---|---|---|---|");
+    let ratio_row = |p: &mut String, label: &str, c: usize, measure: &str, corral: Option<f64>, etcd: Option<f64>, zk: Option<f64>| {
+        if let Some(corral) = corral {
+            let _ = writeln!(
+                p,
+                "| {label} | {c} | {measure} | {} | {} |",
+                etcd.map_or("—".into(), |e| ratio(corral / e)),
+                zk.map_or("—".into(), |z| ratio(corral / z))
+            );
+        }
+    };
+    for linearizable in [false, true] {
+        for &c in clients {
+            let fetch = |system: &str| {
+                variant_of(results, "lookup", system, linearizable)
+                    .and_then(|v| sums.iter().find(|((w, s, vv, cc), _)| *w == "lookup" && *s == system && *vv == v && *cc == c))
+                    .map(|(_, s)| s.p50())
+            };
+            let label = if linearizable {
+                "lookup, linearizable (Corral linearizable / etcd get / ZK sync+getData)"
+            } else {
+                "lookup (Corral local agent / etcd serializable get / ZK getData)"
+            };
+            ratio_row(&mut p, label, c, "p50 latency", fetch("Corral"), fetch("etcd"), fetch("ZooKeeper"));
+        }
+    }
+    for corral_variant in ["through agent", "to core"] {
+        for &c in clients {
+            let peer = |system: &'static str| {
+                variant_of(results, "write", system, false).and_then(|v| get(sums, "write", system, v, c)).map(Summary::ops)
+            };
+            ratio_row(
+                &mut p,
+                &format!("write 256 B (Corral {corral_variant})"),
+                c,
+                "ops/s",
+                get(sums, "write", "Corral", corral_variant, c).map(Summary::ops),
+                peer("etcd"),
+                peer("ZooKeeper"),
+            );
+        }
+    }
+    for &c in clients {
+        let lock = |system: &'static str| variant_of(results, "lock", system, false).and_then(|v| get(sums, "lock", system, v, c));
+        ratio_row(&mut p, "lock churn, one lock", c, "grants/s", lock("Corral").map(Summary::ops), lock("etcd").map(Summary::ops), lock("ZooKeeper").map(Summary::ops));
+        ratio_row(&mut p, "lock churn, one lock", c, "wait p99", lock("Corral").map(Summary::p99), lock("etcd").map(Summary::p99), lock("ZooKeeper").map(Summary::p99));
+    }
+    for signal in ["SIGKILL", "SIGSTOP"] {
+        let f = |s: &str| {
+            let v = median(&mut failover_ms(results, s, signal));
+            v.is_finite().then_some(v)
+        };
+        ratio_row(&mut p, &format!("failover seen after {signal}"), 1, "median time", f("Corral"), f("etcd"), f("ZooKeeper"));
+    }
+    for state in ["idle", "write load"] {
+        let total = |system: &str, field: fn(&Footprint) -> f64| {
+            let rows: Vec<f64> = results
+                .footprints
+                .iter()
+                .filter(|f| f.system == system && f.state == state && !f.footprint.process.contains("agent"))
+                .map(|f| field(&f.footprint))
+                .collect();
+            (!rows.is_empty()).then(|| rows.iter().sum())
+        };
+        ratio_row(&mut p, &format!("footprint, three members, {state}"), 0, "resident memory", total("Corral", |f| f.rss_mib), total("etcd", |f| f.rss_mib), total("ZooKeeper", |f| f.rss_mib));
+        ratio_row(&mut p, &format!("footprint, three members, {state}"), 0, "CPU", total("Corral", |f| f.cpu_percent), total("etcd", |f| f.cpu_percent), total("ZooKeeper", |f| f.cpu_percent));
+    }
+    let _ = writeln!(p, "\n(Clients 0: not a load figure.)\n");
+
+    // ---- Detail tables ---------------------------------------------------------
+    let sections = [
+        ("lookup", "Lookups: \"who is the master of shard M3\"", "lookup-p50.svg", "lookup-ops.svg"),
+        ("write", "Writes: 256-byte puts", "write-p50.svg", "write-ops.svg"),
+        ("lock", "Lock churn: acquire and release of one lock", "lock-p99.svg", "lock-ops.svg"),
+    ];
+    for (workload, title, chart_a, chart_b) in sections {
+        if !sums.keys().any(|k| k.0 == workload) {
+            continue;
+        }
+        let _ = writeln!(p, "## {title}\n");
+        let latency = if workload == "lock" { "wait" } else { "latency" };
+        let _ = writeln!(
+            p,
+            "| System | Variant | Clients | {} per s | {latency} p50 | {latency} p99 | errors |\n|---|---|---|---|---|---|---|",
+            if workload == "lock" { "grants" } else { "ops" }
+        );
+        for ((w, s, v, c), sum) in sums.iter() {
+            if *w != workload {
+                continue;
+            }
+            let _ = writeln!(
+                p,
+                "| {s} | {v} | {c} | {} | {} | {} | {} |",
+                spread(&sum.ops, rate),
+                spread(&sum.p50, us),
+                spread(&sum.p99, us),
+                sum.errors
+            );
+        }
+        let _ = writeln!(p, "\n![]({}) ![]({})\n", format_args!("benchmarks/{chart_a}"), format_args!("benchmarks/{chart_b}"));
+    }
+    if !results.failovers.is_empty() {
+        let _ = writeln!(p, "## Failover visibility\n");
+        let _ = writeln!(
+            p,
+            "The process holding a master's registration is killed (SIGKILL), or its host is\nfrozen (SIGSTOP; for Corral that is the holder and host a2's agent, for the peers the\nholder process, their client). The clock runs from the signal to the event at a\nwatcher elsewhere: Corral's `MasterChanged` at agent a1 (the slave on a3 promoted),\nZooKeeper's `NodeDeleted` of the ephemeral node, etcd's `DELETE` of the leased key.\n"
+        );
+        let _ = writeln!(p, "| System | Signal | Median | Min–max | Runs (ms) |\n|---|---|---|---|---|");
+        let mut keys: Vec<(&str, &str)> = results.failovers.iter().map(|f| (f.system, f.signal)).collect();
+        keys.dedup();
+        for (system, signal) in keys {
+            let mut v = failover_ms(results, system, signal);
+            let runs = v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = v.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(p, "| {system} | {signal} | {:.0} ms | {:.0}–{:.0} ms | {runs} |", median(&mut v), min, max);
+        }
+        let _ = writeln!(p, "\n![](benchmarks/failover.svg)\n");
+    }
+    if !results.footprints.is_empty() {
+        let _ = writeln!(p, "## Footprint\n");
+        let _ = writeln!(
+            p,
+            "Resident memory at the end of the window and CPU over it (percent of one core):\nidle for 5 s after start, and under the write load (16 clients, Corral through the\nagent). Corral's rows include agent a1, the one that served the clients.\n"
+        );
+        let _ = writeln!(p, "| System | State | Process | Resident | CPU |\n|---|---|---|---|---|");
+        for f in &results.footprints {
+            let _ = writeln!(
+                p,
+                "| {} | {} | {} | {:.1} MiB | {:.1}% |",
+                f.system, f.state, f.footprint.process, f.footprint.rss_mib, f.footprint.cpu_percent
+            );
+        }
+        let _ = writeln!(p);
+    }
+    let _ = writeln!(
+        p,
+        "## Reading these figures\n\n- One machine with few cores hosts three members of each cluster, the load and (for\n  Corral) three agents: the figures compare the systems on equal ground; they are not\n  the throughput of three dedicated servers.\n- A Corral lookup is answered by the agent on the client's own host, from its\n  replica, with no network hop; the peers' reads cross the network to a member. That\n  difference is the design, and on loopback the network hop costs less than it would\n  between real hosts.\n- ZooKeeper's `sync` + `getData` is what ZooKeeper offers for reading the leader's\n  latest state; it is not strictly linearizable.\n- Failover times depend on the settings above: etcd's lease TTL and ZooKeeper's\n  session timeout at the minimum each allows, Corral's gossip at its defaults.\n"
+    );
+    p
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn humantime(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+// ---- Charts ----------------------------------------------------------------------
+
+fn charts(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize], dir: &Path) -> anyhow::Result<()> {
+    let xs: Vec<f64> = clients.iter().map(|&c| c as f64).collect();
+    for (workload, title_p, file_p, title_o, file_o, quantile) in [
+        ("lookup", "Lookup latency p50 (µs, log scale)", "lookup-p50.svg", "Lookups per second", "lookup-ops.svg", 0.5),
+        ("write", "Write latency p50 (µs, log scale)", "write-p50.svg", "Writes per second", "write-ops.svg", 0.5),
+        ("lock", "Lock wait p99 (µs, log scale)", "lock-p99.svg", "Lock grants per second", "lock-ops.svg", 0.99),
+    ] {
+        let mut latency: Vec<(String, Vec<f64>)> = Vec::new();
+        let mut ops: Vec<(String, Vec<f64>)> = Vec::new();
+        let mut names: Vec<(&str, &str)> = sums.keys().filter(|k| k.0 == workload).map(|k| (k.1, k.2)).collect();
+        names.dedup();
+        if names.is_empty() {
+            continue;
+        }
+        for (system, variant) in names {
+            let pick = |c: usize, f: &dyn Fn(&Summary) -> f64| get(sums, workload, system, variant, c).map_or(f64::NAN, f);
+            let label = format!("{system} {variant}");
+            latency.push((label.clone(), clients.iter().map(|&c| pick(c, &|s| if quantile > 0.9 { s.p99() } else { s.p50() })).collect()));
+            ops.push((label, clients.iter().map(|&c| pick(c, &Summary::ops)).collect()));
+        }
+        line_chart(&dir.join(file_p), title_p, &xs, &latency, true)?;
+        line_chart(&dir.join(file_o), title_o, &xs, &ops, true)?;
+    }
+    if !results.failovers.is_empty() {
+        failover_chart(results, &dir.join("failover.svg"))?;
+    }
+    Ok(())
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(174, 199, 232),
+    RGBColor(214, 39, 40),
+    RGBColor(255, 152, 150),
+    RGBColor(44, 160, 44),
+    RGBColor(152, 223, 138),
+];
+
+fn color_for(label: &str, index: usize) -> RGBColor {
+    // One hue per system, dark for the first variant and light for the second.
+    let base = if label.starts_with("Corral") {
+        0
+    } else if label.starts_with("etcd") {
+        2
+    } else {
+        4
+    };
+    COLORS[base + index % 2]
+}
+
+fn line_chart(path: &Path, title: &str, xs: &[f64], series: &[(String, Vec<f64>)], log_y: bool) -> anyhow::Result<()> {
+    let finite: Vec<f64> = series.iter().flat_map(|(_, ys)| ys.iter().copied()).filter(|y| y.is_finite() && *y > 0.0).collect();
+    anyhow::ensure!(!finite.is_empty(), "no points for {title}");
+    let y_min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let y_max = finite.iter().copied().fold(0.0, f64::max);
+    let x_min = xs.iter().copied().fold(f64::INFINITY, f64::min).max(1.0);
+    let x_max = xs.iter().copied().fold(0.0, f64::max).max(x_min * 2.0);
+    let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart.configure_mesh().x_desc("concurrent clients").draw().map_err(plot_error)?;
+            for (name, ys) in series {
+                let system = name.split(' ').next().unwrap_or_default().to_string();
+                let n = counts.entry(system).or_insert(0);
+                let color = color_for(name, *n);
+                *n += 1;
+                let points: Vec<(f64, f64)> = xs.iter().copied().zip(ys.iter().copied()).filter(|(_, y)| y.is_finite() && *y > 0.0).collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                    .map_err(plot_error)?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(plot_error)?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(plot_error)?;
+        }};
+    }
+    macro_rules! builder {
+        () => {
+            ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+        };
+    }
+    if log_y {
+        draw!(builder!()
+            .build_cartesian_2d((x_min * 0.7..x_max * 1.4).log_scale(), (y_min * 0.5..y_max * 4.0).log_scale())
+            .map_err(plot_error)?);
+    } else {
+        draw!(builder!()
+            .build_cartesian_2d((x_min * 0.7..x_max * 1.4).log_scale(), 0.0..y_max * 1.15)
+            .map_err(plot_error)?);
+    }
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// Every failover run as a point, per system and signal, on a log time axis.
+fn failover_chart(results: &Results, path: &Path) -> anyhow::Result<()> {
+    let values: Vec<f64> = results.failovers.iter().map(|f| f.ms).filter(|v| *v > 0.0).collect();
+    anyhow::ensure!(!values.is_empty(), "no failover runs");
+    let y_min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let y_max = values.iter().copied().fold(0.0, f64::max);
+    let systems = ["Corral", "etcd", "ZooKeeper"];
+    let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Failover seen by a watcher (ms, log scale)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5f64..5.5f64, (y_min * 0.5..y_max * 2.0).log_scale())
+        .map_err(plot_error)?;
+    let labels = ["Corral KILL", "Corral STOP", "etcd KILL", "etcd STOP", "ZK KILL", "ZK STOP"];
+    chart
+        .configure_mesh()
+        .x_labels(6)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && (0.0..6.0).contains(&i) {
+                labels[i as usize].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .draw()
+        .map_err(plot_error)?;
+    for (si, system) in systems.iter().enumerate() {
+        for (gi, signal) in ["SIGKILL", "SIGSTOP"].iter().enumerate() {
+            let x = (si * 2 + gi) as f64;
+            let color = COLORS[si * 2];
+            let points: Vec<(f64, f64)> = failover_ms(results, system, signal).into_iter().map(|v| (x, v)).collect();
+            chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(plot_error)?;
+            let mid = median(&mut points.iter().map(|p| p.1).collect::<Vec<_>>());
+            if mid.is_finite() {
+                chart
+                    .draw_series(LineSeries::new(vec![(x - 0.3, mid), (x + 0.3, mid)], color.stroke_width(2)))
+                    .map_err(plot_error)?;
+            }
+        }
+    }
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing a chart: {e:?}")
+}
