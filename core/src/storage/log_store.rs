@@ -210,6 +210,22 @@ impl LogStore {
             .range((Bound::Included(start), upper))
             .map(|(i, e)| (*i, e.clone()))
             .collect();
+        // Entries not yet flushed are all in `pending`. When it holds the whole range, the
+        // database is not touched: opening a read transaction waits for a commit in
+        // progress, and the leader's replication would wait for its own fsync.
+        let last = self.inner.pointers.lock().last_log_id.map(|l| l.index);
+        let wanted_end = match (end, last) {
+            (Some(end), _) => Some(end),
+            (None, Some(last)) => Some(last + 1),
+            (None, None) => None,
+        };
+        if let Some(wanted_end) = wanted_end
+            && wanted_end > start
+            && found.len() as u64 == wanted_end - start
+            && found.keys().next() == Some(&start)
+        {
+            return Ok(found.into_values().collect());
+        }
         let txn = self.inner.db.begin_read().map_err(read_err)?;
         let log = txn.open_table(LOG).map_err(read_err)?;
         for item in log
