@@ -61,11 +61,15 @@ struct Connection {
 }
 
 pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
+    // Shared by the writer task and the reader's inline replies, one frame at a time.
+    let write = Arc::new(tokio::sync::Mutex::new(write));
     let (outgoing, mut frames) = mpsc::channel::<AgentFrame>(OUTGOING_BUFFER);
+    let writer_half = write.clone();
     let writer = tokio::spawn(async move {
         while let Some(message) = frames.recv().await {
-            if frame::write_frame(&mut write, &message).await.is_err() {
+            let mut write = writer_half.lock().await;
+            if frame::write_frame(&mut *write, &message).await.is_err() {
                 break;
             }
         }
@@ -102,6 +106,29 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
                 break;
             }
         };
+        // A lookup the replica can answer now is answered here, without a task or a
+        // queue in between: the local read is the agent's hot path.
+        if let AgentRequest::Read {
+            query,
+            consistent: false,
+        } = &message.request
+        {
+            let started = std::time::Instant::now();
+            if let Some(result) = connection.read_now(query) {
+                context
+                    .metrics
+                    .record(RequestKind::Read, started.elapsed(), result.is_ok());
+                let reply = AgentFrame::Reply {
+                    id: message.id,
+                    result,
+                };
+                let mut write = write.lock().await;
+                if frame::write_frame(&mut *write, &reply).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        }
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             let reply = AgentFrame::Reply {
                 id: message.id,
@@ -287,8 +314,25 @@ impl Connection {
                     needed,
                 })?;
         }
+        Self::answer(replica, &query)
+    }
+
+    /// A local read, when the replica already holds everything this connection wrote;
+    /// None when it must wait for the replica first.
+    fn read_now(&self, query: &corral_proto::api::Query) -> Option<Result<Reply, ApiError>> {
+        let replica = &self.context.replica;
+        if replica.revision() < *self.watermark.lock() {
+            return None;
+        }
+        Some(Self::answer(replica, query))
+    }
+
+    fn answer(
+        replica: &crate::replica::SharedReplica,
+        query: &corral_proto::api::Query,
+    ) -> Result<Reply, ApiError> {
         let (revision, result) =
-            replica.read(|r| (r.revision(), translate::answer(r.machine(), &query)));
+            replica.read(|r| (r.revision(), translate::answer(r.machine(), query)));
         Ok(Reply::Read(ReadReply {
             revision,
             age_ms: replica.age_ms(),
