@@ -180,6 +180,11 @@ impl Agent {
                 shutdown_receiver.clone(),
             )),
             tokio::spawn(crate::api::server::run(listener, context.clone())),
+            tokio::spawn(crate::replica::publish::run(
+                replica.clone(),
+                corral_proto::shard_map::path_for_socket(&config.socket),
+                shutdown_receiver.clone(),
+            )),
         ];
         if let Some(http_listener) = http_listener {
             tasks.push(tokio::spawn(crate::http::serve(

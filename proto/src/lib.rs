@@ -18,6 +18,7 @@ pub mod event;
 pub mod frame;
 pub mod limits;
 pub mod model;
+pub mod shard_map;
 
 pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};
 pub use api::{AgentRequest, ApiError, EventFilter, Query, QueryResult, Reply};
@@ -26,3 +27,4 @@ pub use command::{Command, Compare, CompareOp, CompareTarget, InvalidCommand, Tx
 pub use event::{Event, EventBatch};
 pub use frame::FrameError;
 pub use model::*;
+pub use shard_map::{ShardMap, ShardMapError};

@@ -612,3 +612,79 @@ async fn the_socket_api_serves_keys_services_and_conflicts() {
     )
     .await;
 }
+
+/// The shard map beside an agent's socket follows a failover without asking the agent,
+/// and is refused as stale once its agent is frozen.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shard_map_follows_failover_and_goes_stale_with_its_agent() {
+    use corral_proto::{ShardMap, ShardMapError};
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 3).await;
+    let names = fleet.names();
+    fleet.wait_for_members(&names, &names, CONVERGE).await;
+    let on_a2 = fleet.client("a2").await;
+    let on_a3 = fleet.client("a3").await;
+    on_a2
+        .write(AgentRequest::CreateShard { name: "m7".into() })
+        .await
+        .unwrap();
+    for (client, address, priority) in [(&on_a2, "10.0.0.2:1", 2), (&on_a3, "10.0.0.3:1", 1)] {
+        client
+            .write(AgentRequest::JoinShard {
+                shard: "m7".into(),
+                address: address.into(),
+                priority,
+                detach: false,
+            })
+            .await
+            .unwrap();
+    }
+    let mut map = ShardMap::for_socket(&fleet.agent("a1").socket);
+    // Waits until a1's map shows `expected` as master with `replicas` replicas.
+    let master_becomes = |map: &mut ShardMap, expected: &str, replicas: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let shard = map.shard("m7");
+            if let Ok(Some(s)) = &shard
+                && s.master.as_deref() == Some(expected)
+                && s.replicas.len() == replicas
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a1's shard map still says {shard:?}, not {expected} of {replicas}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    master_becomes(&mut map, "10.0.0.2:1", 2);
+
+    // The master's app exits: its connection closes and a3's replica takes over.
+    drop(on_a2);
+    let closed = Instant::now();
+    master_becomes(&mut map, "10.0.0.3:1", 1);
+    eprintln!(
+        "a1's shard map showed the new master {:?} after the close",
+        closed.elapsed()
+    );
+
+    // A frozen agent stops refreshing its map: lookups fail instead of serving it.
+    fleet.signal_agent("a1", Signal::SIGSTOP);
+    let frozen = Instant::now();
+    let stale = loop {
+        match map.master("m7") {
+            Err(ShardMapError::Stale { age_ms, .. }) => break age_ms,
+            Ok(_) => {}
+            Err(other) => panic!("expected a stale map, got {other}"),
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(6),
+            "the map of a frozen agent was still served after 6 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    fleet.signal_agent("a1", Signal::SIGCONT);
+    assert!(stale > 3000, "refused at {stale} ms old");
+    drop(on_a3);
+}

@@ -51,8 +51,12 @@ enum BenchAction {
         #[arg(long, default_value = "bench-shard")]
         shard: String,
         /// Linearizable lookups (read index through the core leader).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "map")]
         consistent: bool,
+        /// Lookups in the shard map the agent publishes beside its socket, with no
+        /// round trip to the agent.
+        #[arg(long)]
+        map: bool,
         #[arg(long)]
         json: bool,
     },
@@ -145,17 +149,32 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             ops,
             shard,
             consistent,
+            map,
             json,
         } => {
             anyhow::ensure!(
                 clients > 0 && ops > 0,
                 "--clients and --ops must be positive"
             );
+            let read = if map {
+                Read::Map
+            } else if consistent {
+                Read::Consistent
+            } else {
+                Read::Local
+            };
             let report =
-                super::runtime()?.block_on(bench_get(socket, clients, ops, shard, consistent))?;
+                super::runtime()?.block_on(bench_get(socket, clients, ops, shard, read))?;
             report.print(json)
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Local,
+    Consistent,
+    Map,
 }
 
 async fn bench_get(
@@ -163,10 +182,10 @@ async fn bench_get(
     clients: usize,
     ops: usize,
     shard: String,
-    consistent: bool,
+    read: Read,
 ) -> anyhow::Result<BenchReport> {
-    use corral_proto::AgentClient;
     use corral_proto::api::{AgentRequest, Query, QueryResult};
+    use corral_proto::{AgentClient, ShardMap};
     let setup = AgentClient::connect(&socket).await?;
     if setup.shard(&shard).await?.is_none() {
         let _ = setup
@@ -183,6 +202,17 @@ async fn bench_get(
             })
             .await?;
     }
+    // The agent publishes the map within a second of starting; a new shard, at once.
+    let wait_for_map = Instant::now();
+    while read == Read::Map && !matches!(ShardMap::for_socket(&socket).master(&shard), Ok(Some(_)))
+    {
+        anyhow::ensure!(
+            wait_for_map.elapsed() < std::time::Duration::from_secs(5),
+            "no shard map with {shard} beside {}",
+            socket.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let mut connections = Vec::new();
     for _ in 0..clients {
         connections.push(AgentClient::connect(&socket).await?);
@@ -192,18 +222,30 @@ async fn bench_get(
     for (c, client) in connections.into_iter().enumerate() {
         let count = ops / clients + usize::from(c < ops % clients);
         let shard = shard.clone();
+        let mut map = ShardMap::for_socket(&socket);
         tasks.push(tokio::spawn(async move {
             let mut histogram = new_histogram();
             let mut errors = 0u64;
             for _ in 0..count {
                 let t = Instant::now();
-                match client.read(Query::Shard(shard.clone()), consistent).await {
-                    Ok(reply) if matches!(reply.result, QueryResult::Shard(Some(ref s)) if s.master.is_some()) => {
-                        histogram
-                            .record(t.elapsed().as_micros().max(1) as u64)
-                            .expect("latency within bounds");
+                let ok = match read {
+                    Read::Map => {
+                        let found = matches!(map.master(&shard), Ok(Some(_)));
+                        // Let the other clients run, as a socket round trip would.
+                        tokio::task::yield_now().await;
+                        found
                     }
-                    _ => errors += 1,
+                    Read::Local | Read::Consistent => matches!(
+                        client.read(Query::Shard(shard.clone()), read == Read::Consistent).await,
+                        Ok(reply) if matches!(reply.result, QueryResult::Shard(Some(ref s)) if s.master.is_some())
+                    ),
+                };
+                if ok {
+                    histogram
+                        .record(t.elapsed().as_micros().max(1) as u64)
+                        .expect("latency within bounds");
+                } else {
+                    errors += 1;
                 }
             }
             (histogram, errors)
@@ -216,10 +258,10 @@ async fn bench_get(
         histogram.add(&h).expect("same bounds");
         errors += e;
     }
-    let workload = if consistent {
-        "shard lookup (agent, consistent)"
-    } else {
-        "shard lookup (agent, local)"
+    let workload = match read {
+        Read::Local => "shard lookup (agent, local)",
+        Read::Consistent => "shard lookup (agent, consistent)",
+        Read::Map => "shard lookup (shard map)",
     };
     Ok(BenchReport::new(
         workload,

@@ -4,9 +4,11 @@
 //!  replica.rs  the state and its checks, no I/O
 //!  shared.rs   the replica shared between the feed and the API: locks, waits, signals
 //!  feed.rs     the task fed by core watch streams, moving between members
+//!  publish.rs  the shard map file beside the socket, for lookups with no round trip
 //! ```
 
 pub mod feed;
+pub mod publish;
 #[allow(clippy::module_inception)]
 pub mod replica;
 pub mod shared;
