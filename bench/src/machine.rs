@@ -43,7 +43,10 @@ fn fsync_latency(dir: &Path) -> anyhow::Result<(u64, u64)> {
     }
     drop(file);
     let _ = std::fs::remove_file(&path);
-    Ok((histogram.value_at_quantile(0.5), histogram.value_at_quantile(0.99)))
+    Ok((
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99),
+    ))
 }
 
 pub fn describe(dir: &Path, corral: &Path) -> anyhow::Result<Machine> {
@@ -64,15 +67,26 @@ pub fn describe(dir: &Path, corral: &Path) -> anyhow::Result<Machine> {
         .arg("-version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stderr).lines().next().map(str::to_string))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "?".into());
     let versions = vec![
         (
             "Corral".to_string(),
             output(&corral.display().to_string(), &["--version"]).unwrap_or_else(|_| "?".into()),
         ),
-        ("etcd (Debian etcd-server)".to_string(), package("etcd-server")),
-        ("ZooKeeper (Debian zookeeper)".to_string(), package("zookeeper")),
+        (
+            "etcd (Debian etcd-server)".to_string(),
+            package("etcd-server"),
+        ),
+        (
+            "ZooKeeper (Debian zookeeper)".to_string(),
+            package("zookeeper"),
+        ),
         ("Java for ZooKeeper".to_string(), java),
     ];
     Ok(Machine {
@@ -115,7 +129,10 @@ pub struct Footprint {
 /// CPU over `window` and resident memory at its end, per process.
 pub async fn footprint(processes: &[(String, u32)], window: Duration) -> Vec<Footprint> {
     let ticks_per_second = 100.0; // USER_HZ on Linux
-    let before: Vec<Option<(u64, u64)>> = processes.iter().map(|(_, pid)| read_process(*pid)).collect();
+    let before: Vec<Option<(u64, u64)>> = processes
+        .iter()
+        .map(|(_, pid)| read_process(*pid))
+        .collect();
     let t = Instant::now();
     tokio::time::sleep(window).await;
     let seconds = t.elapsed().as_secs_f64();
@@ -128,7 +145,8 @@ pub async fn footprint(processes: &[(String, u32)], window: Duration) -> Vec<Foo
             Some(Footprint {
                 process: name.clone(),
                 rss_mib: rss as f64 / 1024.0 / 1024.0,
-                cpu_percent: (ticks1.saturating_sub(ticks0)) as f64 / ticks_per_second / seconds * 100.0,
+                cpu_percent: (ticks1.saturating_sub(ticks0)) as f64 / ticks_per_second / seconds
+                    * 100.0,
             })
         })
         .collect()

@@ -22,7 +22,7 @@ use runner::{Op, Sample, closed_loop};
 use systems::corral::Corral;
 use systems::etcd::Etcd;
 use systems::zookeeper::ZooKeeper;
-use systems::{Freeze, Writes};
+use systems::{Freeze, Lookup, Writes};
 
 #[derive(Debug, Parser)]
 #[command(about = "Corral, etcd and ZooKeeper side by side on one machine")]
@@ -54,14 +54,22 @@ enum Action {
         #[arg(long, value_delimiter = ',', default_value = "corral,etcd,zookeeper")]
         systems: Vec<String>,
         /// Only these workloads (lookup, write, lock, failover, footprint).
-        #[arg(long, value_delimiter = ',', default_value = "lookup,write,lock,failover,footprint")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "lookup,write,lock,failover,footprint"
+        )]
         workloads: Vec<String>,
         /// The command line to print on the page as the one that reproduces it.
         #[arg(long, default_value = "bench/run.sh")]
         command_line: String,
     },
     /// (internal) Hold a shard's master registration through a Corral agent.
-    HoldCorral { socket: PathBuf, shard: String, address: String },
+    HoldCorral {
+        socket: PathBuf,
+        shard: String,
+        address: String,
+    },
     /// (internal) Hold a key under the shortest etcd lease.
     HoldEtcd { key: String, value: String },
     /// (internal) Hold an ephemeral ZooKeeper node in the shortest session.
@@ -70,11 +78,15 @@ enum Action {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
-        Action::HoldCorral { socket, shard, address } => {
-            runtime.block_on(systems::corral::hold(&socket, &shard, &address))
-        }
+        Action::HoldCorral {
+            socket,
+            shard,
+            address,
+        } => runtime.block_on(systems::corral::hold(&socket, &shard, &address)),
         Action::HoldEtcd { key, value } => runtime.block_on(systems::etcd::hold(&key, &value)),
         Action::HoldZookeeper { path } => runtime.block_on(systems::zookeeper::hold(&path)),
         Action::All {
@@ -177,17 +189,29 @@ impl Cluster {
         }
     }
 
-    /// The lookup variants: (label, linearizable).
-    fn lookups(&self) -> [(&'static str, bool); 2] {
+    /// The lookup variants: (label, how).
+    fn lookups(&self) -> Vec<(&'static str, Lookup)> {
         match self {
-            Cluster::Corral(_) => [("local agent", false), ("linearizable", true)],
-            Cluster::Etcd(_) => [("serializable get", false), ("linearizable get", true)],
-            Cluster::ZooKeeper(_) => [("getData", false), ("sync + getData", true)],
+            Cluster::Corral(_) => vec![
+                ("shard map", Lookup::Map),
+                ("local agent", Lookup::Local),
+                ("linearizable", Lookup::Linearizable),
+            ],
+            Cluster::Etcd(_) => vec![
+                ("serializable get", Lookup::Local),
+                ("linearizable get", Lookup::Linearizable),
+            ],
+            Cluster::ZooKeeper(_) => vec![
+                ("getData", Lookup::Local),
+                ("sync + getData", Lookup::Linearizable),
+            ],
         }
     }
 
-    async fn lookup_clients(&self, clients: usize, linearizable: bool) -> anyhow::Result<Vec<Op>> {
+    async fn lookup_clients(&self, clients: usize, how: Lookup) -> anyhow::Result<Vec<Op>> {
+        let linearizable = how == Lookup::Linearizable;
         match self {
+            Cluster::Corral(c) if how == Lookup::Map => c.map_lookup_clients(clients),
             Cluster::Corral(c) => c.lookup_clients(clients, linearizable).await,
             Cluster::Etcd(e) => e.lookup_clients(clients, linearizable).await,
             Cluster::ZooKeeper(z) => z.lookup_clients(clients, linearizable).await,
@@ -298,28 +322,46 @@ async fn run_all(plan: &Plan, systems: &[String], command_line: &str) -> anyhow:
     Ok(results)
 }
 
-async fn run_system(plan: &Plan, cluster: &mut Cluster, results: &mut Results) -> anyhow::Result<()> {
+async fn run_system(
+    plan: &Plan,
+    cluster: &mut Cluster,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let system = cluster.name();
     // Warm every system up alike (ZooKeeper's JIT most of all): unrecorded lookups and
     // writes from 16 clients.
-    let (_, linearizable) = cluster.lookups()[0];
-    let ops = cluster.lookup_clients(16, linearizable).await?;
+    let (_, how) = cluster.lookups()[0];
+    let ops = cluster.lookup_clients(16, how).await?;
     closed_loop(ops, Duration::ZERO, SYSTEM_WARMUP).await;
     let ops = cluster.write_clients(16, cluster.writes()[0].1).await?;
     closed_loop(ops, Duration::ZERO, SYSTEM_WARMUP).await;
     if plan.wants("footprint") {
         tokio::time::sleep(Duration::from_secs(2)).await;
         for f in machine::footprint(&cluster.processes(), IDLE_WINDOW).await {
-            results.footprints.push(FootprintRow { system, state: "idle", footprint: f });
+            results.footprints.push(FootprintRow {
+                system,
+                state: "idle",
+                footprint: f,
+            });
         }
     }
     if plan.wants("lookup") {
-        for (label, linearizable) in cluster.lookups() {
+        for (label, how) in cluster.lookups() {
             for &clients in &plan.clients {
                 for rep in 1..=plan.reps {
-                    let ops = cluster.lookup_clients(clients, linearizable).await?;
+                    let ops = cluster.lookup_clients(clients, how).await?;
                     let sample = closed_loop(ops, WARMUP, plan.measure).await;
-                    record(results, cluster, "lookup", label, linearizable, clients, rep, sample)?;
+                    let linearizable = how == Lookup::Linearizable;
+                    record(
+                        results,
+                        cluster,
+                        "lookup",
+                        label,
+                        linearizable,
+                        clients,
+                        rep,
+                        sample,
+                    )?;
                 }
             }
         }
@@ -350,7 +392,9 @@ async fn run_system(plan: &Plan, cluster: &mut Cluster, results: &mut Results) -
                     }
                     let sample = load.await?;
                     if plan.wants("write") {
-                        record(results, cluster, "write", label, false, clients, rep, sample)?;
+                        record(
+                            results, cluster, "write", label, false, clients, rep, sample,
+                        )?;
                     }
                 }
             }

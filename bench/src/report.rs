@@ -132,7 +132,7 @@ fn rate(v: f64) -> String {
         let s = n.to_string();
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(c);
@@ -159,7 +159,8 @@ fn verdict(met: bool) -> &'static str {
 
 pub fn write(results: &Results, out: &Path) -> anyhow::Result<()> {
     let assets = out.join("benchmarks");
-    std::fs::create_dir_all(&assets).with_context(|| format!("cannot create {}", assets.display()))?;
+    std::fs::create_dir_all(&assets)
+        .with_context(|| format!("cannot create {}", assets.display()))?;
     write_csv(results, &assets)?;
     let sums = summaries(&results.runs);
     let clients: Vec<usize> = {
@@ -227,11 +228,22 @@ fn fastest_peer_read(sums: &BTreeMap<Key, Summary>, clients: usize) -> Option<(f
         .min_by(|a, b| a.0.total_cmp(&b.0))
 }
 
-fn get<'a>(sums: &'a BTreeMap<Key, Summary>, w: &'static str, s: &'static str, v: &'static str, c: usize) -> Option<&'a Summary> {
+fn get<'a>(
+    sums: &'a BTreeMap<Key, Summary>,
+    w: &'static str,
+    s: &'static str,
+    v: &'static str,
+    c: usize,
+) -> Option<&'a Summary> {
     sums.get(&(w, s, v, c))
 }
 
-fn variant_of(results: &Results, workload: &str, system: &str, linearizable: bool) -> Option<&'static str> {
+fn variant_of(
+    results: &Results,
+    workload: &str,
+    system: &str,
+    linearizable: bool,
+) -> Option<&'static str> {
     results
         .runs
         .iter()
@@ -252,7 +264,10 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
     let m = &results.machine;
     let mut p = String::new();
     let date = humantime(results.started_at);
-    let _ = writeln!(p, "# Benchmarks: Corral, etcd and ZooKeeper on one machine\n");
+    let _ = writeln!(
+        p,
+        "# Benchmarks: Corral, etcd and ZooKeeper on one machine\n"
+    );
     let _ = writeln!(
         p,
         "Every figure on this page comes from one run of\n\n```sh\n{}\n```\n\non {date}, which took {:.0} s. The command installs what is missing (Debian's\n`etcd-server` and `zookeeper`, and `protobuf-compiler` to build the etcd client),\nbuilds Corral and the driver (`bench/`), starts a three-member cluster of each system\non loopback in turn, drives the same workloads through each one's client library with\nthe same closed loop, stops it, and writes this page, the charts and the raw CSV\n(`docs/benchmarks/runs.csv`, `failover.csv`, `footprint.csv`). Nothing on it is\nwritten by hand.\n",
@@ -291,21 +306,24 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
     // ---- Goals -----------------------------------------------------------------
     let _ = writeln!(p, "## The goals, and where Corral stands\n");
     let _ = writeln!(p, "| Goal | Measured | |\n|---|---|---|");
-    let corral_local = variant_of(results, "lookup", "Corral", false);
-    for &c in clients {
-        if let (Some(v), Some((peer, label))) = (corral_local, fastest_peer_read(sums, c)) {
-            if let Some(s) = get(sums, "lookup", "Corral", v, c) {
-                let speedup = peer / s.p50();
-                let _ = writeln!(
-                    p,
-                    "| lookup p50 at least 10× faster than the fastest peer read, {c} client{} | Corral {} vs {label} {}: {} | {} |",
-                    plural(c),
-                    us(s.p50()),
-                    us(peer),
-                    ratio(speedup),
-                    verdict(speedup >= 10.0)
-                );
-            }
+    for corral_variant in ["shard map", "local agent"] {
+        for &c in clients {
+            let (Some(s), Some((peer, label))) = (
+                get(sums, "lookup", "Corral", corral_variant, c),
+                fastest_peer_read(sums, c),
+            ) else {
+                continue;
+            };
+            let speedup = peer / s.p50();
+            let _ = writeln!(
+                p,
+                "| lookup p50 at least 10× faster than the fastest peer read, {c} client{} | Corral {corral_variant} {} vs {label} {}: {} | {} |",
+                plural(c),
+                us(s.p50()),
+                us(peer),
+                ratio(speedup),
+                verdict(speedup >= 10.0)
+            );
         }
     }
     for &c in clients {
@@ -317,7 +335,10 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
                 Some((get(sums, "write", s, v, c)?.ops(), *s))
             })
             .collect();
-        if let (Some(corral), Some(best)) = (corral, peers.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0))) {
+        if let (Some(corral), Some(best)) = (
+            corral,
+            peers.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0)),
+        ) {
             let _ = writeln!(
                 p,
                 "| writes at least as fast as the faster peer, {c} client{} | Corral through agent {} /s vs {} {} /s: {} | {} |",
@@ -367,8 +388,17 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
         p,
         "Corral's figure divided by the peer's, medians of the repetitions. For latencies\nand failover times below 1 is better for Corral; for throughput above 1 is.\n"
     );
-    let _ = writeln!(p, "| Workload | Clients | Measure | Corral/etcd | Corral/ZooKeeper |\n|---|---|---|---|---|");
-    let ratio_row = |p: &mut String, label: &str, c: usize, measure: &str, corral: Option<f64>, etcd: Option<f64>, zk: Option<f64>| {
+    let _ = writeln!(
+        p,
+        "| Workload | Clients | Measure | Corral/etcd | Corral/ZooKeeper |\n|---|---|---|---|---|"
+    );
+    let ratio_row = |p: &mut String,
+                     label: &str,
+                     c: usize,
+                     measure: &str,
+                     corral: Option<f64>,
+                     etcd: Option<f64>,
+                     zk: Option<f64>| {
         if let Some(corral) = corral {
             let _ = writeln!(
                 p,
@@ -378,25 +408,45 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             );
         }
     };
-    for linearizable in [false, true] {
+    for (corral_variant, linearizable) in [
+        ("shard map", false),
+        ("local agent", false),
+        ("linearizable", true),
+    ] {
         for &c in clients {
-            let fetch = |system: &str| {
+            let peer = |system: &str| {
                 variant_of(results, "lookup", system, linearizable)
-                    .and_then(|v| sums.iter().find(|((w, s, vv, cc), _)| *w == "lookup" && *s == system && *vv == v && *cc == c))
+                    .and_then(|v| {
+                        sums.iter().find(|((w, s, vv, cc), _)| {
+                            *w == "lookup" && *s == system && *vv == v && *cc == c
+                        })
+                    })
                     .map(|(_, s)| s.p50())
             };
             let label = if linearizable {
                 "lookup, linearizable (Corral linearizable / etcd get / ZK sync+getData)"
+                    .to_string()
             } else {
-                "lookup (Corral local agent / etcd serializable get / ZK getData)"
+                format!("lookup (Corral {corral_variant} / etcd serializable get / ZK getData)")
             };
-            ratio_row(&mut p, label, c, "p50 latency", fetch("Corral"), fetch("etcd"), fetch("ZooKeeper"));
+            let corral = get(sums, "lookup", "Corral", corral_variant, c).map(Summary::p50);
+            ratio_row(
+                &mut p,
+                &label,
+                c,
+                "p50 latency",
+                corral,
+                peer("etcd"),
+                peer("ZooKeeper"),
+            );
         }
     }
     for corral_variant in ["through agent", "to core"] {
         for &c in clients {
             let peer = |system: &'static str| {
-                variant_of(results, "write", system, false).and_then(|v| get(sums, "write", system, v, c)).map(Summary::ops)
+                variant_of(results, "write", system, false)
+                    .and_then(|v| get(sums, "write", system, v, c))
+                    .map(Summary::ops)
             };
             ratio_row(
                 &mut p,
@@ -410,44 +460,107 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
         }
     }
     for &c in clients {
-        let lock = |system: &'static str| variant_of(results, "lock", system, false).and_then(|v| get(sums, "lock", system, v, c));
-        ratio_row(&mut p, "lock churn, one lock", c, "grants/s", lock("Corral").map(Summary::ops), lock("etcd").map(Summary::ops), lock("ZooKeeper").map(Summary::ops));
-        ratio_row(&mut p, "lock churn, one lock", c, "wait p99", lock("Corral").map(Summary::p99), lock("etcd").map(Summary::p99), lock("ZooKeeper").map(Summary::p99));
+        let lock = |system: &'static str| {
+            variant_of(results, "lock", system, false).and_then(|v| get(sums, "lock", system, v, c))
+        };
+        ratio_row(
+            &mut p,
+            "lock churn, one lock",
+            c,
+            "grants/s",
+            lock("Corral").map(Summary::ops),
+            lock("etcd").map(Summary::ops),
+            lock("ZooKeeper").map(Summary::ops),
+        );
+        ratio_row(
+            &mut p,
+            "lock churn, one lock",
+            c,
+            "wait p99",
+            lock("Corral").map(Summary::p99),
+            lock("etcd").map(Summary::p99),
+            lock("ZooKeeper").map(Summary::p99),
+        );
     }
     for signal in ["SIGKILL", "SIGSTOP"] {
         let f = |s: &str| {
             let v = median(&mut failover_ms(results, s, signal));
             v.is_finite().then_some(v)
         };
-        ratio_row(&mut p, &format!("failover seen after {signal}"), 1, "median time", f("Corral"), f("etcd"), f("ZooKeeper"));
+        ratio_row(
+            &mut p,
+            &format!("failover seen after {signal}"),
+            1,
+            "median time",
+            f("Corral"),
+            f("etcd"),
+            f("ZooKeeper"),
+        );
     }
     for state in ["idle", "write load"] {
         let total = |system: &str, field: fn(&Footprint) -> f64| {
             let rows: Vec<f64> = results
                 .footprints
                 .iter()
-                .filter(|f| f.system == system && f.state == state && !f.footprint.process.contains("agent"))
+                .filter(|f| {
+                    f.system == system && f.state == state && !f.footprint.process.contains("agent")
+                })
                 .map(|f| field(&f.footprint))
                 .collect();
             (!rows.is_empty()).then(|| rows.iter().sum())
         };
-        ratio_row(&mut p, &format!("footprint, three members, {state}"), 0, "resident memory", total("Corral", |f| f.rss_mib), total("etcd", |f| f.rss_mib), total("ZooKeeper", |f| f.rss_mib));
-        ratio_row(&mut p, &format!("footprint, three members, {state}"), 0, "CPU", total("Corral", |f| f.cpu_percent), total("etcd", |f| f.cpu_percent), total("ZooKeeper", |f| f.cpu_percent));
+        ratio_row(
+            &mut p,
+            &format!("footprint, three members, {state}"),
+            0,
+            "resident memory",
+            total("Corral", |f| f.rss_mib),
+            total("etcd", |f| f.rss_mib),
+            total("ZooKeeper", |f| f.rss_mib),
+        );
+        ratio_row(
+            &mut p,
+            &format!("footprint, three members, {state}"),
+            0,
+            "CPU",
+            total("Corral", |f| f.cpu_percent),
+            total("etcd", |f| f.cpu_percent),
+            total("ZooKeeper", |f| f.cpu_percent),
+        );
     }
     let _ = writeln!(p, "\n(Clients 0: not a load figure.)\n");
 
     // ---- Detail tables ---------------------------------------------------------
     let sections = [
-        ("lookup", "Lookups: \"who is the master of shard M3\"", "lookup-p50.svg", "lookup-ops.svg"),
-        ("write", "Writes: 256-byte puts", "write-p50.svg", "write-ops.svg"),
-        ("lock", "Lock churn: acquire and release of one lock", "lock-p99.svg", "lock-ops.svg"),
+        (
+            "lookup",
+            "Lookups: \"who is the master of shard M3\"",
+            "lookup-p50.svg",
+            "lookup-ops.svg",
+        ),
+        (
+            "write",
+            "Writes: 256-byte puts",
+            "write-p50.svg",
+            "write-ops.svg",
+        ),
+        (
+            "lock",
+            "Lock churn: acquire and release of one lock",
+            "lock-p99.svg",
+            "lock-ops.svg",
+        ),
     ];
     for (workload, title, chart_a, chart_b) in sections {
         if !sums.keys().any(|k| k.0 == workload) {
             continue;
         }
         let _ = writeln!(p, "## {title}\n");
-        let latency = if workload == "lock" { "wait" } else { "latency" };
+        let latency = if workload == "lock" {
+            "wait"
+        } else {
+            "latency"
+        };
         let _ = writeln!(
             p,
             "| System | Variant | Clients | {} per s | {latency} p50 | {latency} p99 | errors |\n|---|---|---|---|---|---|---|",
@@ -466,7 +579,12 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
                 sum.errors
             );
         }
-        let _ = writeln!(p, "\n![]({}) ![]({})\n", format_args!("benchmarks/{chart_a}"), format_args!("benchmarks/{chart_b}"));
+        let _ = writeln!(
+            p,
+            "\n![]({}) ![]({})\n",
+            format_args!("benchmarks/{chart_a}"),
+            format_args!("benchmarks/{chart_b}")
+        );
     }
     if !results.failovers.is_empty() {
         let _ = writeln!(p, "## Failover visibility\n");
@@ -474,15 +592,32 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             p,
             "The process holding a master's registration is killed (SIGKILL), or its host is\nfrozen (SIGSTOP; for Corral that is the holder and host a2's agent, for the peers the\nholder process, their client). The clock runs from the signal to the event at a\nwatcher elsewhere: Corral's `MasterChanged` at agent a1 (the slave on a3 promoted),\nZooKeeper's `NodeDeleted` of the ephemeral node, etcd's `DELETE` of the leased key.\n"
         );
-        let _ = writeln!(p, "| System | Signal | Median | Min–max | Runs (ms) |\n|---|---|---|---|---|");
-        let mut keys: Vec<(&str, &str)> = results.failovers.iter().map(|f| (f.system, f.signal)).collect();
+        let _ = writeln!(
+            p,
+            "| System | Signal | Median | Min–max | Runs (ms) |\n|---|---|---|---|---|"
+        );
+        let mut keys: Vec<(&str, &str)> = results
+            .failovers
+            .iter()
+            .map(|f| (f.system, f.signal))
+            .collect();
         keys.dedup();
         for (system, signal) in keys {
             let mut v = failover_ms(results, system, signal);
-            let runs = v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+            let runs = v
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             let min = v.iter().copied().fold(f64::INFINITY, f64::min);
             let max = v.iter().copied().fold(0.0, f64::max);
-            let _ = writeln!(p, "| {system} | {signal} | {:.0} ms | {:.0}–{:.0} ms | {runs} |", median(&mut v), min, max);
+            let _ = writeln!(
+                p,
+                "| {system} | {signal} | {:.0} ms | {:.0}–{:.0} ms | {runs} |",
+                median(&mut v),
+                min,
+                max
+            );
         }
         let _ = writeln!(p, "\n![](benchmarks/failover.svg)\n");
     }
@@ -492,12 +627,19 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             p,
             "Resident memory at the end of the window and CPU over it (percent of one core):\nidle for 5 s after start, and under the write load (16 clients, Corral through the\nagent). Corral's rows include agent a1, the one that served the clients.\n"
         );
-        let _ = writeln!(p, "| System | State | Process | Resident | CPU |\n|---|---|---|---|---|");
+        let _ = writeln!(
+            p,
+            "| System | State | Process | Resident | CPU |\n|---|---|---|---|---|"
+        );
         for f in &results.footprints {
             let _ = writeln!(
                 p,
                 "| {} | {} | {} | {:.1} MiB | {:.1}% |",
-                f.system, f.state, f.footprint.process, f.footprint.rss_mib, f.footprint.cpu_percent
+                f.system,
+                f.state,
+                f.footprint.process,
+                f.footprint.rss_mib,
+                f.footprint.cpu_percent
             );
         }
         let _ = writeln!(p);
@@ -514,7 +656,9 @@ fn plural(n: usize) -> &'static str {
 }
 
 fn humantime(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -528,30 +672,75 @@ fn humantime(t: std::time::SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 // ---- Charts ----------------------------------------------------------------------
 
-fn charts(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize], dir: &Path) -> anyhow::Result<()> {
+fn charts(
+    results: &Results,
+    sums: &BTreeMap<Key, Summary>,
+    clients: &[usize],
+    dir: &Path,
+) -> anyhow::Result<()> {
     let xs: Vec<f64> = clients.iter().map(|&c| c as f64).collect();
     for (workload, title_p, file_p, title_o, file_o, quantile) in [
-        ("lookup", "Lookup latency p50 (µs, log scale)", "lookup-p50.svg", "Lookups per second", "lookup-ops.svg", 0.5),
-        ("write", "Write latency p50 (µs, log scale)", "write-p50.svg", "Writes per second", "write-ops.svg", 0.5),
-        ("lock", "Lock wait p99 (µs, log scale)", "lock-p99.svg", "Lock grants per second", "lock-ops.svg", 0.99),
+        (
+            "lookup",
+            "Lookup latency p50 (µs, log scale)",
+            "lookup-p50.svg",
+            "Lookups per second",
+            "lookup-ops.svg",
+            0.5,
+        ),
+        (
+            "write",
+            "Write latency p50 (µs, log scale)",
+            "write-p50.svg",
+            "Writes per second",
+            "write-ops.svg",
+            0.5,
+        ),
+        (
+            "lock",
+            "Lock wait p99 (µs, log scale)",
+            "lock-p99.svg",
+            "Lock grants per second",
+            "lock-ops.svg",
+            0.99,
+        ),
     ] {
         let mut latency: Vec<(String, Vec<f64>)> = Vec::new();
         let mut ops: Vec<(String, Vec<f64>)> = Vec::new();
-        let mut names: Vec<(&str, &str)> = sums.keys().filter(|k| k.0 == workload).map(|k| (k.1, k.2)).collect();
+        let mut names: Vec<(&str, &str)> = sums
+            .keys()
+            .filter(|k| k.0 == workload)
+            .map(|k| (k.1, k.2))
+            .collect();
         names.dedup();
         if names.is_empty() {
             continue;
         }
         for (system, variant) in names {
-            let pick = |c: usize, f: &dyn Fn(&Summary) -> f64| get(sums, workload, system, variant, c).map_or(f64::NAN, f);
+            let pick = |c: usize, f: &dyn Fn(&Summary) -> f64| {
+                get(sums, workload, system, variant, c).map_or(f64::NAN, f)
+            };
             let label = format!("{system} {variant}");
-            latency.push((label.clone(), clients.iter().map(|&c| pick(c, &|s| if quantile > 0.9 { s.p99() } else { s.p50() })).collect()));
-            ops.push((label, clients.iter().map(|&c| pick(c, &Summary::ops)).collect()));
+            latency.push((
+                label.clone(),
+                clients
+                    .iter()
+                    .map(|&c| pick(c, &|s| if quantile > 0.9 { s.p99() } else { s.p50() }))
+                    .collect(),
+            ));
+            ops.push((
+                label,
+                clients.iter().map(|&c| pick(c, &Summary::ops)).collect(),
+            ));
         }
         line_chart(&dir.join(file_p), title_p, &xs, &latency, true)?;
         line_chart(&dir.join(file_o), title_o, &xs, &ops, true)?;
@@ -583,8 +772,18 @@ fn color_for(label: &str, index: usize) -> RGBColor {
     COLORS[base + index % 2]
 }
 
-fn line_chart(path: &Path, title: &str, xs: &[f64], series: &[(String, Vec<f64>)], log_y: bool) -> anyhow::Result<()> {
-    let finite: Vec<f64> = series.iter().flat_map(|(_, ys)| ys.iter().copied()).filter(|y| y.is_finite() && *y > 0.0).collect();
+fn line_chart(
+    path: &Path,
+    title: &str,
+    xs: &[f64],
+    series: &[(String, Vec<f64>)],
+    log_y: bool,
+) -> anyhow::Result<()> {
+    let finite: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, ys)| ys.iter().copied())
+        .filter(|y| y.is_finite() && *y > 0.0)
+        .collect();
     anyhow::ensure!(!finite.is_empty(), "no points for {title}");
     let y_min = finite.iter().copied().fold(f64::INFINITY, f64::min);
     let y_max = finite.iter().copied().fold(0.0, f64::max);
@@ -596,19 +795,36 @@ fn line_chart(path: &Path, title: &str, xs: &[f64], series: &[(String, Vec<f64>)
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;
-            chart.configure_mesh().x_desc("concurrent clients").draw().map_err(plot_error)?;
+            chart
+                .configure_mesh()
+                .x_desc("concurrent clients")
+                .draw()
+                .map_err(plot_error)?;
             for (name, ys) in series {
                 let system = name.split(' ').next().unwrap_or_default().to_string();
                 let n = counts.entry(system).or_insert(0);
                 let color = color_for(name, *n);
                 *n += 1;
-                let points: Vec<(f64, f64)> = xs.iter().copied().zip(ys.iter().copied()).filter(|(_, y)| y.is_finite() && *y > 0.0).collect();
+                let points: Vec<(f64, f64)> = xs
+                    .iter()
+                    .copied()
+                    .zip(ys.iter().copied())
+                    .filter(|(_, y)| y.is_finite() && *y > 0.0)
+                    .collect();
                 chart
                     .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                     .map_err(plot_error)?
                     .label(name.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-                chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(plot_error)?;
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(
+                        points
+                            .into_iter()
+                            .map(|p| Circle::new(p, 3, color.filled())),
+                    )
+                    .map_err(plot_error)?;
             }
             chart
                 .configure_series_labels()
@@ -629,13 +845,20 @@ fn line_chart(path: &Path, title: &str, xs: &[f64], series: &[(String, Vec<f64>)
         };
     }
     if log_y {
-        draw!(builder!()
-            .build_cartesian_2d((x_min * 0.7..x_max * 1.4).log_scale(), (y_min * 0.5..y_max * 4.0).log_scale())
-            .map_err(plot_error)?);
+        draw!(
+            builder!()
+                .build_cartesian_2d(
+                    (x_min * 0.7..x_max * 1.4).log_scale(),
+                    (y_min * 0.5..y_max * 4.0).log_scale()
+                )
+                .map_err(plot_error)?
+        );
     } else {
-        draw!(builder!()
-            .build_cartesian_2d((x_min * 0.7..x_max * 1.4).log_scale(), 0.0..y_max * 1.15)
-            .map_err(plot_error)?);
+        draw!(
+            builder!()
+                .build_cartesian_2d((x_min * 0.7..x_max * 1.4).log_scale(), 0.0..y_max * 1.15)
+                .map_err(plot_error)?
+        );
     }
     root.present().map_err(plot_error)?;
     Ok(())
@@ -643,7 +866,12 @@ fn line_chart(path: &Path, title: &str, xs: &[f64], series: &[(String, Vec<f64>)
 
 /// Every failover run as a point, per system and signal, on a log time axis.
 fn failover_chart(results: &Results, path: &Path) -> anyhow::Result<()> {
-    let values: Vec<f64> = results.failovers.iter().map(|f| f.ms).filter(|v| *v > 0.0).collect();
+    let values: Vec<f64> = results
+        .failovers
+        .iter()
+        .map(|f| f.ms)
+        .filter(|v| *v > 0.0)
+        .collect();
     anyhow::ensure!(!values.is_empty(), "no failover runs");
     let y_min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let y_max = values.iter().copied().fold(0.0, f64::max);
@@ -651,13 +879,23 @@ fn failover_chart(results: &Results, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Failover seen by a watcher (ms, log scale)", ("sans-serif", 18))
+        .caption(
+            "Failover seen by a watcher (ms, log scale)",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(-0.5f64..5.5f64, (y_min * 0.5..y_max * 2.0).log_scale())
         .map_err(plot_error)?;
-    let labels = ["Corral KILL", "Corral STOP", "etcd KILL", "etcd STOP", "ZK KILL", "ZK STOP"];
+    let labels = [
+        "Corral KILL",
+        "Corral STOP",
+        "etcd KILL",
+        "etcd STOP",
+        "ZK KILL",
+        "ZK STOP",
+    ];
     chart
         .configure_mesh()
         .x_labels(6)
@@ -675,12 +913,20 @@ fn failover_chart(results: &Results, path: &Path) -> anyhow::Result<()> {
         for (gi, signal) in ["SIGKILL", "SIGSTOP"].iter().enumerate() {
             let x = (si * 2 + gi) as f64;
             let color = COLORS[si * 2];
-            let points: Vec<(f64, f64)> = failover_ms(results, system, signal).into_iter().map(|v| (x, v)).collect();
-            chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(plot_error)?;
+            let points: Vec<(f64, f64)> = failover_ms(results, system, signal)
+                .into_iter()
+                .map(|v| (x, v))
+                .collect();
+            chart
+                .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+                .map_err(plot_error)?;
             let mid = median(&mut points.iter().map(|p| p.1).collect::<Vec<_>>());
             if mid.is_finite() {
                 chart
-                    .draw_series(LineSeries::new(vec![(x - 0.3, mid), (x + 0.3, mid)], color.stroke_width(2)))
+                    .draw_series(LineSeries::new(
+                        vec![(x - 0.3, mid), (x + 0.3, mid)],
+                        color.stroke_width(2),
+                    ))
                     .map_err(plot_error)?;
             }
         }

@@ -10,12 +10,14 @@ use corral_core::client::CoreClient;
 use corral_core::rpc::ALPN_CORE;
 use corral_core::transport::certificate_authority::ADMIN_NAME;
 use corral_core::transport::{QuicTransport, TlsIdentity};
-use corral_proto::api::{AgentRequest, EventFilter, MemberState, Query, QueryResult, SubscriptionItem};
+use corral_proto::api::{
+    AgentRequest, EventFilter, MemberState, Query, QueryResult, SubscriptionItem,
+};
 use corral_proto::event::Event;
-use corral_proto::{AgentClient, Command};
+use corral_proto::{AgentClient, Command, ShardMap};
 use nix::sys::signal::Signal;
 
-use super::{Freeze, LOOKUP_SHARD, Holder, VALUE_SIZE, Writes};
+use super::{Freeze, Holder, LOOKUP_SHARD, VALUE_SIZE, Writes};
 use crate::process::{Server, check_ports_free, output, wait_for};
 use crate::runner::{Op, op};
 
@@ -44,15 +46,36 @@ impl Corral {
         check_ports_free(&HTTP_PORTS, &udp)?;
         let tls = dir.join("tls");
         let bin = binary.display().to_string();
-        output(&bin, &["ca", "init", "--dir", &tls.display().to_string(), "--days", "2"])?;
+        output(
+            &bin,
+            &[
+                "ca",
+                "init",
+                "--dir",
+                &tls.display().to_string(),
+                "--days",
+                "2",
+            ],
+        )?;
         for name in ["core-1", "core-2", "core-3", "a1", "a2", "a3"] {
             output(
                 &bin,
-                &["ca", "issue", "--dir", &tls.display().to_string(), "--name", name, "--days", "2"],
+                &[
+                    "ca",
+                    "issue",
+                    "--dir",
+                    &tls.display().to_string(),
+                    "--name",
+                    name,
+                    "--days",
+                    "2",
+                ],
             )?;
         }
-        let core_addresses: Vec<String> =
-            CORE_PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let core_addresses: Vec<String> = CORE_PORTS
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         let peers = core_addresses
             .iter()
             .enumerate()
@@ -76,7 +99,12 @@ impl Corral {
                 tls.display().to_string(),
             ];
             let log = dir.join(format!("core-{id}.log"));
-            cores.push(Server::spawn(&format!("corral core-{id}"), binary, &args, &log)?);
+            cores.push(Server::spawn(
+                &format!("corral core-{id}"),
+                binary,
+                &args,
+                &log,
+            )?);
         }
         let identity = TlsIdentity::load(&tls, ADMIN_NAME)?;
         let transport = Arc::new(QuicTransport::client(&identity, &[ALPN_CORE])?);
@@ -111,7 +139,11 @@ impl Corral {
         }
         corral.wait_for_hosts(Duration::from_secs(30)).await?;
         let a1 = corral.agent(0).await?;
-        let _ = a1.write(AgentRequest::CreateShard { name: LOOKUP_SHARD.into() }).await;
+        let _ = a1
+            .write(AgentRequest::CreateShard {
+                name: LOOKUP_SHARD.into(),
+            })
+            .await;
         let a2 = corral.agent(1).await?;
         a2.write(AgentRequest::JoinShard {
             shard: LOOKUP_SHARD.into(),
@@ -167,18 +199,22 @@ impl Corral {
     async fn wait_for_hosts(&self, timeout: Duration) -> anyhow::Result<()> {
         for i in 0..3 {
             let socket = self.sockets[i].clone();
-            wait_for(timeout, &format!("agent a{} to see three hosts", i + 1), || {
-                let socket = socket.clone();
-                async move {
-                    let client = AgentClient::connect(&socket).await.ok()?;
-                    let members = client.members().await.ok()?;
-                    let ready = members
-                        .iter()
-                        .filter(|m| m.state == MemberState::Alive && m.session.is_some())
-                        .count();
-                    (ready == 3).then_some(())
-                }
-            })
+            wait_for(
+                timeout,
+                &format!("agent a{} to see three hosts", i + 1),
+                || {
+                    let socket = socket.clone();
+                    async move {
+                        let client = AgentClient::connect(&socket).await.ok()?;
+                        let members = client.members().await.ok()?;
+                        let ready = members
+                            .iter()
+                            .filter(|m| m.state == MemberState::Alive && m.session.is_some())
+                            .count();
+                        (ready == 3).then_some(())
+                    }
+                },
+            )
             .await?;
         }
         Ok(())
@@ -196,8 +232,11 @@ impl Corral {
 
     /// The core members and the agent that serves the benchmark's clients.
     pub fn processes(&self) -> Vec<(String, u32)> {
-        let mut list: Vec<(String, u32)> =
-            self.cores.iter().map(|s| (s.name.clone(), s.pid())).collect();
+        let mut list: Vec<(String, u32)> = self
+            .cores
+            .iter()
+            .map(|s| (s.name.clone(), s.pid()))
+            .collect();
         list.push((self.agents[0].name.clone(), self.agents[0].pid()));
         list
     }
@@ -209,17 +248,46 @@ impl Corral {
         Ok(())
     }
 
+    /// "Who is the master of M3" from the shard map agent a1 publishes: no round trip.
+    /// Each client keeps its own reader and yields after every lookup, so that 128 of
+    /// them share the runtime as 128 socket clients would.
+    pub fn map_lookup_clients(&self, clients: usize) -> anyhow::Result<Vec<Op>> {
+        let mut ops: Vec<Op> = Vec::new();
+        for _ in 0..clients {
+            let mut map = ShardMap::for_socket(&self.sockets[0]);
+            ops.push(Box::new(move || {
+                let answer = map.master(LOOKUP_SHARD);
+                op(async move {
+                    tokio::task::yield_now().await;
+                    match answer? {
+                        Some(master) if master == LOOKUP_MASTER => Ok(None),
+                        other => bail!("wrong answer: {other:?}"),
+                    }
+                })
+            }));
+        }
+        Ok(ops)
+    }
+
     /// "Who is the master of M3", from the local agent's replica, or linearizable.
-    pub async fn lookup_clients(&self, clients: usize, linearizable: bool) -> anyhow::Result<Vec<Op>> {
+    pub async fn lookup_clients(
+        &self,
+        clients: usize,
+        linearizable: bool,
+    ) -> anyhow::Result<Vec<Op>> {
         let mut ops: Vec<Op> = Vec::new();
         for _ in 0..clients {
             let client = self.agent(0).await?;
             ops.push(Box::new(move || {
                 let client = client.clone();
                 op(async move {
-                    let reply = client.read(Query::Shard(LOOKUP_SHARD.into()), linearizable).await?;
+                    let reply = client
+                        .read(Query::Shard(LOOKUP_SHARD.into()), linearizable)
+                        .await?;
                     match reply.result {
-                        QueryResult::Shard(Some(shard)) if shard.master.as_deref() == Some(LOOKUP_MASTER) => {
+                        QueryResult::Shard(Some(shard))
+                            if shard.master.as_deref() == Some(LOOKUP_MASTER) =>
+                        {
                             Ok(None)
                         }
                         other => bail!("wrong answer: {other:?}"),
@@ -244,7 +312,9 @@ impl Corral {
                         let client = client.clone();
                         let value = value.clone();
                         op(async move {
-                            client.put(&format!("bench/{c}/{}", i % 1000), &value).await?;
+                            client
+                                .put(&format!("bench/{c}/{}", i % 1000), &value)
+                                .await?;
                             Ok(None)
                         })
                     }));
@@ -261,7 +331,7 @@ impl Corral {
                         };
                         op(async move {
                             let response = client.write(&command).await?;
-                            if !response.outcome.is_ok() {
+                            if response.outcome.is_err() {
                                 bail!("refused: {:?}", response.outcome);
                             }
                             Ok(None)
@@ -301,7 +371,10 @@ impl Corral {
         let shard = format!("F{}", self.failovers);
         let master = format!("master-{shard}:1");
         let a1 = self.agent(0).await?;
-        a1.write(AgentRequest::CreateShard { name: shard.clone() }).await?;
+        a1.write(AgentRequest::CreateShard {
+            name: shard.clone(),
+        })
+        .await?;
         let (holder, _) = Holder::start(
             bench,
             &self.dir,
@@ -347,10 +420,13 @@ impl Corral {
             while let Some(item) = subscription.next().await {
                 if let SubscriptionItem::Events(batch) = item {
                     for event in batch.events {
-                        if let Event::MasterChanged { shard: s, previous, .. } = event {
-                            if s == shard && previous.as_deref() == Some(master.as_str()) {
-                                return Some(started.elapsed());
-                            }
+                        if let Event::MasterChanged {
+                            shard: s, previous, ..
+                        } = event
+                            && s == shard
+                            && previous.as_deref() == Some(master.as_str())
+                        {
+                            return Some(started.elapsed());
                         }
                     }
                 }

@@ -102,7 +102,10 @@ impl Etcd {
     }
 
     pub fn processes(&self) -> Vec<(String, u32)> {
-        self.members.iter().map(|s| (s.name.clone(), s.pid())).collect()
+        self.members
+            .iter()
+            .map(|s| (s.name.clone(), s.pid()))
+            .collect()
     }
 
     pub fn check_running(&mut self) -> anyhow::Result<()> {
@@ -113,7 +116,11 @@ impl Etcd {
     }
 
     /// A get of the shard's master: serializable (any member's copy) or linearizable.
-    pub async fn lookup_clients(&self, clients: usize, linearizable: bool) -> anyhow::Result<Vec<Op>> {
+    pub async fn lookup_clients(
+        &self,
+        clients: usize,
+        linearizable: bool,
+    ) -> anyhow::Result<Vec<Op>> {
         let mut ops: Vec<Op> = Vec::new();
         for _ in 0..clients {
             let client = connect().await?;

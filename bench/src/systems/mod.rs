@@ -37,6 +37,17 @@ impl Freeze {
     }
 }
 
+/// How a lookup reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Corral only: the shard map the local agent publishes, read with no round trip.
+    Map,
+    /// The nearest copy: Corral's local agent, etcd serializable, ZooKeeper's member.
+    Local,
+    /// A read that reflects every write acknowledged before it began.
+    Linearizable,
+}
+
 /// Where a Corral write enters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Writes {

@@ -71,7 +71,7 @@ impl ZooKeeper {
         tcp.extend(ELECTION_PORTS);
         check_ports_free(&tcp, &[])?;
         let mut members = Vec::new();
-        for i in 0..3 {
+        for (i, client_port) in CLIENT_PORTS.iter().enumerate() {
             let name = format!("z{}", i + 1);
             let data = dir.join(&name);
             std::fs::create_dir_all(&data)?;
@@ -80,15 +80,10 @@ impl ZooKeeper {
                 "tickTime={TICK_MS}\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={}\n\
                  forceSync=yes\nadmin.enableServer=false\nmaxClientCnxns=0\n",
                 data.display(),
-                CLIENT_PORTS[i]
+                client_port
             );
-            for j in 0..3 {
-                config.push_str(&format!(
-                    "server.{}=127.0.0.1:{}:{}\n",
-                    j + 1,
-                    QUORUM_PORTS[j],
-                    ELECTION_PORTS[j]
-                ));
+            for (j, (quorum, election)) in QUORUM_PORTS.iter().zip(ELECTION_PORTS).enumerate() {
+                config.push_str(&format!("server.{}=127.0.0.1:{quorum}:{election}\n", j + 1));
             }
             let config_path = dir.join(format!("{name}.cfg"));
             std::fs::write(&config_path, config)?;
@@ -132,7 +127,10 @@ impl ZooKeeper {
     }
 
     pub fn processes(&self) -> Vec<(String, u32)> {
-        self.members.iter().map(|s| (s.name.clone(), s.pid())).collect()
+        self.members
+            .iter()
+            .map(|s| (s.name.clone(), s.pid()))
+            .collect()
     }
 
     pub fn check_running(&mut self) -> anyhow::Result<()> {
@@ -144,7 +142,11 @@ impl ZooKeeper {
 
     /// getData of the shard's master: from the connected member's copy, or after a
     /// `sync` (ZooKeeper's way to read what the leader has committed).
-    pub async fn lookup_clients(&self, clients: usize, linearizable: bool) -> anyhow::Result<Vec<Op>> {
+    pub async fn lookup_clients(
+        &self,
+        clients: usize,
+        linearizable: bool,
+    ) -> anyhow::Result<Vec<Op>> {
         let mut ops: Vec<Op> = Vec::new();
         for _ in 0..clients {
             let client = connect().await?;
@@ -214,7 +216,8 @@ impl ZooKeeper {
     pub async fn failover(&mut self, bench: &Path, freeze: Freeze) -> anyhow::Result<Duration> {
         self.failovers += 1;
         let path = format!("/failover/F{}", self.failovers);
-        let (holder, timeout) = Holder::start(bench, &self.dir, &["hold-zookeeper".into(), path.clone()]).await?;
+        let (holder, timeout) =
+            Holder::start(bench, &self.dir, &["hold-zookeeper".into(), path.clone()]).await?;
         self.granted_timeout = timeout.parse().ok().map(Duration::from_millis);
         let client = connect().await?;
         let (stat, watcher) = client.check_and_watch_stat(&path).await?;
