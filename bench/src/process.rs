@@ -59,6 +59,16 @@ impl Drop for Server {
     }
 }
 
+/// The name and process id of each server.
+pub fn pids(servers: &[Server]) -> Vec<(String, u32)> {
+    servers.iter().map(|s| (s.name.clone(), s.pid())).collect()
+}
+
+/// Fails naming the first server that has exited.
+pub fn check_running(servers: &mut [Server]) -> anyhow::Result<()> {
+    servers.iter_mut().try_for_each(Server::check_running)
+}
+
 /// Fails naming every port of `tcp` and `udp` that is already taken on loopback.
 pub fn check_ports_free(tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
     let mut taken = Vec::new();

@@ -18,7 +18,7 @@ use corral_proto::{AgentClient, Command, ShardMap};
 use nix::sys::signal::Signal;
 
 use super::{Freeze, Holder, LOOKUP_SHARD, VALUE_SIZE, Writes};
-use crate::process::{Server, check_ports_free, output, wait_for};
+use crate::process::{self, Server, check_ports_free, output, wait_for};
 use crate::runner::{Op, op};
 
 const CORE_PORTS: [u16; 3] = [17001, 17002, 17003];
@@ -242,10 +242,8 @@ impl Corral {
     }
 
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        for server in self.cores.iter_mut().chain(self.agents.iter_mut()) {
-            server.check_running()?;
-        }
-        Ok(())
+        process::check_running(&mut self.cores)?;
+        process::check_running(&mut self.agents)
     }
 
     /// "Who is the master of M3" from the shard map agent a1 publishes: no round trip.

@@ -9,7 +9,7 @@ use etcd_client::{Client, EventType, GetOptions, LockOptions, PutOptions};
 use nix::sys::signal::Signal;
 
 use super::{Freeze, Holder, VALUE_SIZE};
-use crate::process::{Server, check_ports_free, wait_for};
+use crate::process::{self, Server, check_ports_free, wait_for};
 use crate::runner::{Op, op};
 
 const CLIENT_PORTS: [u16; 3] = [12379, 22379, 32379];
@@ -102,17 +102,11 @@ impl Etcd {
     }
 
     pub fn processes(&self) -> Vec<(String, u32)> {
-        self.members
-            .iter()
-            .map(|s| (s.name.clone(), s.pid()))
-            .collect()
+        process::pids(&self.members)
     }
 
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        for server in &mut self.members {
-            server.check_running()?;
-        }
-        Ok(())
+        process::check_running(&mut self.members)
     }
 
     /// A get of the shard's master: serializable (any member's copy) or linearizable.

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use zookeeper_client as zk;
 
 use super::{Freeze, Holder, VALUE_SIZE};
-use crate::process::{Server, check_ports_free, wait_for};
+use crate::process::{self, Server, check_ports_free, wait_for};
 use crate::runner::{Op, op};
 
 const CLIENT_PORTS: [u16; 3] = [12181, 12182, 12183];
@@ -127,17 +127,11 @@ impl ZooKeeper {
     }
 
     pub fn processes(&self) -> Vec<(String, u32)> {
-        self.members
-            .iter()
-            .map(|s| (s.name.clone(), s.pid()))
-            .collect()
+        process::pids(&self.members)
     }
 
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        for server in &mut self.members {
-            server.check_running()?;
-        }
-        Ok(())
+        process::check_running(&mut self.members)
     }
 
     /// getData of the shard's master: from the connected member's copy, or after a
