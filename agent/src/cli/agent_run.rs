@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::agent::{Agent, AgentConfig};
-use crate::gossip::GossipConfig;
+use crate::gossip::{GossipConfig, config};
 
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
@@ -45,17 +45,17 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "CORRAL_TLS_DIR")]
     tls_dir: PathBuf,
     /// Gossip probe period, in milliseconds.
-    #[arg(long, env = "CORRAL_PROBE_PERIOD_MS", default_value_t = 500)]
+    #[arg(long, env = "CORRAL_PROBE_PERIOD_MS", default_value_t = config::PROBE_PERIOD_MS)]
     probe_period_ms: u64,
     /// Time a probe waits for its ack before asking others, in milliseconds.
-    #[arg(long, env = "CORRAL_PROBE_RTT_MS", default_value_t = 200)]
+    #[arg(long, env = "CORRAL_PROBE_RTT_MS", default_value_t = config::PROBE_RTT_MS)]
     probe_rtt_ms: u64,
     /// Time a suspected member has to refute before it is declared dead, in ms.
-    #[arg(long, env = "CORRAL_SUSPECT_TO_DOWN_MS", default_value_t = 2000)]
+    #[arg(long, env = "CORRAL_SUSPECT_TO_DOWN_MS", default_value_t = config::SUSPECT_TO_DOWN_MS)]
     suspect_to_down_ms: u64,
     /// How often a member announces itself to one it holds dead, in ms: what heals a
     /// gossip partition.
-    #[arg(long, env = "CORRAL_ANNOUNCE_TO_DOWN_MS", default_value_t = 2000)]
+    #[arg(long, env = "CORRAL_ANNOUNCE_TO_DOWN_MS", default_value_t = config::ANNOUNCE_TO_DOWN_MS)]
     announce_to_down_ms: u64,
     /// The largest pool expected; sets how many times each update is gossiped.
     #[arg(long, env = "CORRAL_EXPECTED_MEMBERS", default_value_t = 10_000)]
