@@ -262,9 +262,14 @@ impl Cluster {
     /// What failover depends on, as granted in this run.
     fn failover_setting(&self) -> String {
         match self {
-            Cluster::Corral(_) => "gossip probe 500 ms, suspicion 2 s (agent defaults); the app's session ends with its connection".into(),
+            Cluster::Corral(c) => format!(
+                "{} (the agent's defaults); an app's session ends with its connection",
+                c.gossip_setting
+            ),
             Cluster::Etcd(e) => match e.granted_ttl {
-                Some(ttl) => format!("lease TTL {ttl} s granted for 1 s asked (etcd's minimum), kept alive every TTL/3"),
+                Some(ttl) => format!(
+                    "lease TTL {ttl} s granted for 1 s asked (etcd's minimum), kept alive every TTL/3"
+                ),
                 None => "lease TTL: not measured".into(),
             },
             Cluster::ZooKeeper(z) => match z.granted_timeout {

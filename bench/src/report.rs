@@ -148,8 +148,11 @@ fn ratio(v: f64) -> String {
         "—".into()
     } else if v >= 10.0 {
         format!("{v:.0}×")
-    } else {
+    } else if v >= 0.1 {
         format!("{v:.2}×")
+    } else {
+        // Small ratios as their inverse, which reads at a glance.
+        format!("1/{:.0}", 1.0 / v)
     }
 }
 
@@ -646,7 +649,7 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
     }
     let _ = writeln!(
         p,
-        "## Reading these figures\n\n- One machine with few cores hosts three members of each cluster, the load and (for\n  Corral) three agents: the figures compare the systems on equal ground; they are not\n  the throughput of three dedicated servers.\n- A Corral lookup is answered by the agent on the client's own host, from its\n  replica, with no network hop; the peers' reads cross the network to a member. That\n  difference is the design, and on loopback the network hop costs less than it would\n  between real hosts.\n- ZooKeeper's `sync` + `getData` is what ZooKeeper offers for reading the leader's\n  latest state; it is not strictly linearizable.\n- Failover times depend on the settings above: etcd's lease TTL and ZooKeeper's\n  session timeout at the minimum each allows, Corral's gossip at its defaults.\n"
+        "## Reading these figures\n\n- One machine with few cores hosts three members of each cluster, the load and (for\n  Corral) three agents: the figures compare the systems on equal ground; they are not\n  the throughput of three dedicated servers.\n- A Corral lookup is answered on the client's own host: *shard map* reads the file\n  agent a1 keeps current beside its socket (one `stat` while nothing changed), *local\n  agent* asks a1 over its socket; both serve a1's replica. The peers' reads cross the\n  network to a member. That difference is the design, and on loopback the network hop\n  costs less than it would between real hosts.\n- ZooKeeper's `sync` + `getData` is what ZooKeeper offers for reading the leader's\n  latest state; it is not strictly linearizable.\n- Failover times depend on the settings above: etcd's lease TTL and ZooKeeper's\n  session timeout at the minimum each allows, Corral's gossip at its defaults.\n"
     );
     p
 }

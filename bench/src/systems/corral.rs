@@ -37,6 +37,27 @@ pub struct Corral {
     core_addresses: Vec<String>,
     transport: Arc<QuicTransport>,
     failovers: u32,
+    /// The agent's gossip defaults, as its own `--help` states them.
+    pub gossip_setting: String,
+}
+
+/// "probe every P ms, suspicion S ms", read from `corral agent --help`.
+fn gossip_defaults(binary: &str) -> String {
+    let help = output(binary, &["agent", "--help"]).unwrap_or_default();
+    let default_of = |flag: &str| {
+        let line = help.lines().skip_while(|l| !l.contains(flag)).nth(1)?;
+        let start = line.find("[default: ")? + "[default: ".len();
+        Some(line[start..].split(']').next()?.to_string())
+    };
+    match (
+        default_of("--probe-period-ms"),
+        default_of("--suspect-to-down-ms"),
+    ) {
+        (Some(probe), Some(suspect)) => {
+            format!("gossip probe every {probe} ms, suspicion {suspect} ms")
+        }
+        _ => "gossip settings: not read".into(),
+    }
 }
 
 impl Corral {
@@ -118,6 +139,7 @@ impl Corral {
             core_addresses,
             transport,
             failovers: 0,
+            gossip_setting: gossip_defaults(&bin),
         };
         let client = Arc::new(corral.core_client());
         wait_for(Duration::from_secs(30), "a Corral core leader", || {
