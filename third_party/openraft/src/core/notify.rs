@@ -2,7 +2,9 @@ use crate::core::sm;
 use crate::raft::VoteResponse;
 use crate::replication;
 use crate::MessageSummary;
+use crate::LogId;
 use crate::RaftTypeConfig;
+use crate::StorageError;
 use crate::Vote;
 
 /// A message coming from the internal components.
@@ -41,6 +43,17 @@ where C: RaftTypeConfig
 
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
+
+    /// The leader's own append, submitted without waiting, is on disk (or failed).
+    ///
+    /// A leader replicates entries while its own append is being flushed and counts
+    /// itself towards the quorum only when this arrives.
+    LocalLogFlushed {
+        /// The leader's vote when the entries were appended.
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+        result: Result<(), StorageError<C::NodeId>>,
+    },
 
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
@@ -84,6 +97,13 @@ where C: RaftTypeConfig
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
+            }
+            Self::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                format!("LocalLogFlushed: vote: {}, upto: {}, ok: {}", vote, last_log_id, result.is_ok())
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)
