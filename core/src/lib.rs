@@ -3,14 +3,15 @@
 //! ```text
 //!                 ┌──────────────────────── core member ───────────────────────┐
 //!  agents ─QUIC─► │ server ──client_write──► openraft ──append──► log_store    │
-//!  peers  ─QUIC─► │   │                          │                 (redb)      │
+//!  peers  ─QUIC─► │   │                          │              (segment WAL)  │
 //!                 │   │ watch                    └─apply──► state_store      │
 //!                 │   └──────────◄── history ◄──────────────  (StateMachine)   │
 //!                 └─────────────────────────────────────────────────────────────┘
 //! ```
 //!
 //! - [`state`]: the deterministic state machine (no I/O);
-//! - `storage`: the durable Raft log and vote (redb) and snapshot files;
+//! - `storage`: the durable Raft log and vote (segment files of checksummed records) and
+//!   snapshot files;
 //! - `transport`: QUIC with mutual TLS under the cluster CA, and the RPC framing;
 //! - `server`: the member process: Raft, client requests, watch streams.
 

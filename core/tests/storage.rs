@@ -11,68 +11,158 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateStore, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateStore), StorageError> {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let log = LogStore::open(&dir.path().join("raft.redb"))?;
+        let log = LogStore::open(&dir.path().join("log"))?;
         let (state, _) = StateStore::open(dir.path()).expect("an empty snapshot directory opens");
         Ok((dir, log, state))
     }
 }
 
 /// openraft's conformance suite: log reads, truncation, purge, vote, membership recovery,
-/// snapshot install, all against the real redb files.
+/// snapshot install, all against real segment files.
 #[test]
 fn openraft_storage_suite() {
     Suite::test_all(Builder).expect("the storage suite passes");
 }
 
+use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+fn log_id(index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(3, 1), index)
+}
+
+fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+    range
+        .map(|i| Entry {
+            log_id: log_id(i),
+            payload: EntryPayload::Normal(corral_core::raft_types::Proposal {
+                commands: vec![corral_proto::Command::Put {
+                    key: format!("k{i}"),
+                    value: vec![i as u8; 200],
+                    session: None,
+                }],
+            }),
+        })
+        .collect()
+}
+
+async fn indexes(store: &mut LogStore) -> Vec<u64> {
+    store
+        .try_get_log_entries(0..u64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect()
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// What the log store acknowledged is there after the store is closed and reopened.
 #[tokio::test]
 async fn acknowledged_log_and_vote_survive_reopening() {
-    use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
-
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("raft.redb");
-    let log_id = |index| LogId::new(CommittedLeaderId::new(3, 1), index);
+    let path = dir.path().join("log");
     {
         let mut store = LogStore::open(&path).unwrap();
         store.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
-        let entries: Vec<Entry<TypeConfig>> = (1..=50)
-            .map(|i| Entry {
-                log_id: log_id(i),
-                payload: EntryPayload::Normal(corral_core::raft_types::Proposal {
-                    commands: vec![corral_proto::Command::Put {
-                        key: format!("k{i}"),
-                        value: vec![i as u8],
-                        session: None,
-                    }],
-                }),
-            })
-            .collect();
-        store.blocking_append(entries).await.unwrap();
+        store.blocking_append(entries(1..=50)).await.unwrap();
         store.purge(log_id(10)).await.unwrap();
         store.truncate(log_id(41)).await.unwrap();
+        store.save_committed(Some(log_id(30))).await.unwrap();
+        // The committed pointer is made durable by the next flushed write.
+        store.blocking_append(entries(41..=41)).await.unwrap();
     }
-    // The writer thread may still hold the database briefly after the store is dropped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let mut store = loop {
-        match LogStore::open(&path) {
-            Ok(store) => break store,
-            Err(e) if std::time::Instant::now() > deadline => {
-                panic!("the log store did not reopen: {e}")
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+    let mut store = LogStore::open(&path).unwrap();
+    assert_eq!(
+        store.read_vote().await.unwrap(),
+        Some(Vote::new_committed(3, 1))
+    );
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(30)));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(10)));
+    assert_eq!(state.last_log_id, Some(log_id(41)));
+    assert_eq!(indexes(&mut store).await, (11..=41).collect::<Vec<_>>());
+}
+
+/// Segments roll over as the log grows; purging deletes the old ones, and the vote saved
+/// in a deleted segment survives through the next segment's opening record.
+#[tokio::test]
+async fn segments_roll_over_and_purged_ones_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    {
+        let mut store = LogStore::open_with_segment_bytes(&path, 4096).unwrap();
+        store.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
+        for start in (1..=500).step_by(10) {
+            store
+                .blocking_append(entries(start..=start + 9))
+                .await
+                .unwrap();
         }
-    };
+        let before = segment_files(&path).len();
+        assert!(
+            before > 20,
+            "500 entries of 200 bytes fill more than 20 segments of 4 KiB, got {before}"
+        );
+        store.purge(log_id(400)).await.unwrap();
+        let after = segment_files(&path).len();
+        assert!(
+            after * 3 < before,
+            "purging 400 of 500 entries leaves {after} of {before} segments"
+        );
+    }
+    let mut store = LogStore::open_with_segment_bytes(&path, 4096).unwrap();
     assert_eq!(
         store.read_vote().await.unwrap(),
         Some(Vote::new_committed(3, 1))
     );
     let state = store.get_log_state().await.unwrap();
-    assert_eq!(state.last_purged_log_id, Some(log_id(10)));
-    assert_eq!(state.last_log_id, Some(log_id(40)));
-    let entries = store.try_get_log_entries(0..100).await.unwrap();
-    assert_eq!(
-        entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
-        (11..=40).collect::<Vec<_>>()
+    assert_eq!(state.last_purged_log_id, Some(log_id(400)));
+    assert_eq!(indexes(&mut store).await, (401..=500).collect::<Vec<_>>());
+}
+
+/// A record cut short by a crash is cut off on opening and the log goes on after it;
+/// damage in the middle of a segment stops the store with an error naming the file.
+#[tokio::test]
+async fn a_torn_end_is_cut_off_and_damage_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    {
+        let mut store = LogStore::open(&path).unwrap();
+        store.blocking_append(entries(1..=20)).await.unwrap();
+    }
+    let segment = segment_files(&path).pop().unwrap();
+    let whole = std::fs::read(&segment).unwrap();
+    // Half of a record's frame, as a crash in the middle of a write leaves it.
+    let mut torn = whole.clone();
+    torn.extend_from_slice(&[120, 0, 0, 0, 1, 2, 3, 4, 5, 6]);
+    std::fs::write(&segment, &torn).unwrap();
+    {
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(indexes(&mut store).await, (1..=20).collect::<Vec<_>>());
+        assert_eq!(std::fs::read(&segment).unwrap(), whole);
+        store.blocking_append(entries(21..=25)).await.unwrap();
+    }
+    let mut store = LogStore::open(&path).unwrap();
+    assert_eq!(indexes(&mut store).await, (1..=25).collect::<Vec<_>>());
+    drop(store);
+
+    let mut damaged = std::fs::read(&segment).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x5a;
+    std::fs::write(&segment, &damaged).unwrap();
+    let error = LogStore::open(&path).unwrap_err().to_string();
+    assert!(
+        error.contains("corrupt") && error.contains(&*segment.to_string_lossy()),
+        "the error names the damaged segment: {error}"
     );
 }

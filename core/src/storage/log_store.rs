@@ -1,70 +1,72 @@
-//! The Raft log and vote, durable in a redb database.
+//! The Raft log and vote: in memory for reads, appended to segment files for durability.
 //!
 //! ```text
-//!  openraft ──append/save_vote/truncate/purge──► queue ──► writer thread
-//!      │                                                    │ one redb transaction
-//!      └─reads─► pending (in memory) + redb                 │ per batch, fsync on commit
-//!                                                           └─► LogFlushed / acks
+//!  openraft ──append/save_vote/truncate/purge──► memory ──► queue ──► writer thread
+//!      │                                                               │ one write + one
+//!      └─reads─► memory (every entry after the purge pointer)          │ fdatasync per batch
+//!                                                                      └─► LogFlushed / acks
 //! ```
 //!
-//! One writer thread drains the queue in order and commits everything queued in a single
-//! transaction, so the cost of an fsync is shared by all entries that arrived while the
-//! previous one ran. Order is kept: operations are applied within a transaction in the
-//! order they were queued, and transactions commit in order. An append is readable as
-//! soon as `append` returns (from `pending`) and is reported flushed only after its
-//! transaction committed with `Durability::Immediate`. A vote is persisted before
-//! `save_vote` returns.
+//! The log after the purge pointer is held in memory, as openraft keeps it bounded by its
+//! snapshot policy (`--snapshot-every` plus `--snapshot-catchup-entries` entries), so no
+//! read touches the disk. The disk holds an append-only record of every change
+//! ([`super::wal`]): one writer thread drains the queue in order, appends everything
+//! queued as one write, and flushes it with one `fdatasync`, so the cost of a flush is
+//! shared by all operations that arrived while the previous one ran. An append is
+//! readable as soon as `append` returns and is reported flushed only after its batch is
+//! on disk. A vote, truncation or purge returns only once it is on disk.
 //!
-//! A failed commit (disk full, I/O error) poisons the store: every later operation fails,
+//! Segments roll over at [`SEGMENT_BYTES`]; a segment whose entries are all purged is
+//! deleted once a later segment exists (which opens with the vote and pointers).
+//!
+//! A failed write (disk full, I/O error) poisons the store: every later operation fails,
 //! openraft stops the node, and the server exits loudly rather than serve from a log it
 //! can no longer trust.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{RaftLogId, StorageIOError};
 use parking_lot::Mutex;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use super::wal::{self, LogMeta, Record, Replay};
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
-
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const VOTE_KEY: &str = "vote";
-const COMMITTED_KEY: &str = "committed";
-const PURGED_KEY: &str = "last_purged";
 
 /// Operations queued for the writer thread.
 pub const WRITE_QUEUE_MAX: usize = 4096;
-/// Most operations folded into one transaction.
+/// Most operations folded into one write and flush.
 pub const WRITE_BATCH_MAX: usize = 1024;
+/// A segment at least this long is closed and a new one started before the next write.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
 enum WriteOp {
     Append {
-        entries: Vec<(LogId, Vec<u8>)>,
+        /// Each entry's index and its framed record.
+        entries: Vec<(u64, Vec<u8>)>,
         flushed: LogFlushed<TypeConfig>,
     },
     SaveVote {
-        bytes: Vec<u8>,
+        vote: Vote,
         ack: Ack,
     },
     SaveCommitted {
-        bytes: Vec<u8>,
+        committed: Option<LogId>,
     },
     Truncate {
         from: u64,
         ack: Ack,
     },
     Purge {
-        upto: u64,
-        bytes: Vec<u8>,
+        log_id: LogId,
         ack: Ack,
     },
 }
@@ -76,14 +78,15 @@ struct Pointers {
 }
 
 struct Inner {
-    db: Arc<Database>,
-    /// Appended entries the writer has not committed yet, by index.
-    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// Every entry after the purge pointer, by index, flushed or not.
+    log: Mutex<BTreeMap<u64, Entry>>,
     pointers: Mutex<Pointers>,
+    /// The vote and committed pointer as last saved (read back by openraft on start).
+    meta: Mutex<LogMeta>,
     writer: mpsc::Sender<WriteOp>,
 }
 
-/// The log store; clones share one database and one writer.
+/// The log store; clones share one log and one writer.
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
@@ -109,57 +112,158 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 #[error("{0}")]
 struct Message(String);
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StorageError> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| read_err(Message(format!("corrupt {what} in the log store: {e}"))))
+fn segment_name(seq: u64) -> String {
+    format!("{seq:016x}.wal")
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("log records always encode")
+fn segment_seq(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let hex = name.strip_suffix(".wal")?;
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// One segment file as the writer knows it.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    /// The highest entry index appended to it, if any.
+    max_index: Option<u64>,
 }
 
 impl LogStore {
-    /// Opens (or creates) the log database at `path` and starts its writer thread.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Arc::new(Database::create(path).map_err(read_err)?);
-        {
-            // Make sure both tables exist so that read transactions can open them.
-            let txn = db.begin_write().map_err(write_err)?;
-            txn.open_table(LOG).map_err(write_err)?;
-            txn.open_table(META).map_err(write_err)?;
-            txn.commit().map_err(write_err)?;
-        }
-        let (last_purged, last_entry) = {
-            let txn = db.begin_read().map_err(read_err)?;
-            let meta = txn.open_table(META).map_err(read_err)?;
-            let last_purged: Option<LogId> = match meta.get(PURGED_KEY).map_err(read_err)? {
-                Some(v) => Some(decode(v.value(), "purge pointer")?),
-                None => None,
-            };
-            let log = txn.open_table(LOG).map_err(read_err)?;
-            let last_entry: Option<Entry> = match log.last().map_err(read_err)? {
-                Some((_, v)) => Some(decode(v.value(), "log entry")?),
-                None => None,
-            };
-            (last_purged, last_entry)
+    /// Opens (or creates) the log in directory `dir`, replays it, and starts its writer.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with_segment_bytes(dir, SEGMENT_BYTES)
+    }
+
+    /// As [`LogStore::open`], rolling segments over at `segment_bytes`.
+    pub fn open_with_segment_bytes(dir: &Path, segment_bytes: u64) -> Result<Self, StorageError> {
+        let at = |what: &str, e: std::io::Error| {
+            read_err(Message(format!("{what} {}: {e}", dir.display())))
         };
-        let last_log_id = last_entry.map(|e| *e.get_log_id()).or(last_purged);
-        let pending = Arc::new(Mutex::new(BTreeMap::new()));
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| at("cannot create the log directory", e))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).map_err(|e| at("cannot flush the parent of", e))?;
+            }
+        }
+        let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(|e| at("cannot list the log directory", e))?
+            .filter_map(|item| item.ok().and_then(|d| segment_seq(&d.path())))
+            .collect();
+        seqs.sort_unstable();
+
+        let mut replay = Replay::default();
+        let mut segments = VecDeque::new();
+        for (i, &seq) in seqs.iter().enumerate() {
+            let path = dir.join(segment_name(seq));
+            let bytes =
+                std::fs::read(&path).map_err(|e| at("cannot read the log segment in", e))?;
+            let decoded = wal::decode_segment(&bytes).map_err(|e| {
+                read_err(Message(format!(
+                    "log segment {} is corrupt: {e}",
+                    path.display()
+                )))
+            })?;
+            let last = i + 1 == seqs.len();
+            if decoded.torn && !last {
+                return Err(read_err(Message(format!(
+                    "log segment {} ends in a damaged record at byte {}, but it is not the last segment",
+                    path.display(),
+                    decoded.valid_len
+                ))));
+            }
+            if decoded.torn {
+                tracing::warn!(
+                    segment = %path.display(),
+                    kept = decoded.valid_len,
+                    cut = bytes.len() - decoded.valid_len,
+                    "the log ends in a partly written record (a crash during a write); it is cut off"
+                );
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| at("cannot open the log segment in", e))?;
+                file.set_len(decoded.valid_len as u64)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| at("cannot cut the torn end of the log segment in", e))?;
+            }
+            if decoded.records.is_empty() {
+                // Created but its first record never reached the disk: only possible last.
+                if !last {
+                    return Err(read_err(Message(format!(
+                        "log segment {} is empty, but it is not the last segment",
+                        path.display()
+                    ))));
+                }
+                std::fs::remove_file(&path)
+                    .map_err(|e| at("cannot remove an empty segment in", e))?;
+                continue;
+            }
+            let mut max_index = None;
+            for record in decoded.records {
+                if let Some(index) = replay.apply(record) {
+                    max_index = Some(index);
+                }
+            }
+            segments.push_back(Segment { seq, max_index });
+        }
+        let replay = replay.finish().map_err(|e| {
+            read_err(Message(format!(
+                "the log in {} is corrupt: {e}",
+                dir.display()
+            )))
+        })?;
+
+        let next_seq = segments.back().map_or(1, |s| s.seq + 1);
+        let mut writer_state = Writer {
+            dir: dir.to_path_buf(),
+            segments,
+            file: None,
+            size: 0,
+            meta: replay.meta.clone(),
+            buf: Vec::new(),
+            segment_bytes,
+        };
+        match writer_state.segments.back() {
+            Some(last) => {
+                let path = dir.join(segment_name(last.seq));
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| at("cannot open the log segment in", e))?;
+                writer_state.size = file
+                    .metadata()
+                    .map_err(|e| at("cannot read the size of a log segment in", e))?
+                    .len();
+                writer_state.file = Some(file);
+            }
+            None => writer_state
+                .start_segment(next_seq)
+                .map_err(|e| at("cannot create the first log segment in", e))?,
+        }
+
+        let last_log_id = replay.last_log_id();
+        let last_purged = replay.meta.purged;
         let (writer, queue) = mpsc::channel(WRITE_QUEUE_MAX);
-        let thread_db = db.clone();
-        let thread_pending = pending.clone();
         std::thread::Builder::new()
             .name("corral-log-writer".into())
-            .spawn(move || write_loop(&thread_db, &thread_pending, queue))
+            .spawn(move || writer_state.run(queue))
             .map_err(write_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
-                pending,
+                log: Mutex::new(replay.entries),
                 pointers: Mutex::new(Pointers {
                     last_log_id,
                     last_purged,
                 }),
+                meta: Mutex::new(replay.meta),
                 writer,
             }),
         })
@@ -183,74 +287,30 @@ impl LogStore {
         }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<T>, StorageError> {
-        let txn = self.inner.db.begin_read().map_err(read_err)?;
-        let meta = txn.open_table(META).map_err(read_err)?;
-        match meta.get(key).map_err(read_err)? {
-            Some(v) => Ok(Some(decode(v.value(), key)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The entries in `range`, from pending first and then from the database (an entry
-    /// leaves pending only after its transaction committed, so reading in this order
-    /// never misses one).
-    fn entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+    fn entries(&self, start: u64, end: Option<u64>) -> Vec<Entry> {
         let upper = match end {
             Some(end) => Bound::Excluded(end),
             None => Bound::Unbounded,
         };
-        let mut found: BTreeMap<u64, Entry> = self
-            .inner
-            .pending
+        if end.is_some_and(|end| end <= start) {
+            return Vec::new();
+        }
+        self.inner
+            .log
             .lock()
             .range((Bound::Included(start), upper))
-            .map(|(i, e)| (*i, e.clone()))
-            .collect();
-        // Entries not yet flushed are all in `pending`. When it holds the whole range, the
-        // database is not touched: opening a read transaction waits for a commit in
-        // progress, and the leader's replication would wait for its own fsync.
-        let last = self.inner.pointers.lock().last_log_id.map(|l| l.index);
-        let wanted_end = match (end, last) {
-            (Some(end), _) => Some(end),
-            (None, Some(last)) => Some(last + 1),
-            (None, None) => None,
-        };
-        if let Some(wanted_end) = wanted_end
-            && wanted_end > start
-            && found.len() as u64 == wanted_end - start
-            && found.keys().next() == Some(&start)
-        {
-            return Ok(found.into_values().collect());
-        }
-        let txn = self.inner.db.begin_read().map_err(read_err)?;
-        let log = txn.open_table(LOG).map_err(read_err)?;
-        for item in log
-            .range::<u64>((Bound::Included(start), upper))
-            .map_err(read_err)?
-        {
-            let (index, value) = item.map_err(read_err)?;
-            found
-                .entry(index.value())
-                .or_insert(decode(value.value(), "log entry")?);
-        }
-        Ok(found.into_values().collect())
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 
-    fn log_id_at(&self, index: u64) -> Result<Option<LogId>, StorageError> {
+    fn log_id_at(&self, index: u64) -> Option<LogId> {
         let purged = self.inner.pointers.lock().last_purged;
         if let Some(p) = purged
             && p.index == index
         {
-            return Ok(Some(p));
+            return Some(p);
         }
-        Ok(self
-            .entries(index, Some(index + 1))?
-            .first()
-            .map(|e| *e.get_log_id()))
+        self.inner.log.lock().get(&index).map(|e| *e.get_log_id())
     }
 }
 
@@ -269,7 +329,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => Some(*e),
             Bound::Unbounded => None,
         };
-        self.entries(start, end)
+        Ok(self.entries(start, end))
     }
 }
 
@@ -289,25 +349,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let bytes = encode(vote);
-        self.send_and_wait(|ack| WriteOp::SaveVote { bytes, ack })
+        let vote = *vote;
+        self.send_and_wait(|ack| WriteOp::SaveVote { vote, ack })
             .await
-            .map_err(|e| StorageIOError::write_vote(&Message(e.to_string())).into())
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&Message(e.to_string()))))?;
+        self.inner.meta.lock().vote = Some(vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_meta(VOTE_KEY)
+        Ok(self.inner.meta.lock().vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.send(WriteOp::SaveCommitted {
-            bytes: encode(&committed),
-        })
-        .await
+        self.inner.meta.lock().committed = committed;
+        self.send(WriteOp::SaveCommitted { committed }).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+        Ok(self.inner.meta.lock().committed)
     }
 
     async fn append<I>(
@@ -321,12 +381,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut encoded = Vec::new();
         {
-            let mut pending = self.inner.pending.lock();
+            let mut log = self.inner.log.lock();
             let mut pointers = self.inner.pointers.lock();
             for entry in entries {
                 let log_id = *entry.get_log_id();
-                encoded.push((log_id, encode(&entry)));
-                pending.insert(log_id.index, entry);
+                encoded.push((log_id.index, wal::encode_entry(&entry)));
+                log.insert(log_id.index, entry);
                 pointers.last_log_id = Some(log_id);
             }
         }
@@ -338,13 +398,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let before = match log_id.index.checked_sub(1) {
-            Some(i) => self.log_id_at(i)?,
-            None => None,
-        };
+        let before = log_id.index.checked_sub(1).and_then(|i| self.log_id_at(i));
         {
-            let mut pending = self.inner.pending.lock();
-            pending.retain(|i, _| *i < log_id.index);
+            let mut log = self.inner.log.lock();
+            log.split_off(&log_id.index);
             let mut pointers = self.inner.pointers.lock();
             pointers.last_log_id = before.or(pointers.last_purged);
         }
@@ -357,8 +414,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {
-            let mut pending = self.inner.pending.lock();
-            pending.retain(|i, _| *i > log_id.index);
+            let mut log = self.inner.log.lock();
+            *log = log.split_off(&(log_id.index + 1));
             let mut pointers = self.inner.pointers.lock();
             pointers.last_purged = Some(log_id);
             if pointers
@@ -368,108 +425,159 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 pointers.last_log_id = Some(log_id);
             }
         }
-        let bytes = encode(&log_id);
-        self.send_and_wait(|ack| WriteOp::Purge {
-            upto: log_id.index,
-            bytes,
-            ack,
-        })
-        .await
+        self.send_and_wait(|ack| WriteOp::Purge { log_id, ack })
+            .await
     }
 }
 
-/// The writer thread: drains the queue in batches, one transaction per batch.
-fn write_loop(
-    db: &Database,
-    pending: &Mutex<BTreeMap<u64, Entry>>,
-    mut queue: mpsc::Receiver<WriteOp>,
-) {
-    let mut poisoned: Option<String> = None;
-    while let Some(first) = queue.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < WRITE_BATCH_MAX {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// The writer thread's state: the segments on disk and the one being appended to.
+struct Writer {
+    dir: PathBuf,
+    segments: VecDeque<Segment>,
+    file: Option<File>,
+    /// Bytes in the current segment.
+    size: u64,
+    /// The vote and pointers as written so far; a new segment opens with them.
+    meta: LogMeta,
+    buf: Vec<u8>,
+    segment_bytes: u64,
+}
+
+impl Writer {
+    /// Drains the queue in batches, one write and one flush per batch.
+    fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
+        let mut poisoned: Option<String> = None;
+        while let Some(first) = queue.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < WRITE_BATCH_MAX {
+                match queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
             }
-        }
-        let result = match &poisoned {
-            Some(reason) => Err(reason.clone()),
-            None => commit_batch(db, &batch).map_err(|e| e.to_string()),
-        };
-        if let Err(reason) = &result
-            && poisoned.is_none()
-        {
-            tracing::error!(error = %reason, "the Raft log could not be written; this member stops");
-            poisoned = Some(format!("the log store failed earlier: {reason}"));
-        }
-        for op in batch {
-            match op {
-                WriteOp::Append { entries, flushed } => {
-                    if result.is_ok() {
-                        let mut pending = pending.lock();
-                        for (log_id, _) in &entries {
-                            // Leave an entry that a later truncate and append replaced.
-                            if pending
-                                .get(&log_id.index)
-                                .is_some_and(|e| e.get_log_id() == log_id)
-                            {
-                                pending.remove(&log_id.index);
-                            }
-                        }
+            let result = match &poisoned {
+                Some(reason) => Err(reason.clone()),
+                None => self.commit_batch(&batch).map_err(|e| e.to_string()),
+            };
+            if let Err(reason) = &result
+                && poisoned.is_none()
+            {
+                tracing::error!(error = %reason, "the Raft log could not be written; this member stops");
+                poisoned = Some(format!("the log store failed earlier: {reason}"));
+            }
+            for op in batch {
+                match op {
+                    WriteOp::Append { flushed, .. } => {
+                        flushed.log_io_completed(result.clone().map_err(std::io::Error::other));
                     }
-                    flushed.log_io_completed(result.clone().map_err(std::io::Error::other));
+                    WriteOp::SaveVote { ack, .. }
+                    | WriteOp::Truncate { ack, .. }
+                    | WriteOp::Purge { ack, .. } => {
+                        let _ = ack.send(result.clone());
+                    }
+                    WriteOp::SaveCommitted { .. } => {}
                 }
-                WriteOp::SaveVote { ack, .. }
-                | WriteOp::Truncate { ack, .. }
-                | WriteOp::Purge { ack, .. } => {
-                    let _ = ack.send(result.clone());
-                }
-                WriteOp::SaveCommitted { .. } => {}
             }
         }
     }
-}
 
-fn commit_batch(db: &Database, batch: &[WriteOp]) -> Result<(), redb::Error> {
-    let mut txn = db.begin_write()?;
-    // A batch holding nothing but the committed pointer need not be flushed on its own:
-    // the pointer is an optimisation, made durable by the next flushed batch.
-    let only_committed = batch
-        .iter()
-        .all(|op| matches!(op, WriteOp::SaveCommitted { .. }));
-    txn.set_durability(if only_committed {
-        Durability::None
-    } else {
-        Durability::Immediate
-    })
-    .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
+    fn commit_batch(&mut self, batch: &[WriteOp]) -> std::io::Result<()> {
+        if self.size >= self.segment_bytes {
+            let next = self.segments.back().map_or(1, |s| s.seq + 1);
+            self.start_segment(next)?;
+        }
+        self.buf.clear();
+        let mut max_index = None;
+        let mut purged = false;
         for op in batch {
             match op {
                 WriteOp::Append { entries, .. } => {
-                    for (log_id, bytes) in entries {
-                        log.insert(log_id.index, bytes.as_slice())?;
+                    for (index, bytes) in entries {
+                        self.buf.extend_from_slice(bytes);
+                        max_index = Some(*index);
                     }
                 }
-                WriteOp::SaveVote { bytes, .. } => {
-                    meta.insert(VOTE_KEY, bytes.as_slice())?;
+                WriteOp::SaveVote { vote, .. } => {
+                    Record::Vote(*vote).encode_into(&mut self.buf);
+                    self.meta.vote = Some(*vote);
                 }
-                WriteOp::SaveCommitted { bytes } => {
-                    meta.insert(COMMITTED_KEY, bytes.as_slice())?;
+                WriteOp::SaveCommitted { committed } => {
+                    Record::Committed(*committed).encode_into(&mut self.buf);
+                    self.meta.committed = *committed;
                 }
                 WriteOp::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)?;
+                    Record::Truncate { from: *from }.encode_into(&mut self.buf);
                 }
-                WriteOp::Purge { upto, bytes, .. } => {
-                    log.retain_in(..=*upto, |_, _| false)?;
-                    meta.insert(PURGED_KEY, bytes.as_slice())?;
+                WriteOp::Purge { log_id, .. } => {
+                    Record::Purge(*log_id).encode_into(&mut self.buf);
+                    self.meta.purged = Some(*log_id);
+                    purged = true;
                 }
             }
         }
+        let file = self.file.as_mut().expect("a segment is open while writing");
+        file.write_all(&self.buf)?;
+        self.size += self.buf.len() as u64;
+        // A batch holding nothing but the committed pointer need not be flushed on its own:
+        // the pointer is an optimisation, made durable by the next flushed batch.
+        let only_committed = batch
+            .iter()
+            .all(|op| matches!(op, WriteOp::SaveCommitted { .. }));
+        if !only_committed {
+            file.sync_data()?;
+        }
+        if let (Some(index), Some(current)) = (max_index, self.segments.back_mut()) {
+            current.max_index = Some(current.max_index.map_or(index, |m| m.max(index)));
+        }
+        if purged {
+            self.delete_purged_segments();
+        }
+        Ok(())
     }
-    txn.commit()?;
-    Ok(())
+
+    /// Flushes the current segment and starts segment `seq`, opening with the meta record.
+    fn start_segment(&mut self, seq: u64) -> std::io::Result<()> {
+        if let Some(file) = &self.file {
+            file.sync_data()?;
+        }
+        let path = self.dir.join(segment_name(seq));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        let mut header = Vec::new();
+        Record::Meta(self.meta.clone()).encode_into(&mut header);
+        file.write_all(&header)?;
+        file.sync_all()?;
+        sync_dir(&self.dir)?;
+        self.file = Some(file);
+        self.size = header.len() as u64;
+        self.segments.push_back(Segment {
+            seq,
+            max_index: None,
+        });
+        Ok(())
+    }
+
+    /// Deletes the oldest segments whose entries are all purged, keeping the current one.
+    fn delete_purged_segments(&mut self) {
+        let purged = self.meta.purged.map(|p| p.index);
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            let all_purged = match (oldest.max_index, purged) {
+                (None, _) => true,
+                (Some(max), Some(purged)) => max <= purged,
+                (Some(_), None) => false,
+            };
+            if !all_purged {
+                break;
+            }
+            let path = self.dir.join(segment_name(oldest.seq));
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), error = %e, "a purged log segment could not be deleted");
+                break;
+            }
+            self.segments.pop_front();
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  data-dir/
-//!    raft.redb        log entries, vote, committed and purge pointers (LogStore)
+//!    log/*.wal        log entries, vote, committed and purge pointers (LogStore, wal)
 //!    snapshot.bin     the last snapshot of the state machine (SnapshotFile)
 //! ```
 //!
@@ -14,7 +14,8 @@
 mod log_store;
 mod snapshot_file;
 mod state_store;
+pub mod wal;
 
-pub use log_store::{LogStore, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
+pub use log_store::{LogStore, SEGMENT_BYTES, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 pub use snapshot_file::{SnapshotFile, SnapshotFileError};
 pub use state_store::StateStore;
