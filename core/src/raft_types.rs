@@ -7,8 +7,8 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
 /// What one log entry carries: the commands that arrived together at the leader, applied
-/// in order, each with its own revision and answer. Batching them shares one fsync among
-/// all, since the leader writes each entry to disk before it takes the next.
+/// in order, each with its own revision and answer. Batching them shares one fsync (and
+/// one round of replication) among all.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub commands: Vec<Command>,

@@ -166,3 +166,23 @@ async fn a_torn_end_is_cut_off_and_damage_is_refused() {
         "the error names the damaged segment: {error}"
     );
 }
+
+/// A data directory that holds the log format of an earlier Corral is refused with a
+/// message that says what to do; nothing in it is read or changed.
+#[test]
+fn a_log_of_an_earlier_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("raft.redb"), b"an older log").unwrap();
+    let error = LogStore::open_in_data_dir(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("raft.redb") && error.contains("remove the data directory"),
+        "{error}"
+    );
+    assert!(!dir.path().join("log").exists());
+    assert_eq!(
+        std::fs::read(dir.path().join("raft.redb")).unwrap(),
+        b"an older log"
+    );
+}

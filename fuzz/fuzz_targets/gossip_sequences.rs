@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let mut engine = GossipEngine::new(me.clone(), &GossipConfig::default(), 7);
     let known = (1..4).map(|i| node(i, 1));
     let mut timers = Vec::new();
-    let mut collect = |effects: Vec<GossipEffect>, timers: &mut Vec<_>| {
+    let collect = |effects: Vec<GossipEffect>, timers: &mut Vec<_>| {
         for effect in effects {
             if let GossipEffect::Schedule { timer, .. } = effect {
                 if timers.len() < 64 {

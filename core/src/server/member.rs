@@ -105,15 +105,7 @@ impl CoreMember {
             source: e,
         })?;
         let identity = TlsIdentity::load(&config.tls_dir, &core_member_name(config.id))?;
-        let old_log = config.data_dir.join("raft.redb");
-        if old_log.exists() {
-            return Err(StartError::LogStore(format!(
-                "{} holds a log in the format of an earlier Corral, which this one does not read; \
-                 remove the data directory and let this member rejoin and catch up from the others",
-                old_log.display()
-            )));
-        }
-        let log_store = LogStore::open(&config.data_dir.join("log"))
+        let log_store = LogStore::open_in_data_dir(&config.data_dir)
             .map_err(|e| StartError::LogStore(e.to_string()))?;
         let (state_store, applied) = StateStore::open(&config.data_dir)?;
         let transport = Arc::new(QuicTransport::server(

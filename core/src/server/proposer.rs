@@ -6,11 +6,11 @@
 //!    └──── one CommandResponse each ◄─────────────────────────────────────┘
 //! ```
 //!
-//! The leader writes every log entry to disk before it takes the next, so each entry costs
-//! an fsync. The proposer gathers the writes that arrive while earlier proposals are in
-//! flight into one entry, so under load one fsync serves many writes, and a lone write
-//! still goes out at once. Two proposals in flight let the leader's fsync of one overlap
-//! the followers' fsync of the other.
+//! Every log entry costs each member a write and an fsync, and a round of replication. The
+//! proposer gathers the writes that arrive while earlier proposals are in flight into one
+//! entry, so under load one fsync serves many writes, and a lone write still goes out at
+//! once. A few proposals in flight keep the pipeline full: the leader's fsync of one
+//! overlaps the followers' fsync of another.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -137,6 +137,20 @@ struct Segment {
 }
 
 impl LogStore {
+    /// Opens the log of the member whose data directory is `data_dir` (in `log/`),
+    /// refusing a directory that holds the log format of an earlier Corral.
+    pub fn open_in_data_dir(data_dir: &Path) -> Result<Self, StorageError> {
+        let old_log = data_dir.join("raft.redb");
+        if old_log.exists() {
+            return Err(read_err(Message(format!(
+                "{} holds a log in the format of an earlier Corral, which this one does not read; \
+                 remove the data directory and let this member rejoin and catch up from the others",
+                old_log.display()
+            ))));
+        }
+        Self::open(&data_dir.join("log"))
+    }
+
     /// Opens (or creates) the log in directory `dir`, replays it, and starts its writer.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         Self::open_with_segment_bytes(dir, SEGMENT_BYTES)
