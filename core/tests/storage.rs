@@ -2,16 +2,24 @@
 //! persist survives closing and reopening.
 
 use corral_core::raft_types::{StorageError, TypeConfig};
-use corral_core::storage::{LogStore, StateStore};
+use corral_core::storage::{LOG_CACHE_BYTES, LogStore, SEGMENT_BYTES, StateStore};
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
-struct Builder;
+/// Builds stores with the given segment size and entry cache.
+struct Builder {
+    segment_bytes: u64,
+    cache_bytes: usize,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, StateStore, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateStore), StorageError> {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let log = LogStore::open(&dir.path().join("log"))?;
+        let log = LogStore::open_with_limits(
+            &dir.path().join("log"),
+            self.segment_bytes,
+            self.cache_bytes,
+        )?;
         let (state, _) = StateStore::open(dir.path()).expect("an empty snapshot directory opens");
         Ok((dir, log, state))
     }
@@ -21,7 +29,22 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, TempDir> for Builder {
 /// snapshot install, all against real segment files.
 #[test]
 fn openraft_storage_suite() {
-    Suite::test_all(Builder).expect("the storage suite passes");
+    Suite::test_all(Builder {
+        segment_bytes: SEGMENT_BYTES,
+        cache_bytes: LOG_CACHE_BYTES,
+    })
+    .expect("the storage suite passes");
+}
+
+/// The same suite with tiny segments and no entry cache: every entry written is read back
+/// from its segment file.
+#[test]
+fn openraft_storage_suite_reading_from_segments() {
+    Suite::test_all(Builder {
+        segment_bytes: 512,
+        cache_bytes: 0,
+    })
+    .expect("the storage suite passes");
 }
 
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
@@ -100,7 +123,7 @@ async fn segments_roll_over_and_purged_ones_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
     {
-        let mut store = LogStore::open_with_segment_bytes(&path, 4096).unwrap();
+        let mut store = LogStore::open_with_limits(&path, 4096, LOG_CACHE_BYTES).unwrap();
         store.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
         for start in (1..=500).step_by(10) {
             store
@@ -120,7 +143,7 @@ async fn segments_roll_over_and_purged_ones_are_deleted() {
             "purging 400 of 500 entries leaves {after} of {before} segments"
         );
     }
-    let mut store = LogStore::open_with_segment_bytes(&path, 4096).unwrap();
+    let mut store = LogStore::open_with_limits(&path, 4096, LOG_CACHE_BYTES).unwrap();
     assert_eq!(
         store.read_vote().await.unwrap(),
         Some(Vote::new_committed(3, 1))
@@ -184,5 +207,39 @@ fn a_log_of_an_earlier_format_is_refused() {
     assert_eq!(
         std::fs::read(dir.path().join("raft.redb")).unwrap(),
         b"an older log"
+    );
+}
+
+/// With a cache smaller than the log, old entries are read back from their segments, the
+/// same as they were written, before and after reopening.
+#[tokio::test]
+async fn entries_beyond_the_cache_are_read_back_from_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let written = entries(1..=300);
+    let check = |read: Vec<Entry<TypeConfig>>| {
+        assert_eq!(read.len(), written.len());
+        for (a, b) in read.iter().zip(&written) {
+            assert_eq!(a, b);
+        }
+    };
+    {
+        let mut store = LogStore::open_with_limits(&path, 8192, 4096).unwrap();
+        for start in (1..=300).step_by(30) {
+            store
+                .blocking_append(entries(start..=start + 29))
+                .await
+                .unwrap();
+        }
+        check(store.try_get_log_entries(1..=300).await.unwrap());
+        store.truncate(log_id(251)).await.unwrap();
+        store.blocking_append(entries(251..=300)).await.unwrap();
+        check(store.try_get_log_entries(1..=300).await.unwrap());
+    }
+    let mut store = LogStore::open_with_limits(&path, 8192, 4096).unwrap();
+    check(store.try_get_log_entries(1..=300).await.unwrap());
+    assert_eq!(
+        store.try_get_log_entries(120..130).await.unwrap()[..],
+        written[119..129]
     );
 }

@@ -11,13 +11,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(decoded.valid_len <= data.len());
         assert_eq!(decoded.torn, decoded.valid_len < data.len());
         let mut again = Vec::new();
-        for record in &decoded.records {
-            record.encode_into(&mut again);
+        for decoded in &decoded.records {
+            assert_eq!(decoded.offset, again.len());
+            decoded.record.encode_into(&mut again);
+            assert_eq!(decoded.offset + decoded.len, again.len());
         }
         assert_eq!(again, &data[..decoded.valid_len]);
-        let mut replay = Replay::default();
-        for record in decoded.records {
-            replay.apply(record);
+        let mut replay = Replay::<()>::default();
+        for decoded in decoded.records {
+            replay.apply(decoded.record, |_| ());
         }
         let _ = replay.finish();
     }

@@ -12,6 +12,9 @@ pub struct CommandResponse {
     /// The core's revision after this command: the command's own revision if it changed
     /// anything, otherwise the revision it was evaluated against.
     pub revision: Revision,
+    /// Whether this command changed the state, so that `revision` is its own: a replica
+    /// at `revision - 1` reaches `revision` by applying it.
+    pub changed: bool,
     pub outcome: Result<Answer, CommandError>,
 }
 

@@ -427,6 +427,9 @@ impl Connection {
             .map_err(core_error)?;
         let revision = response.revision;
         self.raise_watermark(revision);
+        if response.changed {
+            self.context.replica.apply_own(revision, &command);
+        }
         let _ = self
             .context
             .replica

@@ -60,7 +60,15 @@ pub(crate) struct AgentArgs {
     /// The largest pool expected; sets how many times each update is gossiped.
     #[arg(long, env = "CORRAL_EXPECTED_MEMBERS", default_value_t = 10_000)]
     expected_members: u32,
+    /// Threads that run the agent's work. An agent shares its host with the applications
+    /// it serves; one thread keeps it off their cores and spares it waking a second
+    /// thread for every message, and it answers local reads inline.
+    #[arg(long, env = "CORRAL_WORKER_THREADS", default_value_t = AGENT_WORKER_THREADS)]
+    worker_threads: usize,
 }
+
+/// The agent's default number of worker threads.
+pub(crate) const AGENT_WORKER_THREADS: usize = 1;
 
 fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
     use std::net::ToSocketAddrs;
@@ -99,7 +107,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         tls_dir: args.tls_dir,
         gossip,
     };
-    super::runtime()?.block_on(async move {
+    super::runtime_with_workers(Some(args.worker_threads))?.block_on(async move {
         let agent = Agent::start(config).await?;
         super::shutdown_signal().await;
         tracing::info!("leaving");

@@ -63,6 +63,9 @@ struct RunArgs {
     /// Longest election timeout, in milliseconds.
     #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MAX_MS", default_value_t = ELECTION_TIMEOUT_MAX_MS_DEFAULT)]
     election_timeout_max_ms: u64,
+    /// Threads that run the member's work (default: one per core).
+    #[arg(long, env = "CORRAL_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 /// How a tool reaches the core.
@@ -149,7 +152,7 @@ fn run_member(args: RunArgs) -> anyhow::Result<()> {
         election_timeout_min_ms: args.election_timeout_min_ms,
         election_timeout_max_ms: args.election_timeout_max_ms,
     };
-    super::runtime()?.block_on(async move {
+    super::runtime_with_workers(args.worker_threads)?.block_on(async move {
         let member = CoreMember::start(config).await?;
         member.run_until(super::shutdown_signal()).await?;
         Ok(())

@@ -123,11 +123,27 @@ pub(crate) fn init_logging(default_level: &str) {
         .try_init();
 }
 
-/// A multi-threaded runtime for the long-running roles and tools.
+/// A multi-threaded runtime for the tools: one worker thread per core.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    runtime_with_workers(None)
+}
+
+/// Most worker threads a role may be given with `--worker-threads`.
+pub const WORKER_THREADS_MAX: usize = 256;
+
+/// A runtime with `workers` worker threads (`None`: one per core).
+pub(crate) fn runtime_with_workers(
+    workers: Option<usize>,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        anyhow::ensure!(
+            (1..=WORKER_THREADS_MAX).contains(&workers),
+            "--worker-threads must be between 1 and {WORKER_THREADS_MAX}, not {workers}"
+        );
+        builder.worker_threads(workers);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 /// Resolves on SIGINT or SIGTERM.

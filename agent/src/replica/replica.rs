@@ -10,13 +10,20 @@
 //! snapshot and now was applied exactly once, in order. A gap, a repeat or a divergence
 //! is an error that the feed repairs by resuming from the replica's revision; it is never
 //! served.
+//!
+//! The agent's own writes may run ahead of the stream: when the core answers that a
+//! command changed the state at revision R and the replica is at R − 1, the replica
+//! applies that command at once ([`Replica::apply_own`]), as the stream would, so the
+//! writer reads its write without waiting for the stream. The stream's copy of R is then
+//! checked against it (the same command, or the replica starts over) and not applied
+//! twice.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use corral_core::rpc::WatchItem;
 use corral_core::state::StateMachine;
-use corral_proto::{EventBatch, Revision};
+use corral_proto::{Command, EventBatch, Revision};
 
 /// Largest snapshot the replica assembles, so a hostile or broken member cannot make it
 /// allocate without bound.
@@ -27,6 +34,9 @@ pub const HISTORY_BATCHES_MAX: usize = 50_000;
 
 /// Most bytes (estimated) of event batches kept.
 pub const HISTORY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Most own writes applied ahead of the stream; past it, writes wait for the stream.
+pub const AHEAD_MAX: usize = 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReplicaError {
@@ -74,6 +84,8 @@ pub struct Replica {
     pending_snapshot: Option<(Revision, Vec<u8>)>,
     history: VecDeque<Arc<EventBatch>>,
     history_bytes: usize,
+    /// Own writes applied before the stream delivered them, oldest first.
+    ahead: VecDeque<(Revision, Command)>,
 }
 
 /// Bytes a batch holds, roughly: its keys and values plus a fixed cost per event.
@@ -124,9 +136,54 @@ impl Replica {
         Some(self.history.range(start..).cloned().collect())
     }
 
-    /// Forgets any half-received snapshot (the stream it came on ended).
+    /// Forgets any half-received snapshot (the stream it came on ended). A new stream
+    /// resumes after the replica's revision, own writes included, so it will not deliver
+    /// those again.
     pub fn stream_ended(&mut self) {
         self.pending_snapshot = None;
+        self.ahead.clear();
+    }
+
+    /// Applies the agent's own write, which the core answered changed the state at
+    /// `revision`, if the replica is exactly one revision behind it. Returns the applied
+    /// batch, or None when it must wait for the stream instead.
+    pub fn apply_own(
+        &mut self,
+        revision: Revision,
+        command: &Command,
+    ) -> Result<Option<Arc<EventBatch>>, ReplicaError> {
+        if !self.has_base
+            || self.pending_snapshot.is_some()
+            || revision != self.revision() + 1
+            || self.ahead.len() >= AHEAD_MAX
+        {
+            return Ok(None);
+        }
+        let batch = self.apply_entry(revision, command)?;
+        self.ahead.push_back((revision, command.clone()));
+        Ok(Some(batch))
+    }
+
+    /// Applies `command` as revision `revision`, which must be the next one.
+    fn apply_entry(
+        &mut self,
+        revision: Revision,
+        command: &Command,
+    ) -> Result<Arc<EventBatch>, ReplicaError> {
+        let (_, events) = self.machine.apply(command);
+        let got = self.machine.revision();
+        if got != revision {
+            // Start over: drop everything, the feed asks for a snapshot.
+            *self = Replica::new();
+            return Err(ReplicaError::Diverged {
+                expected: revision,
+                got,
+            });
+        }
+        self.has_base = true;
+        let batch = Arc::new(EventBatch { revision, events });
+        self.remember(batch.clone());
+        Ok(batch)
     }
 
     pub fn handle_item(&mut self, item: WatchItem) -> Result<ItemOutcome, ReplicaError> {
@@ -143,6 +200,24 @@ impl Replica {
                         "entry {revision} inside a snapshot"
                     )));
                 }
+                if let Some((own, own_command)) = self.ahead.front() {
+                    // The stream catching up with own writes: each must be the same.
+                    if revision == *own {
+                        if command != *own_command {
+                            *self = Replica::new();
+                            return Err(ReplicaError::Diverged {
+                                expected: revision,
+                                got: revision,
+                            });
+                        }
+                        self.ahead.pop_front();
+                        return Ok(ItemOutcome::Nothing);
+                    }
+                    return Err(ReplicaError::Gap {
+                        expected: *own,
+                        got: revision,
+                    });
+                }
                 let expected = self.revision() + 1;
                 if !self.has_base && revision != 1 {
                     return Err(ReplicaError::NoBase(revision));
@@ -153,20 +228,7 @@ impl Replica {
                         got: revision,
                     });
                 }
-                let (_, events) = self.machine.apply(&command);
-                let got = self.machine.revision();
-                if got != revision {
-                    // Start over: drop everything, the feed asks for a snapshot.
-                    *self = Replica::new();
-                    return Err(ReplicaError::Diverged {
-                        expected: revision,
-                        got,
-                    });
-                }
-                self.has_base = true;
-                let batch = Arc::new(EventBatch { revision, events });
-                self.remember(batch.clone());
-                Ok(ItemOutcome::Applied(batch))
+                Ok(ItemOutcome::Applied(self.apply_entry(revision, &command)?))
             }
             WatchItem::Progress { revision, .. } => Ok(ItemOutcome::Progress(revision)),
         }
@@ -216,6 +278,8 @@ impl Replica {
         // The history no longer connects to the new state.
         self.history.clear();
         self.history_bytes = 0;
+        // The snapshot is no older than the replica, so it holds every own write too.
+        self.ahead.clear();
         Ok(ItemOutcome::Replaced(revision))
     }
 
@@ -236,7 +300,6 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_proto::Command;
 
     fn put(key: &str) -> Command {
         Command::Put {
@@ -372,5 +435,97 @@ mod tests {
         ));
         assert_eq!(replica.revision(), 1);
         assert!(replica.machine().get("a").is_some());
+    }
+
+    /// An own write applied ahead of the stream is not applied again when the stream
+    /// brings it, and the stream goes on after it.
+    #[test]
+    fn an_own_write_runs_ahead_and_the_stream_confirms_it() {
+        let mut replica = Replica::new();
+        replica.handle_item(entry(1, "a")).unwrap();
+        let batch = replica
+            .apply_own(2, &put("mine"))
+            .unwrap()
+            .expect("one behind: applied");
+        assert_eq!(batch.revision, 2);
+        assert_eq!(replica.revision(), 2);
+        assert!(replica.machine().get("mine").is_some());
+        assert_eq!(
+            replica.handle_item(entry(2, "mine")),
+            Ok(ItemOutcome::Nothing)
+        );
+        assert_eq!(replica.revision(), 2);
+        assert_eq!(
+            replica.history_after(0).unwrap().len(),
+            2,
+            "revision 2 is in the history once"
+        );
+        assert!(matches!(
+            replica.handle_item(entry(3, "b")),
+            Ok(ItemOutcome::Applied(_))
+        ));
+    }
+
+    /// An own write is applied only when the replica is exactly one revision behind it;
+    /// otherwise (or with no base yet) it waits for the stream.
+    #[test]
+    fn an_own_write_waits_unless_the_replica_is_one_behind() {
+        let mut replica = Replica::new();
+        assert_eq!(replica.apply_own(1, &put("a")), Ok(None), "no base yet");
+        replica.handle_item(entry(1, "a")).unwrap();
+        assert_eq!(
+            replica.apply_own(3, &put("c")),
+            Ok(None),
+            "revision 2 not seen yet"
+        );
+        assert_eq!(replica.apply_own(1, &put("a")), Ok(None), "already there");
+        assert_eq!(replica.revision(), 1);
+    }
+
+    /// The stream bringing another command at an own write's revision means the replica
+    /// cannot be trusted: it starts over. A stream that skips past it is a gap.
+    #[test]
+    fn the_stream_disagreeing_with_an_own_write_resets_the_replica() {
+        let mut replica = Replica::new();
+        replica.handle_item(entry(1, "a")).unwrap();
+        replica.apply_own(2, &put("mine")).unwrap();
+        assert_eq!(
+            replica.handle_item(entry(3, "b")),
+            Err(ReplicaError::Gap {
+                expected: 2,
+                got: 3
+            })
+        );
+        assert!(matches!(
+            replica.handle_item(entry(2, "theirs")),
+            Err(ReplicaError::Diverged { .. })
+        ));
+        assert_eq!(
+            replica.resume_point(),
+            None,
+            "a reset replica asks for a snapshot"
+        );
+    }
+
+    /// A new stream resumes after the replica's revision, own writes included, so what
+    /// ran ahead is forgotten when a stream ends; the number ahead is bounded.
+    #[test]
+    fn own_writes_ahead_are_bounded_and_forgotten_when_the_stream_ends() {
+        let mut replica = Replica::new();
+        replica.handle_item(entry(1, "a")).unwrap();
+        for revision in 2..2 + AHEAD_MAX as Revision {
+            assert!(replica.apply_own(revision, &put("k")).unwrap().is_some());
+        }
+        let next = replica.revision() + 1;
+        assert_eq!(
+            replica.apply_own(next, &put("k")),
+            Ok(None),
+            "at AHEAD_MAX it waits"
+        );
+        replica.stream_ended();
+        assert!(matches!(
+            replica.handle_item(entry(next, "b")),
+            Ok(ItemOutcome::Applied(_))
+        ));
     }
 }

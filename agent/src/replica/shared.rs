@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_core::rpc::WatchItem;
-use corral_proto::{EventBatch, Revision};
+use corral_proto::{Command, EventBatch, Revision};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, watch};
 
@@ -109,6 +109,24 @@ impl SharedReplica {
             Err(_) => {}
         }
         outcome
+    }
+
+    /// Applies the agent's own write when the replica is one revision behind it (see
+    /// [`Replica::apply_own`]), and tells waiters and subscribers as for a stream entry.
+    pub(crate) fn apply_own(&self, revision: Revision, command: &Command) {
+        let mut state = self.state.write();
+        match state.apply_own(revision, command) {
+            Ok(Some(batch)) => {
+                let _ = self.signals.send(ReplicaSignal::Applied(batch));
+                self.revision.send_replace(revision);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "the replica diverged applying this agent's own write; it starts over from a snapshot");
+                let _ = self.signals.send(ReplicaSignal::Replaced(0));
+                self.revision.send_replace(0);
+            }
+        }
     }
 
     pub(crate) fn stream_ended(&self) {

@@ -78,7 +78,12 @@ async fn run(
     write_timeout: Duration,
     leader_hint: LeaderHint,
 ) {
-    let permits = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+    let permits = Arc::new(Semaphore::new(
+        std::env::var("XINFL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PROPOSALS_IN_FLIGHT_MAX),
+    ));
     let mut carried: Option<Pending> = None;
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {

@@ -330,12 +330,14 @@ impl StateMachine {
         if outcome.is_err() {
             events.clear();
         }
-        if !events.is_empty() {
+        let changed = !events.is_empty();
+        if changed {
             self.revision = next;
         }
         (
             CommandResponse {
                 revision: self.revision,
+                changed,
                 outcome,
             },
             events,

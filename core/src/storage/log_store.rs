@@ -1,15 +1,17 @@
-//! The Raft log and vote: in memory for reads, appended to segment files for durability.
+//! The Raft log and vote: appended to segment files, the recent entries cached in memory.
 //!
 //! ```text
-//!  openraft ──append/save_vote/truncate/purge──► memory ──► queue ──► writer thread
-//!      │                                                               │ one write + one
-//!      └─reads─► memory (every entry after the purge pointer)          │ fdatasync per batch
-//!                                                                      └─► LogFlushed / acks
+//!  openraft ──append/save_vote/truncate/purge──► index ──► queue ──► writer thread
+//!      │                                                              │ one write + one
+//!      └─reads─► index: cached entry, or its place in a segment      │ fdatasync per batch
+//!                                                                     └─► LogFlushed / acks
 //! ```
 //!
-//! The log after the purge pointer is held in memory, as openraft keeps it bounded by its
-//! snapshot policy (`--snapshot-every` plus `--snapshot-catchup-entries` entries), so no
-//! read touches the disk. The disk holds an append-only record of every change
+//! Every entry after the purge pointer has a slot in an in-memory index: the entry itself
+//! while it is among the most recent [`LOG_CACHE_BYTES`] (and always until it is written),
+//! and where its record lies in a segment. Replication reads the tail, which is cached; a
+//! member catching up from further back is served from the segment files. The disk holds
+//! an append-only record of every change
 //! ([`super::wal`]): one writer thread drains the queue in order, appends everything
 //! queued as one write, and flushes it with one `fdatasync`, so the cost of a flush is
 //! shared by all operations that arrived while the previous one ran. An append is
@@ -28,6 +30,7 @@ use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -45,13 +48,16 @@ pub const WRITE_QUEUE_MAX: usize = 4096;
 pub const WRITE_BATCH_MAX: usize = 1024;
 /// A segment at least this long is closed and a new one started before the next write.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// Encoded bytes of the most recent entries kept in memory; older ones are read back from
+/// their segment when asked for.
+pub const LOG_CACHE_BYTES: usize = 16 << 20;
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
 enum WriteOp {
     Append {
-        /// Each entry's index and its framed record.
-        entries: Vec<(u64, Vec<u8>)>,
+        /// Each entry's log id and its framed record.
+        entries: Vec<(LogId, Vec<u8>)>,
         flushed: LogFlushed<TypeConfig>,
     },
     SaveVote {
@@ -77,9 +83,100 @@ struct Pointers {
     last_purged: Option<LogId>,
 }
 
+/// Where a record's frame lies: segment, offset, length.
+#[derive(Debug, Clone, Copy)]
+struct Location {
+    seq: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// One entry of the index.
+#[derive(Debug)]
+struct Slot {
+    log_id: LogId,
+    /// The entry while it is cached; always present until `at` is known.
+    entry: Option<Entry>,
+    at: Option<Location>,
+    /// Its encoded length, what it counts against the cache.
+    bytes: usize,
+}
+
+/// Every entry after the purge pointer, by index, and what of them is cached.
+#[derive(Debug, Default)]
+struct Index {
+    slots: BTreeMap<u64, Slot>,
+    cached_bytes: usize,
+    cache_bytes_max: usize,
+    /// No slot below this index holds a cached entry.
+    uncached_below: u64,
+}
+
+impl Index {
+    fn insert(&mut self, slot: Slot) {
+        if slot.entry.is_some() {
+            self.cached_bytes += slot.bytes;
+        }
+        if let Some(old) = self.slots.insert(slot.log_id.index, slot) {
+            self.forget(&old);
+        }
+    }
+
+    fn forget(&mut self, slot: &Slot) {
+        if slot.entry.is_some() {
+            self.cached_bytes -= slot.bytes;
+        }
+    }
+
+    /// Removes the slots at and after `from`.
+    fn truncate(&mut self, from: u64) {
+        for (_, slot) in self.slots.split_off(&from) {
+            self.forget(&slot);
+        }
+        self.uncached_below = self.uncached_below.min(from);
+    }
+
+    /// Removes the slots up to and including `upto`.
+    fn purge(&mut self, upto: u64) {
+        let kept = self.slots.split_off(&(upto + 1));
+        for (_, slot) in std::mem::replace(&mut self.slots, kept) {
+            self.forget(&slot);
+        }
+    }
+
+    /// Drops cached entries, oldest first, that are written down, until within the budget.
+    fn evict(&mut self) {
+        if self.cached_bytes <= self.cache_bytes_max {
+            return;
+        }
+        for (&index, slot) in self.slots.range_mut(self.uncached_below..) {
+            if self.cached_bytes <= self.cache_bytes_max {
+                break;
+            }
+            if slot.at.is_none() {
+                // Not written yet; neither it nor anything after it can be dropped.
+                break;
+            }
+            if slot.entry.take().is_some() {
+                self.cached_bytes -= slot.bytes;
+            }
+            self.uncached_below = index + 1;
+        }
+    }
+
+    /// Records where the writer put the entry `log_id`, if the slot still holds it.
+    fn written(&mut self, log_id: LogId, at: Location) {
+        if let Some(slot) = self.slots.get_mut(&log_id.index)
+            && slot.log_id == log_id
+        {
+            slot.at = Some(at);
+        }
+    }
+}
+
 struct Inner {
-    /// Every entry after the purge pointer, by index, flushed or not.
-    log: Mutex<BTreeMap<u64, Entry>>,
+    dir: PathBuf,
+    index: Arc<Mutex<Index>>,
     pointers: Mutex<Pointers>,
     /// The vote and committed pointer as last saved (read back by openraft on start).
     meta: Mutex<LogMeta>,
@@ -153,11 +250,16 @@ impl LogStore {
 
     /// Opens (or creates) the log in directory `dir`, replays it, and starts its writer.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        Self::open_with_segment_bytes(dir, SEGMENT_BYTES)
+        Self::open_with_limits(dir, SEGMENT_BYTES, LOG_CACHE_BYTES)
     }
 
-    /// As [`LogStore::open`], rolling segments over at `segment_bytes`.
-    pub fn open_with_segment_bytes(dir: &Path, segment_bytes: u64) -> Result<Self, StorageError> {
+    /// As [`LogStore::open`], rolling segments over at `segment_bytes` and caching the most
+    /// recent `cache_bytes` of entries.
+    pub fn open_with_limits(
+        dir: &Path,
+        segment_bytes: u64,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
         let at = |what: &str, e: std::io::Error| {
             read_err(Message(format!("{what} {}: {e}", dir.display())))
         };
@@ -173,7 +275,7 @@ impl LogStore {
             .collect();
         seqs.sort_unstable();
 
-        let mut replay = Replay::default();
+        let mut replay = Replay::<(Location, usize)>::default();
         let mut segments = VecDeque::new();
         for (i, &seq) in seqs.iter().enumerate() {
             let path = dir.join(segment_name(seq));
@@ -221,10 +323,21 @@ impl LogStore {
                 continue;
             }
             let mut max_index = None;
-            for record in decoded.records {
-                if let Some(index) = replay.apply(record) {
-                    max_index = Some(index);
-                }
+            for wal::DecodedRecord {
+                offset,
+                len,
+                record,
+            } in decoded.records
+            {
+                let at = Location {
+                    seq,
+                    offset: offset as u64,
+                    len: u32::try_from(len).expect("a record is at most RECORD_LEN_MAX"),
+                };
+                replay.apply(record, |entry| {
+                    max_index = Some(entry.get_log_id().index);
+                    (at, len)
+                });
             }
             segments.push_back(Segment { seq, max_index });
         }
@@ -235,8 +348,45 @@ impl LogStore {
             )))
         })?;
 
+        let mut index = Index {
+            cache_bytes_max: cache_bytes,
+            ..Index::default()
+        };
+        for (_, (log_id, (at, bytes))) in replay.entries.iter() {
+            index.insert(Slot {
+                log_id: *log_id,
+                entry: None,
+                at: Some(*at),
+                bytes: *bytes,
+            });
+        }
+        // Warm the cache with the most recent entries, which replication reads first.
+        let mut warm = Vec::new();
+        let mut warm_bytes = 0;
+        for (&i, (_, (at, bytes))) in replay.entries.iter().rev() {
+            if warm_bytes + bytes > cache_bytes {
+                break;
+            }
+            warm_bytes += bytes;
+            warm.push((i, *at));
+        }
+        let mut reader = SegmentReader::new(dir);
+        for (i, at) in warm.into_iter().rev() {
+            let entry = reader.read(at)?;
+            let slot = index.slots.get_mut(&i).expect("warmed from the index");
+            slot.entry = Some(entry);
+            index.cached_bytes += slot.bytes;
+        }
+        index.uncached_below = index
+            .slots
+            .iter()
+            .find(|(_, slot)| slot.entry.is_some())
+            .map_or(replay.last_log_id().map_or(0, |l| l.index + 1), |(&i, _)| i);
+        let index = Arc::new(Mutex::new(index));
+
         let next_seq = segments.back().map_or(1, |s| s.seq + 1);
         let mut writer_state = Writer {
+            index: index.clone(),
             dir: dir.to_path_buf(),
             segments,
             file: None,
@@ -272,7 +422,8 @@ impl LogStore {
             .map_err(write_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                log: Mutex::new(replay.entries),
+                dir: dir.to_path_buf(),
+                index,
                 pointers: Mutex::new(Pointers {
                     last_log_id,
                     last_purged,
@@ -301,19 +452,34 @@ impl LogStore {
         }
     }
 
-    fn entries(&self, start: u64, end: Option<u64>) -> Vec<Entry> {
+    /// The entries in `[start, end)`: cached ones from memory, the others read back from
+    /// their segments.
+    fn entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
         let upper = match end {
             Some(end) => Bound::Excluded(end),
             None => Bound::Unbounded,
         };
         if end.is_some_and(|end| end <= start) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        self.inner
-            .log
-            .lock()
-            .range((Bound::Included(start), upper))
-            .map(|(_, e)| e.clone())
+        let mut found: Vec<Result<Entry, Location>> = Vec::new();
+        {
+            let index = self.inner.index.lock();
+            for (_, slot) in index.slots.range((Bound::Included(start), upper)) {
+                match (&slot.entry, slot.at) {
+                    (Some(entry), _) => found.push(Ok(entry.clone())),
+                    (None, Some(at)) => found.push(Err(at)),
+                    (None, None) => unreachable!("an entry stays cached until it is written"),
+                }
+            }
+        }
+        let mut reader = SegmentReader::new(&self.inner.dir);
+        found
+            .into_iter()
+            .map(|item| match item {
+                Ok(entry) => Ok(entry),
+                Err(at) => reader.read(at),
+            })
             .collect()
     }
 
@@ -324,7 +490,53 @@ impl LogStore {
         {
             return Some(p);
         }
-        self.inner.log.lock().get(&index).map(|e| *e.get_log_id())
+        self.inner.index.lock().slots.get(&index).map(|s| s.log_id)
+    }
+}
+
+/// Reads entries back from segment files, keeping the last file it opened.
+struct SegmentReader<'a> {
+    dir: &'a Path,
+    open: Option<(u64, File)>,
+    buf: Vec<u8>,
+}
+
+impl<'a> SegmentReader<'a> {
+    fn new(dir: &'a Path) -> Self {
+        Self {
+            dir,
+            open: None,
+            buf: Vec::new(),
+        }
+    }
+
+    fn read(&mut self, at: Location) -> Result<Entry, StorageError> {
+        let path = || self.dir.join(segment_name(at.seq));
+        if self.open.as_ref().is_none_or(|(seq, _)| *seq != at.seq) {
+            let file = File::open(path()).map_err(|e| {
+                read_err(Message(format!(
+                    "cannot open log segment {}: {e}",
+                    path().display()
+                )))
+            })?;
+            self.open = Some((at.seq, file));
+        }
+        let (_, file) = self.open.as_ref().expect("opened above");
+        self.buf.resize(at.len as usize, 0);
+        file.read_exact_at(&mut self.buf, at.offset).map_err(|e| {
+            read_err(Message(format!(
+                "cannot read log segment {} at byte {}: {e}",
+                path().display(),
+                at.offset
+            )))
+        })?;
+        wal::decode_entry_frame(&self.buf).map_err(|e| {
+            read_err(Message(format!(
+                "log segment {} is corrupt at byte {}: {e}",
+                path().display(),
+                at.offset
+            )))
+        })
     }
 }
 
@@ -343,7 +555,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => Some(*e),
             Bound::Unbounded => None,
         };
-        Ok(self.entries(start, end))
+        self.entries(start, end)
     }
 }
 
@@ -395,12 +607,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut encoded = Vec::new();
         {
-            let mut log = self.inner.log.lock();
+            let mut index = self.inner.index.lock();
             let mut pointers = self.inner.pointers.lock();
             for entry in entries {
                 let log_id = *entry.get_log_id();
-                encoded.push((log_id.index, wal::encode_entry(&entry)));
-                log.insert(log_id.index, entry);
+                let record = wal::encode_entry(&entry);
+                index.insert(Slot {
+                    log_id,
+                    entry: Some(entry),
+                    at: None,
+                    bytes: record.len(),
+                });
+                encoded.push((log_id, record));
                 pointers.last_log_id = Some(log_id);
             }
         }
@@ -414,8 +632,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let before = log_id.index.checked_sub(1).and_then(|i| self.log_id_at(i));
         {
-            let mut log = self.inner.log.lock();
-            log.split_off(&log_id.index);
+            self.inner.index.lock().truncate(log_id.index);
             let mut pointers = self.inner.pointers.lock();
             pointers.last_log_id = before.or(pointers.last_purged);
         }
@@ -428,8 +645,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {
-            let mut log = self.inner.log.lock();
-            *log = log.split_off(&(log_id.index + 1));
+            self.inner.index.lock().purge(log_id.index);
             let mut pointers = self.inner.pointers.lock();
             pointers.last_purged = Some(log_id);
             if pointers
@@ -447,6 +663,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// The writer thread's state: the segments on disk and the one being appended to.
 struct Writer {
     dir: PathBuf,
+    /// The store's index, told where each entry was written.
+    index: Arc<Mutex<Index>>,
     segments: VecDeque<Segment>,
     file: Option<File>,
     /// Bytes in the current segment.
@@ -503,12 +721,24 @@ impl Writer {
         self.buf.clear();
         let mut max_index = None;
         let mut purged = false;
+        let seq = self
+            .segments
+            .back()
+            .expect("a segment is open while writing")
+            .seq;
+        let mut written = Vec::new();
         for op in batch {
             match op {
                 WriteOp::Append { entries, .. } => {
-                    for (index, bytes) in entries {
+                    for (log_id, bytes) in entries {
+                        let at = Location {
+                            seq,
+                            offset: self.size + self.buf.len() as u64,
+                            len: u32::try_from(bytes.len()).expect("a record is under 4 GiB"),
+                        };
+                        written.push((*log_id, at));
                         self.buf.extend_from_slice(bytes);
-                        max_index = Some(*index);
+                        max_index = Some(log_id.index);
                     }
                 }
                 WriteOp::SaveVote { vote, .. } => {
@@ -542,6 +772,13 @@ impl Writer {
         }
         if let (Some(index), Some(current)) = (max_index, self.segments.back_mut()) {
             current.max_index = Some(current.max_index.map_or(index, |m| m.max(index)));
+        }
+        if !written.is_empty() {
+            let mut index = self.index.lock();
+            for (log_id, at) in written {
+                index.written(log_id, at);
+            }
+            index.evict();
         }
         if purged {
             self.delete_purged_segments();

@@ -16,6 +16,6 @@ mod snapshot_file;
 mod state_store;
 pub mod wal;
 
-pub use log_store::{LogStore, SEGMENT_BYTES, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
+pub use log_store::{LOG_CACHE_BYTES, LogStore, SEGMENT_BYTES, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 pub use snapshot_file::{SnapshotFile, SnapshotFileError};
 pub use state_store::StateStore;

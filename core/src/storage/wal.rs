@@ -103,10 +103,19 @@ fn frame_into(record: &RecordRef<'_>, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// A record read back, with where its frame lies in the segment.
+#[derive(Debug)]
+pub struct DecodedRecord {
+    pub offset: usize,
+    /// The frame's length, header included.
+    pub len: usize,
+    pub record: Record,
+}
+
 /// A segment's records and how it ends.
 #[derive(Debug)]
 pub struct DecodedSegment {
-    pub records: Vec<Record>,
+    pub records: Vec<DecodedRecord>,
     /// The bytes that hold whole, checked records; a torn end starts here.
     pub valid_len: usize,
     /// Whether bytes after `valid_len` were cut short or unreadable.
@@ -143,6 +152,22 @@ fn frame_at(bytes: &[u8], offset: usize) -> Option<&[u8]> {
     (crc32fast::hash(body) == crc).then_some(body)
 }
 
+/// Decodes the entry whose frame is `frame` (read back from where it was written).
+pub fn decode_entry_frame(frame: &[u8]) -> Result<Entry, WalError> {
+    let body = frame_at(frame, 0).ok_or(WalError::Damaged { offset: 0 })?;
+    match postcard::from_bytes::<Record>(body) {
+        Ok(Record::Entry(entry)) => Ok(entry),
+        Ok(other) => Err(WalError::Undecodable {
+            offset: 0,
+            reason: format!("expected an entry, found {other:?}"),
+        }),
+        Err(e) => Err(WalError::Undecodable {
+            offset: 0,
+            reason: e.to_string(),
+        }),
+    }
+}
+
 /// Decodes a segment's bytes. A bad frame is a torn end when nothing readable follows it,
 /// and damage when a whole record follows right after it.
 pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, WalError> {
@@ -170,8 +195,13 @@ pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, WalError> {
         if offset == 0 && !matches!(record, Record::Meta(_)) {
             return Err(WalError::NoMeta);
         }
-        records.push(record);
-        offset += FRAME_HEADER_LEN + body.len();
+        let len = FRAME_HEADER_LEN + body.len();
+        records.push(DecodedRecord {
+            offset,
+            len,
+            record,
+        });
+        offset += len;
     }
     Ok(DecodedSegment {
         records,
@@ -180,22 +210,31 @@ pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, WalError> {
     })
 }
 
-/// The log rebuilt from records, applied in the order they were written.
-#[derive(Debug, Default)]
-pub struct Replay {
+/// The log rebuilt from records, applied in the order they were written; each entry is
+/// kept as whatever `T` the caller makes of it (the entry itself, or where to find it).
+#[derive(Debug)]
+pub struct Replay<T> {
     pub meta: LogMeta,
-    pub entries: BTreeMap<u64, Entry>,
+    pub entries: BTreeMap<u64, (LogId, T)>,
 }
 
-impl Replay {
-    /// Applies one record; returns the index of the entry it appended, if any.
-    pub fn apply(&mut self, record: Record) -> Option<u64> {
+impl<T> Default for Replay<T> {
+    fn default() -> Self {
+        Self {
+            meta: LogMeta::default(),
+            entries: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> Replay<T> {
+    /// Applies one record; an entry is kept as `keep(entry)`.
+    pub fn apply(&mut self, record: Record, keep: impl FnOnce(Entry) -> T) {
         match record {
             Record::Meta(meta) => self.meta = meta,
             Record::Entry(entry) => {
-                let index = entry.get_log_id().index;
-                self.entries.insert(index, entry);
-                return Some(index);
+                let log_id = *entry.get_log_id();
+                self.entries.insert(log_id.index, (log_id, keep(entry)));
             }
             Record::Vote(vote) => self.meta.vote = Some(vote),
             Record::Committed(committed) => self.meta.committed = committed,
@@ -207,7 +246,6 @@ impl Replay {
                 self.meta.purged = Some(log_id);
             }
         }
-        None
     }
 
     /// Checks that the entries left run without a gap after the purge pointer (entries at
@@ -243,7 +281,7 @@ impl Replay {
     pub fn last_log_id(&self) -> Option<LogId> {
         self.entries
             .last_key_value()
-            .map(|(_, e)| *e.get_log_id())
+            .map(|(_, (log_id, _))| *log_id)
             .or(self.meta.purged)
     }
 }
@@ -280,8 +318,12 @@ mod tests {
         out
     }
 
-    fn indexes(replay: &Replay) -> Vec<u64> {
+    fn indexes(replay: &Replay<Entry>) -> Vec<u64> {
         replay.entries.keys().copied().collect()
+    }
+
+    fn apply(replay: &mut Replay<Entry>, record: Record) {
+        replay.apply(record, |e| e);
     }
 
     /// An entry encoded by reference decodes as the owned record.
@@ -292,7 +334,15 @@ mod tests {
         let decoded = decode_segment(&bytes).unwrap();
         assert!(!decoded.torn);
         assert_eq!(decoded.valid_len, bytes.len());
-        match &decoded.records[1] {
+        assert_eq!(
+            decoded.records[1].offset + decoded.records[1].len,
+            bytes.len()
+        );
+        assert_eq!(
+            decode_entry_frame(&bytes[decoded.records[1].offset..]).unwrap(),
+            entry(2, 5)
+        );
+        match &decoded.records[1].record {
             Record::Entry(e) => assert_eq!(*e, entry(2, 5)),
             other => panic!("expected an entry, got {other:?}"),
         }
@@ -301,25 +351,31 @@ mod tests {
     /// Replay applies truncation, purge and a later segment's meta as they were written.
     #[test]
     fn replay_follows_truncate_purge_and_meta() {
-        let mut replay = Replay::default();
+        let mut replay = Replay::<Entry>::default();
         for i in 1..=10 {
-            replay.apply(Record::Entry(entry(1, i)));
+            apply(&mut replay, Record::Entry(entry(1, i)));
         }
-        replay.apply(Record::Vote(openraft::Vote::new_committed(2, 1)));
-        replay.apply(Record::Truncate { from: 8 });
+        apply(
+            &mut replay,
+            Record::Vote(openraft::Vote::new_committed(2, 1)),
+        );
+        apply(&mut replay, Record::Truncate { from: 8 });
         for i in 8..=12 {
-            replay.apply(Record::Entry(entry(2, i)));
+            apply(&mut replay, Record::Entry(entry(2, i)));
         }
-        replay.apply(Record::Purge(log_id(1, 3)));
+        apply(&mut replay, Record::Purge(log_id(1, 3)));
         // A later segment whose meta carries a purge pointer beyond this one.
-        replay.apply(Record::Meta(LogMeta {
-            vote: Some(openraft::Vote::new_committed(2, 1)),
-            committed: Some(log_id(2, 9)),
-            purged: Some(log_id(1, 5)),
-        }));
+        apply(
+            &mut replay,
+            Record::Meta(LogMeta {
+                vote: Some(openraft::Vote::new_committed(2, 1)),
+                committed: Some(log_id(2, 9)),
+                purged: Some(log_id(1, 5)),
+            }),
+        );
         let replay = replay.finish().unwrap();
         assert_eq!(indexes(&replay), (6..=12).collect::<Vec<_>>());
-        assert_eq!(replay.entries[&9].log_id, log_id(2, 9));
+        assert_eq!(replay.entries[&9].1.log_id, log_id(2, 9));
         assert_eq!(replay.last_log_id(), Some(log_id(2, 12)));
         assert_eq!(replay.meta.committed, Some(log_id(2, 9)));
     }
@@ -327,9 +383,9 @@ mod tests {
     /// A missing entry is an error, not a shorter log.
     #[test]
     fn a_gap_is_refused() {
-        let mut replay = Replay::default();
+        let mut replay = Replay::<Entry>::default();
         for i in [1, 2, 4] {
-            replay.apply(Record::Entry(entry(1, i)));
+            apply(&mut replay, Record::Entry(entry(1, i)));
         }
         assert_eq!(
             replay.finish().unwrap_err(),
@@ -338,9 +394,9 @@ mod tests {
                 next: 4
             }
         );
-        let mut replay = Replay::default();
-        replay.apply(Record::Purge(log_id(1, 3)));
-        replay.apply(Record::Entry(entry(1, 6)));
+        let mut replay = Replay::<Entry>::default();
+        apply(&mut replay, Record::Purge(log_id(1, 3)));
+        apply(&mut replay, Record::Entry(entry(1, 6)));
         assert!(matches!(
             replay.finish(),
             Err(WalError::Gap { missing: 4, .. })
@@ -399,7 +455,7 @@ mod tests {
                     // then reads back as the record that was written.
                     prop_assert_eq!(decoded.torn, decoded.valid_len < damaged.len());
                     let mut again = Vec::new();
-                    for r in &decoded.records { r.encode_into(&mut again); }
+                    for r in &decoded.records { r.record.encode_into(&mut again); }
                     prop_assert_eq!(again.len(), decoded.valid_len);
                     prop_assert!(bytes.starts_with(&again));
                 }
