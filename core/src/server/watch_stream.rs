@@ -16,7 +16,7 @@ use std::time::Duration;
 use corral_proto::Revision;
 use corral_proto::frame;
 use quinn::{RecvStream, SendStream};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::member::CoreMember;
 use crate::applied_state::{WatchSignal, WatchStart};
@@ -24,6 +24,10 @@ use crate::rpc::{WATCH_SNAPSHOT_CHUNK_LEN, WatchItem};
 
 /// Interval of progress frames on a quiet stream.
 pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Most bytes of entries gathered into one write: the entries already applied when the
+/// stream wakes go out together rather than one write (and one packet) each.
+pub(crate) const WATCH_WRITE_BYTES_MAX: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 enum WatchEnd {
@@ -69,6 +73,7 @@ async fn stream(
     send: &mut SendStream,
 ) -> Result<(), WatchEnd> {
     let mut last: Option<Revision> = after;
+    let mut batch: Vec<u8> = Vec::new();
     let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'resume: loop {
@@ -107,18 +112,42 @@ async fn stream(
         loop {
             tokio::select! {
                 signal = signals.recv() => match signal {
-                    Ok(WatchSignal::Entry(entry)) => {
-                        let expected = last.map_or(1, |l| l + 1);
-                        if entry.revision < expected {
-                            continue;
+                    Ok(WatchSignal::Entry(first)) => {
+                        // This entry and every one already waiting, in one write.
+                        batch.clear();
+                        let mut entry = first;
+                        let resume = loop {
+                            let expected = last.map_or(1, |l| l + 1);
+                            if entry.revision > expected {
+                                // A gap (we subscribed while lagging behind): start over
+                                // from what we sent, which history or a snapshot can fill.
+                                break true;
+                            }
+                            if entry.revision == expected {
+                                batch.extend_from_slice(&entry.frame);
+                                last = Some(entry.revision);
+                            }
+                            if batch.len() >= WATCH_WRITE_BYTES_MAX {
+                                break false;
+                            }
+                            match signals.try_recv() {
+                                Ok(WatchSignal::Entry(next)) => entry = next,
+                                Ok(WatchSignal::Reset { .. }) | Err(TryRecvError::Lagged(_)) => {
+                                    break true;
+                                }
+                                Err(TryRecvError::Empty) => break false,
+                                Err(TryRecvError::Closed) => {
+                                    send_bytes(send, &batch).await?;
+                                    return Err(WatchEnd::Stopped);
+                                }
+                            }
+                        };
+                        if !batch.is_empty() {
+                            send_bytes(send, &batch).await?;
                         }
-                        if entry.revision > expected {
-                            // A gap (we subscribed while lagging behind): start over from
-                            // what we sent, which history or a snapshot can fill.
+                        if resume {
                             continue 'resume;
                         }
-                        send_bytes(send, &entry.frame).await?;
-                        last = Some(entry.revision);
                     }
                     Ok(WatchSignal::Reset { .. }) | Err(RecvError::Lagged(_)) => continue 'resume,
                     Err(RecvError::Closed) => return Err(WatchEnd::Stopped),
