@@ -499,3 +499,74 @@ impl Acked {
         self.keys.lock().unwrap().clone()
     }
 }
+
+/// A leader cut off from its quorum (both followers frozen with SIGSTOP) refuses new
+/// writes after about an election timeout, saying why and that nothing was written,
+/// instead of holding them until the write timeout; once the followers thaw, the cluster
+/// takes writes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_without_a_quorum_refuses_writes_at_once() {
+    use nix::sys::signal::Signal;
+
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    let leader = cluster.wait_for_leader(STARTUP).await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
+    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let write = |key: &'static str| CoreRequest::Write(put(key, b"v"));
+    let answer: CoreResponse = transport
+        .call(
+            cluster.address(leader),
+            "core",
+            &write("before"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(answer, CoreResponse::Write(_)), "{answer:?}");
+
+    for id in &followers {
+        cluster.process(*id).signal(Signal::SIGSTOP);
+    }
+    // Each attempt is one request to the leader, answered well within its 12 s timeout
+    // once the leader knows it has no quorum.
+    let refusal = wait_until(
+        Duration::from_secs(20),
+        "the leader refusing a write",
+        || {
+            let transport = &transport;
+            let address = cluster.address(leader).to_string();
+            async move {
+                match transport
+                    .call::<_, CoreResponse>(
+                        &address,
+                        "core",
+                        &write("during"),
+                        Duration::from_secs(3),
+                    )
+                    .await
+                {
+                    Ok(CoreResponse::Error(CoreError::Unavailable(reason))) => Some(reason),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        refusal.contains("no quorum") && refusal.contains("nothing was written"),
+        "{refusal}"
+    );
+
+    for id in &followers {
+        cluster.process(*id).signal(Signal::SIGCONT);
+    }
+    let written = wait_until(
+        Duration::from_secs(20),
+        "a write after the thaw",
+        || async { cluster.client().write(&put("after", b"v")).await.ok() },
+    )
+    .await;
+    assert!(written.outcome.is_ok(), "{written:?}");
+}

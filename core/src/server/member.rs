@@ -25,6 +25,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use super::bootstrap::{self, BootstrapDecision, ProbeAnswer, RejoinGuard};
 use super::config::{ConfigError, CoreConfig};
 use super::proposer::{LeaderHint, Proposer};
+use super::quorum_watch::{QuorumWatch, quorum_lost};
 use super::raft_network::Network;
 use super::watch_stream;
 use crate::applied_state::AppliedState;
@@ -85,6 +86,7 @@ pub struct CoreMember {
     rejoin: parking_lot::Mutex<RejoinGuard>,
     connections: AtomicUsize,
     proposer: Proposer,
+    quorum: QuorumWatch,
 }
 
 impl std::fmt::Debug for CoreMember {
@@ -126,7 +128,16 @@ impl CoreMember {
         let raft = Raft::new(config.id, raft_config, network, log_store, state_store)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let proposer = Proposer::start(raft.clone(), WRITE_TIMEOUT, leader_hint_of(raft.clone()));
+        let quorum = QuorumWatch::start(
+            raft.clone(),
+            Duration::from_millis(config.election_timeout_max_ms),
+        );
+        let proposer = Proposer::start(
+            raft.clone(),
+            WRITE_TIMEOUT,
+            leader_hint_of(raft.clone()),
+            quorum.clone(),
+        );
         let member = Arc::new(Self {
             id: config.id,
             config,
@@ -136,6 +147,7 @@ impl CoreMember {
             rejoin: parking_lot::Mutex::new(RejoinGuard::Off),
             connections: AtomicUsize::new(0),
             proposer,
+            quorum,
         });
         tokio::spawn(member.clone().accept_loop());
         let initialized = member
@@ -477,6 +489,9 @@ impl CoreMember {
     async fn write(&self, command: Command) -> CoreResponse {
         if let Err(invalid) = command.validate() {
             return CoreResponse::Error(CoreError::Invalid(invalid));
+        }
+        if let Some(silent) = self.quorum.lost_for() {
+            return CoreResponse::Error(quorum_lost(silent));
         }
         match self.proposer.propose(command).await {
             Ok(response) => CoreResponse::Write(response),

@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod config;
 mod member;
 mod proposer;
+mod quorum_watch;
 mod raft_network;
 mod watch_stream;
 

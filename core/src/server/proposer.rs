@@ -19,6 +19,7 @@ use corral_proto::{Command, CommandResponse};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::quorum_watch::{QuorumWatch, quorum_lost};
 use crate::raft_types::{NodeId, Proposal, Raft};
 use crate::rpc::CoreError;
 
@@ -46,9 +47,14 @@ pub(crate) struct Proposer {
 }
 
 impl Proposer {
-    pub(crate) fn start(raft: Raft, write_timeout: Duration, leader_hint: LeaderHint) -> Self {
+    pub(crate) fn start(
+        raft: Raft,
+        write_timeout: Duration,
+        leader_hint: LeaderHint,
+        quorum: QuorumWatch,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(PROPOSAL_QUEUE_MAX);
-        tokio::spawn(run(raft, receiver, write_timeout, leader_hint));
+        tokio::spawn(run(raft, receiver, write_timeout, leader_hint, quorum));
         Self { queue }
     }
 
@@ -77,13 +83,9 @@ async fn run(
     mut queue: mpsc::Receiver<Pending>,
     write_timeout: Duration,
     leader_hint: LeaderHint,
+    quorum: QuorumWatch,
 ) {
-    let permits = Arc::new(Semaphore::new(
-        std::env::var("XINFL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(PROPOSALS_IN_FLIGHT_MAX),
-    ));
+    let permits = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     let mut carried: Option<Pending> = None;
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -111,13 +113,31 @@ async fn run(
                 Err(_) => break,
             }
         }
+        if let Some(silent) = quorum.lost_for() {
+            // Queued while the leader was losing its quorum: refused, nothing proposed.
+            for pending in batch {
+                let _ = pending.reply.send(Err(quorum_lost(silent)));
+            }
+            continue;
+        }
         let raft = raft.clone();
         let leader_hint = leader_hint.clone();
+        let quorum = quorum.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-            let result =
-                tokio::time::timeout(write_timeout, raft.client_write(Proposal { commands })).await;
+            let result = tokio::select! {
+                result = tokio::time::timeout(write_timeout, raft.client_write(Proposal { commands })) => result,
+                () = quorum.wait_lost() => {
+                    drop(permit);
+                    for reply in replies {
+                        let _ = reply.send(Err(CoreError::OutcomeUnknown(
+                            "this member lost its quorum while the write waited to commit; it may or may not be applied".into(),
+                        )));
+                    }
+                    return;
+                }
+            };
             drop(permit);
             match result {
                 Ok(Ok(written)) if written.data.len() == replies.len() => {
