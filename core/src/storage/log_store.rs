@@ -116,6 +116,8 @@ impl Index {
     fn insert(&mut self, slot: Slot) {
         if slot.entry.is_some() {
             self.cached_bytes += slot.bytes;
+            // Keep the eviction cursor at or below every cached entry.
+            self.uncached_below = self.uncached_below.min(slot.log_id.index);
         }
         if let Some(old) = self.slots.insert(slot.log_id.index, slot) {
             self.forget(&old);
