@@ -185,19 +185,32 @@ async fn replicas_converge(cluster: &DockerCluster, agents: &[&str]) -> Vec<Stri
             },
         )
         .await;
-        // Read everything at one revision: stop when two reads agree on it.
-        let keys = client
-            .read(
-                Query::Prefix {
-                    prefix: String::new(),
-                    limit: 10_000,
-                },
-                false,
-            )
-            .await
-            .unwrap();
-        let shards = client.read(Query::Shards, false).await.unwrap();
-        let locks = client.read(Query::Locks, false).await.unwrap();
+        // Read everything at one revision: the three reads are taken again until they
+        // answer at the same revision (a late session expiry may land between them).
+        let (keys, shards, locks) = wait_until(
+            Duration::from_secs(30),
+            &format!("{agent} to answer three reads at one revision"),
+            || {
+                let client = client.clone();
+                async move {
+                    let keys = client
+                        .read(
+                            Query::Prefix {
+                                prefix: String::new(),
+                                limit: 10_000,
+                            },
+                            false,
+                        )
+                        .await
+                        .ok()?;
+                    let shards = client.read(Query::Shards, false).await.ok()?;
+                    let locks = client.read(Query::Locks, false).await.ok()?;
+                    (keys.revision == shards.revision && shards.revision == locks.revision)
+                        .then_some((keys, shards, locks))
+                }
+            },
+        )
+        .await;
         contents.push((
             agent.to_string(),
             revision,
