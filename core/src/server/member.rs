@@ -46,6 +46,8 @@ pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONNECTIONS_MAX: usize = 16_384;
 /// Interval between probes while forming the cluster.
 const PROBE_INTERVAL: Duration = Duration::from_millis(300);
+/// How often the member looks whether Raft stopped on a fatal error.
+const FATAL_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why a member could not start. Nothing was changed on disk beyond creating the data
 /// directory.
@@ -183,13 +185,17 @@ impl CoreMember {
         self: &Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), FatalError> {
-        let mut metrics = self.raft.metrics();
+        // Raft's metrics change on every append, commit and apply; waking on each change
+        // would cost a thread switch per write, so the running state is polled instead.
+        let metrics = self.raft.metrics();
         let fatal = async {
+            let mut poll = tokio::time::interval(FATAL_POLL_INTERVAL);
             loop {
+                poll.tick().await;
                 if let Err(fatal) = &metrics.borrow().running_state {
                     return fatal.to_string();
                 }
-                if metrics.changed().await.is_err() {
+                if metrics.has_changed().is_err() {
                     return "raft stopped".to_string();
                 }
             }
