@@ -64,9 +64,6 @@ enum WriteOp {
         vote: Vote,
         ack: Ack,
     },
-    SaveCommitted {
-        committed: Option<LogId>,
-    },
     Truncate {
         from: u64,
         ack: Ack,
@@ -180,8 +177,9 @@ struct Inner {
     dir: PathBuf,
     index: Arc<Mutex<Index>>,
     pointers: Mutex<Pointers>,
-    /// The vote and committed pointer as last saved (read back by openraft on start).
-    meta: Mutex<LogMeta>,
+    /// The vote and committed pointer as last saved (read back by openraft on start). The
+    /// writer reads the committed pointer from here and writes it with its next batch.
+    meta: Arc<Mutex<LogMeta>>,
     writer: mpsc::Sender<WriteOp>,
 }
 
@@ -385,6 +383,7 @@ impl LogStore {
             .find(|(_, slot)| slot.entry.is_some())
             .map_or(replay.last_log_id().map_or(0, |l| l.index + 1), |(&i, _)| i);
         let index = Arc::new(Mutex::new(index));
+        let saved = Arc::new(Mutex::new(replay.meta.clone()));
 
         let next_seq = segments.back().map_or(1, |s| s.seq + 1);
         let mut writer_state = Writer {
@@ -394,6 +393,8 @@ impl LogStore {
             file: None,
             size: 0,
             meta: replay.meta.clone(),
+            saved: saved.clone(),
+            last_index: replay.last_log_id().map(|l| l.index),
             buf: Vec::new(),
             segment_bytes,
         };
@@ -430,7 +431,7 @@ impl LogStore {
                     last_log_id,
                     last_purged,
                 }),
-                meta: Mutex::new(replay.meta),
+                meta: saved,
                 writer,
             }),
         })
@@ -590,8 +591,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not worth a wake-up of the writer on its own: the pointer only spares a restarted
+        // member re-learning its commit index, so it rides with the next batch written.
         self.inner.meta.lock().committed = committed;
-        self.send(WriteOp::SaveCommitted { committed }).await
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -673,6 +676,10 @@ struct Writer {
     size: u64,
     /// The vote and pointers as written so far; a new segment opens with them.
     meta: LogMeta,
+    /// The vote and committed pointer as last saved by openraft.
+    saved: Arc<Mutex<LogMeta>>,
+    /// The last index in the log as written so far.
+    last_index: Option<u64>,
     buf: Vec<u8>,
     segment_bytes: u64,
 }
@@ -709,7 +716,6 @@ impl Writer {
                     | WriteOp::Purge { ack, .. } => {
                         let _ = ack.send(result.clone());
                     }
-                    WriteOp::SaveCommitted { .. } => {}
                 }
             }
         }
@@ -741,37 +747,38 @@ impl Writer {
                         written.push((*log_id, at));
                         self.buf.extend_from_slice(bytes);
                         max_index = Some(log_id.index);
+                        self.last_index = Some(log_id.index);
                     }
                 }
                 WriteOp::SaveVote { vote, .. } => {
                     Record::Vote(*vote).encode_into(&mut self.buf);
                     self.meta.vote = Some(*vote);
                 }
-                WriteOp::SaveCommitted { committed } => {
-                    Record::Committed(*committed).encode_into(&mut self.buf);
-                    self.meta.committed = *committed;
-                }
                 WriteOp::Truncate { from, .. } => {
                     Record::Truncate { from: *from }.encode_into(&mut self.buf);
+                    self.last_index = from.checked_sub(1);
                 }
                 WriteOp::Purge { log_id, .. } => {
                     Record::Purge(*log_id).encode_into(&mut self.buf);
                     self.meta.purged = Some(*log_id);
+                    self.last_index = self.last_index.max(Some(log_id.index));
                     purged = true;
                 }
             }
         }
+        // The committed pointer goes after the entries it covers: one openraft saved before
+        // its entries reached this batch waits for a later one.
+        let committed = self.saved.lock().committed;
+        if committed != self.meta.committed
+            && committed.is_some_and(|c| self.last_index.is_some_and(|last| c.index <= last))
+        {
+            Record::Committed(committed).encode_into(&mut self.buf);
+            self.meta.committed = committed;
+        }
         let file = self.file.as_mut().expect("a segment is open while writing");
         file.write_all(&self.buf)?;
         self.size += self.buf.len() as u64;
-        // A batch holding nothing but the committed pointer need not be flushed on its own:
-        // the pointer is an optimisation, made durable by the next flushed batch.
-        let only_committed = batch
-            .iter()
-            .all(|op| matches!(op, WriteOp::SaveCommitted { .. }));
-        if !only_committed {
-            file.sync_data()?;
-        }
+        file.sync_data()?;
         if let (Some(index), Some(current)) = (max_index, self.segments.back_mut()) {
             current.max_index = Some(current.max_index.map_or(index, |m| m.max(index)));
         }
