@@ -51,6 +51,11 @@ use crate::storage::RaftLogReader;
 use crate::storage::RaftLogStorage;
 use crate::storage::Snapshot;
 use crate::type_config::alias::InstantOf;
+
+/// Longest a new commit index waits for entries to ride with before it is sent to a
+/// target in a heartbeat of its own. Under steady writes the next entries carry it, which
+/// spares each follower an extra round trip per commit.
+pub(crate) const COMMIT_SEND_DELAY: Duration = Duration::from_millis(1);
 use crate::type_config::alias::JoinHandleOf;
 use crate::type_config::alias::LogIdOf;
 use crate::type_config::TypeConfigExt;
@@ -136,6 +141,9 @@ where
     /// The log id of the highest log entry which is known to be committed in the cluster.
     committed: Option<LogId<C::NodeId>>,
 
+    /// The `committed` carried by the last AppendEntries sent to the target.
+    committed_sent: Option<LogId<C::NodeId>>,
+
     /// Last matching log id on a follower/learner
     matching: Option<LogId<C::NodeId>>,
 
@@ -192,6 +200,7 @@ where
             snapshot_reader,
             config,
             committed,
+            committed_sent: None,
             matching,
             tx_raft_core,
             rx_event,
@@ -443,6 +452,7 @@ where
             leader_commit: self.committed.clone(),
             entries: logs,
         };
+        self.committed_sent = self.committed.clone();
 
         // Send the payload.
         tracing::debug!(
@@ -629,9 +639,24 @@ where
 
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
-        if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+        //
+        // A commit index the target has not been sent yet goes out with the next entries if
+        // they come within `COMMIT_SEND_DELAY`, and in a heartbeat of its own otherwise.
+        let mut commit_deadline = None;
+        while self.next_action.is_none() {
+            let event = if self.committed > self.committed_sent {
+                let deadline = *commit_deadline.get_or_insert_with(|| C::now() + COMMIT_SEND_DELAY);
+                select! {
+                    _ = C::sleep_until(deadline) => {
+                        self.next_action = Some(Data::new_heartbeat());
+                        break;
+                    }
+                    event = self.rx_event.recv() => event,
+                }
+            } else {
+                self.rx_event.recv().await
+            };
+            let event = event.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
             self.process_event(event);
         }
 
@@ -678,11 +703,7 @@ where
                 );
 
                 self.committed = c;
-
-                // If there is no action, fill in an heartbeat action to send committed index.
-                if self.next_action.is_none() {
-                    self.next_action = Some(Data::new_heartbeat());
-                }
+                // `drain_events` sends it, with the next entries or after `COMMIT_SEND_DELAY`.
             }
             Replicate::Heartbeat => {
                 // Never overwrite action with payload.
