@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// Every role allocates per packet, per request and per log entry; glibc's allocator spent
+/// about a tenth of a loaded member's CPU on it, mimalloc a small part of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = match corral_agent::cli::config_file::expand(std::env::args_os().collect()) {
         Ok(args) => args,
