@@ -46,6 +46,9 @@ const CORE_SILENT_AFTER: Duration = Duration::from_secs(3);
 /// How long that probe may take before the write is refused.
 const CORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a write that needs the agent's node session waits for it after the agent starts.
+const NODE_SESSION_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a consistent read waits for the replica to reach the read index.
 const CONSISTENT_READ_WAIT: Duration = Duration::from_secs(5);
 
@@ -342,8 +345,18 @@ impl Connection {
 
     /// The session a request binding resolves to, opening the client session if needed.
     async fn session_for(&self, binding: Binding) -> Result<Option<SessionId>, ApiError> {
-        let node = (*self.context.node_session.borrow())
-            .ok_or_else(|| ApiError::Unavailable("this agent has no node session yet".into()))?;
+        // An agent opens its node session with the core right after it starts, so an app
+        // started with it waits a moment here rather than failing its first write.
+        let mut sessions = self.context.node_session.clone();
+        let waited = tokio::time::timeout(NODE_SESSION_WAIT, sessions.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|found| found.ok().and_then(|node| *node));
+        let node = waited.ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "this agent has no node session yet (waited {NODE_SESSION_WAIT:?}): is the core reachable?"
+            ))
+        })?;
         match binding {
             Binding::None => Ok(None),
             Binding::Node => Ok(Some(node)),
