@@ -55,6 +55,23 @@ pub enum ClientError {
     Transport(#[from] TransportError),
 }
 
+impl ClientError {
+    /// The same error for another request of one batch: a transport error, which cannot be
+    /// copied, becomes the outcome-unknown error it stands for.
+    fn duplicate(&self) -> ClientError {
+        match self {
+            ClientError::Core(e) => ClientError::Core(e.clone()),
+            ClientError::OutcomeUnknown(reason) => ClientError::OutcomeUnknown(reason.clone()),
+            ClientError::Unavailable(reason) => ClientError::Unavailable(reason.clone()),
+            ClientError::Unexpected(reason) => ClientError::Unexpected(reason.clone()),
+            ClientError::Transport(e) if e.is_before_send() => {
+                ClientError::Unavailable(e.to_string())
+            }
+            ClientError::Transport(e) => ClientError::OutcomeUnknown(e.to_string()),
+        }
+    }
+}
+
 pub struct CoreClient {
     transport: Arc<QuicTransport>,
     members: Vec<String>,
@@ -219,6 +236,51 @@ impl CoreClient {
             CoreResponse::Write(response) => Ok(response),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Proposes several commands in one request (at most `WRITE_BATCH_MAX`) and returns
+    /// each one's result, in order. A command the leader refused without proposing it (it
+    /// lost leadership or its quorum), or an idempotent one whose outcome was lost, is sent
+    /// again on its own; a member that does not know batches gets them one by one.
+    pub async fn write_batch(
+        &self,
+        commands: &[Command],
+    ) -> Vec<Result<CommandResponse, ClientError>> {
+        let request = CoreRequest::WriteBatch(commands.to_vec());
+        let repeatable = commands.iter().all(Command::is_idempotent);
+        let results = match self.call_leader(&request, repeatable).await {
+            Ok(CoreResponse::WriteBatch(results)) if results.len() == commands.len() => results,
+            Ok(other) => {
+                let unexpected = format!("{other:?}");
+                return commands
+                    .iter()
+                    .map(|_| Err(ClientError::Unexpected(unexpected.clone())))
+                    .collect();
+            }
+            Err(ClientError::Core(CoreError::BadRequest(_))) => {
+                let mut results = Vec::with_capacity(commands.len());
+                for command in commands {
+                    results.push(self.write(command).await);
+                }
+                return results;
+            }
+            Err(e) => return commands.iter().map(|_| Err(e.duplicate())).collect(),
+        };
+        let mut answers = Vec::with_capacity(commands.len());
+        for (command, result) in commands.iter().zip(results) {
+            answers.push(match result {
+                Ok(response) => Ok(response),
+                Err(CoreError::NotLeader { .. } | CoreError::Unavailable(_)) => {
+                    self.write(command).await
+                }
+                Err(CoreError::OutcomeUnknown(_)) if command.is_idempotent() => {
+                    self.write(command).await
+                }
+                Err(CoreError::OutcomeUnknown(reason)) => Err(ClientError::OutcomeUnknown(reason)),
+                Err(e) => Err(ClientError::Core(e)),
+            });
+        }
+        answers
     }
 
     /// The revision a linearizable read must reflect.

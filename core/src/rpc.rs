@@ -54,7 +54,14 @@ pub enum CoreRequest {
     RemoveVoter {
         id: NodeId,
     },
+    /// Propose several commands, each answered on its own and in order (at most
+    /// `WRITE_BATCH_MAX`). An agent sends the writes of its apps that queue up while
+    /// earlier ones are in flight as one request.
+    WriteBatch(Vec<Command>),
 }
+
+/// Most commands in one `WriteBatch`.
+pub const WRITE_BATCH_MAX: usize = 256;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum CoreResponse {
@@ -84,6 +91,8 @@ pub enum CoreResponse {
     },
     MembershipChanged(CoreStatus),
     Error(CoreError),
+    /// One answer per command of a `WriteBatch`, in its order.
+    WriteBatch(Vec<Result<CommandResponse, CoreError>>),
 }
 
 /// What the core refused, and why. Nothing was written in any case except where a variant

@@ -570,3 +570,90 @@ async fn a_leader_without_a_quorum_refuses_writes_at_once() {
     .await;
     assert!(written.outcome.is_ok(), "{written:?}");
 }
+
+/// A batch of writes is answered command by command, in order, as if each had been sent on
+/// its own: applied ones with rising revisions, refused ones with their own error. A
+/// follower refuses the whole batch with one redirect, and an oversized batch is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_batch_answers_each_command_on_its_own() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    let leader = cluster.wait_for_leader(STARTUP).await;
+    let commands = vec![
+        put("batch/a", b"1"),
+        Command::Put {
+            key: "batch/ephemeral".into(),
+            value: b"x".to_vec(),
+            session: Some(987_654),
+        },
+        put("batch/b", b"2"),
+        put(
+            &"k".repeat(corral_proto::limits::KEY_LEN_MAX + 1),
+            b"too long a key",
+        ),
+    ];
+    let answers = cluster.client().write_batch(&commands).await;
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    let first = answers[0].as_ref().unwrap();
+    assert!(matches!(first.outcome, Ok(Answer::Put(_))), "{first:?}");
+    let refused = answers[1].as_ref().unwrap();
+    assert!(
+        matches!(
+            refused.outcome,
+            Err(corral_proto::CommandError::NoSuchSession { session: 987_654 })
+        ),
+        "{refused:?}"
+    );
+    let third = answers[2].as_ref().unwrap();
+    assert!(matches!(third.outcome, Ok(Answer::Put(_))), "{third:?}");
+    assert!(third.revision > first.revision, "{answers:?}");
+    assert!(
+        matches!(answers[3], Err(ClientError::Core(CoreError::Invalid(_)))),
+        "{:?}",
+        answers[3]
+    );
+    let (_, value) = cluster.client().get("batch/b", true).await.unwrap();
+    assert_eq!(value.unwrap().value, b"2");
+
+    cluster.pki.issue("agent-1");
+    let identity = TlsIdentity::load(&cluster.pki.dir, "agent-1").unwrap();
+    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let follower = cluster
+        .addresses
+        .keys()
+        .copied()
+        .find(|id| *id != leader)
+        .unwrap();
+    let answer: CoreResponse = transport
+        .call(
+            cluster.address(follower),
+            "core",
+            &CoreRequest::WriteBatch(vec![put("batch/c", b"3"), put("batch/d", b"4")]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &answer,
+            CoreResponse::Error(CoreError::NotLeader { leader: Some((id, _)) }) if *id == leader
+        ),
+        "{answer:?}"
+    );
+    let oversized = vec![put("batch/e", b"5"); corral_core::rpc::WRITE_BATCH_MAX + 1];
+    let answer: CoreResponse = transport
+        .call(
+            cluster.address(leader),
+            "core",
+            &CoreRequest::WriteBatch(oversized),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, CoreResponse::Error(CoreError::BadRequest(_))),
+        "{answer:?}"
+    );
+    let (_, value) = cluster.client().get("batch/e", true).await.unwrap();
+    assert!(value.is_none(), "the refused batch wrote {value:?}");
+}

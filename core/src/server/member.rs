@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use corral_proto::frame::{self, FRAME_LEN_MAX};
-use corral_proto::{Command, Revision};
+use corral_proto::{Command, CommandResponse, Revision};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ServerState};
 use quinn::{Connection, RecvStream, SendStream};
@@ -30,7 +30,9 @@ use super::raft_network::Network;
 use super::watch_stream;
 use crate::applied_state::AppliedState;
 use crate::raft_types::{NodeId, Raft};
-use crate::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse, CoreStatus, MemberInfo};
+use crate::rpc::{
+    ALPN_CORE, CoreError, CoreRequest, CoreResponse, CoreStatus, MemberInfo, WRITE_BATCH_MAX,
+};
 use crate::storage::{LogStore, SnapshotFileError, StateStore};
 use crate::transport::certificate_authority::{ADMIN_NAME, core_member_name};
 use crate::transport::tls::peer_has_name;
@@ -435,6 +437,7 @@ impl CoreMember {
                 CoreResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
             CoreRequest::Write(command) => self.write(command).await,
+            CoreRequest::WriteBatch(commands) => self.write_batch(commands).await,
             CoreRequest::ReadIndex => match self.read_index().await {
                 Ok(revision) => CoreResponse::ReadIndex { revision },
                 Err(e) => CoreResponse::Error(e),
@@ -502,6 +505,40 @@ impl CoreMember {
         match self.proposer.propose(command).await {
             Ok(response) => CoreResponse::Write(response),
             Err(e) => CoreResponse::Error(e),
+        }
+    }
+
+    /// Proposes every command of a batch; the proposer puts those that arrive together in
+    /// one log entry. A member that refuses them all alike for want of leadership or of a
+    /// quorum answers with that one error, so that the client follows it as for one write.
+    async fn write_batch(&self, commands: Vec<Command>) -> CoreResponse {
+        if commands.len() > WRITE_BATCH_MAX {
+            return CoreResponse::Error(CoreError::BadRequest(format!(
+                "a write batch holds at most {WRITE_BATCH_MAX} commands, not {}",
+                commands.len()
+            )));
+        }
+        let results: Vec<Result<CommandResponse, CoreError>> =
+            futures::future::join_all(commands.into_iter().map(|command| async move {
+                match self.write(command).await {
+                    CoreResponse::Write(response) => Ok(response),
+                    CoreResponse::Error(e) => Err(e),
+                    other => Err(CoreError::Unavailable(format!(
+                        "unexpected answer to a write: {other:?}"
+                    ))),
+                }
+            }))
+            .await;
+        let refused_alike = match results.first() {
+            Some(Err(first @ (CoreError::NotLeader { .. } | CoreError::Unavailable(_)))) => results
+                .iter()
+                .all(|r| r.as_ref().err() == Some(first))
+                .then(|| first.clone()),
+            _ => None,
+        };
+        match refused_alike {
+            Some(error) => CoreResponse::Error(error),
+            None => CoreResponse::WriteBatch(results),
         }
     }
 
