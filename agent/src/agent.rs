@@ -24,6 +24,7 @@ use corral_core::transport::{QuicTransport, TlsIdentity};
 use corral_proto::SessionId;
 use tokio::sync::watch;
 
+use crate::api::core_writes::CoreWrites;
 use crate::gossip::{self, GossipConfig, GossipHandle, GossipTransport, NodeIdentity};
 use crate::metrics::AgentMetrics;
 use crate::replica::SharedReplica;
@@ -34,6 +35,8 @@ use crate::sessions::{death_reports, node_session};
 pub struct AgentContext {
     pub name: String,
     pub core: Arc<CoreClient>,
+    /// Writes from app connections, batched on their way to the core.
+    pub writes: CoreWrites,
     pub replica: Arc<SharedReplica>,
     pub gossip: GossipHandle,
     pub node_session: watch::Receiver<Option<SessionId>>,
@@ -151,6 +154,7 @@ impl Agent {
         let context = Arc::new(AgentContext {
             name: config.name.clone(),
             core: core.clone(),
+            writes: CoreWrites::start(core.clone()),
             replica: replica.clone(),
             gossip: gossip.clone(),
             node_session: session_receiver,

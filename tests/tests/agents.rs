@@ -3,7 +3,7 @@
 //! across a core leader kill, read-your-writes, and refusal of bad socket frames and of
 //! gossip from peers without a matching certificate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -687,4 +687,45 @@ async fn the_shard_map_follows_failover_and_goes_stale_with_its_agent() {
     fleet.signal_agent("a1", Signal::SIGCONT);
     assert!(stale > 3000, "refused at {stale} ms old");
     drop(on_a3);
+}
+
+/// Many apps writing through one agent at once: their writes travel to the core in
+/// batches, yet every app gets its own answer, every write lands once, and each revision
+/// belongs to exactly one write.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writes_through_one_agent_each_get_their_own_answer() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 1).await;
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        clients.push(fleet.client("a1").await);
+    }
+    let writers = clients.into_iter().enumerate().map(|(i, client)| {
+        tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            for round in 0..20 {
+                let value = format!("{i}/{round}");
+                revisions.push(
+                    client
+                        .put(&format!("batch/{i}"), value.as_bytes())
+                        .await
+                        .unwrap(),
+                );
+            }
+            (i, revisions)
+        })
+    });
+    let mut all = BTreeSet::new();
+    let reader = fleet.client("a1").await;
+    for writer in writers {
+        let (i, revisions) = writer.await.unwrap();
+        assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
+        for revision in revisions {
+            assert!(all.insert(revision), "revision {revision} answered twice");
+        }
+        let value = reader.get(&format!("batch/{i}")).await.unwrap().unwrap();
+        assert_eq!(value.value, format!("{i}/19").into_bytes());
+        assert_eq!(value.version, 20);
+    }
+    assert_eq!(all.len(), 32 * 20);
 }

@@ -434,8 +434,8 @@ impl Connection {
         command.validate()?;
         let response = self
             .context
-            .core
-            .write(&command)
+            .writes
+            .write(command.clone())
             .await
             .map_err(core_error)?;
         let revision = response.revision;

@@ -1,0 +1,125 @@
+//! The writes of every app connection on their way to the core, batched.
+//!
+//! ```text
+//!  connection ─┐
+//!  connection ─┼─► queue ─► batcher ─► one write alone, or a WriteBatch ─► core leader
+//!  connection ─┘               (at most WRITES_IN_FLIGHT_MAX requests at once)
+//! ```
+//!
+//! Each request to the core costs both ends a QUIC stream, its packets and a task. A lone
+//! write goes out at once, as a write of its own; writes that arrive while earlier ones are
+//! in flight wait for the next free slot and go out together in one request, which the
+//! leader's proposer puts in one log entry. Each write still gets its own answer.
+
+use std::sync::Arc;
+
+use corral_core::client::{ClientError, CoreClient};
+use corral_core::rpc::WRITE_BATCH_MAX;
+use corral_proto::{Command, CommandResponse};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Requests to the core in flight at once from one agent.
+pub const WRITES_IN_FLIGHT_MAX: usize = 2;
+/// Writes waiting for a slot; a connection's write waits for room beyond this.
+const QUEUE_MAX: usize = 4096;
+/// Most encoded bytes of commands in one batch (one command may exceed it alone), well
+/// under the frame limit.
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
+
+type Answer = Result<CommandResponse, ClientError>;
+
+struct Pending {
+    command: Command,
+    len: usize,
+    reply: oneshot::Sender<Answer>,
+}
+
+impl Pending {
+    /// Closing a session answers with every session it ended, which may be many: it goes
+    /// alone, so that no batch's answer outgrows a frame.
+    fn goes_alone(&self) -> bool {
+        matches!(self.command, Command::CloseSession { .. })
+    }
+}
+
+/// The agent's door to the core for writes; clones share one queue.
+#[derive(Clone, Debug)]
+pub struct CoreWrites {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl CoreWrites {
+    /// Starts the batcher on the current runtime.
+    pub fn start(core: Arc<CoreClient>) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(run(core, receiver));
+        Self { queue }
+    }
+
+    /// Sends one write to the core and waits for its answer.
+    pub async fn write(&self, command: Command) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let len = postcard::experimental::serialized_size(&command).unwrap_or(0);
+        self.queue
+            .send(Pending {
+                command,
+                len,
+                reply,
+            })
+            .await
+            .map_err(|_| ClientError::Unavailable("the agent is stopping".into()))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(ClientError::OutcomeUnknown(
+                "the agent stopped while the write was in flight".into(),
+            ))
+        })
+    }
+}
+
+async fn run(core: Arc<CoreClient>, mut queue: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
+    let mut carried: Option<Pending> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match queue.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
+        let mut bytes = first.len;
+        let alone = first.goes_alone();
+        let mut batch = vec![first];
+        while !alone && batch.len() < WRITE_BATCH_MAX {
+            match queue.try_recv() {
+                Ok(pending) if !pending.goes_alone() && bytes + pending.len <= BATCH_BYTES_MAX => {
+                    bytes += pending.len;
+                    batch.push(pending);
+                }
+                Ok(pending) => {
+                    carried = Some(pending);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let core = core.clone();
+        tokio::spawn(async move {
+            if let [_] = batch.as_slice() {
+                let Pending { command, reply, .. } = batch.remove(0);
+                let _ = reply.send(core.write(&command).await);
+            } else {
+                let (commands, replies): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+                let answers = core.write_batch(&commands).await;
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
+                }
+            }
+            drop(slot);
+        });
+    }
+}
