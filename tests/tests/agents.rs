@@ -729,3 +729,40 @@ async fn concurrent_writes_through_one_agent_each_get_their_own_answer() {
     }
     assert_eq!(all.len(), 32 * 20);
 }
+
+/// An agent feeds its replica from a follower, leaving the leader to the writes, and stays
+/// there; its own writes are still read back at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_feeds_its_replica_from_a_follower() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 1).await;
+    let client = fleet.client("a1").await;
+    client.put("feed/x", b"1").await.unwrap();
+    let leader = fleet.core.wait_for_leader(Duration::from_secs(20)).await;
+    let leader_address = fleet.core.address(leader).to_string();
+    wait_until(
+        Duration::from_secs(10),
+        "the feed to settle on a follower",
+        || {
+            let client = client.clone();
+            let leader_address = leader_address.clone();
+            async move {
+                let feed = client.status().await.ok()?.feed?;
+                (feed != leader_address).then_some(())
+            }
+        },
+    )
+    .await;
+    for round in 0..10 {
+        let value = format!("{round}");
+        client.put("feed/x", value.as_bytes()).await.unwrap();
+        let read = client.get("feed/x").await.unwrap().unwrap();
+        assert_eq!(read.value, value.as_bytes());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let feed = client.status().await.unwrap().feed;
+    assert!(
+        feed.as_ref().is_some_and(|f| *f != leader_address),
+        "the feed went back to the leader {leader_address}: {feed:?}"
+    );
+}

@@ -9,6 +9,12 @@
 //! A first connection, or a resume below the member's history, starts from a snapshot
 //! (the member decides). The stream moves to another member when its member fails, goes
 //! quiet, or has no leader (it may sit in a minority and hold stale state).
+//!
+//! Agents feed from followers where they can: the leader already sends every write to
+//! every follower and answers every writer, so each stream it also serves costs it one
+//! more packet per commit. A feed passes over the member its core client knows as leader,
+//! and leaves one that became leader, unless a failure brought it there (then it stays
+//! until that stream ends, so that a core whose followers are down is still followed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +34,22 @@ pub const FEED_LEADERLESS: Duration = Duration::from_secs(2);
 
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// A feed leaves a member that became leader once it has followed it this long.
+pub const LEAVE_LEADER_AFTER: Duration = Duration::from_secs(1);
+
+/// A stream that lasted this long before it failed does not count as a recent failure.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// What the feed does after a stream ends.
+enum Next {
+    /// Reconnect to the same member.
+    Same,
+    /// Move to another member, after a pause.
+    Elsewhere,
+    /// The member leads: move to a follower at once.
+    OffTheLeader,
+}
+
 pub async fn run(
     client: Arc<CoreClient>,
     replica: Arc<SharedReplica>,
@@ -39,61 +61,97 @@ pub async fn run(
         return;
     }
     let mut index = rand::random::<u32>() as usize % members.len();
+    // False after a stream failed: the feed then takes members in turn, the leader too.
+    let mut healthy = true;
     loop {
         if *shutdown.borrow() {
             return;
         }
+        let leader = client.leader();
+        if healthy && members.len() > 1 && leader.as_ref() == Some(&members[index % members.len()])
+        {
+            index += 1;
+        }
         let address = members[index % members.len()].clone();
-        let change_member = tokio::select! {
-            change = follow(&client, &replica, &address) => change,
+        let started = Instant::now();
+        let next = tokio::select! {
+            next = follow(&client, &replica, &address, healthy) => next,
             _ = shutdown.changed() => return,
         };
         replica.stream_ended();
         replica.set_feed(None);
-        if change_member {
-            index += 1;
-            tokio::time::sleep(RETRY_PAUSE).await;
+        match next {
+            Next::Same => {}
+            Next::OffTheLeader => {
+                tracing::info!(
+                    member = address,
+                    "replica feed leaves the leader for a follower"
+                );
+                // Any other member, at random, so that agents spread over the followers.
+                index += 1 + rand::random::<u32>() as usize % (members.len() - 1);
+            }
+            Next::Elsewhere => {
+                healthy = started.elapsed() >= HEALTHY_AFTER;
+                index += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
         }
     }
 }
 
-/// Follows one member's stream. Returns true to move to another member, false to
-/// reconnect to the same one (after a gap the member itself is fine).
-async fn follow(client: &CoreClient, replica: &SharedReplica, address: &str) -> bool {
+/// Follows one member's stream until it ends, and says where to go next: to the same
+/// member after a gap the member itself is fine with, elsewhere after a failure, or off
+/// the member once it is known to lead (when `leave_leader`).
+async fn follow(
+    client: &CoreClient,
+    replica: &SharedReplica,
+    address: &str,
+    leave_leader: bool,
+) -> Next {
     let after = replica.read(|r| r.resume_point());
     let mut stream = match client.watch(address, after).await {
         Ok(stream) => stream,
         Err(e) => {
             tracing::debug!(member = address, error = %e, "watch stream not opened");
-            return true;
+            return Next::Elsewhere;
         }
     };
     tracing::info!(member = address, ?after, "replica feed connected");
     replica.set_feed(Some(address.to_string()));
     let mut leader_seen = Instant::now();
+    let connected = Instant::now();
+    let others = client.members().len() > 1;
     loop {
         let item = match tokio::time::timeout(FEED_SILENCE, stream.next()).await {
             Ok(Ok(Some(item))) => item,
             Ok(Ok(None)) => {
                 tracing::info!(member = address, "watch stream ended by the member");
-                return true;
+                return Next::Elsewhere;
             }
             Ok(Err(e)) => {
                 tracing::info!(member = address, error = %e, "watch stream failed");
-                return true;
+                return Next::Elsewhere;
             }
             Err(_) => {
                 tracing::warn!(
                     member = address,
                     "watch stream silent; trying another member"
                 );
-                return true;
+                return Next::Elsewhere;
             }
         };
         let has_leader = match &item {
             WatchItem::Progress { leader, .. } => leader.is_some(),
             _ => true,
         };
+        if leave_leader
+            && others
+            && matches!(item, WatchItem::Progress { .. })
+            && connected.elapsed() >= LEAVE_LEADER_AFTER
+            && client.leader().as_deref() == Some(address)
+        {
+            return Next::OffTheLeader;
+        }
         if has_leader {
             leader_seen = Instant::now();
             replica.heard();
@@ -102,17 +160,17 @@ async fn follow(client: &CoreClient, replica: &SharedReplica, address: &str) -> 
                 member = address,
                 "member has no leader; trying another member"
             );
-            return true;
+            return Next::Elsewhere;
         }
         match replica.handle_item(item) {
             Ok(_) => {}
             Err(e @ (ReplicaError::Gap { .. } | ReplicaError::NoBase(_))) => {
                 tracing::warn!(member = address, error = %e, "replica feed resumes");
-                return false;
+                return Next::Same;
             }
             Err(e) => {
                 tracing::error!(member = address, error = %e, "replica feed refused an item");
-                return true;
+                return Next::Elsewhere;
             }
         }
     }
