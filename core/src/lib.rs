@@ -13,11 +13,13 @@
 //! - `storage`: the durable Raft log and vote (segment files of checksummed records) and
 //!   snapshot files;
 //! - `transport`: QUIC with mutual TLS under the cluster CA, and the RPC framing;
-//! - `server`: the member process: Raft, client requests, watch streams.
+//! - `server`: the member process: Raft, client requests, watch streams;
+//! - [`batching`]: queued work taken in bounded batches (the proposer, agents' writes).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod applied_state;
+pub mod batching;
 pub mod client;
 pub mod raft_types;
 pub mod rpc;

@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use corral_core::batching::{BatchQueue, Batchable};
 use corral_core::client::{ClientError, CoreClient};
 use corral_core::rpc::WRITE_BATCH_MAX;
 use corral_proto::{Command, CommandResponse};
@@ -34,7 +35,11 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
 }
 
-impl Pending {
+impl Batchable for Pending {
+    fn bytes(&self) -> usize {
+        self.len
+    }
+
     /// Closing a session answers with every session it ended, which may be many: it goes
     /// alone, so that no batch's answer outgrows a frame.
     fn goes_alone(&self) -> bool {
@@ -76,36 +81,16 @@ impl CoreWrites {
     }
 }
 
-async fn run(core: Arc<CoreClient>, mut queue: mpsc::Receiver<Pending>) {
+async fn run(core: Arc<CoreClient>, queue: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
-    let mut carried: Option<Pending> = None;
+    let mut queue = BatchQueue::new(queue);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => match queue.recv().await {
-                Some(pending) => pending,
-                None => return,
-            },
+        let Some(mut batch) = queue.next_batch(WRITE_BATCH_MAX, BATCH_BYTES_MAX).await else {
+            return;
         };
-        let mut bytes = first.len;
-        let alone = first.goes_alone();
-        let mut batch = vec![first];
-        while !alone && batch.len() < WRITE_BATCH_MAX {
-            match queue.try_recv() {
-                Ok(pending) if !pending.goes_alone() && bytes + pending.len <= BATCH_BYTES_MAX => {
-                    bytes += pending.len;
-                    batch.push(pending);
-                }
-                Ok(pending) => {
-                    carried = Some(pending);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
         let core = core.clone();
         tokio::spawn(async move {
             if let [_] = batch.as_slice() {

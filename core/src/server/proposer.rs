@@ -20,6 +20,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::quorum_watch::{QuorumWatch, quorum_lost};
+use crate::batching::{BatchQueue, Batchable};
 use crate::raft_types::{NodeId, Proposal, Raft};
 use crate::rpc::CoreError;
 
@@ -36,6 +37,12 @@ struct Pending {
     command: Command,
     len: usize,
     reply: oneshot::Sender<Result<CommandResponse, CoreError>>,
+}
+
+impl Batchable for Pending {
+    fn bytes(&self) -> usize {
+        self.len
+    }
 }
 
 /// Where the proposer finds the leader's address for a `NotLeader` answer.
@@ -80,39 +87,23 @@ impl Proposer {
 
 async fn run(
     raft: Raft,
-    mut queue: mpsc::Receiver<Pending>,
+    queue: mpsc::Receiver<Pending>,
     write_timeout: Duration,
     leader_hint: LeaderHint,
     quorum: QuorumWatch,
 ) {
     let permits = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
-    let mut carried: Option<Pending> = None;
+    let mut queue = BatchQueue::new(queue);
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => match queue.recv().await {
-                Some(pending) => pending,
-                None => return,
-            },
+        let Some(batch) = queue
+            .next_batch(PROPOSAL_COMMANDS_MAX, PROPOSAL_BYTES_MAX)
+            .await
+        else {
+            return;
         };
-        let mut bytes = first.len;
-        let mut batch = vec![first];
-        while batch.len() < PROPOSAL_COMMANDS_MAX {
-            match queue.try_recv() {
-                Ok(pending) if bytes + pending.len <= PROPOSAL_BYTES_MAX => {
-                    bytes += pending.len;
-                    batch.push(pending);
-                }
-                Ok(pending) => {
-                    carried = Some(pending);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
         if let Some(silent) = quorum.lost_for() {
             // Queued while the leader was losing its quorum: refused, nothing proposed.
             for pending in batch {
