@@ -223,6 +223,17 @@ async fn the_watch_stream_resumes_from_a_revision() {
     let fleet = Fleet::start(root.path(), 2).await;
     let gw1 = gateway_of(&fleet, "a1").await;
     let gw2 = gateway_of(&fleet, "a2").await;
+    // a2's replica must hold a base before the writes, or they come to it inside that
+    // base and a watch from before it rightly starts with a reset.
+    let a2 = fleet.client("a2").await;
+    wait_until(Duration::from_secs(10), "a2's replica to be fed", || {
+        let a2 = a2.clone();
+        async move {
+            let status = a2.status().await.ok()?;
+            (status.feed.is_some() && status.revision > 0).then_some(())
+        }
+    })
+    .await;
     let mut revisions = Vec::new();
     for i in 1..=3 {
         let put = http::request(
