@@ -3,7 +3,9 @@
 use clap::Parser;
 
 /// Every role allocates per packet, per request and per log entry; glibc's allocator spent
-/// about a tenth of a loaded member's CPU on it, mimalloc a small part of that.
+/// about a tenth of a loaded member's CPU on it, mimalloc a small part of that. Built
+/// without transparent huge pages (`no_thp`): with them an idle agent held 63 MiB
+/// resident instead of 42.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
