@@ -2,7 +2,7 @@
 //! persist survives closing and reopening.
 
 use corral_core::raft_types::{StorageError, TypeConfig};
-use corral_core::storage::{LOG_CACHE_BYTES, LogStore, SEGMENT_BYTES, StateStore};
+use corral_core::storage::{LOG_CACHE_BYTES, LogStore, SEGMENT_BYTES, StateStore, wal};
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
@@ -153,8 +153,16 @@ async fn segments_roll_over_and_purged_ones_are_deleted() {
     assert_eq!(indexes(&mut store).await, (401..=500).collect::<Vec<_>>());
 }
 
-/// A record cut short by a crash is cut off on opening and the log goes on after it;
-/// damage in the middle of a segment stops the store with an error naming the file.
+/// Where the data of a segment ends (the preallocated zeroes begin).
+fn data_end(segment: &std::path::Path) -> usize {
+    let decoded = wal::decode_segment(&std::fs::read(segment).unwrap()).unwrap();
+    assert!(!decoded.torn);
+    decoded.valid_len
+}
+
+/// A batch cut short by a crash is cut off on opening and the log goes on after it, in
+/// space that reads as zeroes again; damage in the middle of a segment stops the store
+/// with an error naming the file.
 #[tokio::test]
 async fn a_torn_end_is_cut_off_and_damage_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,9 +173,15 @@ async fn a_torn_end_is_cut_off_and_damage_is_refused() {
     }
     let segment = segment_files(&path).pop().unwrap();
     let whole = std::fs::read(&segment).unwrap();
-    // Half of a record's frame, as a crash in the middle of a write leaves it.
+    assert_eq!(
+        whole.len() as u64,
+        SEGMENT_BYTES,
+        "the segment is preallocated"
+    );
+    let end = data_end(&segment);
+    // Half of a batch's frame, as a crash in the middle of a write leaves it.
     let mut torn = whole.clone();
-    torn.extend_from_slice(&[120, 0, 0, 0, 1, 2, 3, 4, 5, 6]);
+    torn[end..end + 10].copy_from_slice(&[120, 0, 0, 0, 1, 2, 3, 4, 5, 6]);
     std::fs::write(&segment, &torn).unwrap();
     {
         let mut store = LogStore::open(&path).unwrap();
@@ -180,13 +194,97 @@ async fn a_torn_end_is_cut_off_and_damage_is_refused() {
     drop(store);
 
     let mut damaged = std::fs::read(&segment).unwrap();
-    let middle = damaged.len() / 2;
-    damaged[middle] ^= 0x5a;
+    // Inside the batch of entries 1..=20, which the batch of 21..=25 follows.
+    damaged[end / 2] ^= 0x5a;
     std::fs::write(&segment, &damaged).unwrap();
     let error = LogStore::open(&path).unwrap_err().to_string();
     assert!(
         error.contains("corrupt") && error.contains(&*segment.to_string_lossy()),
         "the error names the damaged segment: {error}"
+    );
+}
+
+/// A crash can leave part of the last batch on disk and lose another part, so that whole
+/// records follow a broken one in the middle of the batch. The batch was never
+/// acknowledged: it is cut off as a torn end, not refused as damage, and the log goes on.
+#[tokio::test]
+async fn a_batch_torn_in_its_middle_is_a_torn_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    {
+        let mut store = LogStore::open(&path).unwrap();
+        store.blocking_append(entries(1..=10)).await.unwrap();
+        store.blocking_append(entries(11..=40)).await.unwrap();
+    }
+    let segment = segment_files(&path).pop().unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    let decoded = wal::decode_segment(&bytes).unwrap();
+    let record_of = |index: u64| {
+        decoded
+            .records
+            .iter()
+            .find(|r| matches!(&r.record, wal::Record::Entry(e) if e.log_id.index == index))
+            .unwrap()
+    };
+    // Bytes in the middle of entry 20's record never reached the disk; its frame header
+    // and the 20 records after it did.
+    let broken = record_of(20);
+    let mut torn = bytes.clone();
+    let lost = broken.offset + broken.len / 2;
+    torn[lost..lost + 16].fill(0);
+    std::fs::write(&segment, &torn).unwrap();
+    {
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(indexes(&mut store).await, (1..=10).collect::<Vec<_>>());
+        store.blocking_append(entries(11..=12)).await.unwrap();
+    }
+    let mut store = LogStore::open(&path).unwrap();
+    assert_eq!(indexes(&mut store).await, (1..=12).collect::<Vec<_>>());
+}
+
+/// A segment written record by record, as earlier versions did, is read; the log goes on
+/// in a new segment of the batched format, and both read back after reopening.
+#[tokio::test]
+async fn a_segment_of_the_earlier_format_is_read_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    std::fs::create_dir_all(&path).unwrap();
+    let mut old = Vec::new();
+    wal::Record::Meta(wal::LogMeta {
+        vote: Some(Vote::new_committed(2, 1)),
+        ..wal::LogMeta::default()
+    })
+    .encode_into(&mut old);
+    for entry in entries(1..=15) {
+        old.extend(wal::encode_entry(&entry));
+    }
+    wal::Record::Committed(Some(log_id(12))).encode_into(&mut old);
+    let old_segment = path.join(format!("{:016x}.wal", 1));
+    std::fs::write(&old_segment, &old).unwrap();
+    {
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(
+            store.read_vote().await.unwrap(),
+            Some(Vote::new_committed(2, 1))
+        );
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(12)));
+        assert_eq!(indexes(&mut store).await, (1..=15).collect::<Vec<_>>());
+        store.blocking_append(entries(16..=20)).await.unwrap();
+    }
+    assert_eq!(
+        std::fs::read(&old_segment).unwrap(),
+        old,
+        "the old segment is left as it was"
+    );
+    let segments = segment_files(&path);
+    assert_eq!(segments.len(), 2);
+    let new = std::fs::read(&segments[1]).unwrap();
+    assert!(new.starts_with(&wal::SEGMENT_MAGIC));
+    let mut store = LogStore::open(&path).unwrap();
+    assert_eq!(indexes(&mut store).await, (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        store.read_vote().await.unwrap(),
+        Some(Vote::new_committed(2, 1))
     );
 }
 

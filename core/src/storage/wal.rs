@@ -1,22 +1,34 @@
 //! The Raft log's format on disk, and the replay that rebuilds the log from it. No I/O.
 //!
 //! ```text
-//!  log/0000000000000001.wal   [Meta][Entry][Entry][Vote][Entry][Committed]...
-//!  log/0000000000000002.wal   [Meta][Entry][Truncate][Entry][Purge]...
+//!  log/0000000000000001.wal   MAGIC [Meta][Entry Entry Vote][Entry Committed] 0 0 0 ... 0
+//!  log/0000000000000002.wal   MAGIC [Meta][Entry Truncate Entry][Purge]       0 0 0 ... 0
 //!
-//!  record = len: u32 LE | crc32(body): u32 LE | body (postcard of `Record`)
+//!  segment = MAGIC (8 bytes) | batch | batch | ... | zeroes up to the preallocated size
+//!  batch   = len: u32 LE | crc32(body): u32 LE | body (records)
+//!  record  = len: u32 LE | crc32(body): u32 LE | body (postcard of `Record`)
 //! ```
 //!
-//! A segment is a sequence of records appended in the order they were written. Every
-//! segment opens with a `Meta` record holding the vote, the committed pointer and the
-//! purge pointer as they stood when it was created, so an old segment whose entries are
-//! all purged can be deleted without losing them. Replaying every segment in order, each
-//! record applied on top of the last, gives back the log, vote and pointers.
+//! A segment is a sequence of batches, each the records of one write and one flush, in
+//! the order they were written. Every segment opens with a batch holding only a `Meta`
+//! record: the vote, the committed pointer and the purge pointer as they stood when it was
+//! created, so an old segment whose entries are all purged can be deleted without losing
+//! them. Replaying every segment in order, each record applied on top of the last, gives
+//! back the log, vote and pointers.
 //!
-//! Only the end of the last segment can be torn by a crash (a batch is written and
-//! flushed before the next one starts, and a segment is flushed before the next segment
-//! is created). [`decode_segment`] tells a torn end, which the store cuts off, from damage
-//! in the middle, which stops the member.
+//! Segments are preallocated (their space reserved, reading as zeroes) so that a flush
+//! writes data into space the file already has, without the file-system journal commit
+//! that growing a file costs. The data ends where the zeroes begin.
+//!
+//! Only the last batch can be torn by a crash (a batch is written and flushed before the
+//! next one starts, and a segment is flushed before the next segment is created). Its
+//! checksum covers the whole batch, so a batch is either all there or not at all, even
+//! when the disk kept a later page of it and lost an earlier one. [`decode_segment`] tells
+//! a torn end, which the store cuts off, from damage in the middle, which stops the member.
+//!
+//! Segments written by earlier versions hold records one after the other with no batch
+//! frames and no magic; they are still read (the first four bytes of such a segment are a
+//! record length of at most [`RECORD_LEN_MAX`], which the magic's are not).
 
 use std::collections::BTreeMap;
 
@@ -27,8 +39,19 @@ use crate::raft_types::{Entry, LogId, Vote};
 
 /// The largest record accepted when reading; a length above it is damage, not a record.
 pub const RECORD_LEN_MAX: usize = 64 << 20;
-/// Bytes of framing before each record's body: its length and its CRC.
+/// Bytes of framing before each record's or batch's body: its length and its CRC.
 pub const FRAME_HEADER_LEN: usize = 8;
+/// The first bytes of a segment written in batches.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"CRLWAL\x02\n";
+
+/// How a segment's records are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentFormat {
+    /// [`SEGMENT_MAGIC`], then batches, then zeroes.
+    Batches,
+    /// Records one after the other, as earlier versions wrote them.
+    Records,
+}
 
 /// The vote and pointers that every segment's first record carries.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,15 +115,50 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     out
 }
 
+/// Starts a batch at the end of `out` by reserving its frame header; returns where it
+/// starts. Records encoded into `out` after it belong to the batch until [`seal_batch`].
+pub fn begin_batch(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    start
+}
+
+/// Writes the length and checksum of the batch begun at `start`. Returns false, and
+/// removes the header, when the batch holds no record: an empty batch is never written
+/// (its zero length would read as the end of the segment).
+pub fn seal_batch(out: &mut Vec<u8>, start: usize) -> bool {
+    let body_len = out.len() - start - FRAME_HEADER_LEN;
+    if body_len == 0 {
+        out.truncate(start);
+        return false;
+    }
+    seal_frame(out, start);
+    true
+}
+
+/// Fills in the header of the frame at `start`, whose body runs to the end of `out`.
+fn seal_frame(out: &mut [u8], start: usize) {
+    let body_len = out.len() - start - FRAME_HEADER_LEN;
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER_LEN..]);
+    let len = u32::try_from(body_len).expect("a log record or batch is smaller than 4 GiB");
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The opening bytes of a new segment: the magic and a batch holding its meta record.
+pub fn segment_header(meta: &LogMeta) -> Vec<u8> {
+    let mut out = SEGMENT_MAGIC.to_vec();
+    let start = begin_batch(&mut out);
+    Record::Meta(meta.clone()).encode_into(&mut out);
+    seal_batch(&mut out, start);
+    out
+}
+
 fn frame_into(record: &RecordRef<'_>, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
     *out = postcard::to_extend(record, std::mem::take(out)).expect("a log record always encodes");
-    let body_len = out.len() - start - FRAME_HEADER_LEN;
-    let crc = crc32fast::hash(&out[start + FRAME_HEADER_LEN..]);
-    let len = u32::try_from(body_len).expect("a log record is smaller than 4 GiB");
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    seal_frame(out, start);
 }
 
 /// A record read back, with where its frame lies in the segment.
@@ -115,10 +173,12 @@ pub struct DecodedRecord {
 /// A segment's records and how it ends.
 #[derive(Debug)]
 pub struct DecodedSegment {
+    pub format: SegmentFormat,
     pub records: Vec<DecodedRecord>,
-    /// The bytes that hold whole, checked records; a torn end starts here.
+    /// The bytes that hold whole, checked records (and batches); a torn end starts here.
     pub valid_len: usize,
-    /// Whether bytes after `valid_len` were cut short or unreadable.
+    /// Whether bytes after `valid_len` were cut short or unreadable (not just the zeroes
+    /// of a preallocated segment).
     pub torn: bool,
 }
 
@@ -168,21 +228,46 @@ pub fn decode_entry_frame(frame: &[u8]) -> Result<Entry, WalError> {
     }
 }
 
-/// Decodes a segment's bytes. A bad frame is a torn end when nothing readable follows it,
-/// and damage when a whole record follows right after it.
+/// Whether the bad frame at `offset` is damage rather than a torn end: its header holds a
+/// plausible length and a whole frame follows right after it.
+fn damage_at(bytes: &[u8], offset: usize) -> Result<(), WalError> {
+    if let Some(header) = bytes.get(offset..offset + FRAME_HEADER_LEN) {
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let next = offset.saturating_add(FRAME_HEADER_LEN).saturating_add(len);
+        if len > 0 && len <= RECORD_LEN_MAX && frame_at(bytes, next).is_some() {
+            return Err(WalError::Damaged { offset });
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a segment's bytes, in either format. A bad frame is a torn end when nothing
+/// readable follows it, and damage when a whole frame follows right after it.
 pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, WalError> {
+    let decoded = if bytes.starts_with(&SEGMENT_MAGIC) {
+        decode_batches(bytes)?
+    } else {
+        decode_records(bytes)?
+    };
+    if decoded
+        .records
+        .first()
+        .is_some_and(|first| !matches!(first.record, Record::Meta(_)))
+    {
+        return Err(WalError::NoMeta);
+    }
+    Ok(decoded)
+}
+
+/// Records one after the other: a batch's body, or a whole segment of the earlier format.
+fn decode_records(bytes: &[u8]) -> Result<DecodedSegment, WalError> {
     let mut records = Vec::new();
     let mut offset = 0;
     while offset < bytes.len() {
         let Some(body) = frame_at(bytes, offset) else {
-            if let Some(header) = bytes.get(offset..offset + FRAME_HEADER_LEN) {
-                let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-                let next = offset.saturating_add(FRAME_HEADER_LEN).saturating_add(len);
-                if len > 0 && len <= RECORD_LEN_MAX && frame_at(bytes, next).is_some() {
-                    return Err(WalError::Damaged { offset });
-                }
-            }
+            damage_at(bytes, offset)?;
             return Ok(DecodedSegment {
+                format: SegmentFormat::Records,
                 records,
                 valid_len: offset,
                 torn: true,
@@ -192,9 +277,6 @@ pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, WalError> {
             offset,
             reason: e.to_string(),
         })?;
-        if offset == 0 && !matches!(record, Record::Meta(_)) {
-            return Err(WalError::NoMeta);
-        }
         let len = FRAME_HEADER_LEN + body.len();
         records.push(DecodedRecord {
             offset,
@@ -204,10 +286,55 @@ pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, WalError> {
         offset += len;
     }
     Ok(DecodedSegment {
+        format: SegmentFormat::Records,
         records,
         valid_len: offset,
         torn: false,
     })
+}
+
+/// The magic, then checked batches, then zeroes. Bytes other than zeroes after the last
+/// whole batch are a torn end.
+fn decode_batches(bytes: &[u8]) -> Result<DecodedSegment, WalError> {
+    let mut records = Vec::new();
+    let mut offset = SEGMENT_MAGIC.len();
+    loop {
+        let Some(body) = frame_at(bytes, offset) else {
+            let torn = bytes[offset..].iter().any(|&b| b != 0);
+            if torn {
+                damage_at(bytes, offset)?;
+            }
+            return Ok(DecodedSegment {
+                format: SegmentFormat::Batches,
+                records,
+                valid_len: offset,
+                torn,
+            });
+        };
+        let body_at = offset + FRAME_HEADER_LEN;
+        let batch = decode_records(body).map_err(|e| match e {
+            WalError::Damaged { offset } => WalError::Damaged {
+                offset: body_at + offset,
+            },
+            WalError::Undecodable { offset, reason } => WalError::Undecodable {
+                offset: body_at + offset,
+                reason,
+            },
+            other => other,
+        })?;
+        if batch.torn {
+            // The batch's checksum holds, yet a record inside it does not.
+            return Err(WalError::Undecodable {
+                offset: body_at + batch.valid_len,
+                reason: "a checked batch holds a broken record".into(),
+            });
+        }
+        records.extend(batch.records.into_iter().map(|r| DecodedRecord {
+            offset: body_at + r.offset,
+            ..r
+        }));
+        offset = body_at + body.len();
+    }
 }
 
 /// The log rebuilt from records, applied in the order they were written; each entry is
@@ -438,7 +565,112 @@ mod tests {
         assert_eq!(decoded.records.len(), 2);
     }
 
+    /// A batched segment: magic, the meta batch, one batch per write, preallocated zeroes.
+    fn batched(batches: &[Vec<Record>], zeros: usize) -> (Vec<u8>, Vec<usize>) {
+        let mut out = segment_header(&LogMeta::default());
+        let mut ends = vec![out.len()];
+        for batch in batches {
+            let start = begin_batch(&mut out);
+            for r in batch {
+                r.encode_into(&mut out);
+            }
+            assert!(seal_batch(&mut out, start));
+            ends.push(out.len());
+        }
+        out.extend(std::iter::repeat_n(0u8, zeros));
+        (out, ends)
+    }
+
+    fn entry_batches(count: u64, per_batch: u64) -> Vec<Vec<Record>> {
+        (0..count)
+            .map(|b| {
+                (1..=per_batch)
+                    .map(|i| Record::Entry(entry(1, b * per_batch + i)))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A batched segment reads to where its zeroes begin, which is not a torn end, and each
+    /// entry's offset is where its own frame lies.
+    #[test]
+    fn a_batched_segment_reads_up_to_its_zeroes() {
+        let (bytes, ends) = batched(&entry_batches(3, 4), 4096);
+        let decoded = decode_segment(&bytes).unwrap();
+        assert_eq!(decoded.format, SegmentFormat::Batches);
+        assert!(!decoded.torn);
+        assert_eq!(decoded.valid_len, *ends.last().unwrap());
+        assert_eq!(decoded.records.len(), 13);
+        for (i, r) in decoded.records.iter().skip(1).enumerate() {
+            let e = decode_entry_frame(&bytes[r.offset..r.offset + r.len]).unwrap();
+            assert_eq!(e, entry(1, i as u64 + 1));
+        }
+        // A legacy segment is told apart by its missing magic.
+        let legacy = segment(&[Record::Meta(LogMeta::default())]);
+        assert_eq!(
+            decode_segment(&legacy).unwrap().format,
+            SegmentFormat::Records
+        );
+    }
+
+    /// A batch with no record is not written: its zero length would end the segment.
+    #[test]
+    fn an_empty_batch_is_not_sealed() {
+        let mut out = vec![7u8];
+        let start = begin_batch(&mut out);
+        assert!(!seal_batch(&mut out, start));
+        assert_eq!(out, vec![7u8]);
+    }
+
+    /// A damaged batch followed by a whole one is damage; damage in the last batch, or
+    /// stray bytes among the zeroes, is a torn end.
+    #[test]
+    fn a_damaged_batch_before_another_is_refused() {
+        let (bytes, ends) = batched(&entry_batches(3, 4), 512);
+        let mut middle = bytes.clone();
+        middle[(ends[1] + ends[2]) / 2] ^= 0x10;
+        assert_eq!(
+            decode_segment(&middle).unwrap_err(),
+            WalError::Damaged { offset: ends[1] }
+        );
+        let mut last = bytes.clone();
+        last[(ends[2] + ends[3]) / 2] ^= 0x10;
+        let decoded = decode_segment(&last).unwrap();
+        assert!(decoded.torn);
+        assert_eq!(decoded.valid_len, ends[2]);
+        let mut stray = bytes.clone();
+        stray[ends[3] + 100] = 1;
+        let decoded = decode_segment(&stray).unwrap();
+        assert!(decoded.torn);
+        assert_eq!(decoded.valid_len, ends[3]);
+    }
+
     proptest! {
+        /// Whatever a crash leaves of the last batch of a preallocated segment (any part of
+        /// it written, any part still zeroes), the segment reads as every earlier batch.
+        #[test]
+        fn any_torn_last_batch_reads_as_the_batches_before_it(
+            count in 1u64..6,
+            lost_from in any::<prop::sample::Index>(),
+            lost_len in 0usize..600,
+        ) {
+            let (bytes, ends) = batched(&entry_batches(count, 3), 256);
+            let last_start = ends[ends.len() - 2];
+            let last_end = ends[ends.len() - 1];
+            let from = last_start + lost_from.index(last_end - last_start);
+            let to = (from + lost_len).min(last_end);
+            let mut torn = bytes.clone();
+            torn[from..to].fill(0);
+            let decoded = decode_segment(&torn).unwrap();
+            if torn == bytes {
+                // Only bytes that were zeroes anyway were lost: the batch is whole.
+                prop_assert_eq!(decoded.valid_len, last_end);
+            } else {
+                prop_assert_eq!(decoded.valid_len, last_start);
+                prop_assert_eq!(decoded.records.len() as u64, 1 + (count - 1) * 3);
+            }
+        }
+
         /// Whatever prefix of a segment survives a crash decodes to a prefix of its records,
         /// and zeroes after it (a file extended but not written) read as a torn end.
         #[test]
