@@ -32,6 +32,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// timeout.
 pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(300);
+/// Packets a peer may receive before it must acknowledge them: a request's answer carries
+/// the acknowledgement of the request, so most acknowledgements ride along and a separate
+/// ACK packet is rarely needed. Eleven full packets stay within QUIC's initial congestion
+/// window, so a sender never stalls waiting for one.
+pub const ACK_ELICITING_THRESHOLD: u32 = 10;
+/// The longest a peer may hold an acknowledgement back (QUIC's default is 25 ms); it also
+/// bounds how long a lost last packet goes unnoticed.
+pub const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 /// Most concurrent request streams a peer may open on one connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 4096;
 
@@ -84,6 +92,10 @@ fn transport_config() -> TransportConfig {
     config.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
     config.receive_window(VarInt::from_u32(32 * 1024 * 1024));
     config.send_window(32 * 1024 * 1024);
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(ACK_ELICITING_THRESHOLD))
+        .max_ack_delay(Some(MAX_ACK_DELAY));
+    config.ack_frequency_config(Some(acks));
     config
 }
 
