@@ -309,26 +309,37 @@ async fn run_all(plan: &Plan, systems: &[String], command_line: &str) -> anyhow:
         settings: Vec::new(),
         wall_seconds: 0.0,
     };
-    for system in systems {
-        let dir = root.join(system);
-        std::fs::create_dir_all(&dir)?;
-        println!("== {system}: starting a three-member cluster");
-        let mut cluster = match system.as_str() {
-            "corral" => Cluster::Corral(Corral::start(&plan.corral, &dir).await?),
-            "etcd" => Cluster::Etcd(Etcd::start(&dir).await?),
-            _ => Cluster::ZooKeeper(ZooKeeper::start(&dir).await?),
-        };
-        let outcome = run_system(plan, &mut cluster, &mut results).await;
-        drop(cluster);
-        outcome.with_context(|| format!("{system}: logs in {}", dir.display()))?;
+    // Rounds: every system runs each workload once per round, on a cluster of its own
+    // started afresh, one system after the other. A machine whose speed drifts over the
+    // minutes of a run (a virtual machine's disk and neighbours) then weighs on every
+    // system alike, and the spread of a system's repetitions includes its cluster's
+    // start (which member leads, where agents feed from).
+    for round in 1..=plan.reps {
+        for system in systems {
+            let dir = root.join(format!("{system}-{round}"));
+            std::fs::create_dir_all(&dir)?;
+            println!("== round {round}: {system}: starting a three-member cluster");
+            let mut cluster = match system.as_str() {
+                "corral" => Cluster::Corral(Corral::start(&plan.corral, &dir).await?),
+                "etcd" => Cluster::Etcd(Etcd::start(&dir).await?),
+                _ => Cluster::ZooKeeper(ZooKeeper::start(&dir).await?),
+            };
+            let outcome = run_system(plan, round, &mut cluster, &mut results).await;
+            drop(cluster);
+            outcome.with_context(|| format!("{system}: logs in {}", dir.display()))?;
+            // The cluster's data goes with it: rounds do not fill the disk.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
     results.wall_seconds = wall.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&root);
     Ok(results)
 }
 
+/// One round of every workload against `cluster`: repetition `rep` of each.
 async fn run_system(
     plan: &Plan,
+    rep: u32,
     cluster: &mut Cluster,
     results: &mut Results,
 ) -> anyhow::Result<()> {
@@ -340,7 +351,9 @@ async fn run_system(
     closed_loop(ops, Duration::ZERO, SYSTEM_WARMUP).await;
     let ops = cluster.write_clients(16, cluster.writes()[0].1).await?;
     closed_loop(ops, Duration::ZERO, SYSTEM_WARMUP).await;
-    if plan.wants("footprint") {
+    // Footprint: once, in the first round.
+    let footprint = plan.wants("footprint") && rep == 1;
+    if footprint {
         tokio::time::sleep(Duration::from_secs(2)).await;
         for f in machine::footprint(&cluster.processes(), IDLE_WINDOW).await {
             results.footprints.push(FootprintRow {
@@ -353,54 +366,49 @@ async fn run_system(
     if plan.wants("lookup") {
         for (label, how) in cluster.lookups() {
             for &clients in &plan.clients {
-                for rep in 1..=plan.reps {
-                    let ops = cluster.lookup_clients(clients, how).await?;
-                    let sample = closed_loop(ops, WARMUP, plan.measure).await;
-                    let linearizable = how == Lookup::Linearizable;
-                    record(
-                        results,
-                        cluster,
-                        "lookup",
-                        label,
-                        linearizable,
-                        clients,
-                        rep,
-                        sample,
-                    )?;
-                }
+                let ops = cluster.lookup_clients(clients, how).await?;
+                let sample = closed_loop(ops, WARMUP, plan.measure).await;
+                let linearizable = how == Lookup::Linearizable;
+                record(
+                    results,
+                    cluster,
+                    "lookup",
+                    label,
+                    linearizable,
+                    clients,
+                    rep,
+                    sample,
+                )?;
             }
         }
     }
     if plan.wants("write") || plan.wants("footprint") {
         for (label, writes) in cluster.writes() {
             for &clients in &plan.clients {
-                for rep in 1..=plan.reps {
-                    let ops = cluster.write_clients(clients, writes).await?;
-                    // Footprint under load: the first repetition at 16 clients (or the
-                    // middle concurrency), through the agent for Corral.
-                    let sample_footprint = plan.wants("footprint")
-                        && rep == 1
-                        && clients == plan.clients[plan.clients.len() / 2]
-                        && writes == cluster.writes()[0].1;
-                    let processes = cluster.processes();
-                    let load = tokio::spawn(closed_loop(ops, WARMUP, plan.measure));
-                    if sample_footprint {
-                        tokio::time::sleep(WARMUP).await;
-                        let window = plan.measure.mul_f64(0.9);
-                        for f in machine::footprint(&processes, window).await {
-                            results.footprints.push(FootprintRow {
-                                system,
-                                state: "write load",
-                                footprint: f,
-                            });
-                        }
+                let ops = cluster.write_clients(clients, writes).await?;
+                // Footprint under load: the first round at 16 clients (or the middle
+                // concurrency), through the agent for Corral.
+                let sample_footprint = footprint
+                    && clients == plan.clients[plan.clients.len() / 2]
+                    && writes == cluster.writes()[0].1;
+                let processes = cluster.processes();
+                let load = tokio::spawn(closed_loop(ops, WARMUP, plan.measure));
+                if sample_footprint {
+                    tokio::time::sleep(WARMUP).await;
+                    let window = plan.measure.mul_f64(0.9);
+                    for f in machine::footprint(&processes, window).await {
+                        results.footprints.push(FootprintRow {
+                            system,
+                            state: "write load",
+                            footprint: f,
+                        });
                     }
-                    let sample = load.await?;
-                    if plan.wants("write") {
-                        record(
-                            results, cluster, "write", label, false, clients, rep, sample,
-                        )?;
-                    }
+                }
+                let sample = load.await?;
+                if plan.wants("write") {
+                    record(
+                        results, cluster, "write", label, false, clients, rep, sample,
+                    )?;
                 }
             }
         }
@@ -408,33 +416,36 @@ async fn run_system(
     if plan.wants("lock") {
         let label = cluster.lock_label();
         for &clients in &plan.clients {
-            for rep in 1..=plan.reps {
-                let ops = cluster.lock_clients(clients).await?;
-                let sample = closed_loop(ops, WARMUP, plan.measure).await;
-                record(results, cluster, "lock", label, false, clients, rep, sample)?;
-            }
+            let ops = cluster.lock_clients(clients).await?;
+            let sample = closed_loop(ops, WARMUP, plan.measure).await;
+            record(results, cluster, "lock", label, false, clients, rep, sample)?;
         }
     }
     if plan.wants("failover") {
+        // At least FAILOVER_REPS_MIN in all, spread over the rounds.
+        let per_round = FAILOVER_REPS_MIN.div_ceil(plan.reps);
         for freeze in [Freeze::Kill, Freeze::Stop] {
-            for rep in 1..=plan.reps.max(FAILOVER_REPS_MIN) {
+            for i in 1..=per_round {
+                let n = (rep - 1) * per_round + i;
                 let elapsed = cluster.failover(&plan.bench, freeze).await?;
                 println!(
-                    "{system} failover after {}: {} ms (rep {rep})",
+                    "{system} failover after {}: {} ms (rep {n})",
                     freeze.label(),
                     elapsed.as_millis()
                 );
                 results.failovers.push(FailoverRun {
                     system,
                     signal: freeze.label(),
-                    rep,
+                    rep: n,
                     ms: elapsed.as_secs_f64() * 1000.0,
                 });
             }
         }
-        results
-            .settings
-            .push((format!("{system} failover"), cluster.failover_setting()));
+        if rep == 1 {
+            results
+                .settings
+                .push((format!("{system} failover"), cluster.failover_setting()));
+        }
     }
     cluster.check_running()?;
     Ok(())
