@@ -63,6 +63,7 @@ pub enum AgentRequest {
     },
     Put {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Bind the key to this connection's session: deleted when the connection closes.
         ephemeral: bool,
@@ -75,6 +76,7 @@ pub enum AgentRequest {
     CompareAndSet {
         key: String,
         version: u64,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         ephemeral: bool,
     },

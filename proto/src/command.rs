@@ -17,6 +17,7 @@ pub enum Command {
     /// when that session ends.
     Put {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         session: Option<SessionId>,
     },
@@ -123,7 +124,7 @@ pub enum CompareTarget {
     Version(u64),
     CreateRevision(u64),
     ModifyRevision(u64),
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A write inside a transaction.
@@ -131,6 +132,7 @@ pub enum CompareTarget {
 pub enum TxnOp {
     Put {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         session: Option<SessionId>,
     },
@@ -417,6 +419,39 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Values are encoded as bytes (one copy, not an element at a time), and postcard lays
+    /// them out exactly as it laid out the element sequence earlier versions wrote: logs,
+    /// snapshots and peers of those versions read the same.
+    #[test]
+    fn values_encode_as_the_byte_sequence_earlier_versions_wrote() {
+        #[derive(Serialize)]
+        enum EarlierCommand {
+            Put {
+                key: String,
+                value: Vec<u8>,
+                session: Option<SessionId>,
+            },
+        }
+        let value: Vec<u8> = (0..=255).chain(0..300).map(|b| b as u8).collect();
+        let now = postcard::to_allocvec(&Command::Put {
+            key: "k".into(),
+            value: value.clone(),
+            session: None,
+        })
+        .unwrap();
+        let earlier = postcard::to_allocvec(&EarlierCommand::Put {
+            key: "k".into(),
+            value: value.clone(),
+            session: None,
+        })
+        .unwrap();
+        assert_eq!(now, earlier);
+        match postcard::from_bytes::<Command>(&earlier).unwrap() {
+            Command::Put { value: read, .. } => assert_eq!(read, value),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn limits_are_enforced() {
