@@ -15,10 +15,32 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
-use crate::raft_types::{NodeId, TypeConfig};
+use crate::raft_types::{Entry, NodeId, TypeConfig};
 use crate::rpc::{CoreRequest, CoreResponse};
 use crate::transport::certificate_authority::core_member_name;
 use crate::transport::{QuicTransport, TransportError};
+
+/// Most encoded bytes of entries in one AppendEntries. Each AppendEntries with entries has
+/// half an election timeout (250 ms by default, see third_party/openraft/PATCH.md) to cross
+/// the network and the follower's disk; a member far behind a log of large values is sent
+/// it in pieces that do, instead of pieces of megabytes that time out on every attempt.
+pub(crate) const APPEND_ENTRIES_BYTES_MAX: usize = 1 << 20;
+
+/// How many of `entries` fit in [`APPEND_ENTRIES_BYTES_MAX`] (at least one), when not all
+/// of them do.
+fn entries_that_fit(entries: &[Entry]) -> Option<usize> {
+    if entries.len() <= 1 {
+        return None;
+    }
+    let mut bytes = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        bytes += postcard::experimental::serialized_size(entry).unwrap_or(0);
+        if bytes > APPEND_ENTRIES_BYTES_MAX {
+            return Some(i.max(1));
+        }
+    }
+    None
+}
 
 #[derive(Clone, Debug)]
 pub(crate) struct Network {
@@ -102,6 +124,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>> {
+        if let Some(fit) = entries_that_fit(&rpc.entries) {
+            // openraft sends again at once, with at most this many entries.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit as u64),
+            ));
+        }
         let entries = rpc.entries.len();
         match self
             .call(
@@ -157,5 +185,38 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             other => Err(unexpected(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft_types::Proposal;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    fn entry(index: u64, value_len: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![corral_proto::Command::Put {
+                    key: format!("k{index}"),
+                    value: vec![7; value_len],
+                    session: None,
+                }],
+            }),
+        }
+    }
+
+    /// Entries beyond the byte budget are left for the next AppendEntries; one entry always
+    /// goes, however large.
+    #[test]
+    fn append_entries_are_cut_to_the_byte_budget() {
+        let small: Vec<Entry> = (1..=100).map(|i| entry(i, 1024)).collect();
+        assert_eq!(entries_that_fit(&small), None);
+        let large: Vec<Entry> = (1..=100).map(|i| entry(i, 32 * 1024)).collect();
+        assert_eq!(entries_that_fit(&large), Some(31));
+        let huge: Vec<Entry> = (1..=3).map(|i| entry(i, 2 << 20)).collect();
+        assert_eq!(entries_that_fit(&huge), Some(1));
+        assert_eq!(entries_that_fit(&huge[..1]), None);
     }
 }

@@ -6,8 +6,9 @@
 //! ```
 //!
 //! One endpoint per process both listens (members) and dials. Connections are cached per
-//! (address, expected name) and reused while open; a failed or timed-out call drops the
-//! cached connection so that the next one dials afresh.
+//! (address, expected name) and reused while open; a failed call, or one timed out on a
+//! connection that heard nothing from the peer meanwhile, drops the cached connection so
+//! that the next one dials afresh.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -228,16 +229,28 @@ impl QuicTransport {
         request: &Q,
         timeout: Duration,
     ) -> Result<A, TransportError> {
-        let result = tokio::time::timeout(timeout, async {
-            let connection = self.connection(address, server_name).await?;
-            call_on(&connection, request).await
-        })
-        .await
-        .unwrap_or(Err(TransportError::Timeout(timeout)));
-        if let Err(e) = &result
-            && !matches!(e, TransportError::Frame(_))
+        let deadline = tokio::time::Instant::now() + timeout;
+        let connection = match tokio::time::timeout(timeout, self.connection(address, server_name))
+            .await
+            .unwrap_or(Err(TransportError::Timeout(timeout)))
         {
-            self.forget(address, server_name);
+            Ok(connection) => connection,
+            Err(e) => {
+                self.forget(address, server_name);
+                return Err(e);
+            }
+        };
+        let heard = connection.stats().udp_rx.datagrams;
+        let result = tokio::time::timeout_at(deadline, call_on(&connection, request))
+            .await
+            .unwrap_or(Err(TransportError::Timeout(timeout)));
+        match &result {
+            Ok(_) | Err(TransportError::Frame(_)) => {}
+            // The peer answered other packets meanwhile: it lives and was only slow with
+            // this one. Closing the connection would fail its other calls and start the
+            // next one from a cold congestion window.
+            Err(TransportError::Timeout(_)) if connection.stats().udp_rx.datagrams > heard => {}
+            Err(_) => self.forget(address, server_name),
         }
         result
     }

@@ -462,7 +462,19 @@ where
             self.config.heartbeat_interval
         );
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
+        // Corral: an AppendEntries that carries entries may take longer than a heartbeat
+        // (a follower far behind is sent up to a megabyte, decoded and flushed to its disk
+        // before it answers); with only a heartbeat interval it can time out on every
+        // attempt on a loaded machine and the follower never catches up. It is still well
+        // within the election timeout, which its arrival resets on the follower.
+        let the_timeout = if payload.entries.is_empty() {
+            Duration::from_millis(self.config.heartbeat_interval)
+        } else {
+            Duration::from_millis(std::cmp::max(
+                self.config.heartbeat_interval,
+                self.config.election_timeout_min / 2,
+            ))
+        };
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
