@@ -6,6 +6,7 @@
 //!  CoreCluster      core members as child processes: kill, pause, wipe, restart
 //!  Fleet            a core plus agents as child processes, and clients of their sockets
 //!  checker          linearizability of key histories, fencing numbers that only grow
+//!  SmallDisk        a tmpfs of a few MiB under a data directory, to fill it up
 //!  docker           the Docker cluster of deploy/: kill, pause, partition, netem
 //!  http, browser    a plain HTTP client with SSE, and headless chromium over DevTools
 //!  wait_until       poll a condition with a deadline, never a bare sleep
@@ -14,6 +15,7 @@
 pub mod browser;
 pub mod checker;
 pub mod core_cluster;
+pub mod disk;
 pub mod docker;
 pub mod fleet;
 pub mod http;
@@ -21,6 +23,7 @@ pub mod pki;
 pub mod process;
 
 pub use core_cluster::{CoreCluster, CoreOptions};
+pub use disk::SmallDisk;
 pub use fleet::Fleet;
 pub use pki::Pki;
 pub use process::{ChildProcess, corral_binary, free_tcp_port, free_udp_port, wait_until};

@@ -1,5 +1,5 @@
 //! The voting core as real processes on loopback: election, durability across a leader
-//! kill, restart from disk, catch-up of a wiped member through a snapshot, membership
+//! kill, restart from disk, a full disk, catch-up of a wiped member through a snapshot, membership
 //! changes, and refusal of foreign certificates and bad frames.
 
 use std::collections::BTreeSet;
@@ -12,7 +12,7 @@ use corral_core::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse};
 use corral_core::transport::{QuicTransport, TlsIdentity};
 use corral_proto::{Answer, Command, SessionOwner};
 use corral_tests::core_cluster::admin_client;
-use corral_tests::{CoreCluster, CoreOptions, Pki, wait_until};
+use corral_tests::{CoreCluster, CoreOptions, Pki, SmallDisk, wait_until};
 
 const STARTUP: Duration = Duration::from_secs(20);
 
@@ -99,17 +99,25 @@ async fn acknowledged_writes_survive_killing_the_leader() {
             .map(|id| cluster.address(*id).to_string())
             .collect(),
     );
-    let new_leader = wait_until(Duration::from_secs(3), "a new leader", || async {
+    let new_leader = loop {
+        let mut found = None;
         for id in &survivors {
             if let Some(status) = cluster.status(*id).await
                 && status.state == "leader"
             {
-                return Some(*id);
+                found = Some(*id);
             }
         }
-        None
-    })
-    .await;
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(3),
+            "no new leader 3 s after the kill:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let probe = survivor_client
         .write(&put("probe/after-kill", b"x"))
         .await
@@ -148,6 +156,106 @@ async fn acknowledged_writes_survive_killing_the_leader() {
             &missing[..missing.len().min(10)]
         );
     }
+}
+
+/// Writes `key` until one attempt is acknowledged. A leader that stops mid-write leaves
+/// the outcome unknown; the same put again is harmless.
+async fn put_acknowledged(cluster: &CoreCluster, key: &str, value: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match cluster.client().write(&put(key, value)).await {
+            Ok(response) if response.outcome.is_ok() => return,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{key} not acknowledged within 20 s: {other:?}\n{}",
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A member whose disk fills up stops with an error that names the cause, and loses
+/// nothing it acknowledged; the other two go on serving every write. Once the disk has
+/// room again, the member starts from its data directory and catches up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_whose_disk_fills_up_stops_and_catches_up_once_freed() {
+    const DISK_MIB: u64 = 20;
+    let root = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&root.path().join("core-3"), DISK_MIB) else {
+        return;
+    };
+    let mut cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    cluster.wait_for_leader(STARTUP).await;
+
+    // 128 KiB values until member 3 has stopped: 20 MiB hold fewer than 160 of them.
+    let value = vec![0x5a_u8; 128 * 1024];
+    let mut written = 0;
+    while cluster.process(3).is_running() {
+        assert!(
+            written < 400,
+            "member 3 still runs after {written} writes of 128 KiB onto {DISK_MIB} MiB:\n{}",
+            cluster.logs()
+        );
+        put_acknowledged(&cluster, &format!("fill/{written}"), &value).await;
+        written += 1;
+    }
+    let status = cluster
+        .process(3)
+        .exit_status()
+        .expect("member 3 has exited");
+    assert!(
+        !status.success(),
+        "a member that cannot write its log fails: {status:?}"
+    );
+    let log = cluster.process(3).log_text();
+    assert!(
+        log.contains("No space left on device"),
+        "member 3's log names the full disk:\n{log}"
+    );
+
+    // The two others go on, and every acknowledged write is there (read from the leader,
+    // which holds every committed write).
+    for i in 0..50 {
+        put_acknowledged(&cluster, &format!("after/{i}"), b"x").await;
+    }
+    for i in 0..written {
+        let (_, found) = cluster
+            .client()
+            .get(&format!("fill/{i}"), false)
+            .await
+            .unwrap();
+        assert_eq!(found.map(|kv| kv.value), Some(value.clone()), "fill/{i}");
+    }
+
+    // Room again: member 3 starts from what it has on disk and catches up.
+    disk.resize(256);
+    cluster.spawn(3);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let revision = loop {
+        let digests: Vec<_> = [1, 2, 3].into_iter().map(|id| cluster.digest(id)).collect();
+        let digests = futures_util::future::join_all(digests).await;
+        if let Some(Some((revision, digest))) = digests.first().cloned()
+            && digests.iter().all(|d| *d == Some((revision, digest)))
+        {
+            break revision;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member 3 has not caught up within 60 s: {digests:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (_, last) = cluster
+        .client()
+        .get_local(cluster.address(3), "after/49")
+        .await
+        .unwrap();
+    assert_eq!(last.map(|kv| kv.value), Some(b"x".to_vec()));
+    assert!(revision > written as u64, "{revision}");
 }
 
 /// Killing every member and starting them again from their data directories gives the
