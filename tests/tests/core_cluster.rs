@@ -15,6 +15,12 @@ use corral_tests::core_cluster::admin_client;
 use corral_tests::{CoreCluster, CoreOptions, Pki, SmallDisk, wait_until};
 
 const STARTUP: Duration = Duration::from_secs(20);
+/// The longest a leader's SIGKILL may leave the core without one, by the default timers: a
+/// follower that had a leader waits out its lease (the maximum election timeout, 1 s) and
+/// its own election timeout (0.5–1 s); if the first to try holds the shorter log, the
+/// other refuses it, adopts its term and starts its own timeout (up to 1 s more). That is
+/// 3 s, plus the RPCs and a loaded test machine.
+const LEADER_FAILOVER_MAX: Duration = Duration::from_secs(4);
 
 fn put(key: &str, value: &[u8]) -> Command {
     Command::Put {
@@ -47,7 +53,8 @@ async fn a_leader_is_elected_and_serves() {
 }
 
 /// 1,000 acknowledged writes survive SIGKILL of the leader in the middle of the load and
-/// are present on both survivors, and a new leader serves a write within 3 s of the kill.
+/// are present on both survivors, and a new leader serves a write within
+/// [`LEADER_FAILOVER_MAX`] of the kill.
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_killing_the_leader() {
     let root = tempfile::tempdir().unwrap();
@@ -112,8 +119,8 @@ async fn acknowledged_writes_survive_killing_the_leader() {
             break id;
         }
         assert!(
-            killed_at.elapsed() < Duration::from_secs(3),
-            "no new leader 3 s after the kill:\n{}",
+            killed_at.elapsed() < LEADER_FAILOVER_MAX,
+            "no new leader {LEADER_FAILOVER_MAX:?} after the kill:\n{}",
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -125,7 +132,7 @@ async fn acknowledged_writes_survive_killing_the_leader() {
     let failover = killed_at.elapsed();
     assert!(probe.outcome.is_ok());
     assert!(
-        failover < Duration::from_secs(3),
+        failover < LEADER_FAILOVER_MAX,
         "new leader {new_leader} served only after {failover:?}"
     );
 
