@@ -599,12 +599,13 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             p,
             "| System | Signal | Median | Min–max | Runs (ms) |\n|---|---|---|---|---|"
         );
-        let mut keys: Vec<(&str, &str)> = results
-            .failovers
-            .iter()
-            .map(|f| (f.system, f.signal))
-            .collect();
-        keys.dedup();
+        // Each (system, signal) once, in the order first run (rounds interleave them).
+        let mut keys: Vec<(&str, &str)> = Vec::new();
+        for f in &results.failovers {
+            if !keys.contains(&(f.system, f.signal)) {
+                keys.push((f.system, f.signal));
+            }
+        }
         for (system, signal) in keys {
             let mut v = failover_ms(results, system, signal);
             let runs = v
