@@ -208,10 +208,19 @@ impl ZooKeeper {
     /// timeout ZooKeeper grants (2 × tickTime); it is killed or frozen; a watcher's
     /// NodeDeleted event ends the clock.
     pub async fn failover(&mut self, bench: &Path, freeze: Freeze) -> anyhow::Result<Duration> {
-        self.failovers += 1;
-        let path = format!("/failover/F{}", self.failovers);
-        let (holder, timeout) =
-            Holder::start(bench, &self.dir, &["hold-zookeeper".into(), path.clone()]).await?;
+        // A holder whose session does not come up (a freshly started ensemble can time out
+        // a new session) is set-up, not a measurement: try again on a path of its own.
+        let mut attempt = 0;
+        let (holder, timeout, path) = loop {
+            attempt += 1;
+            self.failovers += 1;
+            let path = format!("/failover/F{}", self.failovers);
+            match Holder::start(bench, &self.dir, &["hold-zookeeper".into(), path.clone()]).await {
+                Ok((holder, timeout)) => break (holder, timeout, path),
+                Err(e) if attempt < 3 => println!("ZooKeeper holder: {e:#}; trying again"),
+                Err(e) => return Err(e),
+            }
+        };
         self.granted_timeout = timeout.parse().ok().map(Duration::from_millis);
         let client = connect().await?;
         let (stat, watcher) = client.check_and_watch_stat(&path).await?;
