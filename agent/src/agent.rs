@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use corral_core::client::CoreClient;
+use corral_core::idle_poll::IdlePoll;
 use corral_core::rpc::ALPN_CORE;
 use corral_core::transport::{QuicTransport, TlsIdentity};
 use corral_proto::SessionId;
@@ -42,6 +43,8 @@ pub struct AgentContext {
     pub node_session: watch::Receiver<Option<SessionId>>,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: AgentMetrics,
+    /// Keeps the worker polling a moment after a request (see [`IdlePoll`]).
+    pub idle_poll: Arc<IdlePoll>,
     client_keys: AtomicU64,
 }
 
@@ -65,6 +68,8 @@ pub struct AgentConfig {
     pub http: Option<SocketAddr>,
     pub tls_dir: PathBuf,
     pub gossip: GossipConfig,
+    /// Longest the worker polls for the next request before it sleeps (zero: never).
+    pub idle_poll_max: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,9 +165,11 @@ impl Agent {
             node_session: session_receiver,
             shutdown: shutdown_receiver.clone(),
             metrics: AgentMetrics::default(),
+            idle_poll: IdlePoll::new(config.idle_poll_max),
             client_keys: AtomicU64::new(1),
         });
         let mut tasks = vec![
+            tokio::spawn(context.idle_poll.clone().run(shutdown_receiver.clone())),
             tokio::spawn(crate::replica::feed::run(
                 core.clone(),
                 replica.clone(),

@@ -69,11 +69,15 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
     let write = Arc::new(tokio::sync::Mutex::new(write));
     let (outgoing, mut frames) = mpsc::channel::<AgentFrame>(OUTGOING_BUFFER);
     let writer_half = write.clone();
+    let idle_poll = context.idle_poll.clone();
     let writer = tokio::spawn(async move {
         while let Some(message) = frames.recv().await {
             let mut write = writer_half.lock().await;
             if frame::write_frame(&mut *write, &message).await.is_err() {
                 break;
+            }
+            if matches!(message, AgentFrame::Reply { .. }) {
+                idle_poll.served();
             }
         }
     });
@@ -95,7 +99,10 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
             _ = shutdown.changed() => break,
         };
         let message = match message {
-            Ok(Some(message)) => message,
+            Ok(Some(message)) => {
+                context.idle_poll.arrived();
+                message
+            }
             Ok(None) => break,
             Err(e) => {
                 if !e.is_clean_close() {
@@ -129,6 +136,7 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
                 if frame::write_frame(&mut *write, &reply).await.is_err() {
                     break;
                 }
+                context.idle_poll.served();
                 continue;
             }
         }

@@ -65,7 +65,19 @@ pub(crate) struct AgentArgs {
     /// thread for every message, and it answers local reads inline.
     #[arg(long, env = "CORRAL_WORKER_THREADS", default_value_t = AGENT_WORKER_THREADS)]
     worker_threads: usize,
+    /// Longest the agent keeps polling its sockets after a request before it sleeps, in
+    /// µs; the window adapts to how soon requests follow each other. 0: never poll.
+    #[arg(long, env = "CORRAL_IDLE_POLL_US", default_value_t = AGENT_IDLE_POLL_US,
+          value_parser = clap::value_parser!(u64).range(0..=IDLE_POLL_US_MAX))]
+    idle_poll_us: u64,
 }
+
+/// The agent's default longest polling window, in µs.
+pub(crate) const AGENT_IDLE_POLL_US: u64 = 50;
+
+/// The longest polling window `--idle-poll-us` accepts: beyond it polling costs more
+/// than any wake-up it saves.
+pub(crate) const IDLE_POLL_US_MAX: u64 = 1_000;
 
 /// The agent's default number of worker threads.
 pub(crate) const AGENT_WORKER_THREADS: usize = 1;
@@ -106,6 +118,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         http: args.http,
         tls_dir: args.tls_dir,
         gossip,
+        idle_poll_max: Duration::from_micros(args.idle_poll_us),
     };
     super::runtime_with_workers(Some(args.worker_threads))?.block_on(async move {
         let agent = Agent::start(config).await?;
