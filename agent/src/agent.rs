@@ -43,7 +43,7 @@ pub struct AgentContext {
     pub node_session: watch::Receiver<Option<SessionId>>,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: AgentMetrics,
-    /// Keeps the worker polling a moment after a request (see [`IdlePoll`]).
+    /// Keeps the worker polling a moment after an answer (see [`IdlePoll`]).
     pub idle_poll: Arc<IdlePoll>,
     client_keys: AtomicU64,
 }

@@ -119,8 +119,7 @@ impl IdlePoll {
     pub fn served(&self) {
         self.served.store(self.now(), Ordering::Relaxed);
         self.waiting.store(true, Ordering::Relaxed);
-        if self.open_ns.load(Ordering::Relaxed) > 0 && !self.polling.swap(true, Ordering::AcqRel)
-        {
+        if self.open_ns.load(Ordering::Relaxed) > 0 && !self.polling.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
     }
@@ -236,9 +235,15 @@ mod tests {
         poll.open_ns.store(5_000_000, Ordering::Relaxed);
         poll.served();
         tokio::task::yield_now().await;
-        assert!(poll.polling.load(Ordering::Acquire), "not polling after activity");
+        assert!(
+            poll.polling.load(Ordering::Acquire),
+            "not polling after activity"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!poll.polling.load(Ordering::Acquire), "still polling after the window");
+        assert!(
+            !poll.polling.load(Ordering::Acquire),
+            "still polling after the window"
+        );
         stop.send(true).expect("poller gone");
         tokio::time::timeout(Duration::from_secs(5), poller)
             .await
