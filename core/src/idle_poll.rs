@@ -1,4 +1,4 @@
-//! Polling for a moment before sleeping: after a request, a worker thread keeps polling
+//! Polling for a moment before sleeping: after an answer, a worker thread keeps polling
 //! its sockets for a short, adaptive window instead of parking at once.
 //!
 //! ```text
@@ -44,7 +44,7 @@ impl Window {
         self.current
     }
 
-    /// Activity came `gap` nanoseconds after the one before it.
+    /// A request came `gap` nanoseconds after the last answer.
     pub fn on_gap(&mut self, gap: u64) {
         if gap <= self.current {
             // Caught while polling.
@@ -167,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn sparse_activity_keeps_the_window_shut() {
+    fn sparse_requests_keep_the_window_shut() {
         let mut w = window();
         for _ in 0..100 {
             w.on_gap(1_000_000);
@@ -176,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn close_activity_opens_the_window_to_cover_its_gaps_and_no_further_than_max() {
+    fn close_requests_open_the_window_to_cover_their_gaps_and_no_further_than_max() {
         let mut w = window();
         w.on_gap(8_000);
         assert!(w.current() >= 8_000, "{w:?}");

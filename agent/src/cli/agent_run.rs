@@ -65,8 +65,8 @@ pub(crate) struct AgentArgs {
     /// thread for every message, and it answers local reads inline.
     #[arg(long, env = "CORRAL_WORKER_THREADS", default_value_t = AGENT_WORKER_THREADS)]
     worker_threads: usize,
-    /// Longest the agent keeps polling its sockets after a request before it sleeps, in
-    /// µs; the window adapts to how soon requests follow each other. 0: never poll.
+    /// Longest the agent keeps polling its sockets after an answer before it sleeps, in
+    /// µs; the window adapts to how soon requests follow answers. 0: never poll.
     #[arg(long, env = "CORRAL_IDLE_POLL_US", default_value_t = AGENT_IDLE_POLL_US,
           value_parser = clap::value_parser!(u64).range(0..=IDLE_POLL_US_MAX))]
     idle_poll_us: u64,
