@@ -22,7 +22,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// Requests to the core in flight at once from one agent. One: a second request in flight
 /// saves its writes part of a wait, but splits the agent's writes into twice as many
 /// smaller batches, and on a busy core the per-batch cost outweighs it (through an agent
-/// at 16 clients, one in flight beat two in 6 of 7 paired benchmark runs, by up to 16%).
+/// at 16 clients, one in flight beat two in 6 of 7 paired benchmark runs, by 12% on
+/// average).
 pub const WRITES_IN_FLIGHT_MAX: usize = 1;
 /// Writes waiting for a slot; a connection's write waits for room beyond this.
 const QUEUE_MAX: usize = 4096;
