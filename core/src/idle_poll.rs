@@ -233,16 +233,25 @@ mod tests {
         let poller = tokio::spawn(poll.clone().run(stopped));
         // A window as a run of close requests opens it.
         poll.open_ns.store(5_000_000, Ordering::Relaxed);
+        let answered = std::time::Instant::now();
         poll.served();
         tokio::task::yield_now().await;
         assert!(
             poll.polling.load(Ordering::Acquire),
-            "not polling after activity"
+            "not polling after an answer"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // It polls until the window closes, and then stops.
+        let deadline = answered + Duration::from_secs(5);
+        while poll.polling.load(Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still polling after 5 s"
+            );
+            tokio::task::yield_now().await;
+        }
         assert!(
-            !poll.polling.load(Ordering::Acquire),
-            "still polling after the window"
+            answered.elapsed() >= Duration::from_millis(5),
+            "stopped before its window closed"
         );
         stop.send(true).expect("poller gone");
         tokio::time::timeout(Duration::from_secs(5), poller)
