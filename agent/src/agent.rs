@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use corral_core::client::CoreClient;
-use corral_core::idle_poll::IdlePoll;
 use corral_core::rpc::ALPN_CORE;
 use corral_core::transport::{QuicTransport, TlsIdentity};
 use corral_proto::SessionId;
+use corral_proto::idle_poll::IdlePoll;
 use tokio::sync::watch;
 
 use crate::api::core_writes::CoreWrites;

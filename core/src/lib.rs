@@ -14,15 +14,13 @@
 //!   snapshot files;
 //! - `transport`: QUIC with mutual TLS under the cluster CA, and the RPC framing;
 //! - `server`: the member process: Raft, client requests, watch streams;
-//! - [`batching`]: queued work taken in bounded batches (the proposer, agents' writes);
-//! - [`idle_poll`]: a worker that just served a request polls a moment before sleeping.
+//! - [`batching`]: queued work taken in bounded batches (the proposer, agents' writes).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod applied_state;
 pub mod batching;
 pub mod client;
-pub mod idle_poll;
 pub mod raft_types;
 pub mod rpc;
 pub mod server;

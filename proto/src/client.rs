@@ -4,7 +4,13 @@
 //!  AgentClient::call ──frame──► writer half ──► agent
 //!        ▲ oneshot                               │
 //!        └──────── reader task ◄─────────────────┘  replies by id, events to Subscription
+//!  poller task: keeps the runtime polling for a moment while a reply is awaited
 //! ```
+//!
+//! The agent answers a lookup from memory within microseconds, faster than a sleeping
+//! thread wakes on many machines: after a request, the runtime keeps polling for its reply
+//! for an adaptive window ([`crate::idle_poll`], at most [`ClientOptions::reply_poll_max`]),
+//! which stays shut while replies take longer (writes wait for the core).
 //!
 //! One connection is one client session: what it creates as ephemeral lives as long as
 //! the [`AgentClient`] (and its clones) do. Dropping the last clone closes the connection.
@@ -13,11 +19,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::io::BufReader;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::answer::Answer;
 use crate::api::{
@@ -25,6 +32,7 @@ use crate::api::{
     QueryResult, ReadReply, Reply, SubscriptionItem,
 };
 use crate::frame::{self, FrameError};
+use crate::idle_poll::IdlePoll;
 use crate::limits::FRAME_LEN_MAX;
 use crate::model::{KeyValue, Lock, LockGrant, Revision, ServiceInstance, Shard};
 
@@ -33,6 +41,22 @@ pub const SUBSCRIPTION_BUFFER: usize = 4096;
 
 /// Environment variable naming the agent's socket.
 pub const SOCKET_ENV: &str = "CORRAL_SOCKET";
+
+/// How a connection to the agent behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// Longest the runtime keeps polling for a reply before its thread sleeps (zero:
+    /// never polls). The window adapts to how soon replies come.
+    pub reply_poll_max: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            reply_poll_max: Duration::from_micros(50),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -68,12 +92,17 @@ struct Shared {
     pending: closable::Map<Pending>,
     subscriptions: closable::Map<HashMap<u64, mpsc::Sender<SubscriptionItem>>>,
     next_id: AtomicU64,
+    reply_poll: Arc<IdlePoll>,
     reader: tokio::task::JoinHandle<()>,
+    poller: tokio::task::JoinHandle<()>,
+    /// Dropped with the connection: ends the poller.
+    _poller_stop: watch::Sender<bool>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         self.reader.abort();
+        self.poller.abort();
     }
 }
 
@@ -142,6 +171,14 @@ impl Subscription {
 impl AgentClient {
     /// Connects to the agent listening at `path`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        Self::connect_with(path, ClientOptions::default()).await
+    }
+
+    /// Connects to the agent listening at `path`, with `options`.
+    pub async fn connect_with(
+        path: impl AsRef<Path>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
         let path = path.as_ref();
         let stream = UnixStream::connect(path)
             .await
@@ -150,6 +187,8 @@ impl AgentClient {
                 source,
             })?;
         let (read, write) = stream.into_split();
+        let reply_poll = IdlePoll::new(options.reply_poll_max);
+        let (poller_stop, stopped) = watch::channel(false);
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
             let weak = weak.clone();
             Shared {
@@ -157,7 +196,10 @@ impl AgentClient {
                 pending: closable::Map::new(),
                 subscriptions: closable::Map::new(),
                 next_id: AtomicU64::new(1),
+                reply_poll: reply_poll.clone(),
                 reader: tokio::spawn(read_loop(read, weak)),
+                poller: tokio::spawn(reply_poll.run(stopped)),
+                _poller_stop: poller_stop,
             }
         });
         Ok(AgentClient { shared })
@@ -190,6 +232,7 @@ impl AgentClient {
             return Err(ClientError::Disconnected("connection closed".into()));
         }
         self.send(ClientFrame { id, request }).await?;
+        self.shared.reply_poll.awaiting(std::time::Instant::now());
         match receiver.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(ClientError::Disconnected("connection closed".into())),
@@ -348,6 +391,7 @@ async fn read_loop(read: OwnedReadHalf, shared: std::sync::Weak<Shared>) {
         };
         match frame {
             AgentFrame::Reply { id, result } => {
+                shared.reply_poll.arrived(std::time::Instant::now());
                 if let Some(Some(sender)) = shared.pending.with(|p| p.remove(&id)) {
                     let _ = sender.send(result);
                 }
@@ -378,5 +422,87 @@ async fn read_loop(read: OwnedReadHalf, shared: std::sync::Weak<Shared>) {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// An agent stand-in that answers every request with an empty member list, each
+    /// after `delay`.
+    async fn fake_agent(delay: Duration) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let (read, mut write) = stream.into_split();
+            let mut read = BufReader::new(read);
+            while let Ok(Some(request)) =
+                frame::read_frame::<_, ClientFrame>(&mut read, FRAME_LEN_MAX).await
+            {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let reply = AgentFrame::Reply {
+                    id: request.id,
+                    result: Ok(Reply::Members(Vec::new())),
+                };
+                if frame::write_frame(&mut write, &reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (dir, path)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn quick_replies_open_the_reply_window_and_slow_ones_shut_it() {
+        // A millisecond: quick for a reply within one test process, even unoptimised.
+        let options = ClientOptions {
+            reply_poll_max: Duration::from_millis(1),
+        };
+        let (_dir, path) = fake_agent(Duration::ZERO).await;
+        let client = AgentClient::connect_with(&path, options)
+            .await
+            .expect("connect");
+        for _ in 0..20 {
+            assert!(client.members().await.expect("reply").is_empty());
+        }
+        let window = client.shared.reply_poll.window();
+        assert!(
+            window > Duration::ZERO && window <= options.reply_poll_max,
+            "{window:?}"
+        );
+
+        let (_dir, path) = fake_agent(Duration::from_millis(5)).await;
+        let client = AgentClient::connect_with(&path, options)
+            .await
+            .expect("connect");
+        // Open the window as quick replies would, then let slow replies shut it.
+        client.shared.reply_poll.awaiting(std::time::Instant::now());
+        client.shared.reply_poll.arrived(std::time::Instant::now());
+        assert!(client.shared.reply_poll.window() > Duration::ZERO);
+        for _ in 0..20 {
+            assert!(client.members().await.expect("reply").is_empty());
+        }
+        assert_eq!(client.shared.reply_poll.window(), Duration::ZERO);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_zero_reply_poll_never_polls() {
+        let (_dir, path) = fake_agent(Duration::ZERO).await;
+        let options = ClientOptions {
+            reply_poll_max: Duration::ZERO,
+        };
+        let client = AgentClient::connect_with(&path, options)
+            .await
+            .expect("connect");
+        for _ in 0..20 {
+            assert!(client.members().await.expect("reply").is_empty());
+        }
+        assert_eq!(client.shared.reply_poll.window(), Duration::ZERO);
     }
 }

@@ -24,8 +24,12 @@ pub const FRAME_VERSION: u8 = 1;
 /// Size of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 
-/// Initial buffer of a frame being read; it grows as the bytes arrive.
+/// A frame body up to this length is read into a buffer of its size at once; a longer
+/// one starts with a buffer this large that grows as the bytes arrive.
 const READ_CHUNK_LEN: usize = 64 * 1024;
+
+/// The capacity a frame is encoded into before it grows.
+const ENCODE_CAPACITY: usize = 256;
 
 /// Why a frame could not be read or written. No variant changes any state: the frame is
 /// dropped and, on a connection, the connection is closed by the caller.
@@ -71,7 +75,9 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
 
 /// Encodes `message` as one complete frame, refusing bodies above `len_max`.
 pub fn encode_limited<T: Serialize>(message: &T, len_max: usize) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; FRAME_HEADER_LEN];
+    // Room for most messages at once: growing a small vector byte by byte reallocates.
+    let mut out = Vec::with_capacity(ENCODE_CAPACITY);
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     out.push(FRAME_VERSION);
     let mut out =
         postcard::to_extend(message, out).map_err(|e| FrameError::Encode(e.to_string()))?;
@@ -153,18 +159,30 @@ where
         got += n;
     }
     let len = body_len(header, len_max)?;
+    let truncated = |got: usize| FrameError::Truncated {
+        needed: FRAME_HEADER_LEN + len,
+        got: FRAME_HEADER_LEN + got,
+    };
+    if len <= READ_CHUNK_LEN {
+        let mut body = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match reader.read(&mut body[got..]).await? {
+                0 => return Err(truncated(got)),
+                n => got += n,
+            }
+        }
+        return decode_body(&body).map(Some);
+    }
     // Grow the buffer as bytes arrive rather than trusting the declared length, so that a
     // peer announcing a large frame and then stalling holds little memory.
-    let mut body = Vec::with_capacity(len.min(READ_CHUNK_LEN));
+    let mut body = Vec::with_capacity(READ_CHUNK_LEN);
     let got = (&mut *reader)
         .take(len as u64)
         .read_to_end(&mut body)
         .await?;
     if got < len {
-        return Err(FrameError::Truncated {
-            needed: FRAME_HEADER_LEN + len,
-            got: FRAME_HEADER_LEN + got,
-        });
+        return Err(truncated(got));
     }
     decode_body(&body).map(Some)
 }

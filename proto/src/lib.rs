@@ -16,13 +16,14 @@ pub mod client;
 pub mod command;
 pub mod event;
 pub mod frame;
+pub mod idle_poll;
 pub mod limits;
 pub mod model;
 pub mod shard_map;
 
 pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};
 pub use api::{AgentRequest, ApiError, EventFilter, Query, QueryResult, Reply};
-pub use client::{AgentClient, ClientError, Subscription};
+pub use client::{AgentClient, ClientError, ClientOptions, Subscription};
 pub use command::{Command, Compare, CompareOp, CompareTarget, InvalidCommand, Txn, TxnOp};
 pub use event::{Event, EventBatch};
 pub use frame::FrameError;

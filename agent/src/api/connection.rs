@@ -77,7 +77,7 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
                 break;
             }
             if matches!(message, AgentFrame::Reply { .. }) {
-                idle_poll.served();
+                idle_poll.awaiting(std::time::Instant::now());
             }
         }
     });
@@ -93,14 +93,20 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
     let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
     let mut reader = BufReader::new(read);
     let mut shutdown = context.shutdown.clone();
+    // One wait for shutdown across all frames, polled only when no frame is ready (the
+    // runtime's budget makes a busy connection yield now and then).
+    let shutdown = shutdown.changed();
+    tokio::pin!(shutdown);
     loop {
         let message = tokio::select! {
+            biased;
             message = frame::read_frame::<_, ClientFrame>(&mut reader, FRAME_LEN_MAX) => message,
-            _ = shutdown.changed() => break,
+            _ = &mut shutdown => break,
         };
+        let arrived = std::time::Instant::now();
         let message = match message {
             Ok(Some(message)) => {
-                context.idle_poll.arrived();
+                context.idle_poll.arrived(arrived);
                 message
             }
             Ok(None) => break,
@@ -122,23 +128,22 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
             query,
             consistent: false,
         } = &message.request
+            && let Some(result) = connection.read_now(query)
         {
-            let started = std::time::Instant::now();
-            if let Some(result) = connection.read_now(query) {
-                context
-                    .metrics
-                    .record(RequestKind::Read, started.elapsed(), result.is_ok());
-                let reply = AgentFrame::Reply {
-                    id: message.id,
-                    result,
-                };
-                let mut write = write.lock().await;
-                if frame::write_frame(&mut *write, &reply).await.is_err() {
-                    break;
-                }
-                context.idle_poll.served();
-                continue;
+            let answered = std::time::Instant::now();
+            context
+                .metrics
+                .record(RequestKind::Read, answered - arrived, result.is_ok());
+            let reply = AgentFrame::Reply {
+                id: message.id,
+                result,
+            };
+            let mut write = write.lock().await;
+            if frame::write_frame(&mut *write, &reply).await.is_err() {
+                break;
             }
+            context.idle_poll.awaiting(answered);
+            continue;
         }
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             let reply = AgentFrame::Reply {

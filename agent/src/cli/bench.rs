@@ -57,6 +57,9 @@ enum BenchAction {
         /// round trip to the agent.
         #[arg(long)]
         map: bool,
+        /// Longest each client polls for a reply before its thread sleeps (0: never).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1000))]
+        reply_poll_us: u64,
         #[arg(long)]
         json: bool,
     },
@@ -150,6 +153,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             shard,
             consistent,
             map,
+            reply_poll_us,
             json,
         } => {
             anyhow::ensure!(
@@ -163,8 +167,11 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             } else {
                 Read::Local
             };
-            let report =
-                super::runtime()?.block_on(bench_get(socket, clients, ops, shard, read))?;
+            let options = corral_proto::ClientOptions {
+                reply_poll_max: std::time::Duration::from_micros(reply_poll_us),
+            };
+            let report = super::runtime()?
+                .block_on(bench_get(socket, clients, ops, shard, read, options))?;
             report.print(json)
         }
     }
@@ -183,6 +190,7 @@ async fn bench_get(
     ops: usize,
     shard: String,
     read: Read,
+    options: corral_proto::ClientOptions,
 ) -> anyhow::Result<BenchReport> {
     use corral_proto::api::{AgentRequest, Query, QueryResult};
     use corral_proto::{AgentClient, ShardMap};
@@ -215,7 +223,7 @@ async fn bench_get(
     }
     let mut connections = Vec::new();
     for _ in 0..clients {
-        connections.push(AgentClient::connect(&socket).await?);
+        connections.push(AgentClient::connect_with(&socket, options).await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -1,25 +1,28 @@
-//! Polling for a moment before sleeping: after an answer, a worker thread keeps polling
-//! its sockets for a short, adaptive window instead of parking at once.
+//! Polling for a moment before sleeping: while something is awaited that usually comes
+//! within microseconds, a worker thread keeps polling its sockets for a short, adaptive
+//! window instead of parking at once.
 //!
 //! ```text
-//!  request ──arrived()──► the gap since the last answer adapts the window
-//!  answer  ──served()───► window open: wake the poller
+//!  awaiting() ──► window open: wake the poller      (agent: an answer went out, the next
+//!                                                     request is awaited; client: a request
+//!                                                     went out, its reply is awaited)
+//!  arrived()  ──► the gap since awaiting() adapts the window
 //!  poller: yield ─► worker polls sockets (epoll, timeout 0) ─► yield … until the window
-//!          closes, then it sleeps until the next answer
+//!          closes, then it sleeps until the next awaiting()
 //! ```
 //!
 //! Waking a thread that sleeps on an idle core costs tens of microseconds on virtual
-//! machines whose idle cores halt: more than a local read itself. A client that sends its
-//! next request right after an answer finds the worker still awake. The window adapts as
-//! the kernel's halt polling does: it grows while requests arrive just after it closed,
-//! and shrinks while they come too late for any window, so sparse traffic pays nothing.
-//! The policy ([`Window`]) is free of I/O and of clocks.
+//! machines whose idle cores halt: more than a local read itself. Both ends of the agent's
+//! socket use it: the agent after each answer, the client library after each request. The
+//! window adapts as the kernel's halt polling does: it grows while what was awaited came
+//! just after it closed, and shrinks while it comes too late for any window, so sparse
+//! traffic and slow answers (writes, which wait for the core) pay nothing. The policy
+//! ([`Window`]) is free of I/O and of clocks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 /// The adaptive window, in nanoseconds.
@@ -44,7 +47,7 @@ impl Window {
         self.current
     }
 
-    /// A request came `gap` nanoseconds after the last answer.
+    /// What was awaited came `gap` nanoseconds after the window opened.
     pub fn on_gap(&mut self, gap: u64) {
         if gap <= self.current {
             // Caught while polling.
@@ -64,19 +67,20 @@ impl Window {
     }
 }
 
-/// One runtime's poller: call [`IdlePoll::arrived`] when a request comes in and
-/// [`IdlePoll::served`] when an answer goes out, and run [`IdlePoll::run`] as a task of
-/// that runtime.
+/// One poller: call [`IdlePoll::awaiting`] when something starts to be awaited and
+/// [`IdlePoll::arrived`] when it comes, and run [`IdlePoll::run`] as a task of the runtime
+/// whose sockets deliver it.
 #[derive(Debug)]
 pub struct IdlePoll {
     epoch: Instant,
-    /// Nanoseconds since `epoch` of the last answer.
-    served: AtomicU64,
-    /// True from an answer until the next request: that gap is what the window covers.
+    /// Nanoseconds since `epoch` of the last [`IdlePoll::awaiting`].
+    since: AtomicU64,
+    /// True from [`IdlePoll::awaiting`] until [`IdlePoll::arrived`]: that gap is what the
+    /// window covers.
     waiting: AtomicBool,
-    /// The window now, in nanoseconds (a copy of `window` for the poller).
+    /// The window now, in nanoseconds.
     open_ns: AtomicU64,
-    window: Mutex<Window>,
+    max_ns: u64,
     polling: AtomicBool,
     wake: Notify,
 }
@@ -86,48 +90,59 @@ impl IdlePoll {
     pub fn new(max: Duration) -> Arc<Self> {
         Arc::new(IdlePoll {
             epoch: Instant::now(),
-            served: AtomicU64::new(0),
+            since: AtomicU64::new(0),
             waiting: AtomicBool::new(false),
             open_ns: AtomicU64::new(0),
-            window: Mutex::new(Window::new(max)),
+            max_ns: Window::new(max).max,
             polling: AtomicBool::new(false),
             wake: Notify::new(),
         })
     }
 
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// A request came in: the time since the last answer adapts the window.
-    pub fn arrived(&self) {
+    fn now(&self) -> u64 {
+        self.nanos(Instant::now())
+    }
+
+    /// What was awaited came, at `now`: the time since [`IdlePoll::awaiting`] adapts the
+    /// window. (The caller passes the clock it read anyway.)
+    pub fn arrived(&self, now: Instant) {
         if !self.waiting.swap(false, Ordering::Relaxed) {
             return;
         }
         let gap = self
-            .now()
-            .saturating_sub(self.served.load(Ordering::Relaxed));
-        let open = {
-            let mut window = self.window.lock();
-            window.on_gap(gap);
-            window.current()
+            .nanos(now)
+            .saturating_sub(self.since.load(Ordering::Relaxed));
+        // Two arrivals at once may both adapt it: the window is a hint, either result is.
+        let mut window = Window {
+            current: self.open_ns.load(Ordering::Relaxed),
+            max: self.max_ns,
         };
-        self.open_ns.store(open, Ordering::Relaxed);
+        window.on_gap(gap);
+        self.open_ns.store(window.current(), Ordering::Relaxed);
     }
 
-    /// An answer went out: poll for the next request while the window is open.
-    pub fn served(&self) {
-        self.served.store(self.now(), Ordering::Relaxed);
+    /// Something is awaited from `now` on: poll while the window is open.
+    pub fn awaiting(&self, now: Instant) {
+        self.since.store(self.nanos(now), Ordering::Relaxed);
         self.waiting.store(true, Ordering::Relaxed);
         if self.open_ns.load(Ordering::Relaxed) > 0 && !self.polling.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
     }
 
+    /// The window now: how long the poller polls after the next [`IdlePoll::awaiting`].
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.open_ns.load(Ordering::Relaxed))
+    }
+
     fn window_open(&self) -> bool {
         let since = self
             .now()
-            .saturating_sub(self.served.load(Ordering::Relaxed));
+            .saturating_sub(self.since.load(Ordering::Relaxed));
         since < self.open_ns.load(Ordering::Relaxed)
     }
 
@@ -143,8 +158,8 @@ impl IdlePoll {
                     tokio::task::yield_now().await;
                 }
                 self.polling.store(false, Ordering::Release);
-                // An answer between the last check and the store above found `polling`
-                // still set and did not wake us: look once more.
+                // An awaiting() between the last check and the store above found
+                // `polling` still set and did not wake us: look once more.
                 if !self.window_open() || self.polling.swap(true, Ordering::AcqRel) {
                     break;
                 }
@@ -212,36 +227,41 @@ mod tests {
     }
 
     #[test]
-    fn only_the_gap_from_an_answer_to_the_next_request_adapts_the_window() {
+    fn only_the_gap_from_awaiting_to_arrival_adapts_the_window() {
         let poll = IdlePoll::new(Duration::from_millis(1));
-        poll.arrived();
-        assert_eq!(poll.open_ns.load(Ordering::Relaxed), 0, "no answer before");
-        poll.served();
-        poll.arrived();
+        poll.arrived(Instant::now());
+        assert_eq!(
+            poll.open_ns.load(Ordering::Relaxed),
+            0,
+            "nothing awaited before"
+        );
+        poll.awaiting(Instant::now());
+        poll.arrived(Instant::now());
         let opened = poll.open_ns.load(Ordering::Relaxed);
         assert!(opened >= Window::START_NS, "{opened}");
-        // A second request before any answer (pipelined) says nothing about the gap.
+        // A second arrival before anything is awaited again (pipelined requests) says
+        // nothing about the gap.
         std::thread::sleep(Duration::from_millis(5));
-        poll.arrived();
+        poll.arrived(Instant::now());
         assert_eq!(poll.open_ns.load(Ordering::Relaxed), opened);
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn the_poller_polls_after_an_answer_and_then_sleeps() {
+    async fn the_poller_polls_while_something_is_awaited_and_then_sleeps() {
         let poll = IdlePoll::new(Duration::from_millis(5));
         let (stop, stopped) = watch::channel(false);
         let poller = tokio::spawn(poll.clone().run(stopped));
-        // A window as a run of close requests opens it.
+        // A window as a run of quick arrivals opens it.
         poll.open_ns.store(5_000_000, Ordering::Relaxed);
-        let answered = std::time::Instant::now();
-        poll.served();
+        let opened = std::time::Instant::now();
+        poll.awaiting(Instant::now());
         tokio::task::yield_now().await;
         assert!(
             poll.polling.load(Ordering::Acquire),
-            "not polling after an answer"
+            "not polling while something is awaited"
         );
         // It polls until the window closes, and then stops.
-        let deadline = answered + Duration::from_secs(5);
+        let deadline = opened + Duration::from_secs(5);
         while poll.polling.load(Ordering::Acquire) {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -250,7 +270,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(
-            answered.elapsed() >= Duration::from_millis(5),
+            opened.elapsed() >= Duration::from_millis(5),
             "stopped before its window closed"
         );
         stop.send(true).expect("poller gone");
