@@ -16,6 +16,8 @@ pub struct Machine {
     pub kernel: String,
     pub fsync_p50_us: u64,
     pub fsync_p99_us: u64,
+    /// p50 of the bare Unix-socket round trip, in µs, per number of connections.
+    pub socket_p50_us: Vec<(usize, u64)>,
     pub versions: Vec<(String, String)>,
 }
 
@@ -49,7 +51,7 @@ fn fsync_latency(dir: &Path) -> anyhow::Result<(u64, u64)> {
     ))
 }
 
-pub fn describe(dir: &Path, corral: &Path) -> anyhow::Result<Machine> {
+pub fn describe(dir: &Path, corral: &Path, clients: &[usize]) -> anyhow::Result<Machine> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -60,6 +62,11 @@ pub fn describe(dir: &Path, corral: &Path) -> anyhow::Result<Machine> {
         })
         .unwrap_or_else(|| "unknown".into());
     let (fsync_p50_us, fsync_p99_us) = fsync_latency(dir)?;
+    let mut socket_p50_us = Vec::new();
+    for &c in clients {
+        let p50 = crate::socket_floor::round_trip_p50_us(c, Duration::from_secs(1))?;
+        socket_p50_us.push((c, p50));
+    }
     let package = |name: &str| {
         output("dpkg-query", &["-W", "-f", "${Version}", name]).unwrap_or_else(|_| "?".into())
     };
@@ -96,6 +103,7 @@ pub fn describe(dir: &Path, corral: &Path) -> anyhow::Result<Machine> {
         kernel: output("uname", &["-r"]).unwrap_or_else(|_| "?".into()),
         fsync_p50_us,
         fsync_p99_us,
+        socket_p50_us,
         versions,
     })
 }

@@ -9,6 +9,7 @@ mod machine;
 mod process;
 mod report;
 mod runner;
+mod socket_floor;
 mod systems;
 
 use std::path::{Path, PathBuf};
@@ -292,7 +293,7 @@ async fn run_all(plan: &Plan, systems: &[String], command_line: &str) -> anyhow:
         std::fs::remove_dir_all(&root)?;
     }
     std::fs::create_dir_all(&root)?;
-    let machine = machine::describe(&root, &plan.corral)?;
+    let machine = machine::describe(&root, &plan.corral, &plan.clients)?;
     println!(
         "machine: {} cores, {:.1} GiB, fsync p50 {} µs",
         machine.cores, machine.memory_gib, machine.fsync_p50_us

@@ -287,6 +287,16 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
         us(m.fsync_p50_us as f64),
         us(m.fsync_p99_us as f64)
     );
+    if !m.socket_p50_us.is_empty() {
+        let counts: Vec<String> = m.socket_p50_us.iter().map(|(c, _)| c.to_string()).collect();
+        let p50s: Vec<String> = m.socket_p50_us.iter().map(|(_, v)| us(*v as f64)).collect();
+        let _ = writeln!(
+            p,
+            "| Unix-socket round trip, nothing else: p50 at {} connections | {} (one thread answering every connection through epoll at once, one driving the closed loop; `bench/src/socket_floor.rs`) |",
+            counts.join(" / "),
+            p50s.join(" / ")
+        );
+    }
     for (name, version) in &m.versions {
         let _ = writeln!(p, "| {name} | {version} |");
     }
@@ -298,7 +308,7 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
     let _ = writeln!(p, "## Settings\n");
     let _ = writeln!(
         p,
-        "- **Corral** as shipped: three core members (Raft, each write fsynced by a majority\n  before it is acknowledged; one worker thread per two cores, the default), three agents\n  (hosts a1, a2, a3; one worker thread each and polling up to 50 µs after an\n  answer, the defaults); every link QUIC with mutual TLS. Clients talk to agent a1\n  over its Unix socket, except *write to core*, which uses the core client over QUIC + mTLS as an agent does.\n- **etcd** as Debian ships it: three members, `--heartbeat-interval 100`,\n  `--election-timeout 1000` (defaults), plain HTTP/2 without TLS (its default), writes\n  fsynced by a majority. Client: `etcd-client` (Rust, tonic/gRPC), connected to all\n  three members.\n- **ZooKeeper** as Debian ships it (its `zoo.cfg`: `tickTime=2000`, `initLimit=10`,\n  `syncLimit=5`), with `forceSync=yes` (fsync before acknowledging), the admin HTTP\n  server off and `maxClientCnxns=0` (128 clients from one address). JVM defaults.\n  Client: `zookeeper-client` (Rust, async), connected to all three members.\n- **Load**: a closed loop; every client is its own connection (and, where the\n  system has them, its own session) and sends its next request when the last is\n  answered. {:.1} s measured after a 0.5 s warm-up, {} repetitions of every run (one\n  per round, each on a freshly started cluster); footprint from the first round;\n  latencies from an HDR histogram (3 significant digits). Tables give the median of\n  the repetitions, with their min–max in brackets.\n- **Values**: 256 bytes per write; each client cycles over 1,000 keys of its own\n  (ZooKeeper: one node per client).",
+        "- **Corral** as shipped: three core members (Raft, each write fsynced by a majority\n  before it is acknowledged; one worker thread per two cores, the default), three agents\n  (hosts a1, a2, a3; one worker thread each and polling up to 50 µs after an\n  answer, the defaults; the client library likewise polls up to 50 µs for a reply); every link QUIC with mutual TLS. Clients talk to agent a1\n  over its Unix socket, except *write to core*, which uses the core client over QUIC + mTLS as an agent does.\n- **etcd** as Debian ships it: three members, `--heartbeat-interval 100`,\n  `--election-timeout 1000` (defaults), plain HTTP/2 without TLS (its default), writes\n  fsynced by a majority. Client: `etcd-client` (Rust, tonic/gRPC), connected to all\n  three members.\n- **ZooKeeper** as Debian ships it (its `zoo.cfg`: `tickTime=2000`, `initLimit=10`,\n  `syncLimit=5`), with `forceSync=yes` (fsync before acknowledging), the admin HTTP\n  server off and `maxClientCnxns=0` (128 clients from one address). JVM defaults.\n  Client: `zookeeper-client` (Rust, async), connected to all three members.\n- **Load**: a closed loop; every client is its own connection (and, where the\n  system has them, its own session) and sends its next request when the last is\n  answered. {:.1} s measured after a 0.5 s warm-up, {} repetitions of every run (one\n  per round, each on a freshly started cluster); footprint from the first round;\n  latencies from an HDR histogram (3 significant digits). Tables give the median of\n  the repetitions, with their min–max in brackets.\n- **Values**: 256 bytes per write; each client cycles over 1,000 keys of its own\n  (ZooKeeper: one node per client).",
         results.seconds, results.reps
     );
     for (name, setting) in &results.settings {
@@ -384,6 +394,26 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
         }
     }
     let _ = writeln!(p);
+    for &c in clients {
+        let (Some(s), Some((peer, label)), Some(&(_, floor))) = (
+            get(sums, "lookup", "Corral", "local agent", c),
+            fastest_peer_read(sums, c),
+            m.socket_p50_us.iter().find(|(n, _)| *n == c),
+        ) else {
+            continue;
+        };
+        if peer / s.p50() < 10.0 {
+            let _ = writeln!(
+                p,
+                "Through the agent's socket at {c} client{}, 10× faster than {label} means a p50 of {}; on this machine the bare Unix-socket round trip at {c} connection{}, with no work at all on either side, takes {} (Machine, above), and Corral's takes {}.\n",
+                plural(c),
+                us(peer / 10.0),
+                plural(c),
+                us(floor as f64),
+                us(s.p50()),
+            );
+        }
+    }
 
     // ---- Ratios ----------------------------------------------------------------
     let _ = writeln!(p, "## Ratios\n");
