@@ -6,7 +6,9 @@
 //! ```
 //!
 //! The types hold no I/O. [`frame`] turns them into bytes and back, refusing anything
-//! truncated, oversized or undecodable with a typed error.
+//! truncated, oversized or undecodable with a typed error. [`client`] is the async client
+//! of the agent's socket; it and the agent poll a moment for what they await
+//! ([`idle_poll`]).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
