@@ -30,12 +30,8 @@ pub const PROPOSAL_QUEUE_MAX: usize = 8192;
 pub const PROPOSAL_COMMANDS_MAX: usize = 1024;
 /// Most encoded bytes of commands in one proposal (one command may exceed it alone).
 pub const PROPOSAL_BYTES_MAX: usize = 2 * 1024 * 1024;
-/// Proposals submitted to Raft and not yet answered. Many core clients writing at once
-/// (agents, each with one request in flight) keep the log writer and the followers busy
-/// with four where two left them waiting: 16 clients writing straight to the core measured
-/// 8% more writes per second with four than with two, in three alternating pairs, and one
-/// client or 128 no fewer.
-pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
+/// Proposals submitted to Raft and not yet answered.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
 
 struct Pending {
     command: Command,
