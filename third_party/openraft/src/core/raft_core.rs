@@ -1531,7 +1531,10 @@ where
                 timer_config.election_timeout
             };
 
-            if self.engine.is_there_greater_log() {
+            // The penalty lets a node with a greater log win the election this node lost
+            // to it. Once a leader holds a committed vote that election is over; a stale
+            // flag would slow this node's next election, after that leader fails.
+            if self.engine.is_there_greater_log() && !current_vote.is_committed() {
                 election_timeout += timer_config.smaller_log_timeout;
             }
 
