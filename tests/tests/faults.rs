@@ -355,7 +355,7 @@ fn report(scenario: &str, ops: usize, anomalies: &[String], failover_ms: &[u128]
     let p50 = sorted.get(sorted.len() / 2).copied();
     let max = sorted.last().copied();
     println!(
-        "FAULTS scenario={scenario} ops={ops} anomalies={} failover_ms_p50={} failover_ms_max={} {anomalies:?}",
+        "FAULTS scenario={scenario} ops={ops} anomalies={} failover_ms_p50={} failover_ms_max={} failovers_ms={failover_ms:?} {anomalies:?}",
         anomalies.len(),
         p50.map_or("-".into(), |v| v.to_string()),
         max.map_or("-".into(), |v| v.to_string()),
