@@ -94,15 +94,13 @@ struct Shared {
     next_id: AtomicU64,
     reply_poll: Arc<IdlePoll>,
     reader: tokio::task::JoinHandle<()>,
-    poller: tokio::task::JoinHandle<()>,
-    /// Dropped with the connection: ends the poller.
+    /// Dropped with the connection: ends the poller task.
     _poller_stop: watch::Sender<bool>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         self.reader.abort();
-        self.poller.abort();
     }
 }
 
@@ -189,6 +187,7 @@ impl AgentClient {
         let (read, write) = stream.into_split();
         let reply_poll = IdlePoll::new(options.reply_poll_max);
         let (poller_stop, stopped) = watch::channel(false);
+        tokio::spawn(reply_poll.clone().run(stopped));
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
             let weak = weak.clone();
             Shared {
@@ -196,9 +195,8 @@ impl AgentClient {
                 pending: closable::Map::new(),
                 subscriptions: closable::Map::new(),
                 next_id: AtomicU64::new(1),
-                reply_poll: reply_poll.clone(),
+                reply_poll,
                 reader: tokio::spawn(read_loop(read, weak)),
-                poller: tokio::spawn(reply_poll.run(stopped)),
                 _poller_stop: poller_stop,
             }
         });

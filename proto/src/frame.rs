@@ -299,6 +299,30 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_frame_longer_than_a_read_chunk_is_read_whole_or_found_truncated() {
+        let message = Sample::B {
+            name: "big".into(),
+            bytes: vec![7; 3 * READ_CHUNK_LEN],
+        };
+        let bytes = encode(&message).unwrap();
+        let mut whole = &bytes[..];
+        assert_eq!(
+            read_frame::<_, Sample>(&mut whole, FRAME_LEN_MAX)
+                .await
+                .unwrap(),
+            Some(message)
+        );
+        let mut part = &bytes[..bytes.len() - 1];
+        let err = read_frame::<_, Sample>(&mut part, FRAME_LEN_MAX)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FrameError::Truncated { needed, got } if got + 1 == needed),
+            "{err}"
+        );
+    }
+
     proptest! {
         // Random bytes never panic the decoder; they decode or give a typed error.
         #[test]
