@@ -108,13 +108,43 @@ pub fn describe(dir: &Path, corral: &Path, clients: &[usize]) -> anyhow::Result<
     })
 }
 
-/// CPU ticks (user + system) and resident bytes of a process.
-fn read_process(pid: u32) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// CPU time in clock ticks (USER_HZ: 100 a second on Linux).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuTicks {
+    pub user: u64,
+    pub system: u64,
+}
+
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl CpuTicks {
+    fn total(self) -> u64 {
+        self.user + self.system
+    }
+
+    fn since(self, earlier: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+/// User and system CPU of the process whose `stat` file this is (all its threads).
+fn read_cpu(stat_path: &str) -> Option<CpuTicks> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
     // The command name may hold spaces; fields resume after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(CpuTicks {
+        user: fields.get(11)?.parse().ok()?,
+        system: fields.get(12)?.parse().ok()?,
+    })
+}
+
+/// CPU ticks and resident bytes of a process.
+fn read_process(pid: u32) -> Option<(CpuTicks, u64)> {
+    let ticks = read_cpu(&format!("/proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib: u64 = status
         .lines()
@@ -124,6 +154,69 @@ fn read_process(pid: u32) -> Option<(u64, u64)> {
         .parse()
         .ok()?;
     Some((ticks, rss_kib * 1024))
+}
+
+/// The CPU `processes` spent together, or None once one of them cannot be read.
+fn processes_cpu(processes: &[(String, u32)]) -> Option<CpuTicks> {
+    processes
+        .iter()
+        .try_fold(CpuTicks::default(), |sum, (_, pid)| {
+            let t = read_cpu(&format!("/proc/{pid}/stat"))?;
+            Some(CpuTicks {
+                user: sum.user + t.user,
+                system: sum.system + t.system,
+            })
+        })
+}
+
+/// CPU per operation over a load's measured window, in µs: the system's processes
+/// together, and the driver (this process, every client of the load).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuPerOp {
+    pub servers_user_us: f64,
+    pub servers_system_us: f64,
+    pub driver_user_us: f64,
+    pub driver_system_us: f64,
+}
+
+impl CpuPerOp {
+    /// None without operations or without a tick of CPU to divide.
+    pub fn new(servers: CpuTicks, driver: CpuTicks, ops: u64) -> Option<Self> {
+        if ops == 0 || servers.total() + driver.total() == 0 {
+            return None;
+        }
+        let per_op = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / ops as f64;
+        Some(CpuPerOp {
+            servers_user_us: per_op(servers.user),
+            servers_system_us: per_op(servers.system),
+            driver_user_us: per_op(driver.user),
+            driver_system_us: per_op(driver.system),
+        })
+    }
+
+    pub fn servers_us(&self) -> f64 {
+        self.servers_user_us + self.servers_system_us
+    }
+
+    pub fn driver_us(&self) -> f64 {
+        self.driver_user_us + self.driver_system_us
+    }
+}
+
+/// The CPU `processes` and this driver spend over `measure`, from `warmup` on:
+/// (servers, driver), or None where a process could not be read at either end.
+pub async fn cpu_over(
+    processes: &[(String, u32)],
+    warmup: Duration,
+    measure: Duration,
+) -> Option<(CpuTicks, CpuTicks)> {
+    tokio::time::sleep(warmup).await;
+    let servers = processes_cpu(processes);
+    let driver = read_cpu("/proc/self/stat");
+    tokio::time::sleep(measure).await;
+    let servers = processes_cpu(processes)?.since(servers?);
+    let driver = read_cpu("/proc/self/stat")?.since(driver?);
+    Some((servers, driver))
 }
 
 #[derive(Clone, Debug)]
@@ -136,8 +229,7 @@ pub struct Footprint {
 
 /// CPU over `window` and resident memory at its end, per process.
 pub async fn footprint(processes: &[(String, u32)], window: Duration) -> Vec<Footprint> {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    let before: Vec<Option<(u64, u64)>> = processes
+    let before: Vec<Option<(CpuTicks, u64)>> = processes
         .iter()
         .map(|(_, pid)| read_process(*pid))
         .collect();
@@ -153,9 +245,51 @@ pub async fn footprint(processes: &[(String, u32)], window: Duration) -> Vec<Foo
             Some(Footprint {
                 process: name.clone(),
                 rss_mib: rss as f64 / 1024.0 / 1024.0,
-                cpu_percent: (ticks1.saturating_sub(ticks0)) as f64 / ticks_per_second / seconds
+                cpu_percent: ticks1.since(ticks0).total() as f64 / TICKS_PER_SECOND / seconds
                     * 100.0,
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_op_divides_the_window_s_ticks_among_its_operations() {
+        let servers = CpuTicks {
+            user: 30,
+            system: 70,
+        };
+        let driver = CpuTicks {
+            user: 10,
+            system: 20,
+        };
+        // 100 ticks are 1 s of CPU: over 100,000 operations, 10 µs each.
+        let cpu = CpuPerOp::new(servers, driver, 100_000).expect("ticks and operations");
+        assert!((cpu.servers_us() - 10.0).abs() < 1e-9, "{cpu:?}");
+        assert!((cpu.servers_system_us - 7.0).abs() < 1e-9, "{cpu:?}");
+        assert!((cpu.driver_us() - 3.0).abs() < 1e-9, "{cpu:?}");
+        assert_eq!(CpuPerOp::new(servers, driver, 0), None);
+        assert_eq!(
+            CpuPerOp::new(CpuTicks::default(), CpuTicks::default(), 10),
+            None
+        );
+    }
+
+    #[test]
+    fn a_process_s_cpu_is_read_from_proc_and_grows_as_it_runs() {
+        let me = vec![("me".to_string(), std::process::id())];
+        let start = processes_cpu(&me).expect("this process can be read");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut spent = CpuTicks::default();
+        while spent.total() == 0 && Instant::now() < deadline {
+            std::hint::black_box((0..100_000u64).sum::<u64>());
+            spent = processes_cpu(&me).expect("still readable").since(start);
+        }
+        assert!(spent.total() > 0, "no tick of CPU in 5 s of spinning");
+        let gone = vec![("gone".to_string(), u32::MAX)];
+        assert_eq!(processes_cpu(&gone), None, "a process that is not there");
+    }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use machine::CpuPerOp;
 use report::{FailoverRun, FootprintRow, Results, Run};
 use runner::{Op, Sample, closed_loop};
 use systems::corral::Corral;
@@ -368,7 +369,7 @@ async fn run_system(
         for (label, how) in cluster.lookups() {
             for &clients in &plan.clients {
                 let ops = cluster.lookup_clients(clients, how).await?;
-                let sample = closed_loop(ops, WARMUP, plan.measure).await;
+                let sample = measured_load(ops, &cluster.processes(), plan.measure).await?;
                 let linearizable = how == Lookup::Linearizable;
                 record(
                     results,
@@ -393,19 +394,23 @@ async fn run_system(
                     && clients == plan.clients[plan.clients.len() / 2]
                     && writes == cluster.writes()[0].1;
                 let processes = cluster.processes();
-                let load = tokio::spawn(closed_loop(ops, WARMUP, plan.measure));
-                if sample_footprint {
-                    tokio::time::sleep(WARMUP).await;
-                    let window = plan.measure.mul_f64(0.9);
-                    for f in machine::footprint(&processes, window).await {
-                        results.footprints.push(FootprintRow {
-                            system,
-                            state: "write load",
-                            footprint: f,
-                        });
+                let footprints = async {
+                    if !sample_footprint {
+                        return Vec::new();
                     }
+                    tokio::time::sleep(WARMUP).await;
+                    machine::footprint(&processes, plan.measure.mul_f64(0.9)).await
+                };
+                let (sample, footprints) =
+                    tokio::join!(measured_load(ops, &processes, plan.measure), footprints);
+                let sample = sample?;
+                for f in footprints {
+                    results.footprints.push(FootprintRow {
+                        system,
+                        state: "write load",
+                        footprint: f,
+                    });
                 }
-                let sample = load.await?;
                 if plan.wants("write") {
                     record(
                         results, cluster, "write", label, false, clients, rep, sample,
@@ -418,7 +423,7 @@ async fn run_system(
         let label = cluster.lock_label();
         for &clients in &plan.clients {
             let ops = cluster.lock_clients(clients).await?;
-            let sample = closed_loop(ops, WARMUP, plan.measure).await;
+            let sample = measured_load(ops, &cluster.processes(), plan.measure).await?;
             record(results, cluster, "lock", label, false, clients, rep, sample)?;
         }
     }
@@ -452,6 +457,20 @@ async fn run_system(
     Ok(())
 }
 
+/// One measured run of a closed loop, with the CPU that the system's processes and
+/// this driver spent per operation over its measured window.
+async fn measured_load(
+    ops: Vec<Op>,
+    processes: &[(String, u32)],
+    measure: Duration,
+) -> anyhow::Result<Sample> {
+    let load = tokio::spawn(closed_loop(ops, WARMUP, measure));
+    let cpu = machine::cpu_over(processes, WARMUP, measure).await;
+    let mut sample = load.await?;
+    sample.cpu = cpu.and_then(|(servers, driver)| CpuPerOp::new(servers, driver, sample.ops));
+    Ok(sample)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn record(
     results: &mut Results,
@@ -466,11 +485,19 @@ fn record(
     cluster.check_running()?;
     let system = cluster.name();
     println!(
-        "{system} {workload} ({variant}) ×{clients} rep {rep}: {:.0} ops/s, p50 {} µs, p99 {} µs, {} errors{}",
+        "{system} {workload} ({variant}) ×{clients} rep {rep}: {:.0} ops/s, p50 {} µs, p99 {} µs, {} errors, CPU per op {}{}",
         sample.ops_per_second(),
         sample.quantile_us(0.5),
         sample.quantile_us(0.99),
         sample.errors,
+        sample.cpu.map_or_else(
+            || "not measured".to_string(),
+            |c| format!(
+                "servers {:.1} µs, driver {:.1} µs",
+                c.servers_us(),
+                c.driver_us()
+            )
+        ),
         sample
             .first_error
             .as_deref()

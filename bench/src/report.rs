@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
-use crate::machine::{Footprint, Machine};
+use crate::machine::{CpuPerOp, Footprint, Machine};
 use crate::runner::Sample;
 
 pub struct Run {
@@ -69,6 +69,8 @@ struct Summary {
     p50: Vec<f64>,
     p99: Vec<f64>,
     errors: u64,
+    /// CPU per operation, µs, of the repetitions that measured it.
+    cpu: Vec<CpuPerOp>,
 }
 
 impl Summary {
@@ -80,6 +82,19 @@ impl Summary {
     }
     fn p99(&self) -> f64 {
         median(&mut self.p99.clone())
+    }
+    /// Medians of the repetitions: (servers, their share in the kernel, driver, its share).
+    fn cpu(&self) -> Option<(f64, f64, f64, f64)> {
+        if self.cpu.is_empty() {
+            return None;
+        }
+        let of = |f: fn(&CpuPerOp) -> f64| median(&mut self.cpu.iter().map(f).collect::<Vec<_>>());
+        Some((
+            of(CpuPerOp::servers_us),
+            of(|c| c.servers_system_us / c.servers_us().max(f64::EPSILON)),
+            of(CpuPerOp::driver_us),
+            of(|c| c.driver_system_us / c.driver_us().max(f64::EPSILON)),
+        ))
     }
 }
 
@@ -102,11 +117,13 @@ fn summaries(runs: &[Run]) -> BTreeMap<Key, Summary> {
                 p50: Vec::new(),
                 p99: Vec::new(),
                 errors: 0,
+                cpu: Vec::new(),
             });
         entry.ops.push(run.sample.ops_per_second());
         entry.p50.push(run.sample.quantile_us(0.5) as f64);
         entry.p99.push(run.sample.quantile_us(0.99) as f64);
         entry.errors += run.sample.errors;
+        entry.cpu.extend(run.sample.cpu);
     }
     map
 }
@@ -120,6 +137,15 @@ fn us(v: f64) -> String {
         format!("{:.2} ms", v / 1000.0)
     } else {
         format!("{v:.0} µs")
+    }
+}
+
+/// CPU time per operation: tenths of a µs where they matter.
+fn cpu_us(v: f64) -> String {
+    if v < 100.0 {
+        format!("{v:.1} µs")
+    } else {
+        us(v)
     }
 }
 
@@ -181,13 +207,13 @@ pub fn write(results: &Results, out: &Path) -> anyhow::Result<()> {
 
 fn write_csv(results: &Results, dir: &Path) -> anyhow::Result<()> {
     let mut runs = String::from(
-        "workload,system,variant,linearizable,clients,rep,seconds,ops,errors,ops_per_second,p50_us,p90_us,p99_us,p999_us,max_us\n",
+        "workload,system,variant,linearizable,clients,rep,seconds,ops,errors,ops_per_second,p50_us,p90_us,p99_us,p999_us,max_us,servers_user_us_per_op,servers_system_us_per_op,driver_user_us_per_op,driver_system_us_per_op\n",
     );
     for r in &results.runs {
         let s = &r.sample;
         writeln!(
             runs,
-            "{},{},{},{},{},{},{:.3},{},{},{:.1},{},{},{},{},{}",
+            "{},{},{},{},{},{},{:.3},{},{},{:.1},{},{},{},{},{},{}",
             r.workload,
             r.system,
             r.variant,
@@ -202,7 +228,14 @@ fn write_csv(results: &Results, dir: &Path) -> anyhow::Result<()> {
             s.quantile_us(0.9),
             s.quantile_us(0.99),
             s.quantile_us(0.999),
-            s.histogram.max()
+            s.histogram.max(),
+            s.cpu.map_or_else(
+                || ",,,".to_string(),
+                |c| format!(
+                    "{:.2},{:.2},{:.2},{:.2}",
+                    c.servers_user_us, c.servers_system_us, c.driver_user_us, c.driver_system_us
+                )
+            )
         )?;
     }
     std::fs::write(dir.join("runs.csv"), runs)?;
@@ -308,7 +341,7 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
     let _ = writeln!(p, "## Settings\n");
     let _ = writeln!(
         p,
-        "- **Corral** as shipped: three core members (Raft, each write fsynced by a majority\n  before it is acknowledged; one worker thread per two cores, the default), three agents\n  (hosts a1, a2, a3; one worker thread each and polling up to 50 µs after an\n  answer, the defaults; the client library likewise polls up to 50 µs for a reply); every link QUIC with mutual TLS. Clients talk to agent a1\n  over its Unix socket, except *write to core*, which uses the core client over QUIC + mTLS as an agent does.\n- **etcd** as Debian ships it: three members, `--heartbeat-interval 100`,\n  `--election-timeout 1000` (defaults), plain HTTP/2 without TLS (its default), writes\n  fsynced by a majority. Client: `etcd-client` (Rust, tonic/gRPC), connected to all\n  three members.\n- **ZooKeeper** as Debian ships it (its `zoo.cfg`: `tickTime=2000`, `initLimit=10`,\n  `syncLimit=5`), with `forceSync=yes` (fsync before acknowledging), the admin HTTP\n  server off and `maxClientCnxns=0` (128 clients from one address). JVM defaults.\n  Client: `zookeeper-client` (Rust, async), connected to all three members.\n- **Load**: a closed loop; every client is its own connection (and, where the\n  system has them, its own session) and sends its next request when the last is\n  answered. {:.1} s measured after a 0.5 s warm-up, {} repetitions of every run (one\n  per round, each on a freshly started cluster); footprint from the first round;\n  latencies from an HDR histogram (3 significant digits). Tables give the median of\n  the repetitions, with their min–max in brackets.\n- **Values**: 256 bytes per write; each client cycles over 1,000 keys of its own\n  (ZooKeeper: one node per client).",
+        "- **Corral** as shipped: three core members (Raft, each write fsynced by a majority\n  before it is acknowledged; one worker thread per two cores, the default), three agents\n  (hosts a1, a2, a3; one worker thread each and polling up to 50 µs after an\n  answer, the defaults; the client library likewise polls up to 50 µs for a reply); every link QUIC with mutual TLS. Clients talk to agent a1\n  over its Unix socket, except *write to core*, which uses the core client over QUIC + mTLS as an agent does.\n- **etcd** as Debian ships it: three members, `--heartbeat-interval 100`,\n  `--election-timeout 1000` (defaults), plain HTTP/2 without TLS (its default), writes\n  fsynced by a majority. Client: `etcd-client` (Rust, tonic/gRPC), connected to all\n  three members.\n- **ZooKeeper** as Debian ships it (its `zoo.cfg`: `tickTime=2000`, `initLimit=10`,\n  `syncLimit=5`), with `forceSync=yes` (fsync before acknowledging), the admin HTTP\n  server off and `maxClientCnxns=0` (128 clients from one address). JVM defaults.\n  Client: `zookeeper-client` (Rust, async), connected to all three members.\n- **Load**: a closed loop; every client is its own connection (and, where the\n  system has them, its own session) and sends its next request when the last is\n  answered. {:.1} s measured after a 0.5 s warm-up, {} repetitions of every run (one\n  per round, each on a freshly started cluster); footprint from the first round;\n  latencies from an HDR histogram (3 significant digits). Tables give the median of\n  the repetitions, with their min–max in brackets.\n- **CPU per op**: the CPU time (user + system, from /proc) that the system's\n  processes (Corral: the three core members and agent a1; the peers: their three\n  members) and the driver (every client of the load, one process) spent over the\n  measured window, divided by the operations completed in it; medians of the\n  repetitions. The raw CSV splits user from system time.\n- **Values**: 256 bytes per write; each client cycles over 1,000 keys of its own\n  (ZooKeeper: one node per client).",
         results.seconds, results.reps
     );
     for (name, setting) in &results.settings {
@@ -412,6 +445,16 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
                 us(floor as f64),
                 us(s.p50()),
             );
+            if let Some((servers, servers_kernel, driver, driver_kernel)) = s.cpu() {
+                let _ = writeln!(
+                    p,
+                    "At that concurrency Corral's processes spent {} of CPU per lookup, {:.0}% of it in the kernel, and the driver {}, {:.0}% in the kernel (medians of the repetitions; the CPU column of the lookup table).\n",
+                    cpu_us(servers),
+                    servers_kernel * 100.0,
+                    cpu_us(driver),
+                    driver_kernel * 100.0,
+                );
+            }
         }
     }
 
@@ -596,7 +639,7 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
         };
         let _ = writeln!(
             p,
-            "| System | Variant | Clients | {} per s | {latency} p50 | {latency} p99 | errors |\n|---|---|---|---|---|---|---|",
+            "| System | Variant | Clients | {} per s | {latency} p50 | {latency} p99 | errors | CPU per op: servers / driver |\n|---|---|---|---|---|---|---|---|",
             if workload == "lock" { "grants" } else { "ops" }
         );
         for ((w, s, v, c), sum) in sums.iter() {
@@ -605,11 +648,15 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             }
             let _ = writeln!(
                 p,
-                "| {s} | {v} | {c} | {} | {} | {} | {} |",
+                "| {s} | {v} | {c} | {} | {} | {} | {} | {} |",
                 spread(&sum.ops, rate),
                 spread(&sum.p50, us),
                 spread(&sum.p99, us),
-                sum.errors
+                sum.errors,
+                sum.cpu().map_or_else(
+                    || "–".to_string(),
+                    |(servers, _, driver, _)| format!("{} / {}", cpu_us(servers), cpu_us(driver))
+                )
             );
         }
         let _ = writeln!(

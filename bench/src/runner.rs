@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::machine::CpuPerOp;
+
 /// One operation. It returns the latency to record when that is not the whole call
 /// (a lock's wait, without its release), or None to record the call's own duration.
 pub type OpFuture = Pin<Box<dyn Future<Output = anyhow::Result<Option<Duration>>> + Send>>;
@@ -20,6 +22,8 @@ pub struct Sample {
     pub first_error: Option<String>,
     pub seconds: f64,
     pub histogram: Histogram<u64>,
+    /// The CPU spent per operation, where the run measured it.
+    pub cpu: Option<CpuPerOp>,
 }
 
 impl Sample {
@@ -96,6 +100,7 @@ pub async fn closed_loop(clients: Vec<Op>, warmup: Duration, measure: Duration) 
         first_error,
         seconds: measure.as_secs_f64(),
         histogram,
+        cpu: None,
     }
 }
 
