@@ -2,9 +2,10 @@
 //! subscriptions.
 //!
 //! ```text
-//!  reader: frame ──► spawn handler (≤ REQUESTS_IN_FLIGHT_MAX) ──► replies ─┐
-//!                    spawn subscription ──► events ─────────────────────────┼─► writer
-//!  bad frame: error reply, then the connection is closed                   ┘
+//!  reader ─┬─ local lookup ─────────────────────────────── reply ─────────────┐
+//!          ├─ spawn handler (≤ REQUESTS_IN_FLIGHT_MAX) ─── reply ─────────────┼─► write half
+//!          └─ spawn subscription ─ its replies, events ─► queue ─► writer task ┘
+//!  bad frame: error reply, then the connection is closed
 //!  close: every subscription ends; the client session is closed in the core at once
 //! ```
 
@@ -20,6 +21,7 @@ use corral_proto::api::{
     MemberInfo, REQUESTS_IN_FLIGHT_MAX, ReadReply, Reply, SUBSCRIPTIONS_PER_CONNECTION_MAX,
     SubscriptionItem,
 };
+use corral_proto::idle_poll::IdlePoll;
 use corral_proto::limits::FRAME_LEN_MAX;
 use corral_proto::{
     Answer, Command, CommandError, Event, EventBatch, Revision, SessionId, SessionOwner, frame,
@@ -27,6 +29,7 @@ use corral_proto::{
 use parking_lot::Mutex;
 use tokio::io::BufReader;
 use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use super::translate::{self, Binding};
@@ -65,19 +68,16 @@ struct Connection {
 
 pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
     let (read, write) = stream.into_split();
-    // Shared by the writer task and the reader's inline replies, one frame at a time.
-    let write = Arc::new(tokio::sync::Mutex::new(write));
+    let write = FrameWriter {
+        half: Arc::new(tokio::sync::Mutex::new(write)),
+        idle_poll: context.idle_poll.clone(),
+    };
     let (outgoing, mut frames) = mpsc::channel::<AgentFrame>(OUTGOING_BUFFER);
-    let writer_half = write.clone();
-    let idle_poll = context.idle_poll.clone();
+    let queued = write.clone();
     let writer = tokio::spawn(async move {
         while let Some(message) = frames.recv().await {
-            let mut write = writer_half.lock().await;
-            if frame::write_frame(&mut *write, &message).await.is_err() {
+            if !queued.write(&message, None).await {
                 break;
-            }
-            if matches!(message, AgentFrame::Reply { .. }) {
-                idle_poll.awaiting(std::time::Instant::now());
             }
         }
     });
@@ -138,11 +138,9 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
                 id: message.id,
                 result,
             };
-            let mut write = write.lock().await;
-            if frame::write_frame(&mut *write, &reply).await.is_err() {
+            if !write.write(&reply, Some(answered)).await {
                 break;
             }
-            context.idle_poll.awaiting(answered);
             continue;
         }
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
@@ -156,9 +154,16 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
             continue;
         };
         let connection = connection.clone();
+        let write = write.clone();
         tokio::spawn(async move {
             let id = message.id;
             let kind = request_kind(&message.request);
+            // A subscription's own replies stay in the queue, in order with its events;
+            // any other reply goes out from here, without waking the writer task first.
+            let queued = matches!(
+                message.request,
+                AgentRequest::Subscribe { .. } | AgentRequest::Unsubscribe { .. }
+            );
             let started = std::time::Instant::now();
             let result = connection.handle(id, message.request).await;
             if let Some(kind) = kind {
@@ -169,10 +174,12 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
                     .record(kind, started.elapsed(), ok);
             }
             if let Some(result) = result {
-                let _ = connection
-                    .outgoing
-                    .send(AgentFrame::Reply { id, result })
-                    .await;
+                let reply = AgentFrame::Reply { id, result };
+                if queued {
+                    let _ = connection.outgoing.send(reply).await;
+                } else {
+                    write.write(&reply, None).await;
+                }
             }
             drop(permit);
         });
@@ -183,6 +190,31 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
     connection.close_session().await;
     drop(connection);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+}
+
+/// The connection's write half, one frame at a time: the writer task writes the queued
+/// frames through it, and the reader and request handlers their replies.
+#[derive(Clone)]
+struct FrameWriter {
+    half: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    idle_poll: Arc<IdlePoll>,
+}
+
+impl FrameWriter {
+    /// Writes `message`; false once the app has gone. A reply opens the agent's window of
+    /// polling for the app's next request, from `answered` (now if not given).
+    async fn write(&self, message: &AgentFrame, answered: Option<std::time::Instant>) -> bool {
+        let mut half = self.half.lock().await;
+        if frame::write_frame(&mut *half, message).await.is_err() {
+            return false;
+        }
+        drop(half);
+        if matches!(message, AgentFrame::Reply { .. }) {
+            self.idle_poll
+                .awaiting(answered.unwrap_or_else(std::time::Instant::now));
+        }
+        true
+    }
 }
 
 /// How a request's latency is counted; None for subscriptions, whose reply time says
