@@ -73,10 +73,10 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
         idle_poll: context.idle_poll.clone(),
     };
     let (outgoing, mut frames) = mpsc::channel::<AgentFrame>(OUTGOING_BUFFER);
-    let queued = write.clone();
+    let writer_half = write.clone();
     let writer = tokio::spawn(async move {
         while let Some(message) = frames.recv().await {
-            if !queued.write(&message, None).await {
+            if !writer_half.write(&message, None).await {
                 break;
             }
         }
