@@ -3,7 +3,7 @@
 # missing, builds Corral and the driver, runs every workload against a three-member
 # cluster of each system on loopback, and writes docs/benchmarks.md, its charts and CSV.
 #
-#   bench/run.sh                      # everything, as published (about 15 minutes)
+#   bench/run.sh                      # everything, as published (about 11 minutes on 2 cores)
 #   bench/run.sh --seconds 1 --reps 1 # a quick look; extra flags go to `corral-bench all`
 #
 # Needs Debian's packages etcd-server, zookeeper (and a Java runtime) and
