@@ -1019,3 +1019,162 @@ fn failover_chart(results: &Results, path: &Path) -> anyhow::Result<()> {
 fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a chart: {e:?}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::new_histogram;
+
+    fn run(
+        workload: &'static str,
+        system: &'static str,
+        variant: &'static str,
+        clients: usize,
+        p50_us: u64,
+        ops: u64,
+        cpu: Option<CpuPerOp>,
+    ) -> Run {
+        let mut histogram = new_histogram();
+        histogram
+            .record_n(p50_us, ops)
+            .expect("in the histogram's range");
+        Run {
+            workload,
+            system,
+            variant,
+            linearizable: false,
+            clients,
+            rep: 1,
+            sample: Sample {
+                ops,
+                errors: 0,
+                first_error: None,
+                seconds: 1.0,
+                histogram,
+                cpu,
+            },
+        }
+    }
+
+    fn failover(system: &'static str, signal: &'static str, ms: f64) -> FailoverRun {
+        FailoverRun {
+            system,
+            signal,
+            rep: 1,
+            ms,
+        }
+    }
+
+    fn line_of<'a>(page: &'a str, start: &str) -> &'a str {
+        page.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?} in\n{page}"))
+    }
+
+    /// The page's verdicts, CPU column and CSV, from runs whose figures are known.
+    #[test]
+    fn the_page_judges_each_goal_from_the_runs_and_shows_their_cpu() {
+        let agent_cpu = CpuPerOp {
+            servers_user_us: 1.5,
+            servers_system_us: 3.0,
+            driver_user_us: 2.0,
+            driver_system_us: 3.0,
+        };
+        let runs = vec![
+            // 16 clients: 60 µs against 700 µs is 11.7×; 128: 500 µs against 2 ms is 4×.
+            run("lookup", "Corral", "local agent", 16, 60, 1000, None),
+            run(
+                "lookup",
+                "Corral",
+                "local agent",
+                128,
+                500,
+                1000,
+                Some(agent_cpu),
+            ),
+            run("lookup", "ZooKeeper", "getData", 16, 700, 1000, None),
+            run("lookup", "ZooKeeper", "getData", 128, 2000, 1000, None),
+            run("lookup", "etcd", "serializable get", 16, 900, 1000, None),
+            run("lookup", "etcd", "serializable get", 128, 2040, 1000, None),
+            // 16 clients: 1,207 against 1,202 writes/s; 128: 5,000 against 6,000.
+            run("write", "Corral", "through agent", 16, 800, 1207, None),
+            run("write", "Corral", "through agent", 128, 900, 5000, None),
+            run("write", "ZooKeeper", "setData", 16, 800, 1202, None),
+            run("write", "ZooKeeper", "setData", 128, 900, 6000, None),
+            run("write", "etcd", "put", 16, 900, 800, None),
+            run("write", "etcd", "put", 128, 900, 900, None),
+        ];
+        let results = Results {
+            machine: Machine {
+                cores: 2,
+                cpu: "test".into(),
+                memory_gib: 1.0,
+                kernel: "test".into(),
+                fsync_p50_us: 200,
+                fsync_p99_us: 400,
+                socket_p50_us: vec![(16, 40), (128, 450)],
+                versions: Vec::new(),
+            },
+            command_line: "bench/run.sh".into(),
+            started_at: std::time::SystemTime::now(),
+            seconds: 1.0,
+            reps: 1,
+            runs,
+            failovers: vec![
+                failover("Corral", "SIGKILL", 5.0),
+                failover("Corral", "SIGSTOP", 2000.0),
+                failover("etcd", "SIGKILL", 2200.0),
+                failover("etcd", "SIGSTOP", 2495.0),
+                failover("ZooKeeper", "SIGKILL", 5000.0),
+                failover("ZooKeeper", "SIGSTOP", 6000.0),
+            ],
+            footprints: Vec::new(),
+            settings: Vec::new(),
+            wall_seconds: 1.0,
+        };
+        let out = std::env::temp_dir().join(format!(
+            "corral-bench-report-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&out);
+        write(&results, &out).expect("the page is written");
+        let page = std::fs::read_to_string(out.join("benchmarks.md")).expect("the page");
+        let csv = std::fs::read_to_string(out.join("benchmarks/runs.csv")).expect("the CSV");
+        let _ = std::fs::remove_dir_all(&out);
+
+        let goal = "| lookup p50 at least 10× faster than the fastest peer read";
+        assert!(
+            line_of(&page, &format!("{goal}, 16 clients | Corral local agent"))
+                .ends_with("| **met** |")
+        );
+        assert!(
+            line_of(&page, &format!("{goal}, 128 clients | Corral local agent"))
+                .ends_with("| **not met** |")
+        );
+        let writes = "| writes at least as fast as the faster peer";
+        assert!(
+            line_of(&page, &format!("{writes}, 16 clients |"))
+                .contains("vs ZooKeeper 1,202 /s: 1.00× | **met** |")
+        );
+        assert!(line_of(&page, &format!("{writes}, 128 clients |")).ends_with("| **not met** |"));
+        assert!(
+            line_of(&page, "| failover after SIGSTOP faster than either peer |")
+                .contains("vs etcd 2495 ms | **met** |")
+        );
+        // Only the unmet socket row gets the floor and CPU paragraphs.
+        assert!(page.contains("socket at 128 clients, 10× faster than ZooKeeper getData means a p50 of 200 µs; on this machine the bare Unix-socket round trip at 128 connections, with no work at all on either side, takes 450 µs"), "{page}");
+        assert!(!page.contains("socket at 16 clients, 10× faster"), "{page}");
+        assert!(page.contains("spent 4.5 µs of CPU per lookup, 67% of it in the kernel, and the driver 5.0 µs, 60% in the kernel"), "{page}");
+        assert!(line_of(&page, "| Corral | local agent | 128 |").ends_with("| 4.5 µs / 5.0 µs |"));
+        assert!(line_of(&page, "| Corral | local agent | 16 |").ends_with("| – |"));
+
+        assert!(csv.lines().next().expect("a header").ends_with(
+            ",servers_user_us_per_op,servers_system_us_per_op,driver_user_us_per_op,driver_system_us_per_op"
+        ));
+        assert!(
+            line_of(&csv, "lookup,Corral,local agent,false,128,").ends_with(",1.50,3.00,2.00,3.00")
+        );
+        assert!(line_of(&csv, "lookup,Corral,local agent,false,16,").ends_with(",,,,"));
+    }
+}
