@@ -188,6 +188,7 @@ impl Agent {
                 core.clone(),
                 replica.clone(),
                 gossip.view.clone(),
+                gossip.events.subscribe(),
                 shutdown_receiver.clone(),
             )),
             tokio::spawn(crate::api::server::run(listener, context.clone())),

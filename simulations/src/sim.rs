@@ -19,7 +19,9 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use corral_agent::gossip::{GossipConfig, GossipEffect, GossipEngine, GossipInput};
-use corral_agent::sessions::death_reports::{BACKUP_REPORT_DELAY, FIRST_REPORTERS, rank_hash};
+use corral_agent::sessions::death_reports::{
+    BACKUP_REPORT_DELAY, CHECK_INTERVAL, FIRST_REPORTERS, REPORT_INTERVAL, rank_hash,
+};
 use foca::Timer;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -28,10 +30,6 @@ use crate::core_model::{CoreConfig, CoreModel, Placement};
 use crate::network::{CORE, Fate, Micros, Network, NetworkConfig, mix};
 use crate::sim_id::SimId;
 
-/// How often an agent checks for deaths to report (the agent's `CHECK_INTERVAL`).
-const REPORT_CHECK_US: Micros = 100_000;
-/// How often an agent repeats a report while its replica shows the session open.
-const REPORT_REPEAT_US: Micros = 1_000_000;
 /// Datagrams a frozen host's socket buffer holds; the rest are dropped, as the kernel does.
 const HELD_DATAGRAMS_MAX: usize = 512;
 /// Bytes a gossip datagram costs on the wire beyond foca's payload: IPv4 (20) + UDP (8) +
@@ -570,7 +568,9 @@ impl Sim {
                     let life = self.hosts[host as usize].life;
                     self.schedule(self.now + us(after), Event::Timer { host, life, timer });
                 }
-                GossipEffect::MemberDown(id) => self.member_down(host, id),
+                GossipEffect::MemberDown { id, declared_here } => {
+                    self.member_down(host, id, declared_here)
+                }
                 GossipEffect::IdentityChanged(id) => {
                     self.observations.renewals += 1;
                     // The agent opens the node session of its new incarnation.
@@ -586,7 +586,7 @@ impl Sim {
         }
     }
 
-    fn member_down(&mut self, observer: u32, id: SimId) {
+    fn member_down(&mut self, observer: u32, id: SimId, declared_here: bool) {
         if let Some(&i) = self.observations.death_of.get(&id) {
             let record = &mut self.observations.deaths[i];
             record.noticed_after.push(self.now - record.at);
@@ -601,12 +601,14 @@ impl Sim {
                 self.observations.false_downs.push((self.now, observer, id));
             }
         }
-        self.queue_report(observer, id);
+        self.queue_report(observer, id, declared_here);
     }
 
-    /// The agent's death reporting: the first-ranked reporters at their next check, the
-    /// others after the backup delay, each only while its replica shows the session open.
-    fn queue_report(&mut self, observer: u32, dead: SimId) {
+    /// The agent's death reporting: the member that declared the death and the
+    /// first-ranked reporters at once (the agent checks on gossip's event), the others at
+    /// their first check after the backup delay, each only while its replica shows the
+    /// session open.
+    fn queue_report(&mut self, observer: u32, dead: SimId, declared_here: bool) {
         if !self
             .core
             .session_open_at(dead, self.hosts[observer as usize].replica_revision)
@@ -616,15 +618,17 @@ impl Sim {
         if !self.report_pending.insert((observer, dead)) {
             return;
         }
-        let first = self.first_reporters(dead).contains(&observer);
-        let phase = mix(observer as u64) % REPORT_CHECK_US;
-        let mut at = self.now;
-        if !first {
-            at += us(BACKUP_REPORT_DELAY);
-        }
-        // The next tick of this agent's check interval.
-        let ticks = (at.saturating_sub(phase)).div_ceil(REPORT_CHECK_US);
-        let at = (phase + ticks * REPORT_CHECK_US).max(self.now);
+        let at_once = declared_here || self.first_reporters(dead).contains(&observer);
+        let at = if at_once {
+            self.now
+        } else {
+            // The first tick of this agent's check interval after the backup delay.
+            let check = us(CHECK_INTERVAL);
+            let phase = mix(observer as u64) % check;
+            let after = self.now + us(BACKUP_REPORT_DELAY);
+            let ticks = (after.saturating_sub(phase)).div_ceil(check);
+            phase + ticks * check
+        };
         self.schedule(
             at,
             Event::ReportCheck {
@@ -674,7 +678,7 @@ impl Sim {
             self.schedule(self.now + after, Event::ReportArrives { dead });
         }
         self.schedule(
-            self.now + REPORT_REPEAT_US,
+            self.now + us(REPORT_INTERVAL),
             Event::ReportCheck { host, dead },
         );
     }

@@ -44,7 +44,13 @@ pub enum GossipEffect<I: GossipIdentity = NodeIdentity> {
         after: Duration,
     },
     MemberUp(I),
-    MemberDown(I),
+    /// A member is dead. `declared_here` when this member's own suspicion of it ran out,
+    /// rather than the news arriving by gossip: the first to know of a death is a member
+    /// whose probe of it failed.
+    MemberDown {
+        id: I,
+        declared_here: bool,
+    },
     /// A member came back under a newer identity.
     Renamed {
         old: I,
@@ -64,7 +70,10 @@ impl<I: GossipIdentity> Runtime<I> for Effects<'_, I> {
     fn notify(&mut self, notification: Notification<'_, I>) {
         let effect = match notification {
             Notification::MemberUp(id) => GossipEffect::MemberUp(id.clone()),
-            Notification::MemberDown(id) => GossipEffect::MemberDown(id.clone()),
+            Notification::MemberDown(id) => GossipEffect::MemberDown {
+                id: id.clone(),
+                declared_here: false,
+            },
             Notification::Rename(old, new) => GossipEffect::Renamed {
                 old: old.clone(),
                 new: new.clone(),
@@ -154,6 +163,11 @@ impl<I: GossipIdentity> GossipEngine<I> {
         result.map_err(|e| GossipError(e.to_string()))?;
         if suspicion_ends {
             self.drop_false_turn_undead(&mut effects);
+            for effect in &mut effects {
+                if let GossipEffect::MemberDown { declared_here, .. } = effect {
+                    *declared_here = true;
+                }
+            }
         }
         Ok(effects)
     }
@@ -265,6 +279,105 @@ mod tests {
         }
         assert!(a_saw_b && b_saw_a);
         assert_eq!(a.active_count(), 1);
+    }
+
+    /// Engines on a virtual clock: datagrams arrive 100 µs after they are sent, timers
+    /// fire in order of due time; nothing reaches or leaves a member that is cut off, and
+    /// a member whose timers are held only answers what it receives.
+    struct Pool {
+        engines: Vec<GossipEngine>,
+        queue: std::collections::BTreeMap<(Duration, u64), (usize, GossipInput)>,
+        seq: u64,
+        now: Duration,
+        cut: Option<usize>,
+        timers_held: Option<usize>,
+        downs: Vec<(usize, String, bool)>,
+    }
+
+    impl Pool {
+        fn new(size: u16) -> Self {
+            let config = GossipConfig::default();
+            let engines = (0..size)
+                .map(|i| GossipEngine::new(identity(&format!("m{i}"), 1 + i), &config, i.into()))
+                .collect();
+            Pool {
+                engines,
+                queue: Default::default(),
+                seq: 0,
+                now: Duration::ZERO,
+                cut: None,
+                timers_held: None,
+                downs: Vec::new(),
+            }
+        }
+
+        fn push(&mut self, after: Duration, to: usize, input: GossipInput) {
+            self.seq += 1;
+            self.queue.insert((self.now + after, self.seq), (to, input));
+        }
+
+        fn input(&mut self, to: usize, input: GossipInput) {
+            if self.cut == Some(to) {
+                return;
+            }
+            for effect in self.engines[to].handle(input).unwrap_or_default() {
+                match effect {
+                    GossipEffect::Send { to: id, data } => {
+                        let port = id.address.port();
+                        let index = usize::from(port - 1);
+                        if self.cut != Some(index) {
+                            self.push(
+                                Duration::from_micros(100),
+                                index,
+                                GossipInput::Datagram(data),
+                            );
+                        }
+                    }
+                    GossipEffect::Schedule { timer, after } if self.timers_held != Some(to) => {
+                        self.push(after, to, GossipInput::Timer(timer));
+                    }
+                    GossipEffect::MemberDown { id, declared_here } => {
+                        self.downs.push((to, id.name, declared_here));
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn run_for(&mut self, span: Duration) {
+            let until = self.now + span;
+            while let Some(entry) = self.queue.first_entry() {
+                if entry.key().0 > until {
+                    break;
+                }
+                let ((due, _), (to, input)) = entry.remove_entry();
+                self.now = due;
+                self.input(to, input);
+            }
+            self.now = until;
+        }
+    }
+
+    /// The member whose probe failed declares the death itself; a member that hears of
+    /// it by gossip does not. The agent lets the first report at once (death_reports).
+    #[test]
+    fn a_death_is_declared_here_only_by_the_member_whose_suspicion_ran_out() {
+        let mut pool = Pool::new(3);
+        for (from, to) in [(0, 1), (0, 2), (1, 2)] {
+            let address = pool.engines[to].identity().address;
+            pool.input(from, GossipInput::Announce(address));
+        }
+        pool.run_for(Duration::from_secs(3));
+        assert!(pool.engines.iter().all(|e| e.active_count() == 2));
+
+        // m1 never probes, so only m0 can suspect m2; m1 learns of the death from m0.
+        pool.timers_held = Some(1);
+        pool.cut = Some(2);
+        pool.run_for(Duration::from_secs(10));
+        assert_eq!(
+            pool.downs,
+            vec![(0, "m2".to_string(), true), (1, "m2".to_string(), false)]
+        );
     }
 
     #[test]

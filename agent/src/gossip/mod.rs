@@ -15,5 +15,5 @@ pub mod transport;
 pub use config::GossipConfig;
 pub use engine::{GossipEffect, GossipEngine, GossipInput};
 pub use identity::{GossipIdentity, NodeIdentity};
-pub use service::{GossipHandle, GossipView};
+pub use service::{Dead, GossipHandle, GossipView};
 pub use transport::GossipTransport;

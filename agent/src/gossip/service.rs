@@ -45,6 +45,17 @@ pub struct ViewMember {
     pub identity: NodeIdentity,
     pub state: MemberState,
     pub since: Instant,
+    /// Down, and declared so by this agent's own suspicion rather than by gossip.
+    pub declared_here: bool,
+}
+
+/// A member incarnation the gossip pool holds dead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dead {
+    pub since: Instant,
+    /// This agent declared the death itself (its probe failed and the suspicion ran out):
+    /// it is among the first in the pool to know.
+    pub declared_here: bool,
 }
 
 /// The gossip pool as this agent sees it, by name. Includes this agent.
@@ -66,7 +77,12 @@ impl GossipView {
 
     /// Records `identity` in `state`, unless a newer incarnation of the name is known.
     /// Returns the member when something changed.
-    fn record(&mut self, identity: &NodeIdentity, state: MemberState) -> Option<MemberInfo> {
+    pub(crate) fn record(
+        &mut self,
+        identity: &NodeIdentity,
+        state: MemberState,
+        declared_here: bool,
+    ) -> Option<MemberInfo> {
         let entry = self.members.get(&identity.name);
         if let Some(known) = entry
             && (known.identity.incarnation > identity.incarnation
@@ -80,6 +96,7 @@ impl GossipView {
                 identity: identity.clone(),
                 state,
                 since: Instant::now(),
+                declared_here: declared_here && state == MemberState::Down,
             },
         );
         Some(member_info(identity, state))
@@ -87,12 +104,18 @@ impl GossipView {
 
     /// True when the gossip pool shows that incarnation `incarnation` of `name` is dead:
     /// it was declared down, or a newer incarnation of the name has been seen.
-    pub fn is_dead(&self, name: &str, incarnation: u64) -> Option<Instant> {
+    pub fn is_dead(&self, name: &str, incarnation: u64) -> Option<Dead> {
         let member = self.members.get(name)?;
-        if member.identity.incarnation > incarnation
-            || (member.identity.incarnation == incarnation && member.state == MemberState::Down)
-        {
-            Some(member.since)
+        if member.identity.incarnation > incarnation {
+            Some(Dead {
+                since: member.since,
+                declared_here: false,
+            })
+        } else if member.identity.incarnation == incarnation && member.state == MemberState::Down {
+            Some(Dead {
+                since: member.since,
+                declared_here: member.declared_here,
+            })
         } else {
             None
         }
@@ -180,7 +203,7 @@ pub fn spawn(
     let view = Arc::new(RwLock::new(GossipView::default()));
     let (events, _) = broadcast::channel(MEMBER_EVENTS_BUFFER);
     let (identity_sender, identity_receiver) = watch::channel(identity.clone());
-    view.write().record(&identity, MemberState::Alive);
+    view.write().record(&identity, MemberState::Alive, false);
     let seeds: Vec<SocketAddr> = seeds
         .into_iter()
         .filter(|seed| *seed != identity.address)
@@ -282,18 +305,18 @@ impl Service {
                     self.timers.push(Reverse((Instant::now() + after, seq)));
                     self.timer_payloads.insert(seq, timer);
                 }
-                GossipEffect::MemberUp(id) => self.record(&id, MemberState::Alive),
-                GossipEffect::MemberDown(id) => {
-                    tracing::info!(member = %id, "gossip declared a member dead");
-                    self.record(&id, MemberState::Down);
+                GossipEffect::MemberUp(id) => self.record(&id, MemberState::Alive, false),
+                GossipEffect::MemberDown { id, declared_here } => {
+                    tracing::info!(member = %id, declared_here, "gossip declared a member dead");
+                    self.record(&id, MemberState::Down, declared_here);
                 }
                 GossipEffect::Renamed { old, new } => {
                     tracing::info!(%old, %new, "a member came back as a new incarnation");
-                    self.record(&new, MemberState::Alive);
+                    self.record(&new, MemberState::Alive, false);
                 }
                 GossipEffect::IdentityChanged(id) => {
                     tracing::warn!(identity = %id, "this agent takes a new incarnation");
-                    self.record(&id, MemberState::Alive);
+                    self.record(&id, MemberState::Alive, false);
                     let _ = self.identity.send(id);
                 }
                 GossipEffect::Active => self.active = true,
@@ -302,8 +325,8 @@ impl Service {
         }
     }
 
-    fn record(&mut self, identity: &NodeIdentity, state: MemberState) {
-        if let Some(info) = self.view.write().record(identity, state) {
+    fn record(&mut self, identity: &NodeIdentity, state: MemberState, declared_here: bool) {
+        if let Some(info) = self.view.write().record(identity, state, declared_here) {
             let _ = self.events.send(info);
         }
     }
@@ -329,7 +352,7 @@ impl Service {
                 .collect()
         };
         for (id, state) in changes {
-            self.record(&id, state);
+            self.record(&id, state, false);
         }
     }
 }

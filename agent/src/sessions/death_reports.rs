@@ -6,9 +6,23 @@
 //! newer one). The report is repeated while the replica still shows the session open, so
 //! none is forgotten across leader changes, lost writes or restarts.
 //!
-//! To keep a fleet from sending one report per agent, only the few agents ranked first
-//! for the dead node (by a hash of both names) report at once; the others report only if
-//! the session is still open after `backup_delay`.
+//! To keep a fleet from sending one report per agent, only a few agents report at once:
+//! the agent that declared the death itself (its probe failed and its suspicion ran out,
+//! so it is the first to know) and the few ranked first for the dead node by a hash of
+//! both names. The others report only if the session is still open after
+//! `BACKUP_REPORT_DELAY`.
+//!
+//! ```text
+//!  gossip member event ─┐
+//!  CHECK_INTERVAL tick ─┴─► check: replica's node sessions × gossip view ─► due deaths
+//!                              (rank, declared here, backup delay, REPORT_INTERVAL)
+//!                                                                   │
+//!                                        CloseNode to the core ◄────┘ one task each
+//! ```
+//!
+//! A check runs as soon as gossip reports a change, so a death leaves as a report the
+//! moment this agent learns of it; the tick repeats reports and catches sessions that
+//! reach the replica after the death did.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -16,23 +30,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_core::client::CoreClient;
+use corral_proto::api::MemberInfo;
 use corral_proto::{Command, SessionOwner};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::gossip::GossipView;
 use crate::replica::SharedReplica;
 
-/// Agents that report a death at once.
+/// Agents ranked first for a death, which report it at once.
 pub const FIRST_REPORTERS: usize = 3;
 
 /// When the others report a death that is still not committed.
 pub const BACKUP_REPORT_DELAY: Duration = Duration::from_secs(3);
 
 /// Least time between two reports of the same death by one agent.
-const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the check runs when gossip reports nothing.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A node session the core should close.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -70,12 +86,100 @@ pub fn deaths_to_report(
     sessions
         .filter(|(name, _)| name != me)
         .filter_map(|(name, incarnation)| {
-            let since = view.is_dead(&name, incarnation)?;
-            let first = reporter_rank(&name, me, view.alive_names()) < FIRST_REPORTERS;
-            (first || now.duration_since(since) >= BACKUP_REPORT_DELAY)
+            let dead = view.is_dead(&name, incarnation)?;
+            let at_once = dead.declared_here
+                || reporter_rank(&name, me, view.alive_names()) < FIRST_REPORTERS;
+            (at_once || now.duration_since(dead.since) >= BACKUP_REPORT_DELAY)
                 .then_some(Death { name, incarnation })
         })
         .collect()
+}
+
+/// Which of the deaths due at a check go out now: each at most once per
+/// `REPORT_INTERVAL`.
+#[derive(Debug, Default)]
+pub struct ReportPacer {
+    last_sent: HashMap<Death, Instant>,
+}
+
+impl ReportPacer {
+    pub fn to_send(&mut self, due: Vec<Death>, now: Instant) -> Vec<Death> {
+        self.last_sent.retain(|death, _| due.contains(death));
+        due.into_iter()
+            .filter(|death| {
+                let recent = self
+                    .last_sent
+                    .get(death)
+                    .is_some_and(|at| now.duration_since(*at) < REPORT_INTERVAL);
+                if !recent {
+                    self.last_sent.insert(death.clone(), now);
+                }
+                !recent
+            })
+            .collect()
+    }
+}
+
+/// The open node sessions `replica` shows, as (name, incarnation).
+fn node_sessions(replica: &SharedReplica) -> Vec<(String, u64)> {
+    replica.read(|r| {
+        r.machine()
+            .sessions()
+            .filter_map(|s| match s.owner {
+                SessionOwner::Node { name, incarnation } => Some((name, incarnation)),
+                SessionOwner::Client { .. } => None,
+            })
+            .collect()
+    })
+}
+
+/// Checks on every gossip member event and every `CHECK_INTERVAL`, and sends each death
+/// to report into `reports`. Returns at shutdown.
+pub async fn watch_deaths(
+    me: String,
+    sessions: impl Fn() -> Vec<(String, u64)>,
+    view: Arc<parking_lot::RwLock<GossipView>>,
+    events: broadcast::Receiver<MemberInfo>,
+    mut shutdown: watch::Receiver<bool>,
+    reports: mpsc::UnboundedSender<Death>,
+) {
+    let mut pacer = ReportPacer::default();
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut events = Some(events);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            open = member_changes(&mut events) => if !open {
+                // The gossip task is gone (the agent is stopping): the tick alone goes on.
+                events = None;
+            },
+            _ = shutdown.changed() => return,
+        }
+        let now = Instant::now();
+        let due = deaths_to_report(&view.read(), sessions().into_iter(), &me, now);
+        for death in pacer.to_send(due, now) {
+            if reports.send(death).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for gossip's next member event and takes every one queued behind it, since one
+/// check covers them all. False when the events have ended; never returns without them.
+async fn member_changes(events: &mut Option<broadcast::Receiver<MemberInfo>>) -> bool {
+    let Some(receiver) = events else {
+        return std::future::pending().await;
+    };
+    match receiver.recv().await {
+        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = receiver.try_recv() {
+            }
+            true
+        }
+        Err(broadcast::error::RecvError::Closed) => false,
+    }
 }
 
 pub async fn run(
@@ -83,59 +187,163 @@ pub async fn run(
     core: Arc<CoreClient>,
     replica: Arc<SharedReplica>,
     view: Arc<parking_lot::RwLock<GossipView>>,
-    mut shutdown: watch::Receiver<bool>,
+    events: broadcast::Receiver<MemberInfo>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut last_sent: HashMap<Death, Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(CHECK_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+    let (reports, mut due) = mpsc::unbounded_channel();
+    let watch = watch_deaths(
+        me,
+        move || node_sessions(&replica),
+        view,
+        events,
+        shutdown,
+        reports,
+    );
+    let send = async move {
+        while let Some(death) = due.recv().await {
+            tokio::spawn(report(core.clone(), death));
         }
-        let sessions: Vec<(String, u64)> = replica.read(|r| {
-            r.machine()
-                .sessions()
-                .filter_map(|s| match s.owner {
-                    SessionOwner::Node { name, incarnation } => Some((name, incarnation)),
-                    SessionOwner::Client { .. } => None,
-                })
-                .collect()
-        });
-        let now = Instant::now();
-        let deaths = deaths_to_report(&view.read(), sessions.into_iter(), &me, now);
-        last_sent.retain(|death, _| deaths.contains(death));
-        for death in deaths {
-            if last_sent
-                .get(&death)
-                .is_some_and(|at| now.duration_since(*at) < REPORT_INTERVAL)
-            {
-                continue;
-            }
-            last_sent.insert(death.clone(), now);
-            let core = core.clone();
-            tokio::spawn(async move {
-                let command = Command::CloseNode {
-                    name: death.name.clone(),
-                    incarnation: death.incarnation,
-                };
-                match core.write(&command).await {
-                    Ok(response) => tracing::info!(
-                        node = death.name,
-                        incarnation = death.incarnation,
-                        revision = response.revision,
-                        "reported a dead node to the core"
-                    ),
-                    // Repeated on the next check while the session stays open.
-                    Err(e) => tracing::warn!(node = death.name, error = %e, "death report failed"),
-                }
-            });
-        }
+    };
+    tokio::join!(watch, send);
+}
+
+async fn report(core: Arc<CoreClient>, death: Death) {
+    let command = Command::CloseNode {
+        name: death.name.clone(),
+        incarnation: death.incarnation,
+    };
+    match core.write(&command).await {
+        Ok(response) => tracing::info!(
+            node = death.name,
+            incarnation = death.incarnation,
+            revision = response.revision,
+            "reported a dead node to the core"
+        ),
+        // Repeated on a later check while the session stays open.
+        Err(e) => tracing::warn!(node = death.name, error = %e, "death report failed"),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use corral_proto::api::MemberState;
+
     use super::*;
+    use crate::gossip::NodeIdentity;
+
+    fn member(name: &str, port: u16) -> NodeIdentity {
+        NodeIdentity {
+            name: name.into(),
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            incarnation: 1,
+        }
+    }
+
+    /// A view of `names`, all alive, and the first of them that is not ranked among the
+    /// first reporters of `dead`'s death.
+    fn view_and_a_late_reporter(names: &[&str], dead: &str) -> (GossipView, String) {
+        let mut view = GossipView::default();
+        for (port, name) in (1..).zip(names) {
+            view.record(&member(name, port), MemberState::Alive, false);
+        }
+        let late = names
+            .iter()
+            .find(|me| {
+                **me != dead && reporter_rank(dead, me, names.iter().copied()) >= FIRST_REPORTERS
+            })
+            .expect("7 members leave 3 ranked after the first 3")
+            .to_string();
+        (view, late)
+    }
+
+    const NAMES: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "dead"];
+
+    #[test]
+    fn the_agent_that_declared_a_death_reports_it_at_once_whatever_its_rank() {
+        let (mut view, me) = view_and_a_late_reporter(&NAMES, "dead");
+        let sessions = || vec![("dead".to_string(), 1)].into_iter();
+        view.record(&member("dead", 8), MemberState::Down, false);
+        let now = Instant::now();
+        assert_eq!(deaths_to_report(&view, sessions(), &me, now), vec![]);
+        let later = now + BACKUP_REPORT_DELAY;
+        assert_eq!(deaths_to_report(&view, sessions(), &me, later).len(), 1);
+
+        // The same death, declared by this agent's own suspicion.
+        let mut view = view_and_a_late_reporter(&NAMES, "dead").0;
+        view.record(&member("dead", 8), MemberState::Down, true);
+        assert_eq!(
+            deaths_to_report(&view, sessions(), &me, now),
+            vec![Death {
+                name: "dead".into(),
+                incarnation: 1
+            }]
+        );
+        // A newer incarnation alive: the old one is dead, but no longer declared here.
+        let mut renewed = member("dead", 8);
+        renewed.incarnation = 2;
+        view.record(&renewed, MemberState::Alive, false);
+        assert_eq!(deaths_to_report(&view, sessions(), &me, now), vec![]);
+    }
+
+    #[test]
+    fn a_death_is_sent_again_only_after_the_report_interval() {
+        let mut pacer = ReportPacer::default();
+        let death = Death {
+            name: "dead".into(),
+            incarnation: 1,
+        };
+        let now = Instant::now();
+        assert_eq!(pacer.to_send(vec![death.clone()], now).len(), 1);
+        let soon = now + REPORT_INTERVAL / 2;
+        assert_eq!(pacer.to_send(vec![death.clone()], soon), vec![]);
+        assert_eq!(
+            pacer
+                .to_send(vec![death.clone()], now + REPORT_INTERVAL)
+                .len(),
+            1
+        );
+        // Once no longer due (committed), it is forgotten, and sent at once if due again.
+        assert_eq!(pacer.to_send(vec![], now + REPORT_INTERVAL), vec![]);
+        assert_eq!(pacer.to_send(vec![death], soon + REPORT_INTERVAL).len(), 1);
+    }
+
+    /// On a paused clock: the report of a death leaves when gossip's event arrives, with
+    /// no time passing, not at the next tick of the check.
+    #[tokio::test(start_paused = true)]
+    async fn a_death_is_reported_on_the_gossip_event_not_on_the_next_tick() {
+        let (view, me) = view_and_a_late_reporter(&NAMES, "dead");
+        let view = Arc::new(parking_lot::RwLock::new(view));
+        let (events, event_receiver) = broadcast::channel(16);
+        let (_stop, shutdown) = watch::channel(false);
+        let (reports, mut reported) = mpsc::unbounded_channel();
+        tokio::spawn(watch_deaths(
+            me,
+            || vec![("dead".to_string(), 1)],
+            view.clone(),
+            event_receiver,
+            shutdown,
+            reports,
+        ));
+        // Past the first tick, well before the second.
+        tokio::time::sleep(CHECK_INTERVAL / 4).await;
+        assert!(reported.try_recv().is_err());
+
+        let declared_at = Instant::now();
+        let info = view
+            .write()
+            .record(&member("dead", 8), MemberState::Down, true)
+            .expect("a change");
+        events.send(info).unwrap();
+        let death = reported.recv().await.expect("a report");
+        assert_eq!(death.name, "dead");
+        assert_eq!(
+            Instant::now(),
+            declared_at,
+            "reported at a tick, not on the event"
+        );
+    }
 
     #[test]
     fn exactly_the_first_ranked_members_report_at_once() {
