@@ -20,9 +20,9 @@
 //!                                        CloseNode to the core ◄────┘ one task each
 //! ```
 //!
-//! A check runs as soon as gossip reports a change, so a death leaves as a report the
-//! moment this agent learns of it; the tick repeats reports and catches sessions that
-//! reach the replica after the death did.
+//! A check runs as soon as gossip reports a death, so the report leaves the moment this
+//! agent learns of it; the tick repeats reports and catches the rest (a session that
+//! reaches the replica after its death did, an incarnation superseded by a newer one).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_core::client::CoreClient;
-use corral_proto::api::MemberInfo;
+use corral_proto::api::{MemberInfo, MemberState};
 use corral_proto::{Command, SessionOwner};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
@@ -66,13 +66,17 @@ pub fn rank_hash(dead: &str, member: &str) -> u64 {
     hasher.finish()
 }
 
-/// Where `me` ranks among the live members reporting the death of `dead` (0 = first).
-pub fn reporter_rank<'a>(dead: &str, me: &str, alive: impl Iterator<Item = &'a str>) -> usize {
+/// Whether `me` is among the `FIRST_REPORTERS` live members ranked first to report the
+/// death of `dead`. Stops at the third member ranked before `me`: after a mass death in a
+/// large pool, most agents learn they are not first from a few names, not the whole pool.
+pub fn ranks_first<'a>(dead: &str, me: &str, alive: impl Iterator<Item = &'a str>) -> bool {
     let mine = (rank_hash(dead, me), me);
     alive
         .filter(|name| *name != dead && *name != me)
         .filter(|name| (rank_hash(dead, name), *name) < mine)
+        .take(FIRST_REPORTERS)
         .count()
+        < FIRST_REPORTERS
 }
 
 /// The deaths this agent should report now. `sessions` are the open node sessions the
@@ -87,10 +91,10 @@ pub fn deaths_to_report(
         .filter(|(name, _)| name != me)
         .filter_map(|(name, incarnation)| {
             let dead = view.is_dead(&name, incarnation)?;
-            let at_once = dead.declared_here
-                || reporter_rank(&name, me, view.alive_names()) < FIRST_REPORTERS;
-            (at_once || now.duration_since(dead.since) >= BACKUP_REPORT_DELAY)
-                .then_some(Death { name, incarnation })
+            let due = dead.declared_here
+                || now.duration_since(dead.since) >= BACKUP_REPORT_DELAY
+                || ranks_first(&name, me, view.alive_names());
+            due.then_some(Death { name, incarnation })
         })
         .collect()
 }
@@ -166,19 +170,25 @@ pub async fn watch_deaths(
     }
 }
 
-/// Waits for gossip's next member event and takes every one queued behind it, since one
-/// check covers them all. False when the events have ended; never returns without them.
+/// Waits for gossip's next death and takes every event queued behind it, since one check
+/// covers them all. Other changes (suspicions, refutations, joins) wait for the tick: they
+/// come often in a large pool and report nothing. False when the events have ended; never
+/// returns without them.
 async fn member_changes(events: &mut Option<broadcast::Receiver<MemberInfo>>) -> bool {
     let Some(receiver) = events else {
         return std::future::pending().await;
     };
-    match receiver.recv().await {
-        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = receiver.try_recv() {
+    loop {
+        match receiver.recv().await {
+            Ok(info) if info.state != MemberState::Down => continue,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) =
+                    receiver.try_recv()
+                {}
+                return true;
             }
-            true
+            Err(broadcast::error::RecvError::Closed) => return false,
         }
-        Err(broadcast::error::RecvError::Closed) => false,
     }
 }
 
@@ -228,8 +238,6 @@ async fn report(core: Arc<CoreClient>, death: Death) {
 mod tests {
     use std::net::SocketAddr;
 
-    use corral_proto::api::MemberState;
-
     use super::*;
     use crate::gossip::NodeIdentity;
 
@@ -250,9 +258,7 @@ mod tests {
         }
         let late = names
             .iter()
-            .find(|me| {
-                **me != dead && reporter_rank(dead, me, names.iter().copied()) >= FIRST_REPORTERS
-            })
+            .find(|me| **me != dead && !ranks_first(dead, me, names.iter().copied()))
             .expect("7 members leave 3 ranked after the first 3")
             .to_string();
         (view, late)
@@ -309,18 +315,20 @@ mod tests {
         assert_eq!(pacer.to_send(vec![death], soon + REPORT_INTERVAL).len(), 1);
     }
 
-    /// On a paused clock: the report of a death leaves when gossip's event arrives, with
-    /// no time passing, not at the next tick of the check.
+    /// On a paused clock: the report of a death leaves when gossip's event of it arrives,
+    /// with no time passing; other events do not run the check, which the tick then does.
     #[tokio::test(start_paused = true)]
     async fn a_death_is_reported_on_the_gossip_event_not_on_the_next_tick() {
-        let (view, me) = view_and_a_late_reporter(&NAMES, "dead");
+        let names = ["a", "b", "c", "d", "e", "f", "g", "dead", "dead2"];
+        let (view, me) = view_and_a_late_reporter(&names, "dead");
         let view = Arc::new(parking_lot::RwLock::new(view));
         let (events, event_receiver) = broadcast::channel(16);
         let (_stop, shutdown) = watch::channel(false);
         let (reports, mut reported) = mpsc::unbounded_channel();
+        let started = Instant::now();
         tokio::spawn(watch_deaths(
             me,
-            || vec![("dead".to_string(), 1)],
+            || vec![("dead".to_string(), 1), ("dead2".to_string(), 1)],
             view.clone(),
             event_receiver,
             shutdown,
@@ -330,14 +338,30 @@ mod tests {
         tokio::time::sleep(CHECK_INTERVAL / 4).await;
         assert!(reported.try_recv().is_err());
 
-        let declared_at = Instant::now();
-        let info = view
+        // A death in the view, but only a suspicion announced: the tick finds the death.
+        view.write()
+            .record(&member("dead", 8), MemberState::Down, true);
+        let suspect = view
             .write()
-            .record(&member("dead", 8), MemberState::Down, true)
+            .record(&member("b", 2), MemberState::Suspect, false)
             .expect("a change");
-        events.send(info).unwrap();
-        let death = reported.recv().await.expect("a report");
-        assert_eq!(death.name, "dead");
+        events.send(suspect).unwrap();
+        assert_eq!(reported.recv().await.expect("a report").name, "dead");
+        assert_eq!(
+            Instant::now(),
+            started + CHECK_INTERVAL,
+            "a suspicion ran the check"
+        );
+
+        // A death announced: reported at once.
+        tokio::time::sleep(CHECK_INTERVAL / 4).await;
+        let declared_at = Instant::now();
+        let down = view
+            .write()
+            .record(&member("dead2", 9), MemberState::Down, true)
+            .expect("a change");
+        events.send(down).unwrap();
+        assert_eq!(reported.recv().await.expect("a report").name, "dead2");
         assert_eq!(
             Instant::now(),
             declared_at,
@@ -350,9 +374,7 @@ mod tests {
         let members: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
         let first: Vec<&String> = members
             .iter()
-            .filter(|me| {
-                reporter_rank("dead", me, members.iter().map(String::as_str)) < FIRST_REPORTERS
-            })
+            .filter(|me| ranks_first("dead", me, members.iter().map(String::as_str)))
             .collect();
         assert_eq!(first.len(), FIRST_REPORTERS);
     }
