@@ -160,8 +160,11 @@ pub async fn watch_deaths(
             },
             _ = shutdown.changed() => return,
         }
+        // The replica first, then the view: the gossip task waits on the view's lock only
+        // for the comparison, not for the replica's too.
+        let open = sessions();
         let now = Instant::now();
-        let due = deaths_to_report(&view.read(), sessions().into_iter(), &me, now);
+        let due = deaths_to_report(&view.read(), open.into_iter(), &me, now);
         for death in pacer.to_send(due, now) {
             if reports.send(death).is_err() {
                 return;
