@@ -3,7 +3,7 @@
 //! the new masters; each revision then streams to every agent's replica.
 //!
 //! ```text
-//!  MemberDown at agent ──(first reporters at their next check; others after 3 s)──►
+//!  MemberDown at agent ──(its declarer and the first-ranked at once; others after 3 s)──►
 //!     report over a reliable link ──► commit latency ──► StateMachine::apply(CloseNode)
 //!        ──► MasterChanged events ──► watch fan-out: each core member sends to its share
 //!            of the agents one after another, each arriving after the link's latency
