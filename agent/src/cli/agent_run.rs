@@ -62,7 +62,10 @@ pub(crate) struct AgentArgs {
     expected_members: u32,
     /// Threads that run the agent's work. An agent shares its host with the applications
     /// it serves; one thread keeps it off their cores and spares it waking a second
-    /// thread for every message, and it answers local reads inline.
+    /// thread for every message, and it answers local reads inline. Where the apps'
+    /// socket lookups keep more than one core busy, two threads serve more of them: on
+    /// two cores, about 1.3× the lookups at 16 and 128 connections, and about 12% fewer
+    /// writes at 16.
     #[arg(long, env = "CORRAL_WORKER_THREADS", default_value_t = AGENT_WORKER_THREADS)]
     worker_threads: usize,
     /// Longest the agent keeps polling its sockets after an answer before it sleeps, in
