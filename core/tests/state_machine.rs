@@ -48,6 +48,11 @@ enum Op {
         name: u8,
         incarnation: u8,
     },
+    RenewNode {
+        name: u8,
+        from: u8,
+        to: u8,
+    },
     CreateShard {
         shard: u8,
     },
@@ -109,6 +114,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (s.clone(), 0u8..3).prop_map(|(node, client_key)| Op::OpenClient { node, client_key }),
         1 => s.clone().prop_map(|session| Op::Close { session }),
         1 => (0u8..3, 0u8..4).prop_map(|(name, incarnation)| Op::CloseNode { name, incarnation }),
+        1 => (0u8..3, 0u8..4, 0u8..5).prop_map(|(name, from, to)| Op::RenewNode { name, from, to }),
         1 => (0u8..3).prop_map(|shard| Op::CreateShard { shard }),
         1 => (0u8..3).prop_map(|shard| Op::DeleteShard { shard }),
         3 => (0u8..3, 0u8..5, 0u8..3, s.clone())
@@ -216,6 +222,11 @@ impl Resolver {
             Op::CloseNode { name, incarnation } => Command::CloseNode {
                 name: format!("node{name}"),
                 incarnation: incarnation as u64,
+            },
+            Op::RenewNode { name, from, to } => Command::RenewNode {
+                name: format!("node{name}"),
+                from: from as u64,
+                to: to as u64,
             },
             Op::CreateShard { shard } => Command::CreateShard {
                 name: format!("M{shard}"),
@@ -512,6 +523,112 @@ fn master_death_promotes_the_best_replica_with_a_higher_epoch() {
         Some("host2:7000")
     );
     assert_eq!(state.shard("M3").unwrap().epoch, 3);
+}
+
+/// A renewed node keeps its session and everything under it; the old incarnation's death
+/// report no longer closes it, and a renewal from anything but the open incarnation fails.
+#[test]
+fn a_renewed_node_keeps_its_session_and_outlives_reports_of_its_old_incarnation() {
+    let mut state = StateMachine::new();
+    let node = open_node(&mut state, "host1", 1);
+    let client = match apply_ok(
+        &mut state,
+        Command::OpenSession {
+            owner: SessionOwner::Client {
+                node_session: node,
+                client_key: 7,
+                label: String::new(),
+            },
+        },
+    )
+    .0
+    {
+        Answer::SessionOpened { session, .. } => session,
+        other => panic!("{other:?}"),
+    };
+    apply_ok(
+        &mut state,
+        Command::AcquireLock {
+            name: "L".into(),
+            session: client,
+            wait: false,
+        },
+    );
+    let (answer, events) = apply_ok(
+        &mut state,
+        Command::RenewNode {
+            name: "host1".into(),
+            from: 1,
+            to: 5,
+        },
+    );
+    assert_eq!(
+        answer,
+        Answer::SessionOpened {
+            session: node,
+            existing: true
+        }
+    );
+    let renewed = SessionOwner::Node {
+        name: "host1".into(),
+        incarnation: 5,
+    };
+    assert_eq!(
+        events,
+        vec![Event::SessionOpened(Session {
+            id: node,
+            owner: renewed.clone()
+        })]
+    );
+    assert_eq!(state.session(node).map(|s| s.owner), Some(renewed));
+    // The old incarnation's report is now a no-op.
+    let (answer, _) = apply_ok(
+        &mut state,
+        Command::CloseNode {
+            name: "host1".into(),
+            incarnation: 1,
+        },
+    );
+    assert_eq!(answer, Answer::SessionsClosed { sessions: vec![] });
+    assert!(state.session(client).is_some());
+    assert!(state.lock("L").is_some_and(|l| l.holder.is_some()));
+    // Renewing from an incarnation the node no longer has is refused, changing nothing.
+    for (from, to) in [(1, 6), (4, 6)] {
+        let (response, events) = state.apply(&Command::RenewNode {
+            name: "host1".into(),
+            from,
+            to,
+        });
+        assert_eq!(
+            response.outcome,
+            Err(CommandError::NodeNotRenewable {
+                name: "host1".into(),
+                incarnation: from
+            })
+        );
+        assert!(events.is_empty());
+    }
+    // Backwards is invalid before it reaches the state.
+    let (response, _) = state.apply(&Command::RenewNode {
+        name: "host1".into(),
+        from: 5,
+        to: 5,
+    });
+    assert!(matches!(response.outcome, Err(CommandError::Invalid(_))));
+    // The newer incarnation's death report closes it, as any other.
+    let (answer, _) = apply_ok(
+        &mut state,
+        Command::CloseNode {
+            name: "host1".into(),
+            incarnation: 5,
+        },
+    );
+    assert_eq!(
+        answer,
+        Answer::SessionsClosed {
+            sessions: vec![node, client]
+        }
+    );
 }
 
 /// A death report never closes a newer incarnation, and a restarted node supersedes its

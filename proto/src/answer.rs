@@ -131,4 +131,6 @@ pub enum CommandError {
     NoSuchInstance { service: String, id: String },
     #[error("service {service} already has {max} instances")]
     TooManyInstances { service: String, max: usize },
+    #[error("node {name} has no open session at incarnation {incarnation}")]
+    NodeNotRenewable { name: String, incarnation: u64 },
 }

@@ -43,6 +43,15 @@ pub enum Command {
         name: String,
         incarnation: u64,
     },
+    /// Moves the open node session of `name` from incarnation `from` to the newer `to`,
+    /// keeping the session, its client sessions and all they hold: an agent whose gossip
+    /// identity was renewed while its process, and so its apps' connections, lived on.
+    /// Refused if the node's open session is not at `from` (it was closed or superseded).
+    RenewNode {
+        name: String,
+        from: u64,
+        to: u64,
+    },
     CreateShard {
         name: String,
     },
@@ -165,6 +174,8 @@ pub enum InvalidCommand {
     TooManyTags { count: usize, max: usize },
     #[error("command of {len} bytes exceeds the limit of {max} bytes")]
     CommandTooLarge { len: usize, max: usize },
+    #[error("a renewal must move to a newer incarnation, not from {from} to {to}")]
+    Renewal { from: u64, to: u64 },
 }
 
 /// Checks a key: non-empty UTF-8 up to [`KEY_LEN_MAX`] bytes with no NUL and no control
@@ -297,6 +308,15 @@ impl Command {
             },
             Command::CloseSession { .. } => {}
             Command::CloseNode { name, .. } => validate_name("node name", name)?,
+            Command::RenewNode { name, from, to } => {
+                validate_name("node name", name)?;
+                if to <= from {
+                    return Err(InvalidCommand::Renewal {
+                        from: *from,
+                        to: *to,
+                    });
+                }
+            }
             Command::CreateShard { name } | Command::DeleteShard { name } => {
                 validate_name("shard name", name)?
             }
@@ -391,6 +411,7 @@ impl Command {
             Command::OpenSession { .. }
             | Command::CloseSession { .. }
             | Command::CloseNode { .. }
+            | Command::RenewNode { .. }
             | Command::CreateShard { .. }
             | Command::DeleteShard { .. }
             | Command::RegisterReplica { .. }

@@ -1,11 +1,14 @@
 //! The agent's node session: opened at start under its gossip identity, reopened under a
-//! new incarnation whenever the core closed it (the pool declared this agent dead), and
-//! closed when the agent leaves.
+//! new incarnation whenever the core closed it (the pool declared this agent dead), moved
+//! to a new incarnation the pool forced while the core kept it open, and closed when the
+//! agent leaves.
 //!
 //! ```text
 //!  gossip identity ──► OpenSession{Node{name, incarnation}} ──► session id (watch)
 //!        ▲                                          │ replica shows it closed
 //!        └──────── renew incarnation ◄──────────────┘
+//!  new identity, session still open ──► RenewNode{name, from, to}: same session, same
+//!                                       client sessions (refused if closed: open anew)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -70,22 +73,33 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut identity_changes = gossip.identity.clone();
+    // The node session this agent holds open, and the incarnation it is under.
+    let mut held: Option<(SessionId, u64)> = None;
     loop {
         let identity: NodeIdentity = identity_changes.borrow_and_update().clone();
         if let Err(e) = store_incarnation(&data_dir, identity.incarnation) {
             tracing::error!(error = %e, "cannot record the incarnation");
         }
-        let owner = SessionOwner::Node {
-            name: identity.name.clone(),
-            incarnation: identity.incarnation,
-        };
-        // Open (idempotent: the same owner gets its open session back).
         let open = Command::OpenSession {
-            owner: owner.clone(),
+            owner: SessionOwner::Node {
+                name: identity.name.clone(),
+                incarnation: identity.incarnation,
+            },
+        };
+        // A new gossip identity while the session is open (the pool had declared this
+        // live agent dead): the session moves to it with the apps' sessions under it.
+        // Opening it would end the old one and all they hold.
+        let mut command = match held {
+            Some((_, from)) if from < identity.incarnation => Command::RenewNode {
+                name: identity.name.clone(),
+                from,
+                to: identity.incarnation,
+            },
+            _ => open.clone(),
         };
         let opened = loop {
             let attempt = tokio::select! {
-                result = core.write(&open) => result,
+                result = core.write(&command) => result,
                 _ = shutdown.changed() => return,
             };
             match attempt {
@@ -93,11 +107,19 @@ pub async fn run(
                     Ok(Answer::SessionOpened { session, .. }) => {
                         break Some((session, response.revision));
                     }
+                    Err(CommandError::NodeNotRenewable { .. }) => {
+                        tracing::warn!(
+                            "the core closed this node's session before it could move to the new incarnation; opening a new one"
+                        );
+                        command = open.clone();
+                        continue;
+                    }
                     Err(CommandError::NodeSuperseded { incarnation, .. }) => {
                         tracing::warn!(
                             incarnation,
                             "the core knows a newer incarnation of this node; taking a newer one"
                         );
+                        held = None;
                         gossip.renew_above(incarnation).await;
                         break None;
                     }
@@ -117,6 +139,7 @@ pub async fn run(
             continue;
         };
         tracing::info!(session = id, identity = %identity, "node session open");
+        held = Some((id, identity.incarnation));
         session.send_replace(Some(id));
         // Watch for the session's end, or a new identity.
         let mut revisions = replica.revisions();
@@ -135,6 +158,7 @@ pub async fn run(
                             session = id,
                             "the core closed this node's session; rejoining as a new incarnation"
                         );
+                        held = None;
                         session.send_replace(None);
                         gossip.renew_above(identity.incarnation).await;
                         let _ = identity_changes.changed().await;

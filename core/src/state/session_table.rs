@@ -128,6 +128,18 @@ impl SessionTable {
         self.sessions.insert(id, owner);
     }
 
+    /// Gives the open node session `id` a new owner of the same name (a newer
+    /// incarnation); its client sessions and all it owns stay.
+    pub(crate) fn renew(&mut self, id: SessionId, owner: SessionOwner) {
+        if let Some(current) = self.sessions.get_mut(&id) {
+            debug_assert!(
+                matches!((&*current, &owner), (SessionOwner::Node { name: a, .. }, SessionOwner::Node { name: b, .. }) if a == b),
+                "a renewal keeps the node's name"
+            );
+            *current = owner;
+        }
+    }
+
     /// Removes a session from the table and the index; its owned things must already be
     /// gone.
     pub(crate) fn remove(&mut self, id: SessionId) -> Option<SessionOwner> {

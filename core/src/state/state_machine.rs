@@ -381,6 +381,30 @@ impl StateMachine {
                 };
                 Ok(Answer::SessionsClosed { sessions: closed })
             }
+            Command::RenewNode { name, from, to } => {
+                let Some((session, current)) = self
+                    .sessions
+                    .node_session(name)
+                    .filter(|(_, current)| current == from)
+                else {
+                    return Err(CommandError::NodeNotRenewable {
+                        name: name.clone(),
+                        incarnation: *from,
+                    });
+                };
+                debug_assert!(current < *to, "validated: a renewal moves forwards");
+                let owner = SessionOwner::Node {
+                    name: name.clone(),
+                    incarnation: *to,
+                };
+                self.sessions.renew(session, owner.clone());
+                // The same session under its new owner: subscribers replace the owner.
+                events.push(Event::SessionOpened(Session { id: session, owner }));
+                Ok(Answer::SessionOpened {
+                    session,
+                    existing: true,
+                })
+            }
             Command::CreateShard { name } => {
                 self.shards.create(name, next, events)?;
                 Ok(Answer::ShardCreated)
