@@ -173,6 +173,7 @@ impl Agent {
             tokio::spawn(crate::replica::feed::run(
                 core.clone(),
                 replica.clone(),
+                gossip.identity.clone(),
                 shutdown_receiver.clone(),
             )),
             tokio::spawn(node_session::run(

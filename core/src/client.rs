@@ -391,7 +391,7 @@ impl CoreClient {
             .open_stream(address, CORE_NAME, &CoreRequest::Watch { after })
             .await?;
         Ok(WatchStream {
-            _send: send,
+            send: Some(send),
             receive,
         })
     }
@@ -401,9 +401,9 @@ fn recently(failed_at: Option<Instant>) -> bool {
     failed_at.is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
 }
 
-/// The receiving end of a watch stream.
+/// The receiving end of a watch stream. The stream lasts while its send half does.
 pub struct WatchStream {
-    _send: SendStream,
+    send: Option<SendStream>,
     receive: RecvStream,
 }
 
@@ -414,6 +414,12 @@ impl std::fmt::Debug for WatchStream {
 }
 
 impl WatchStream {
+    /// The stream's send half, for beats ([`crate::rpc::WatchBeat`]); None once taken.
+    /// The member ends the stream when it is finished or dropped.
+    pub fn take_beat_sender(&mut self) -> Option<SendStream> {
+        self.send.take()
+    }
+
     /// The next item; `Ok(None)` when the member ended the stream.
     pub async fn next(&mut self) -> Result<Option<WatchItem>, ClientError> {
         frame::read_frame::<_, WatchItem>(&mut self.receive, FRAME_LEN_MAX)

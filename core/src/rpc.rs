@@ -58,6 +58,13 @@ pub enum CoreRequest {
     /// `WRITE_BATCH_MAX`). An agent sends the writes of its apps that queue up while
     /// earlier ones are in flight as one request.
     WriteBatch(Vec<Command>),
+    /// Whether this member heard node `name` at `incarnation` or newer on a watch stream
+    /// lately ([`crate::server::liveness`]). Asked by the leader of every member before it
+    /// commits a death report.
+    Heard {
+        name: String,
+        incarnation: u64,
+    },
 }
 
 /// Most commands in one `WriteBatch`.
@@ -93,6 +100,7 @@ pub enum CoreResponse {
     Error(CoreError),
     /// One answer per command of a `WriteBatch`, in its order.
     WriteBatch(Vec<Result<CommandResponse, CoreError>>),
+    Heard(bool),
 }
 
 /// What the core refused, and why. Nothing was written in any case except where a variant
@@ -118,6 +126,10 @@ pub enum CoreError {
     Membership(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A death report refused: a core member hears the reported node on its watch stream,
+    /// so only gossip lost it (a partition of the gossip network).
+    #[error("node {name} is alive to the core: member {member} heard it")]
+    NodeAlive { name: String, member: NodeId },
 }
 
 /// A member's view of the cluster, as `corral core status` prints it.
@@ -169,6 +181,15 @@ pub enum WatchItem {
         leader: Option<NodeId>,
         term: u64,
     },
+}
+
+/// What a watcher sends on its side of a watch stream: an agent beats every
+/// [`crate::server::liveness::BEAT_INTERVAL`] under its certificate's name and its current
+/// gossip incarnation. A watcher that sends nothing (a CLI, a test) is served the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchBeat {
+    pub name: String,
+    pub incarnation: u64,
 }
 
 /// Size of one snapshot chunk on a watch stream.

@@ -8,7 +8,8 @@
 //!
 //! A first connection, or a resume below the member's history, starts from a snapshot
 //! (the member decides). The stream moves to another member when its member fails, goes
-//! quiet, or has no leader (it may sit in a minority and hold stale state).
+//! quiet, or has no leader (it may sit in a minority and hold stale state). The agent beats
+//! on its side of the stream, so that the core hears it whatever gossip says.
 //!
 //! Agents feed from followers where they can: the leader already sends every write to
 //! every follower and answers every writer, so each stream it also serves costs it one
@@ -20,11 +21,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_core::client::CoreClient;
-use corral_core::rpc::WatchItem;
+use corral_core::rpc::{WatchBeat, WatchItem};
+use corral_core::server::liveness::BEAT_INTERVAL;
+use corral_proto::frame;
+use quinn::SendStream;
 use tokio::sync::watch;
 
 use super::replica::ReplicaError;
 use super::shared::SharedReplica;
+use crate::gossip::NodeIdentity;
 
 /// A stream with no item for this long is given up (members send progress every 250 ms).
 pub const FEED_SILENCE: Duration = Duration::from_secs(2);
@@ -50,9 +55,14 @@ enum Next {
     OffTheLeader,
 }
 
+/// This agent's gossip identity, whose name and incarnation its feed beats on the watch
+/// stream so that the core hears it (`corral_core::server::liveness`).
+pub type BeatIdentity = watch::Receiver<NodeIdentity>;
+
 pub async fn run(
     client: Arc<CoreClient>,
     replica: Arc<SharedReplica>,
+    identity: BeatIdentity,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let members = client.members().to_vec();
@@ -75,7 +85,7 @@ pub async fn run(
         let address = members[index % members.len()].clone();
         let started = Instant::now();
         let next = tokio::select! {
-            next = follow(&client, &replica, &address, healthy) => next,
+            next = follow(&client, &replica, &identity, &address, healthy) => next,
             _ = shutdown.changed() => return,
         };
         replica.stream_ended();
@@ -105,6 +115,7 @@ pub async fn run(
 async fn follow(
     client: &CoreClient,
     replica: &SharedReplica,
+    identity: &BeatIdentity,
     address: &str,
     leave_leader: bool,
 ) -> Next {
@@ -116,6 +127,11 @@ async fn follow(
             return Next::Elsewhere;
         }
     };
+    // Beats go out from their own task, which the stream's end aborts: a read of the
+    // stream is never cut short for one.
+    let _beats = stream
+        .take_beat_sender()
+        .map(|send| AbortOnDrop(tokio::spawn(beat(send, identity.clone()))));
     tracing::info!(member = address, ?after, "replica feed connected");
     replica.set_feed(Some(address.to_string()));
     let mut leader_seen = Instant::now();
@@ -173,5 +189,39 @@ async fn follow(
                 return Next::Elsewhere;
             }
         }
+    }
+}
+
+/// Sends a beat every [`BEAT_INTERVAL`], and one at once when the identity changes, until
+/// the stream fails.
+async fn beat(mut send: SendStream, mut identity: BeatIdentity) {
+    let mut tick = tokio::time::interval(BEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // False once the identity's sender is gone (the agent is stopping): beats go on, as
+    // they were, on the interval alone.
+    let mut follows = true;
+    loop {
+        let beat = {
+            let identity = identity.borrow_and_update();
+            WatchBeat {
+                name: identity.name.clone(),
+                incarnation: identity.incarnation,
+            }
+        };
+        if frame::write_frame(&mut send, &beat).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = identity.changed(), if follows => follows = changed.is_ok(),
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -9,8 +9,12 @@
 //! To keep a fleet from sending one report per agent, only a few agents report at once:
 //! the agent that declared the death itself (its probe failed and its suspicion ran out,
 //! so it is the first to know) and the few ranked first for the dead node by a hash of
-//! both names. The others report only if the session is still open after
-//! `BACKUP_REPORT_DELAY`.
+//! both names. A few more, ranked next, report if the session is still open after
+//! `BACKUP_REPORT_DELAY`; the rest never do.
+//!
+//! The core refuses a report while it hears the node itself (a gossip partition, not a
+//! death: `corral_core::server::liveness`); the agent then holds that death back for
+//! `REFUSED_BACKOFF`.
 //!
 //! ```text
 //!  gossip member event ─┐
@@ -29,7 +33,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::client::CoreClient;
+use corral_core::client::{ClientError, CoreClient};
+use corral_core::rpc::CoreError;
 use corral_proto::api::{MemberInfo, MemberState};
 use corral_proto::{Command, SessionOwner};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -41,8 +46,17 @@ use crate::replica::SharedReplica;
 /// Agents ranked first for a death, which report it at once.
 pub const FIRST_REPORTERS: usize = 3;
 
-/// When the others report a death that is still not committed.
+/// Agents ranked after the first that report a death still not committed after
+/// `BACKUP_REPORT_DELAY`; those ranked lower never do. A death every one of them fails to
+/// bring to the core is one they all see refused (the core hears the node), and a pool cut
+/// in two must not send one report per member per death.
+pub const BACKUP_REPORTERS: usize = 9;
+
+/// When the backup reporters report a death that is still not committed.
 pub const BACKUP_REPORT_DELAY: Duration = Duration::from_secs(3);
+
+/// How long an agent holds back a death the core refused because it hears the node.
+pub const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Least time between two reports of the same death by one agent.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -67,16 +81,27 @@ pub fn rank_hash(dead: &str, member: &str) -> u64 {
 }
 
 /// Whether `me` is among the `FIRST_REPORTERS` live members ranked first to report the
-/// death of `dead`. Stops at the third member ranked before `me`: after a mass death in a
-/// large pool, most agents learn they are not first from a few names, not the whole pool.
+/// death of `dead`.
 pub fn ranks_first<'a>(dead: &str, me: &str, alive: impl Iterator<Item = &'a str>) -> bool {
+    ranks_within(dead, me, alive, FIRST_REPORTERS)
+}
+
+/// Whether `me` is among the `n` live members ranked first to report the death of `dead`.
+/// Stops at the `n`th member ranked before `me`: after a mass death in a large pool, most
+/// agents learn they are not among the first from a few names, not the whole pool.
+pub fn ranks_within<'a>(
+    dead: &str,
+    me: &str,
+    alive: impl Iterator<Item = &'a str>,
+    n: usize,
+) -> bool {
     let mine = (rank_hash(dead, me), me);
     alive
         .filter(|name| *name != dead && *name != me)
         .filter(|name| (rank_hash(dead, name), *name) < mine)
-        .take(FIRST_REPORTERS)
+        .take(n)
         .count()
-        < FIRST_REPORTERS
+        < n
 }
 
 /// The deaths this agent should report now. `sessions` are the open node sessions the
@@ -92,35 +117,50 @@ pub fn deaths_to_report(
         .filter_map(|(name, incarnation)| {
             let dead = view.is_dead(&name, incarnation)?;
             let due = dead.declared_here
-                || now.duration_since(dead.since) >= BACKUP_REPORT_DELAY
-                || ranks_first(&name, me, view.alive_names());
+                || ranks_first(&name, me, view.alive_names())
+                || (now.duration_since(dead.since) >= BACKUP_REPORT_DELAY
+                    && ranks_within(
+                        &name,
+                        me,
+                        view.alive_names(),
+                        FIRST_REPORTERS + BACKUP_REPORTERS,
+                    ));
             due.then_some(Death { name, incarnation })
         })
         .collect()
 }
 
 /// Which of the deaths due at a check go out now: each at most once per
-/// `REPORT_INTERVAL`.
+/// `REPORT_INTERVAL`, and none for `REFUSED_BACKOFF` after the core refused it.
 #[derive(Debug, Default)]
 pub struct ReportPacer {
     last_sent: HashMap<Death, Instant>,
+    refused: HashMap<Death, Instant>,
 }
 
 impl ReportPacer {
     pub fn to_send(&mut self, due: Vec<Death>, now: Instant) -> Vec<Death> {
         self.last_sent.retain(|death, _| due.contains(death));
+        self.refused
+            .retain(|death, at| due.contains(death) && now.duration_since(*at) < REFUSED_BACKOFF);
         due.into_iter()
             .filter(|death| {
                 let recent = self
                     .last_sent
                     .get(death)
-                    .is_some_and(|at| now.duration_since(*at) < REPORT_INTERVAL);
+                    .is_some_and(|at| now.duration_since(*at) < REPORT_INTERVAL)
+                    || self.refused.contains_key(death);
                 if !recent {
                     self.last_sent.insert(death.clone(), now);
                 }
                 !recent
             })
             .collect()
+    }
+
+    /// The core refused `death`: it hears the node, so only gossip lost it.
+    pub fn refused(&mut self, death: Death, now: Instant) {
+        self.refused.insert(death, now);
     }
 }
 
@@ -146,6 +186,7 @@ pub async fn watch_deaths(
     events: broadcast::Receiver<MemberInfo>,
     mut shutdown: watch::Receiver<bool>,
     reports: mpsc::UnboundedSender<Death>,
+    mut refusals: mpsc::UnboundedReceiver<Death>,
 ) {
     let mut pacer = ReportPacer::default();
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
@@ -158,6 +199,10 @@ pub async fn watch_deaths(
                 // The gossip task is gone (the agent is stopping): the tick alone goes on.
                 events = None;
             },
+            Some(death) = refusals.recv() => {
+                pacer.refused(death, Instant::now());
+                continue;
+            }
             _ = shutdown.changed() => return,
         }
         // The replica first, then the view: the gossip task waits on the view's lock only
@@ -204,6 +249,7 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) {
     let (reports, mut due) = mpsc::unbounded_channel();
+    let (refused, refusals) = mpsc::unbounded_channel();
     let watch = watch_deaths(
         me,
         move || node_sessions(&replica),
@@ -211,16 +257,17 @@ pub async fn run(
         events,
         shutdown,
         reports,
+        refusals,
     );
     let send = async move {
         while let Some(death) = due.recv().await {
-            tokio::spawn(report(core.clone(), death));
+            tokio::spawn(report(core.clone(), death, refused.clone()));
         }
     };
     tokio::join!(watch, send);
 }
 
-async fn report(core: Arc<CoreClient>, death: Death) {
+async fn report(core: Arc<CoreClient>, death: Death, refused: mpsc::UnboundedSender<Death>) {
     let command = Command::CloseNode {
         name: death.name.clone(),
         incarnation: death.incarnation,
@@ -232,6 +279,15 @@ async fn report(core: Arc<CoreClient>, death: Death) {
             revision = response.revision,
             "reported a dead node to the core"
         ),
+        Err(ClientError::Core(CoreError::NodeAlive { member, .. })) => {
+            tracing::info!(
+                node = death.name,
+                incarnation = death.incarnation,
+                member,
+                "death report refused: the core hears the node, so only gossip lost it"
+            );
+            let _ = refused.send(death);
+        }
         // Repeated on a later check while the session stays open.
         Err(e) => tracing::warn!(node = death.name, error = %e, "death report failed"),
     }
@@ -328,6 +384,7 @@ mod tests {
         let (events, event_receiver) = broadcast::channel(16);
         let (_stop, shutdown) = watch::channel(false);
         let (reports, mut reported) = mpsc::unbounded_channel();
+        let (_refused, refusals) = mpsc::unbounded_channel();
         let started = Instant::now();
         tokio::spawn(watch_deaths(
             me,
@@ -336,6 +393,7 @@ mod tests {
             event_receiver,
             shutdown,
             reports,
+            refusals,
         ));
         // Past the first tick, well before the second.
         tokio::time::sleep(CHECK_INTERVAL / 4).await;
@@ -369,6 +427,60 @@ mod tests {
             Instant::now(),
             declared_at,
             "reported at a tick, not on the event"
+        );
+    }
+
+    #[test]
+    fn a_refused_death_is_held_back_until_the_backoff_passes_or_it_is_due_anew() {
+        let mut pacer = ReportPacer::default();
+        let death = Death {
+            name: "dead".into(),
+            incarnation: 1,
+        };
+        let now = Instant::now();
+        assert_eq!(pacer.to_send(vec![death.clone()], now).len(), 1);
+        pacer.refused(death.clone(), now);
+        let later = now + REPORT_INTERVAL;
+        assert_eq!(pacer.to_send(vec![death.clone()], later), vec![]);
+        let almost = now + REFUSED_BACKOFF - Duration::from_millis(1);
+        assert_eq!(pacer.to_send(vec![death.clone()], almost), vec![]);
+        assert_eq!(
+            pacer
+                .to_send(vec![death.clone()], now + REFUSED_BACKOFF)
+                .len(),
+            1
+        );
+        // A refused death that stops being due (the node came back) is forgotten: if it
+        // dies again, it is reported at once.
+        pacer.refused(death.clone(), later);
+        assert_eq!(pacer.to_send(vec![], later), vec![]);
+        assert_eq!(pacer.to_send(vec![death], later).len(), 1);
+    }
+
+    /// In a pool of 40, 3 members report a death at once and 9 more after the backup
+    /// delay; the other 27 never do, whatever the time.
+    #[test]
+    fn backups_are_the_next_ranked_members_and_no_more() {
+        let names: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+        let mut view = GossipView::default();
+        for (port, name) in (1..).zip(&names) {
+            view.record(&member(name, port), MemberState::Alive, false);
+        }
+        view.record(&member("m0", 1), MemberState::Down, false);
+        let sessions = || vec![("m0".to_string(), 1)].into_iter();
+        let reporters = |at: Instant| {
+            names
+                .iter()
+                .filter(|me| !deaths_to_report(&view, sessions(), me, at).is_empty())
+                .count()
+        };
+        let now = Instant::now();
+        assert_eq!(reporters(now), FIRST_REPORTERS);
+        let later = now + BACKUP_REPORT_DELAY;
+        assert_eq!(reporters(later), FIRST_REPORTERS + BACKUP_REPORTERS);
+        assert_eq!(
+            reporters(later + Duration::from_secs(3600)),
+            FIRST_REPORTERS + BACKUP_REPORTERS
         );
     }
 

@@ -13,8 +13,8 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use corral_proto::frame::{self, FRAME_LEN_MAX};
 use corral_proto::{Command, CommandResponse, Revision};
@@ -24,6 +24,7 @@ use quinn::{Connection, RecvStream, SendStream};
 
 use super::bootstrap::{self, BootstrapDecision, ProbeAnswer, RejoinGuard};
 use super::config::{ConfigError, CoreConfig};
+use super::liveness::{HeardAnswers, Liveness};
 use super::proposer::{LeaderHint, Proposer};
 use super::quorum_watch::{QuorumWatch, quorum_lost};
 use super::raft_network::Network;
@@ -46,6 +47,8 @@ pub const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most QUIC connections served at once; more are refused.
 pub const CONNECTIONS_MAX: usize = 16_384;
+/// How long the leader waits for a member's answer on whether it hears a reported node.
+const HEARD_ASK_TIMEOUT: Duration = Duration::from_millis(150);
 /// Interval between probes while forming the cluster.
 const PROBE_INTERVAL: Duration = Duration::from_millis(300);
 /// How often the member looks whether Raft stopped on a fatal error.
@@ -91,6 +94,11 @@ pub struct CoreMember {
     connections: AtomicUsize,
     proposer: Proposer,
     quorum: QuorumWatch,
+    /// The agents this member hears on their watch streams.
+    pub(crate) liveness: parking_lot::Mutex<Liveness>,
+    /// The members' recent answers that they hear a reported node (the leader's).
+    heard_answers: parking_lot::Mutex<HeardAnswers>,
+    watch_streams: AtomicU64,
 }
 
 impl std::fmt::Debug for CoreMember {
@@ -152,6 +160,9 @@ impl CoreMember {
             connections: AtomicUsize::new(0),
             proposer,
             quorum,
+            liveness: parking_lot::Mutex::new(Liveness::default()),
+            heard_answers: parking_lot::Mutex::new(HeardAnswers::default()),
+            watch_streams: AtomicU64::new(0),
         });
         tokio::spawn(member.clone().accept_loop());
         let initialized = member
@@ -384,13 +395,18 @@ impl CoreMember {
             Err(_) => return,
         };
         if let CoreRequest::Watch { after } = request {
-            watch_stream::serve(&self, after, send, receive).await;
+            watch_stream::serve(&self, &connection, after, send, receive).await;
             return;
         }
         let response = self.handle(&connection, request).await;
         if frame::write_frame(&mut send, &response).await.is_ok() {
             let _ = send.finish();
         }
+    }
+
+    /// A number for a new watch stream, unique in this member's life.
+    pub(crate) fn next_watch_stream(&self) -> u64 {
+        self.watch_streams.fetch_add(1, Ordering::Relaxed)
     }
 
     /// True when the connection's certificate is that of core member `claimed`.
@@ -438,6 +454,11 @@ impl CoreMember {
             }
             CoreRequest::Write(command) => self.write(command).await,
             CoreRequest::WriteBatch(commands) => self.write_batch(commands).await,
+            CoreRequest::Heard { name, incarnation } => CoreResponse::Heard(
+                self.liveness
+                    .lock()
+                    .heard(&name, incarnation, Instant::now()),
+            ),
             CoreRequest::ReadIndex => match self.read_index().await {
                 Ok(revision) => CoreResponse::ReadIndex { revision },
                 Err(e) => CoreResponse::Error(e),
@@ -502,10 +523,86 @@ impl CoreMember {
         if let Some(silent) = self.quorum.lost_for() {
             return CoreResponse::Error(quorum_lost(silent));
         }
+        if let Command::CloseNode { name, incarnation } = &command
+            && let Some(member) = self.who_hears(name, *incarnation).await
+        {
+            tracing::info!(
+                node = name,
+                incarnation,
+                member,
+                "death report refused: the core hears the node"
+            );
+            return CoreResponse::Error(CoreError::NodeAlive {
+                name: name.clone(),
+                member,
+            });
+        }
         match self.proposer.propose(command).await {
             Ok(response) => CoreResponse::Write(response),
             Err(e) => CoreResponse::Error(e),
         }
+    }
+
+    /// The member that heard node `name` at `incarnation` or newer lately, asking every
+    /// member at once: only the leader asks, before it proposes a death report. A member
+    /// that does not answer within [`HEARD_ASK_TIMEOUT`] counts as not hearing it: what it
+    /// cannot answer cannot keep a dead node's session open.
+    async fn who_hears(&self, name: &str, incarnation: u64) -> Option<NodeId> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.id) {
+            return None;
+        }
+        let now = Instant::now();
+        if self.liveness.lock().heard(name, incarnation, now) {
+            return Some(self.id);
+        }
+        if let Some(member) = self.heard_answers.lock().get(name, incarnation, now) {
+            return Some(member);
+        }
+        let request = CoreRequest::Heard {
+            name: name.to_string(),
+            incarnation,
+        };
+        let asks = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, node)| {
+                let (id, address, request) = (*id, node.addr.clone(), &request);
+                Box::pin(async move {
+                    match self
+                        .transport
+                        .call::<_, CoreResponse>(
+                            &address,
+                            &core_member_name(id),
+                            request,
+                            HEARD_ASK_TIMEOUT,
+                        )
+                        .await
+                    {
+                        Ok(CoreResponse::Heard(true)) => Some(id),
+                        _ => None,
+                    }
+                })
+            })
+            .collect::<Vec<_>>();
+        if asks.is_empty() {
+            return None;
+        }
+        // The first member that heard it settles it; the others need not be awaited.
+        let mut asks = asks;
+        while !asks.is_empty() {
+            let (answer, _, rest) = futures::future::select_all(asks).await;
+            if let Some(member) = answer {
+                self.heard_answers
+                    .lock()
+                    .keep(name, incarnation, member, now);
+                return answer;
+            }
+            asks = rest;
+        }
+        None
     }
 
     /// Proposes every command of a batch; the proposer puts those that arrive together in

@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod liveness;
 mod member;
 mod proposer;
 mod quorum_watch;

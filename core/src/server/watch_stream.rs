@@ -7,20 +7,24 @@
 //!        └──── lagged / state replaced / gap: resume from last sent ◄───┘
 //! ```
 //!
+//! The watcher's side carries its beats ([`super::liveness`]).
+//!
 //! The stream never sends a revision at or below one it already sent; a watcher that asks
 //! for a revision this member has not reached yet simply waits for it (this member may
 //! lag), and is never sent an older snapshot that would move it backwards.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use corral_proto::Revision;
 use corral_proto::frame;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use super::liveness::BEAT_FRAME_MAX;
 use super::member::CoreMember;
 use crate::applied_state::{WatchSignal, WatchStart};
-use crate::rpc::{WATCH_SNAPSHOT_CHUNK_LEN, WatchItem};
+use crate::rpc::{WATCH_SNAPSHOT_CHUNK_LEN, WatchBeat, WatchItem};
+use crate::transport::tls::peer_has_name;
 
 /// Interval of progress frames on a quiet stream.
 pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -50,20 +54,60 @@ async fn send_item(send: &mut SendStream, item: &WatchItem) -> Result<(), WatchE
 
 pub(crate) async fn serve(
     member: &CoreMember,
+    connection: &quinn::Connection,
     after: Option<Revision>,
     mut send: SendStream,
     mut receive: RecvStream,
 ) {
+    let stream_id = member.next_watch_stream();
+    let mut beating: Option<String> = None;
     let result = tokio::select! {
         result = stream(member, after, &mut send) => result,
-        // The watcher closing its side (or resetting) ends the stream.
-        _ = receive.read_to_end(64) => Err(WatchEnd::Gone("closed by the watcher".into())),
+        // The watcher closing its side (or resetting, or sending what is not a beat) ends
+        // the stream.
+        end = beats(member, connection, stream_id, &mut receive, &mut beating) => Err(end),
     };
+    if let Some(name) = &beating {
+        member.liveness.lock().stream_ended(name, stream_id);
+    }
     match result {
         Ok(()) | Err(WatchEnd::Stopped) => {
             let _ = send.finish();
         }
         Err(WatchEnd::Gone(reason)) => tracing::debug!(%reason, "watch stream ended"),
+    }
+}
+
+/// Reads the watcher's beats into the member's liveness until its side ends. A beat counts
+/// only under a name the connection's certificate carries; `beating` is the name that beat.
+async fn beats(
+    member: &CoreMember,
+    connection: &quinn::Connection,
+    stream_id: u64,
+    receive: &mut RecvStream,
+    beating: &mut Option<String>,
+) -> WatchEnd {
+    loop {
+        let beat = match frame::read_frame::<_, WatchBeat>(receive, BEAT_FRAME_MAX).await {
+            Ok(Some(beat)) => beat,
+            Ok(None) => return WatchEnd::Gone("closed by the watcher".into()),
+            Err(e) => return WatchEnd::Gone(format!("bad beat: {e}")),
+        };
+        if beating.as_deref() != Some(beat.name.as_str()) {
+            if !peer_has_name(connection, &beat.name) {
+                return WatchEnd::Gone(format!(
+                    "a beat as {:?}, which the watcher's certificate does not name",
+                    beat.name
+                ));
+            }
+            if let Some(previous) = beating.replace(beat.name.clone()) {
+                member.liveness.lock().stream_ended(&previous, stream_id);
+            }
+        }
+        member
+            .liveness
+            .lock()
+            .beat(&beat.name, beat.incarnation, stream_id, Instant::now());
     }
 }
 
