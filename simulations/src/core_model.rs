@@ -193,16 +193,30 @@ impl CoreModel {
         self.committed(response.revision, &events, Some(name))
     }
 
-    /// Applies the node session a renewed member opens.
-    pub fn commit_open(&mut self, id: SimId) -> Committed {
+    /// Applies the node session of a renewed member: its open session moves to the new
+    /// incarnation (true), or, if the core closed it, a new one opens (false).
+    pub fn commit_open(&mut self, id: SimId) -> (Committed, bool) {
         self.commits += 1;
+        let name = SimId::name(id.index);
+        if let Some((_, from)) = self.machine.node_session(&name)
+            && from < id.incarnation
+        {
+            let (response, events) = self.machine.apply(&Command::RenewNode {
+                name,
+                from,
+                to: id.incarnation,
+            });
+            if response.outcome.is_ok() {
+                return (self.committed(response.revision, &events, None), true);
+            }
+        }
         let (response, events) = self.machine.apply(&Command::OpenSession {
             owner: SessionOwner::Node {
                 name: SimId::name(id.index),
                 incarnation: id.incarnation,
             },
         });
-        self.committed(response.revision, &events, None)
+        (self.committed(response.revision, &events, None), false)
     }
 
     fn committed(

@@ -103,6 +103,12 @@ impl Network {
             || (self.partitioned && group(observer) != group(target))
     }
 
+    /// Whether `host` can send to the core: partitions cut the hosts from each other, never
+    /// from the core; a muted host sends nothing.
+    pub fn reaches_core(&self, host: u32) -> bool {
+        !self.mute.get(host as usize).copied().unwrap_or(false)
+    }
+
     /// The fixed part of the one-way latency of a link, the same both ways.
     pub fn base(&self, a: u32, b: u32) -> Micros {
         let (lo, hi) = (a.min(b) as u64, a.max(b) as u64);

@@ -201,11 +201,19 @@ pub fn partition(config: SimConfig, seconds: u64) -> anyhow::Result<Report> {
             break;
         }
     }
+    let node_sessions_open_after = sim
+        .core()
+        .machine()
+        .sessions()
+        .filter(|s| matches!(s.owner, corral_proto::SessionOwner::Node { .. }))
+        .count();
     let mut report = Report::new("partition");
     common_figures(&mut report, &sim);
     report.put("partition_s", seconds);
     report.put("declared_dead_across_the_cut", sim.observations.cut_downs);
     report.put("node_sessions_open_at_heal", node_sessions_open);
+    report.put("node_sessions_open_reconverged", node_sessions_open_after);
+    report.put("death_reports_refused", sim.observations.reports_refused);
     report.put_ms(
         "converged_after_heal_ms",
         converged_after.map(|v| v as f64 / 1000.0),
@@ -307,6 +315,10 @@ fn false_positive_figures(report: &mut Report, sim: &Sim, since: Micros) {
     let member_hours = sim.host_count() as f64 * hours;
     report.put("false_deaths", targets.len());
     report.put("renewed_identities", sim.observations.renewals);
+    report.put(
+        "node_sessions_carried_over",
+        sim.observations.sessions_renewed,
+    );
     report.put("core_commits", sim.core().commits);
     report.put("false_down_notices", sim.observations.false_downs.len());
     report.put(

@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use corral_agent::gossip::{GossipConfig, GossipEffect, GossipEngine, GossipInput};
 use corral_agent::sessions::death_reports::{
-    BACKUP_REPORT_DELAY, CHECK_INTERVAL, FIRST_REPORTERS, REPORT_INTERVAL, rank_hash,
+    BACKUP_REPORT_DELAY, BACKUP_REPORTERS, CHECK_INTERVAL, FIRST_REPORTERS, REFUSED_BACKOFF,
+    REPORT_INTERVAL, rank_hash,
 };
+use corral_core::server::liveness::HEARD_WITHIN;
 use foca::Timer;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -101,6 +103,7 @@ enum Event {
         dead: SimId,
     },
     ReportArrives {
+        host: u32,
         dead: SimId,
     },
     OpenArrives {
@@ -158,6 +161,8 @@ struct Host {
     replica_revision: u64,
     /// The last time a watch item reached this host: a stream delivers in order.
     last_watch_at: Micros,
+    /// When the host froze: its agent beats no more from then on.
+    frozen_at: Micros,
     /// Gossip sent since the last traffic reset.
     bytes_sent: u64,
     datagrams_sent: u64,
@@ -193,6 +198,10 @@ pub struct Observations {
     pub cut_downs: u64,
     /// Hosts that had to take a new incarnation because the pool declared them dead.
     pub renewals: u64,
+    /// Death reports the core refused because it heard the reported agent.
+    pub reports_refused: u64,
+    /// Node sessions carried over to a new incarnation, with all under them.
+    pub sessions_renewed: u64,
     /// Gossip inputs foca refused (bad or stale packets).
     pub refused_inputs: u64,
     pub datagrams_lost: u64,
@@ -216,6 +225,8 @@ pub struct Sim {
     first_reporters: HashMap<SimId, Vec<u32>>,
     /// Report checks already queued, so one observer does not queue the same one twice.
     report_pending: BTreeSet<(u32, SimId)>,
+    /// Until when each agent holds back a death the core refused.
+    refused_until: HashMap<(u32, SimId), Micros>,
     pub observations: Observations,
     pub events_processed: u64,
     /// Traffic counters start at this time (after the warm-up).
@@ -262,6 +273,7 @@ impl Sim {
                 held: Vec::new(),
                 replica_revision: 0,
                 last_watch_at: 0,
+                frozen_at: 0,
                 bytes_sent: 0,
                 datagrams_sent: 0,
             });
@@ -297,6 +309,7 @@ impl Sim {
             core,
             first_reporters: HashMap::new(),
             report_pending: BTreeSet::new(),
+            refused_until: HashMap::new(),
             observations: Observations::default(),
             events_processed: 0,
             traffic_since: 0,
@@ -453,10 +466,16 @@ impl Sim {
             Event::Start { host } => self.start(host),
             Event::Action(action) => self.act(action),
             Event::ReportCheck { host, dead } => self.report_check(host, dead),
-            Event::ReportArrives { dead } => {
+            Event::ReportArrives { host, dead } => {
                 self.core.reports_received += 1;
-                let at = self.core.commit_time(self.now, &mut self.net_rng);
-                self.schedule(at, Event::CommitClose { dead });
+                if self.core_hears(dead) {
+                    self.observations.reports_refused += 1;
+                    self.refused_until
+                        .insert((host, dead), self.now + us(REFUSED_BACKOFF));
+                } else {
+                    let at = self.core.commit_time(self.now, &mut self.net_rng);
+                    self.schedule(at, Event::CommitClose { dead });
+                }
             }
             Event::OpenArrives { id } => {
                 let at = self.core.commit_time(self.now, &mut self.net_rng);
@@ -481,7 +500,8 @@ impl Sim {
                 }
             }
             Event::CommitOpen { id } => {
-                let committed = self.core.commit_open(id);
+                let (committed, renewed) = self.core.commit_open(id);
+                self.observations.sessions_renewed += u64::from(renewed);
                 if committed.changed {
                     self.fan_out(committed.revision, committed.item_bytes);
                 }
@@ -573,7 +593,8 @@ impl Sim {
                 }
                 GossipEffect::IdentityChanged(id) => {
                     self.observations.renewals += 1;
-                    // The agent opens the node session of its new incarnation.
+                    // The agent moves its node session to the new incarnation, or opens
+                    // one if the core closed it.
                     if let Some(after) = self.network.send_reliable(host, CORE, &mut self.net_rng) {
                         self.schedule(self.now + after, Event::OpenArrives { id });
                     }
@@ -618,7 +639,14 @@ impl Sim {
         if !self.report_pending.insert((observer, dead)) {
             return;
         }
-        let at_once = declared_here || self.first_reporters(dead).contains(&observer);
+        let ranked = self.first_reporters(dead).to_vec();
+        let at_once =
+            declared_here || ranked[..ranked.len().min(FIRST_REPORTERS)].contains(&observer);
+        if !at_once && !ranked.contains(&observer) {
+            // Ranked below the backups: never reports.
+            self.report_pending.remove(&(observer, dead));
+            return;
+        }
         let at = if at_once {
             self.now
         } else {
@@ -638,6 +666,25 @@ impl Sim {
         );
     }
 
+    /// Whether a core member hears `dead` beat on its watch stream: its host is up (or froze
+    /// less than `HEARD_WITHIN` ago), runs that incarnation or a newer one, and reaches the
+    /// core.
+    fn core_hears(&self, dead: SimId) -> bool {
+        let Some(host) = self.hosts.get(dead.index as usize) else {
+            return false;
+        };
+        let beating = match host.state {
+            HostState::Up => true,
+            HostState::Frozen => self.now.saturating_sub(host.frozen_at) <= us(HEARD_WITHIN),
+            HostState::Dead | HostState::Left => false,
+        };
+        beating
+            && host.engine.identity().incarnation >= dead.incarnation
+            && self.network.reaches_core(dead.index)
+    }
+
+    /// The hosts that report the death of `dead`, best ranked first: the first
+    /// `FIRST_REPORTERS` at once, the backups after the delay.
     fn first_reporters(&mut self, dead: SimId) -> &[u32] {
         if !self.first_reporters.contains_key(&dead) {
             let dead_name = SimId::name(dead.index);
@@ -652,7 +699,7 @@ impl Sim {
             ranked.sort_unstable();
             let first: Vec<u32> = ranked
                 .into_iter()
-                .take(FIRST_REPORTERS)
+                .take(FIRST_REPORTERS + BACKUP_REPORTERS)
                 .map(|(_, _, h)| h)
                 .collect();
             self.first_reporters.insert(dead, first);
@@ -674,8 +721,14 @@ impl Sim {
             self.report_pending.remove(&(host, dead));
             return;
         }
+        if let Some(&until) = self.refused_until.get(&(host, dead))
+            && until > self.now
+        {
+            self.schedule(until, Event::ReportCheck { host, dead });
+            return;
+        }
         if let Some(after) = self.network.send_reliable(host, CORE, &mut self.net_rng) {
-            self.schedule(self.now + after, Event::ReportArrives { dead });
+            self.schedule(self.now + after, Event::ReportArrives { host, dead });
         }
         self.schedule(
             self.now + us(REPORT_INTERVAL),
@@ -723,6 +776,7 @@ impl Sim {
             Action::Freeze(host) => {
                 if self.state(host) == HostState::Up {
                     self.hosts[host as usize].state = HostState::Frozen;
+                    self.hosts[host as usize].frozen_at = self.now;
                 }
             }
             Action::Thaw(host) => {
@@ -772,6 +826,7 @@ impl Sim {
             held: Vec::new(),
             replica_revision: self.core.machine().revision(),
             last_watch_at: self.now,
+            frozen_at: 0,
             bytes_sent: 0,
             datagrams_sent: 0,
         });

@@ -128,15 +128,43 @@ fn a_long_pause_is_a_death_and_short_ones_are_not() {
 #[test]
 fn a_partition_heals() {
     let report = scenarios::partition(config(100, 4, 0.0), 10).unwrap();
-    let declared: u64 = report
-        .get("declared_dead_across_the_cut")
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(declared > 0, "{}", report.to_text());
+    let figure = |name: &str| -> u64 {
+        report
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        figure("declared_dead_across_the_cut") > 0,
+        "{}",
+        report.to_text()
+    );
     assert_ne!(
         report.get("converged_after_heal_ms"),
         Some("-"),
+        "{}",
+        report.to_text()
+    );
+    // Both halves still reached the core, which heard every agent it was told was dead:
+    // every node session outlived the cut and the heal, carried over to the incarnation
+    // each declared-dead member took.
+    assert!(figure("death_reports_refused") > 0, "{}", report.to_text());
+    assert_eq!(
+        figure("node_sessions_open_at_heal"),
+        100,
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(
+        figure("node_sessions_open_reconverged"),
+        100,
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(
+        figure("node_sessions_carried_over"),
+        figure("renewed_identities"),
         "{}",
         report.to_text()
     );
