@@ -755,3 +755,161 @@ async fn five_percent_loss_on_every_link_for_a_minute() {
     report("loss-5pct-60s", ops, &anomalies, &[]);
     assert!(anomalies.is_empty(), "{anomalies:?}");
 }
+
+/// The agents in two groups that cannot gossip with each other, every one of them still
+/// reaching the core: each group declares the other dead and reports it, the core hears
+/// every reported agent on its watch stream and refuses, and nobody's session, shard or
+/// mastership is touched, during the cut or after the heal.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Docker; run by .ci/run through tests/faults/run"]
+async fn a_gossip_partition_that_leaves_the_core_reachable_closes_no_session() {
+    if !docker_or_skip() {
+        return;
+    }
+    let cluster = DockerCluster::up().await;
+    let (left, right) = (["a1", "a2"], ["a3", "a4", "a5"]);
+    // S has its master on a4 (right) and a replica on a1 (left).
+    let mut holders = Vec::new();
+    for (agent, priority) in [("a4", 30), ("a1", 10)] {
+        let client = cluster.client(agent).await;
+        if agent == "a4" {
+            client
+                .write(AgentRequest::CreateShard { name: "S".into() })
+                .await
+                .unwrap();
+        }
+        client
+            .write(AgentRequest::JoinShard {
+                shard: "S".into(),
+                address: format!("{}:9000", cluster.ip(agent)),
+                priority,
+                detach: false,
+            })
+            .await
+            .unwrap();
+        holders.push(client);
+    }
+    let before = holders[0].shard("S").await.unwrap().expect("shard S");
+    let mut sessions = BTreeMap::new();
+    for agent in AGENTS {
+        let status = cluster.client(agent).await.status().await.unwrap();
+        sessions.insert(agent, status.node_session);
+    }
+    let fences: Arc<Mutex<Vec<(Instant, Fence)>>> = Arc::default();
+    let observers = vec![
+        observe_shard(&cluster, "a2", "S", fences.clone()).await,
+        observe_shard(&cluster, "a5", "S", fences.clone()).await,
+    ];
+    for a in left {
+        for b in right {
+            cluster.cut(a, b);
+        }
+    }
+    let cut = Instant::now();
+    // Each side declares the other dead.
+    for (observer, others) in [("a1", &right[..]), ("a5", &left[..])] {
+        let client = cluster.client(observer).await;
+        let others: Vec<String> = others.iter().map(|s| s.to_string()).collect();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{observer} to declare the other side dead"),
+            || {
+                let (client, others) = (client.clone(), others.clone());
+                async move {
+                    let members = client.members().await.ok()?;
+                    others
+                        .iter()
+                        .all(|o| {
+                            members.iter().any(|m| {
+                                &m.name == o && m.state == corral_proto::api::MemberState::Down
+                            })
+                        })
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        println!(
+            "{observer} declared the other side dead {} ms after the cut",
+            cut.elapsed().as_millis()
+        );
+    }
+    // Past the backup reporters' delay and a refusal's backoff: every report there is to
+    // make has been made, and refused.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let mut anomalies = Vec::new();
+    let check = |when: &'static str| {
+        let cluster = &cluster;
+        let sessions = &sessions;
+        let before = &before;
+        async move {
+            let mut anomalies = Vec::new();
+            for agent in AGENTS {
+                let status = cluster.client(agent).await.status().await;
+                match status {
+                    Ok(status) if status.node_session == sessions[agent] => {}
+                    other => anomalies.push(format!(
+                        "{when}: {agent}'s node session was {:?}, is {other:?}",
+                        sessions[agent]
+                    )),
+                }
+            }
+            let client = cluster.client("a1").await;
+            match client.read(Query::Shard("S".into()), true).await {
+                Ok(read) => match read.result {
+                    QueryResult::Shard(Some(shard))
+                        if shard.master == before.master && shard.epoch == before.epoch => {}
+                    other => anomalies.push(format!("{when}: shard S is {other:?}")),
+                },
+                Err(e) => anomalies.push(format!("{when}: reading S failed: {e}")),
+            }
+            anomalies
+        }
+    };
+    anomalies.extend(check("during the cut").await);
+    let refused: usize = AGENTS
+        .iter()
+        .chain(CORES.iter())
+        .map(|name| cluster.logs(name).matches("death report refused").count())
+        .sum();
+    println!("death reports refused (log lines): {refused}");
+    if refused == 0 {
+        anomalies.push("no death report was refused: none was made".into());
+    }
+    for agent in AGENTS {
+        cluster.heal(agent);
+    }
+    let healed = Instant::now();
+    for agent in AGENTS {
+        let client = cluster.client(agent).await;
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{agent} to see all 5 alive after the heal"),
+            || {
+                let client = client.clone();
+                async move {
+                    let status = client.status().await.ok()?;
+                    (status.members_alive == 5).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    println!(
+        "every agent saw all 5 alive {} ms after the heal",
+        healed.elapsed().as_millis()
+    );
+    // The agents the other side declared dead took new incarnations; their sessions moved.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    anomalies.extend(check("after the heal").await);
+    for task in observers {
+        task.abort();
+    }
+    let observed: Vec<Fence> = fences.lock().await.iter().map(|(_, f)| f.clone()).collect();
+    if !observed.is_empty() {
+        anomalies.push(format!("S changed master: {observed:?}"));
+    }
+    anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
+    report("gossip-partition", refused, &anomalies, &[]);
+    assert!(anomalies.is_empty(), "{anomalies:?}");
+}
