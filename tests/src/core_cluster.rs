@@ -217,7 +217,12 @@ impl CoreCluster {
 
 /// A core client presenting the `admin` certificate of the CA in `tls_dir`.
 pub fn admin_client(tls_dir: &Path, members: Vec<String>) -> CoreClient {
-    let identity = TlsIdentity::load(tls_dir, "admin").expect("the admin certificate loads");
+    client_as(tls_dir, "admin", members)
+}
+
+/// A core client presenting the certificate issued for `name` in `tls_dir`.
+pub fn client_as(tls_dir: &Path, name: &str, members: Vec<String>) -> CoreClient {
+    let identity = TlsIdentity::load(tls_dir, name).expect("the certificate loads");
     let transport =
         Arc::new(QuicTransport::client(&identity, &[ALPN_CORE]).expect("a client endpoint"));
     CoreClient::new(transport, members)

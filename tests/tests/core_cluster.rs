@@ -11,7 +11,7 @@ use corral_core::client::ClientError;
 use corral_core::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse};
 use corral_core::transport::{QuicTransport, TlsIdentity};
 use corral_proto::{Answer, Command, SessionOwner};
-use corral_tests::core_cluster::admin_client;
+use corral_tests::core_cluster::{admin_client, client_as};
 use corral_tests::{CoreCluster, CoreOptions, Pki, SmallDisk, wait_until};
 
 const STARTUP: Duration = Duration::from_secs(20);
@@ -771,4 +771,136 @@ async fn a_write_batch_answers_each_command_on_its_own() {
     );
     let (_, value) = cluster.client().get("batch/e", true).await.unwrap();
     assert!(value.is_none(), "the refused batch wrote {value:?}");
+}
+
+/// A node's session is opened and renewed only under its own certificate (or an admin's),
+/// and a death report of a node that beats on a watch stream is refused until its beats
+/// stop; a beat under a name the certificate does not carry ends the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_core_refuses_to_close_a_node_it_hears_and_binds_node_sessions_to_certificates() {
+    use corral_core::rpc::WatchBeat;
+    use corral_proto::{CommandError, frame};
+
+    let root = tempfile::tempdir().unwrap();
+    let cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    cluster.wait_for_leader(STARTUP).await;
+    let members: Vec<String> = (1..=3).map(|i| cluster.address(i).to_string()).collect();
+    for name in ["agent-1", "agent-2"] {
+        cluster.pki.issue(name);
+    }
+    let agent = client_as(&cluster.pki.dir, "agent-1", members.clone());
+    let open = |name: &str, incarnation| Command::OpenSession {
+        owner: SessionOwner::Node {
+            name: name.into(),
+            incarnation,
+        },
+    };
+    // Another node's session, under agent-1's certificate: refused, nothing written.
+    for command in [
+        open("agent-2", 1),
+        Command::RenewNode {
+            name: "agent-2".into(),
+            from: 1,
+            to: 2,
+        },
+    ] {
+        let error = agent.write(&command).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::Core(CoreError::Forbidden(_))),
+            "{error}"
+        );
+    }
+    let session = match agent.write(&open("agent-1", 1)).await.unwrap().outcome {
+        Ok(Answer::SessionOpened { session, .. }) => session,
+        other => panic!("{other:?}"),
+    };
+
+    // agent-1 beats on a watch stream to member 2, which need not be the leader.
+    let mut stream = agent.watch(cluster.address(2), None).await.unwrap();
+    let mut beats = stream.take_beat_sender().unwrap();
+    let beating = tokio::spawn(async move {
+        loop {
+            let beat = WatchBeat {
+                name: "agent-1".into(),
+                incarnation: 1,
+            };
+            if frame::write_frame(&mut beats, &beat).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let admin = cluster.client();
+    let report = Command::CloseNode {
+        name: "agent-1".into(),
+        incarnation: 1,
+    };
+    let refused = wait_until(STARTUP, "the report refused", || {
+        let (admin, report) = (admin, &report);
+        async move {
+            match admin.write(report).await {
+                Err(ClientError::Core(CoreError::NodeAlive { member, .. })) => Some(member),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused, 2, "member 2 hears agent-1");
+    let open_client = || async move {
+        admin
+            .write(&Command::OpenSession {
+                owner: SessionOwner::Client {
+                    node_session: session,
+                    client_key: 1,
+                    label: String::new(),
+                },
+            })
+            .await
+            .unwrap()
+            .outcome
+    };
+    // The session is still open: a client session opens under it.
+    assert!(open_client().await.is_ok());
+
+    // The beats stop: the stream ends, the member forgets agent-1 at once, the report goes
+    // through and the session is closed.
+    beating.abort();
+    drop(stream);
+    let closed = wait_until(STARTUP, "the report committed", || {
+        let (admin, report) = (admin, &report);
+        async move {
+            match admin.write(report).await {
+                Ok(response) => match response.outcome {
+                    Ok(Answer::SessionsClosed { sessions }) => Some(sessions),
+                    _ => None,
+                },
+                Err(_) => None,
+            }
+        }
+    })
+    .await;
+    assert!(closed.contains(&session), "{closed:?}");
+    assert!(matches!(
+        open_client().await,
+        Err(CommandError::NoSuchSession { .. })
+    ));
+
+    // A beat under a name the certificate does not carry ends the stream.
+    let mut stream = agent.watch(cluster.address(2), None).await.unwrap();
+    let mut beats = stream.take_beat_sender().unwrap();
+    let impostor = WatchBeat {
+        name: "agent-2".into(),
+        incarnation: 1,
+    };
+    frame::write_frame(&mut beats, &impostor).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream went on after a forged beat");
 }

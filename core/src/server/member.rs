@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_proto::frame::{self, FRAME_LEN_MAX};
-use corral_proto::{Command, CommandResponse, Revision};
+use corral_proto::{Command, CommandResponse, Revision, SessionOwner};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ServerState};
 use quinn::{Connection, RecvStream, SendStream};
@@ -47,6 +47,22 @@ pub const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most QUIC connections served at once; more are refused.
 pub const CONNECTIONS_MAX: usize = 16_384;
+/// Why the peer of `connection` may not send `command`, if it may not: a node session is
+/// opened or renewed only by the node itself (its certificate names it) or an admin, so
+/// that one agent cannot end or take over another's session by claiming its name.
+fn node_command_refused(connection: &Connection, command: &Command) -> Option<String> {
+    let name = match command {
+        Command::OpenSession {
+            owner: SessionOwner::Node { name, .. },
+        }
+        | Command::RenewNode { name, .. } => name,
+        _ => return None,
+    };
+    (!peer_has_name(connection, name) && !peer_has_name(connection, ADMIN_NAME)).then(|| {
+        format!("the node session of {name:?} is opened and renewed only by {name:?} itself")
+    })
+}
+
 /// How long the leader waits for a member's answer on whether it hears a reported node.
 const HEARD_ASK_TIMEOUT: Duration = Duration::from_millis(150);
 /// Interval between probes while forming the cluster.
@@ -452,8 +468,19 @@ impl CoreMember {
                 }
                 CoreResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
-            CoreRequest::Write(command) => self.write(command).await,
-            CoreRequest::WriteBatch(commands) => self.write_batch(commands).await,
+            CoreRequest::Write(command) => match node_command_refused(connection, &command) {
+                Some(refused) => forbidden(&refused),
+                None => self.write(command).await,
+            },
+            CoreRequest::WriteBatch(commands) => {
+                match commands
+                    .iter()
+                    .find_map(|command| node_command_refused(connection, command))
+                {
+                    Some(refused) => forbidden(&refused),
+                    None => self.write_batch(commands).await,
+                }
+            }
             CoreRequest::Heard { name, incarnation } => CoreResponse::Heard(
                 self.liveness
                     .lock()
