@@ -185,12 +185,7 @@ pub fn partition(config: SimConfig, seconds: u64) -> anyhow::Result<Report> {
     let heal = WARM_UP + seconds * SECOND;
     sim.at(heal, Action::Heal);
     sim.run_until(heal);
-    let node_sessions_open = sim
-        .core()
-        .machine()
-        .sessions()
-        .filter(|s| matches!(s.owner, corral_proto::SessionOwner::Node { .. }))
-        .count();
+    let node_sessions_open = node_sessions(&sim);
     let limit = heal + 180 * SECOND;
     let mut converged_after = None;
     while sim.now() < limit {
@@ -201,12 +196,7 @@ pub fn partition(config: SimConfig, seconds: u64) -> anyhow::Result<Report> {
             break;
         }
     }
-    let node_sessions_open_after = sim
-        .core()
-        .machine()
-        .sessions()
-        .filter(|s| matches!(s.owner, corral_proto::SessionOwner::Node { .. }))
-        .count();
+    let node_sessions_open_after = node_sessions(&sim);
     let mut report = Report::new("partition");
     common_figures(&mut report, &sim);
     report.put("partition_s", seconds);
@@ -222,6 +212,14 @@ pub fn partition(config: SimConfig, seconds: u64) -> anyhow::Result<Report> {
     traffic_figures(&mut report, &sim);
     cost_figures(&mut report, &sim, started);
     Ok(report)
+}
+
+fn node_sessions(sim: &Sim) -> usize {
+    sim.core()
+        .machine()
+        .sessions()
+        .filter(|s| matches!(s.owner, corral_proto::SessionOwner::Node { .. }))
+        .count()
 }
 
 fn common_figures(report: &mut Report, sim: &Sim) {

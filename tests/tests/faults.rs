@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use corral_proto::Event;
 use corral_proto::api::{AgentRequest, EventFilter, Query, QueryResult, SubscriptionItem};
+use corral_proto::{AgentClient, Event};
 use corral_tests::checker::{self, Call, Fence, Operation, Outcome};
 use corral_tests::docker::{AGENTS, CORES, DockerCluster};
 use corral_tests::wait_until;
@@ -485,6 +485,37 @@ async fn the_whole_core_restarted_at_once() {
 }
 
 /// Observes shard `shard` through `agent`: every (epoch, master) it reports.
+/// Creates `shard` from the first agent of `replicas` and registers a replica of it from
+/// each, at port 9000 of the agent's address, with its priority; returns the connections
+/// that hold the replicas.
+async fn register_shard(
+    cluster: &DockerCluster,
+    shard: &str,
+    replicas: &[(&str, u32)],
+) -> Vec<AgentClient> {
+    let mut holders = Vec::new();
+    for (i, &(agent, priority)) in replicas.iter().enumerate() {
+        let client = cluster.client(agent).await;
+        if i == 0 {
+            client
+                .write(AgentRequest::CreateShard { name: shard.into() })
+                .await
+                .unwrap();
+        }
+        client
+            .write(AgentRequest::JoinShard {
+                shard: shard.into(),
+                address: format!("{}:9000", cluster.ip(agent)),
+                priority,
+                detach: false,
+            })
+            .await
+            .unwrap();
+        holders.push(client);
+    }
+    holders
+}
+
 async fn observe_shard(
     cluster: &DockerCluster,
     agent: &str,
@@ -542,26 +573,7 @@ async fn a_frozen_master_host_is_replaced_and_learns_it_on_thaw() {
     let cluster = DockerCluster::up().await;
     step("cluster up");
     // Replicas of S on a1 (preferred), a2, a3, each held by a connection to its agent.
-    let mut holders = Vec::new();
-    for (agent, priority) in [("a1", 30), ("a2", 20), ("a3", 10)] {
-        let client = cluster.client(agent).await;
-        if agent == "a1" {
-            client
-                .write(AgentRequest::CreateShard { name: "S".into() })
-                .await
-                .unwrap();
-        }
-        client
-            .write(AgentRequest::JoinShard {
-                shard: "S".into(),
-                address: format!("{}:9000", cluster.ip(agent)),
-                priority,
-                detach: false,
-            })
-            .await
-            .unwrap();
-        holders.push(client);
-    }
+    let holders = register_shard(&cluster, "S", &[("a1", 30), ("a2", 20), ("a3", 10)]).await;
     let old = holders[0].shard("S").await.unwrap().expect("shard S");
     assert_eq!(
         old.master.as_deref(),
@@ -769,26 +781,7 @@ async fn a_gossip_partition_that_leaves_the_core_reachable_closes_no_session() {
     let cluster = DockerCluster::up().await;
     let (left, right) = (["a1", "a2"], ["a3", "a4", "a5"]);
     // S has its master on a4 (right) and a replica on a1 (left).
-    let mut holders = Vec::new();
-    for (agent, priority) in [("a4", 30), ("a1", 10)] {
-        let client = cluster.client(agent).await;
-        if agent == "a4" {
-            client
-                .write(AgentRequest::CreateShard { name: "S".into() })
-                .await
-                .unwrap();
-        }
-        client
-            .write(AgentRequest::JoinShard {
-                shard: "S".into(),
-                address: format!("{}:9000", cluster.ip(agent)),
-                priority,
-                detach: false,
-            })
-            .await
-            .unwrap();
-        holders.push(client);
-    }
+    let holders = register_shard(&cluster, "S", &[("a4", 30), ("a1", 10)]).await;
     let before = holders[0].shard("S").await.unwrap().expect("shard S");
     let mut sessions = BTreeMap::new();
     for agent in AGENTS {

@@ -352,8 +352,8 @@ mod tests {
         assert_eq!(deaths_to_report(&view, sessions(), &me, now), vec![]);
     }
 
-    #[test]
-    fn a_death_is_sent_again_only_after_the_report_interval() {
+    /// A pacer that has just sent the death of "dead", that death, and when it was sent.
+    fn a_death_sent_once() -> (ReportPacer, Death, Instant) {
         let mut pacer = ReportPacer::default();
         let death = Death {
             name: "dead".into(),
@@ -361,6 +361,12 @@ mod tests {
         };
         let now = Instant::now();
         assert_eq!(pacer.to_send(vec![death.clone()], now).len(), 1);
+        (pacer, death, now)
+    }
+
+    #[test]
+    fn a_death_is_sent_again_only_after_the_report_interval() {
+        let (mut pacer, death, now) = a_death_sent_once();
         let soon = now + REPORT_INTERVAL / 2;
         assert_eq!(pacer.to_send(vec![death.clone()], soon), vec![]);
         assert_eq!(
@@ -432,13 +438,7 @@ mod tests {
 
     #[test]
     fn a_refused_death_is_held_back_until_the_backoff_passes_or_it_is_due_anew() {
-        let mut pacer = ReportPacer::default();
-        let death = Death {
-            name: "dead".into(),
-            incarnation: 1,
-        };
-        let now = Instant::now();
-        assert_eq!(pacer.to_send(vec![death.clone()], now).len(), 1);
+        let (mut pacer, death, now) = a_death_sent_once();
         pacer.refused(death.clone(), now);
         let later = now + REPORT_INTERVAL;
         assert_eq!(pacer.to_send(vec![death.clone()], later), vec![]);
