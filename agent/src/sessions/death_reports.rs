@@ -47,9 +47,10 @@ use crate::replica::SharedReplica;
 pub const FIRST_REPORTERS: usize = 3;
 
 /// Agents ranked after the first that report a death still not committed after
-/// `BACKUP_REPORT_DELAY`; those ranked lower never do. A death every one of them fails to
-/// bring to the core is one they all see refused (the core hears the node), and a pool cut
-/// in two must not send one report per member per death.
+/// `BACKUP_REPORT_DELAY`; those ranked lower never do. Twelve ranked reporters and the one
+/// that declared the death cover reporters that are dead or cut off from the core
+/// themselves; more would mostly repeat a refusal (the core hears the node), and a pool
+/// cut in two must not send one report per member per death.
 pub const BACKUP_REPORTERS: usize = 9;
 
 /// When the backup reporters report a death that is still not committed.

@@ -80,6 +80,7 @@ pub async fn run(
         if let Err(e) = store_incarnation(&data_dir, identity.incarnation) {
             tracing::error!(error = %e, "cannot record the incarnation");
         }
+        // Open (idempotent: the same owner gets its open session back).
         let open = Command::OpenSession {
             owner: SessionOwner::Node {
                 name: identity.name.clone(),
