@@ -784,9 +784,11 @@ async fn a_gossip_partition_that_leaves_the_core_reachable_closes_no_session() {
     let holders = register_shard(&cluster, "S", &[("a4", 30), ("a1", 10)]).await;
     let before = holders[0].shard("S").await.unwrap().expect("shard S");
     let mut sessions = BTreeMap::new();
+    let mut incarnations = BTreeMap::new();
     for agent in AGENTS {
         let status = cluster.client(agent).await.status().await.unwrap();
         sessions.insert(agent, status.node_session);
+        incarnations.insert(agent, status.incarnation);
     }
     let fences: Arc<Mutex<Vec<(Instant, Fence)>>> = Arc::default();
     let observers = vec![
@@ -892,8 +894,21 @@ async fn a_gossip_partition_that_leaves_the_core_reachable_closes_no_session() {
         "every agent saw all 5 alive {} ms after the heal",
         healed.elapsed().as_millis()
     );
-    // The agents the other side declared dead took new incarnations; their sessions moved.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The agents the other side declared dead take new incarnations and move their
+    // sessions to them: the check after the heal means something only once they have.
+    let mut renewed = Vec::new();
+    for agent in AGENTS {
+        let status = cluster.client(agent).await.status().await.unwrap();
+        if status.incarnation > incarnations[agent] {
+            renewed.push(agent);
+        }
+    }
+    println!("agents under a new incarnation after the heal: {renewed:?}");
+    if renewed.is_empty() {
+        anomalies.push("no agent took a new incarnation: the heal tested nothing".into());
+    }
+    // A renewal commits within milliseconds; a session opened anew instead would show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     anomalies.extend(check("after the heal").await);
     for task in observers {
         task.abort();
