@@ -221,7 +221,8 @@ pub struct Sim {
     /// Scenario choices: victims, joins, shard placement.
     pub choice_rng: StdRng,
     core: CoreModel,
-    /// Hosts that report each death first, by the agents' ranking.
+    /// Hosts that report each death, by the agents' ranking: the first three at once, the
+    /// nine backups after the delay.
     first_reporters: HashMap<SimId, Vec<u32>>,
     /// Report checks already queued, so one observer does not queue the same one twice.
     report_pending: BTreeSet<(u32, SimId)>,
