@@ -74,10 +74,6 @@ impl Liveness {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }

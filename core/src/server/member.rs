@@ -590,7 +590,7 @@ impl CoreMember {
             name: name.to_string(),
             incarnation,
         };
-        let asks = metrics
+        let mut asks = metrics
             .membership_config
             .membership()
             .nodes()
@@ -614,11 +614,7 @@ impl CoreMember {
                 })
             })
             .collect::<Vec<_>>();
-        if asks.is_empty() {
-            return None;
-        }
         // The first member that heard it settles it; the others need not be awaited.
-        let mut asks = asks;
         while !asks.is_empty() {
             let (answer, _, rest) = futures::future::select_all(asks).await;
             if let Some(member) = answer {
