@@ -830,21 +830,36 @@ async fn the_core_refuses_to_close_a_node_it_hears_and_binds_node_sessions_to_ce
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    let admin = cluster.client();
-    let report = Command::CloseNode {
+    // Member 2 hears agent-1 once its first beat arrived: only then is a report refused.
+    let identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
+    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let heard = CoreRequest::Heard {
         name: "agent-1".into(),
         incarnation: 1,
     };
-    let refused = wait_until(STARTUP, "the report refused", || {
-        let (admin, report) = (admin, &report);
+    let member_2 = cluster.address(2);
+    wait_until(STARTUP, "member 2 to hear agent-1", || {
+        let (transport, heard) = (&transport, &heard);
         async move {
-            match admin.write(report).await {
-                Err(ClientError::Core(CoreError::NodeAlive { member, .. })) => Some(member),
+            match transport
+                .call::<_, CoreResponse>(member_2, "core", heard, Duration::from_secs(5))
+                .await
+            {
+                Ok(CoreResponse::Heard(true)) => Some(()),
                 _ => None,
             }
         }
     })
     .await;
+    let admin = cluster.client();
+    let report = Command::CloseNode {
+        name: "agent-1".into(),
+        incarnation: 1,
+    };
+    let refused = match admin.write(&report).await {
+        Err(ClientError::Core(CoreError::NodeAlive { member, .. })) => member,
+        other => panic!("a report of a node the core hears: {other:?}"),
+    };
     assert_eq!(refused, 2, "member 2 hears agent-1");
     let open_client = || async move {
         admin
