@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use corral_core::rpc::WatchItem;
+use corral_core::state::StateMachine;
 use corral_proto::api::{AgentRequest, EventFilter, Query, QueryResult, SubscriptionItem};
-use corral_proto::{AgentClient, Event};
+use corral_proto::{AgentClient, Event, KeyValue, Lock, Revision, Shard};
 use corral_tests::checker::{self, Call, Fence, Operation, Outcome};
 use corral_tests::docker::{AGENTS, CORES, DockerCluster};
 use corral_tests::wait_until;
@@ -162,7 +164,132 @@ impl Workload {
     }
 }
 
-/// Every agent in `agents` reaches the same revision with the same keys, shards and locks.
+/// What one replica (an agent's, or a core member's own state) holds at one revision.
+#[derive(Debug, PartialEq)]
+struct Contents {
+    revision: Revision,
+    keys: Vec<KeyValue>,
+    shards: Vec<Shard>,
+    locks: Vec<Lock>,
+}
+
+impl Contents {
+    /// Where `self` and `other` differ, at most a few items of each kind.
+    fn differences(&self, other: &Contents) -> String {
+        fn differ<T: PartialEq + std::fmt::Debug>(
+            what: &str,
+            ours: &[T],
+            theirs: &[T],
+            out: &mut Vec<String>,
+        ) {
+            let only_ours: Vec<_> = ours
+                .iter()
+                .filter(|x| !theirs.contains(x))
+                .take(3)
+                .collect();
+            let only_theirs: Vec<_> = theirs
+                .iter()
+                .filter(|x| !ours.contains(x))
+                .take(3)
+                .collect();
+            if !only_ours.is_empty() || !only_theirs.is_empty() {
+                out.push(format!("{what}: here {only_ours:?}, there {only_theirs:?}"));
+            }
+        }
+        let mut out = Vec::new();
+        differ("keys", &self.keys, &other.keys, &mut out);
+        differ("shards", &self.shards, &other.shards, &mut out);
+        differ("locks", &self.locks, &other.locks, &mut out);
+        out.join("; ")
+    }
+}
+
+/// What `agent` holds, read at one revision of at least `target`.
+async fn agent_contents(cluster: &DockerCluster, agent: &str, target: Revision) -> Contents {
+    let client = cluster.client(agent).await;
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{agent} to catch up"),
+        || {
+            let client = client.clone();
+            async move {
+                let status = client.status().await.ok()?;
+                (status.revision >= target).then_some(status.revision)
+            }
+        },
+    )
+    .await;
+    // The three reads are taken again until they answer at the same revision (a late
+    // session expiry may land between them).
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{agent} to answer three reads at one revision"),
+        || {
+            let client = client.clone();
+            async move {
+                let query = Query::Prefix {
+                    prefix: String::new(),
+                    limit: 10_000,
+                };
+                let keys = client.read(query, false).await.ok()?;
+                let shards = client.read(Query::Shards, false).await.ok()?;
+                let locks = client.read(Query::Locks, false).await.ok()?;
+                if keys.revision != shards.revision || shards.revision != locks.revision {
+                    return None;
+                }
+                let (
+                    QueryResult::Keys { keys: k, .. },
+                    QueryResult::Shards(s),
+                    QueryResult::Locks(l),
+                ) = (keys.result, shards.result, locks.result)
+                else {
+                    panic!("{agent} answered a read with another kind of result");
+                };
+                Some(Contents {
+                    revision: keys.revision,
+                    keys: k,
+                    shards: s,
+                    locks: l,
+                })
+            }
+        },
+    )
+    .await
+}
+
+/// What the core member `core` holds: the snapshot its watch stream starts with.
+async fn core_contents(cluster: &DockerCluster, core: &str) -> Option<Contents> {
+    let client = cluster.core_client();
+    let address = format!("{}:7001", cluster.ip(core));
+    let mut stream = client.watch(&address, None).await.ok()?;
+    let mut bytes = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Ok(Some(WatchItem::SnapshotChunk {
+                bytes: chunk, last, ..
+            }))) => {
+                bytes.extend_from_slice(&chunk);
+                if last {
+                    break;
+                }
+            }
+            Ok(Ok(Some(_))) => {}
+            _ => return None,
+        }
+    }
+    let machine = StateMachine::from_snapshot_bytes(&bytes).ok()?;
+    Some(Contents {
+        revision: machine.revision(),
+        keys: machine.list("", None, 10_000).0,
+        shards: machine.shards().cloned().collect(),
+        locks: machine.locks().cloned().collect(),
+    })
+}
+
+/// Every agent in `agents` reaches the core's revision, and every replica at the latest
+/// revision, the core members' own states included, holds the same keys, shards and locks.
+/// An anomaly names the replica that differs from the first core member at that revision
+/// (or from the first agent, when no member answered at it) and what differs.
 async fn replicas_converge(cluster: &DockerCluster, agents: &[&str]) -> Vec<String> {
     let core = cluster.core_client();
     let target = wait_until(Duration::from_secs(30), "the core's commit index", || {
@@ -170,61 +297,34 @@ async fn replicas_converge(cluster: &DockerCluster, agents: &[&str]) -> Vec<Stri
         async move { core.read_index().await.ok() }
     })
     .await;
-    let mut contents = Vec::new();
+    let mut replicas: Vec<(String, Contents)> = Vec::new();
     for agent in agents {
-        let client = cluster.client(agent).await;
-        let revision = wait_until(
-            Duration::from_secs(30),
-            &format!("{agent} to catch up"),
-            || {
-                let client = client.clone();
-                async move {
-                    let status = client.status().await.ok()?;
-                    (status.revision >= target).then_some(status.revision)
-                }
-            },
-        )
-        .await;
-        // Read everything at one revision: the three reads are taken again until they
-        // answer at the same revision (a late session expiry may land between them).
-        let (keys, shards, locks) = wait_until(
-            Duration::from_secs(30),
-            &format!("{agent} to answer three reads at one revision"),
-            || {
-                let client = client.clone();
-                async move {
-                    let keys = client
-                        .read(
-                            Query::Prefix {
-                                prefix: String::new(),
-                                limit: 10_000,
-                            },
-                            false,
-                        )
-                        .await
-                        .ok()?;
-                    let shards = client.read(Query::Shards, false).await.ok()?;
-                    let locks = client.read(Query::Locks, false).await.ok()?;
-                    (keys.revision == shards.revision && shards.revision == locks.revision)
-                        .then_some((keys, shards, locks))
-                }
-            },
-        )
-        .await;
-        contents.push((
+        replicas.push((
             agent.to_string(),
-            revision,
-            keys.revision,
-            format!("{:?}{:?}{:?}", keys.result, shards.result, locks.result),
+            agent_contents(cluster, agent, target).await,
         ));
     }
+    let last_revision = replicas.iter().map(|r| r.1.revision).max().unwrap_or(0);
+    // The members last: by then they have applied what the agents read.
+    for member in CORES {
+        match core_contents(cluster, member).await {
+            Some(contents) => replicas.insert(0, (member.to_string(), contents)),
+            None => eprintln!("{member} sent no snapshot of its state"),
+        }
+    }
+    let at_last: Vec<&(String, Contents)> = replicas
+        .iter()
+        .filter(|r| r.1.revision == last_revision)
+        .collect();
     let mut anomalies = Vec::new();
-    let last_revision = contents.iter().map(|c| c.2).max().unwrap_or(0);
-    for (agent, _, revision, content) in &contents {
-        if *revision == last_revision
-            && *content != contents.iter().find(|c| c.2 == last_revision).unwrap().3
-        {
-            anomalies.push(format!("{agent} differs at revision {revision}"));
+    if let Some((reference, expected)) = at_last.first() {
+        for (name, contents) in &at_last[1..] {
+            if contents != expected {
+                anomalies.push(format!(
+                    "{name} differs from {reference} at revision {last_revision}: {}",
+                    contents.differences(expected)
+                ));
+            }
         }
     }
     anomalies
