@@ -3,16 +3,21 @@
 //! changes, and refusal of foreign certificates and bad frames.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_core::client::ClientError;
+use corral_core::raft_types::{Entry, LogId, Proposal};
 use corral_core::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse};
+use corral_core::storage::wal;
 use corral_core::transport::{QuicTransport, TlsIdentity};
 use corral_proto::{Answer, Command, SessionOwner};
 use corral_tests::core_cluster::{admin_client, client_as};
 use corral_tests::{CoreCluster, CoreOptions, Pki, SmallDisk, wait_until};
+use openraft::EntryPayload;
 
 const STARTUP: Duration = Duration::from_secs(20);
 /// The longest a leader's SIGKILL may leave the core without one, by the default timers: a
@@ -341,6 +346,110 @@ async fn restarting_every_member_from_disk_keeps_identical_state() {
         .await
         .unwrap();
     assert_eq!(shard.1.unwrap().value, vec![143u8; 32]);
+}
+
+/// Appends `entry` to the log in `log_dir` the way its member's writer does (one batch at
+/// the end of the last segment), and returns the log id of the entry before it. The member
+/// must be stopped.
+fn append_to_stopped_log(log_dir: &Path, make: impl FnOnce(LogId) -> Entry) -> LogId {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(log_dir)
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segments.sort();
+    let mut replay = wal::Replay::<()>::default();
+    let mut tail = 0;
+    for path in &segments {
+        let decoded = wal::decode_segment(&std::fs::read(path).unwrap()).unwrap();
+        assert!(!decoded.torn, "{} is torn", path.display());
+        for record in decoded.records {
+            replay.apply(record.record, |_| ());
+        }
+        tail = decoded.valid_len;
+    }
+    let last = replay
+        .finish()
+        .unwrap()
+        .last_log_id()
+        .expect("a log with entries");
+    let mut batch = Vec::new();
+    let start = wal::begin_batch(&mut batch);
+    wal::Record::Entry(make(last)).encode_into(&mut batch);
+    assert!(wal::seal_batch(&mut batch, start));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segments.last().unwrap())
+        .unwrap();
+    file.write_all_at(&batch, tail as u64).unwrap();
+    file.sync_all().unwrap();
+    last
+}
+
+/// A leader sends entries to its followers before its own copy is on disk, so a leader
+/// killed at the wrong moment restarts without an entry a follower holds, under the same
+/// leader id. It must not lead again on its old vote: its next entry would carry the same
+/// log id as the follower's, which the follower would keep and apply, and the members'
+/// states would part for good. Here the follower's extra entry is written into its log
+/// while the whole core is stopped; after the restart every member must end with the same
+/// state (the entry is either committed everywhere by a new leader, or replaced).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_leader_that_lost_an_entry_a_follower_holds_does_not_reuse_its_log_id() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    let leader = cluster.wait_for_leader(STARTUP).await;
+    for i in 0..20 {
+        put_acknowledged(&cluster, &format!("k/{i}"), b"before").await;
+    }
+    cluster
+        .wait_for_identical_state(Duration::from_secs(20))
+        .await;
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let last = append_to_stopped_log(&cluster.data_dir(follower).join("log"), |last| Entry {
+        log_id: LogId {
+            leader_id: last.leader_id,
+            index: last.index + 1,
+        },
+        payload: EntryPayload::Normal(Proposal {
+            commands: vec![put("ghost", b"sent before the leader's crash")],
+        }),
+    });
+    assert_eq!(
+        last.leader_id.node_id, leader,
+        "the follower's last entry is the leader's"
+    );
+    // The old leader first, so that it would be back before anyone could stand against it.
+    cluster.spawn(leader);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(STARTUP).await;
+    for i in 0..20 {
+        put_acknowledged(&cluster, &format!("k/{i}"), b"after").await;
+    }
+    let (revision, _) = cluster
+        .wait_for_identical_state(Duration::from_secs(20))
+        .await;
+    let ghosts: Vec<bool> = futures_util::future::join_all((1..=3).map(|id| {
+        let cluster = &cluster;
+        async move {
+            let (_, kv) = cluster
+                .client()
+                .get_local(cluster.address(id), "ghost")
+                .await
+                .unwrap();
+            kv.is_some()
+        }
+    }))
+    .await;
+    assert!(
+        ghosts.iter().all(|g| *g == ghosts[0]),
+        "the follower's entry is on some members only, at revision {revision}: {ghosts:?}"
+    );
 }
 
 /// A member whose data directory was wiped rejoins and catches up through a snapshot,

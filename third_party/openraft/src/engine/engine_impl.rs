@@ -15,7 +15,6 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -145,8 +144,6 @@ where C: RaftTypeConfig
 
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) fn startup(&mut self) {
-        // Allows starting up as a leader.
-
         tracing::info!(
             "startup begin: state: {:?}, is_leader: {}, is_voter: {}",
             self.state,
@@ -154,18 +151,21 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // Corral: a node that led before it stopped does not lead again on that vote. A
+        // leader sends entries to its followers before its own copy is durable (see
+        // PATCH.md), so after a crash a follower may hold an entry of this leader that the
+        // leader's log lost. Leading again under the same leader id, it would write another
+        // entry under that same log id, and the follower would keep the one it holds as if
+        // they were the same. Its vote is taken back to not committed, which makes it a
+        // voter that voted for itself in this term: it stands for election in a new term
+        // once its election timeout passes, and a new term means new log ids.
         if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
-            return;
+            let term = self.state.vote_ref().leader_id().get_term();
+            tracing::info!(
+                term,
+                "this node led before it stopped; it stands for election in a new term rather than lead again on its vote"
+            );
+            self.state.vote.update(C::now(), Vote::new(term, self.config.id.clone()));
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {
