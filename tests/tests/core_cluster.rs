@@ -348,9 +348,9 @@ async fn restarting_every_member_from_disk_keeps_identical_state() {
     assert_eq!(shard.1.unwrap().value, vec![143u8; 32]);
 }
 
-/// Appends `entry` to the log in `log_dir` the way its member's writer does (one batch at
-/// the end of the last segment), and returns the log id of the entry before it. The member
-/// must be stopped.
+/// Appends to the log in `log_dir` the entry `make` builds from the log's last log id, the
+/// way the member's writer does (one batch at the end of the last segment), and returns
+/// that last log id. The member must be stopped.
 fn append_to_stopped_log(log_dir: &Path, make: impl FnOnce(LogId) -> Entry) -> LogId {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(log_dir)
         .unwrap()
