@@ -152,6 +152,12 @@ pub struct CoreStatus {
     pub voters: Vec<MemberInfo>,
     pub learners: Vec<MemberInfo>,
     pub counts: StateCounts,
+    /// On the leader: the revision at which its last check that every member holds the
+    /// same state compared anything ([`crate::server::state_check`]).
+    pub state_checked: Option<Revision>,
+    /// The members whose state differed from the majority's at that check (empty when
+    /// they all agreed).
+    pub state_differs: Vec<NodeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

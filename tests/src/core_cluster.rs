@@ -17,6 +17,8 @@ use super::process::{ChildProcess, free_udp_port, wait_until};
 pub struct CoreOptions {
     pub members: u64,
     pub snapshot_every: Option<u64>,
+    /// Seconds between the leader's state checks (the member's default when None).
+    pub state_check_secs: Option<u64>,
 }
 
 impl Default for CoreOptions {
@@ -24,6 +26,7 @@ impl Default for CoreOptions {
         Self {
             members: 3,
             snapshot_every: None,
+            state_check_secs: None,
         }
     }
 }
@@ -91,6 +94,9 @@ impl CoreCluster {
             "--tls-dir".into(),
             tls_dir.display().to_string(),
         ];
+        if let Some(secs) = self.options.state_check_secs {
+            args.extend(["--state-check-secs".into(), secs.to_string()]);
+        }
         if let Some(every) = self.options.snapshot_every {
             // Compact aggressively so that a lagging member needs the snapshot.
             args.extend([

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use corral_core::client::ClientError;
 use corral_core::raft_types::{Entry, LogId, Proposal};
 use corral_core::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse};
-use corral_core::storage::wal;
+use corral_core::state::StateMachine;
+use corral_core::storage::{SnapshotFile, wal};
 use corral_core::transport::{QuicTransport, TlsIdentity};
 use corral_proto::{Answer, Command, SessionOwner};
 use corral_tests::core_cluster::{admin_client, client_as};
@@ -450,6 +451,88 @@ async fn a_restarted_leader_that_lost_an_entry_a_follower_holds_does_not_reuse_i
         ghosts.iter().all(|g| *g == ghosts[0]),
         "the follower's entry is on some members only, at revision {revision}: {ghosts:?}"
     );
+}
+
+/// The leader compares the members' states while the core is at rest and names a member
+/// whose state differs from the others' at the same revision. The difference is made by
+/// changing one value in a stopped follower's snapshot file (its checksum made valid
+/// again): nothing in Raft notices that, and the member would serve the changed value.
+/// A state digest is refused under an agent's certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_names_a_member_whose_state_differs_at_the_same_revision() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = CoreCluster::start(
+        root.path(),
+        CoreOptions {
+            snapshot_every: Some(20),
+            state_check_secs: Some(1),
+            ..Default::default()
+        },
+    );
+    let leader = cluster.wait_for_leader(STARTUP).await;
+    put_acknowledged(&cluster, "victim", b"original-value-0123").await;
+    for i in 0..60 {
+        put_acknowledged(&cluster, &format!("k/{i}"), b"later").await;
+    }
+    let (revision, _) = cluster
+        .wait_for_identical_state(Duration::from_secs(20))
+        .await;
+    let agreed = wait_until(
+        Duration::from_secs(20),
+        "the leader to find every member's state the same",
+        || async {
+            let status = cluster.status(leader).await?;
+            (status.state_checked == Some(revision)).then_some(status.state_differs)
+        },
+    )
+    .await;
+    assert_eq!(agreed, Vec::<u64>::new());
+
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let file = SnapshotFile::new(cluster.data_dir(follower).join("snapshot.bin"));
+    let (meta, mut data) = file.read().unwrap().expect("the follower has a snapshot");
+    let at = data
+        .windows(b"original".len())
+        .position(|w| w == b"original")
+        .expect("the snapshot holds the value written before it");
+    data[at..at + b"ORIGINAL".len()].copy_from_slice(b"ORIGINAL");
+    assert!(StateMachine::from_snapshot_bytes(&data).is_ok());
+    file.write(&meta, &data).unwrap();
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    let new_leader = cluster.wait_for_leader(STARTUP).await;
+    let differing = wait_until(
+        Duration::from_secs(20),
+        "the leader to name the member whose state differs",
+        || async {
+            let status = cluster.status(new_leader).await?;
+            (!status.state_differs.is_empty()).then_some(status.state_differs)
+        },
+    )
+    .await;
+    assert_eq!(differing, vec![follower], "leader {new_leader}");
+    // The changed member does serve the changed value: only the check tells.
+    let (_, value) = cluster
+        .client()
+        .get_local(cluster.address(follower), "victim")
+        .await
+        .unwrap();
+    assert_eq!(value.unwrap().value, b"ORIGINAL-value-0123");
+
+    // A digest serializes the whole state under the read lock: not for agents.
+    cluster.pki.issue("agent-1");
+    let members: Vec<String> = (1..=3).map(|i| cluster.address(i).to_string()).collect();
+    let agent = client_as(&cluster.pki.dir, "agent-1", members);
+    let refused = agent.state_digest(cluster.address(follower)).await;
+    assert!(
+        matches!(refused, Err(ClientError::Core(CoreError::Forbidden(_)))),
+        "{refused:?}"
+    );
+    assert!(cluster.digest(follower).await.is_some());
 }
 
 /// A member whose data directory was wiped rejoins and catches up through a snapshot,

@@ -11,6 +11,7 @@ use corral_core::server::config::{
     ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT,
     SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_EVERY_DEFAULT,
 };
+use corral_core::server::state_check::STATE_CHECK_SECS_DEFAULT;
 use corral_core::server::{CoreConfig, CoreMember, parse_peers};
 use corral_core::transport::certificate_authority::ADMIN_NAME;
 use corral_core::transport::{QuicTransport, TlsIdentity};
@@ -63,6 +64,10 @@ struct RunArgs {
     /// Longest election timeout, in milliseconds.
     #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MAX_MS", default_value_t = ELECTION_TIMEOUT_MAX_MS_DEFAULT)]
     election_timeout_max_ms: u64,
+    /// Seconds between the leader's checks that every member holds the same state (made
+    /// only while every member has applied the leader's last log entry).
+    #[arg(long, env = "CORRAL_STATE_CHECK_SECS", default_value_t = STATE_CHECK_SECS_DEFAULT)]
+    state_check_secs: u64,
     /// Threads that run the member's work (default: one per two cores, at least one).
     #[arg(long, env = "CORRAL_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -151,6 +156,7 @@ fn run_member(args: RunArgs) -> anyhow::Result<()> {
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_min_ms: args.election_timeout_min_ms,
         election_timeout_max_ms: args.election_timeout_max_ms,
+        state_check_secs: args.state_check_secs,
     };
     let workers = args.worker_threads.unwrap_or_else(core_worker_threads);
     super::runtime_with_workers(Some(workers))?.block_on(async move {
@@ -219,6 +225,8 @@ fn print_status(status: &CoreStatus, json: bool) -> anyhow::Result<()> {
             "watch_history_floor": status.watch_history_floor,
             "members": members,
             "counts": status.counts,
+            "state_checked": status.state_checked,
+            "state_differs": status.state_differs,
         }));
     }
     let show = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
@@ -255,5 +263,16 @@ fn print_status(status: &CoreStatus, json: bool) -> anyhow::Result<()> {
         "keys {}   sessions {}   shards {}   locks {}   service instances {}",
         c.keys, c.sessions, c.shards, c.locks, c.service_instances
     );
+    if let Some(revision) = status.state_checked {
+        if status.state_differs.is_empty() {
+            println!("state check: every member held the same state at revision {revision}");
+        } else {
+            let differing: Vec<_> = status.state_differs.iter().map(u64::to_string).collect();
+            println!(
+                "state check: members {} held another state than the majority at revision {revision}",
+                differing.join(", ")
+            );
+        }
+    }
     Ok(())
 }

@@ -28,6 +28,9 @@ pub struct CoreConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// Seconds between the leader's checks that every member holds the same state
+    /// ([`super::state_check`]).
+    pub state_check_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,9 @@ impl CoreConfig {
                 "heartbeat-ms",
                 "must be positive and at most a third of the election timeout",
             );
+        }
+        if self.state_check_secs == 0 {
+            return invalid("state-check-secs", "must be at least 1");
         }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
             return invalid(

@@ -28,6 +28,7 @@ use super::liveness::{HeardAnswers, Liveness};
 use super::proposer::{LeaderHint, Proposer};
 use super::quorum_watch::{QuorumWatch, quorum_lost};
 use super::raft_network::Network;
+use super::state_check::{self, Digest, Judgement};
 use super::watch_stream;
 use crate::applied_state::AppliedState;
 use crate::raft_types::{NodeId, Raft};
@@ -115,6 +116,9 @@ pub struct CoreMember {
     /// The members' recent answers that they hear a reported node (the leader's).
     heard_answers: parking_lot::Mutex<HeardAnswers>,
     watch_streams: AtomicU64,
+    /// The leader's last check that compared the members' states: the revision, and who
+    /// differed.
+    state_checked: parking_lot::Mutex<Option<(Revision, Vec<NodeId>)>>,
 }
 
 impl std::fmt::Debug for CoreMember {
@@ -179,8 +183,10 @@ impl CoreMember {
             liveness: parking_lot::Mutex::new(Liveness::default()),
             heard_answers: parking_lot::Mutex::new(HeardAnswers::default()),
             watch_streams: AtomicU64::new(0),
+            state_checked: parking_lot::Mutex::new(None),
         });
         tokio::spawn(member.clone().accept_loop());
+        tokio::spawn(Self::check_states(Arc::downgrade(&member)));
         let initialized = member
             .raft
             .is_initialized()
@@ -425,6 +431,150 @@ impl CoreMember {
         self.watch_streams.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The other members of the current membership, voters and learners: id and address.
+    fn other_members(&self) -> Vec<(NodeId, String)> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
+    }
+
+    /// The log index this member applied, its revision there, and the checksum and length
+    /// of its whole state.
+    fn state_digest(&self) -> (Option<u64>, Revision, u32, usize) {
+        let (applied, revision, bytes) = self.applied.read(|a| {
+            (
+                a.last_applied.map(|l| l.index),
+                a.machine.revision(),
+                a.machine.to_snapshot_bytes(),
+            )
+        });
+        (applied, revision, crc32fast::hash(&bytes), bytes.len())
+    }
+
+    /// Every `state_check_secs`, while this member leads, compares the members' states
+    /// ([`state_check`]) and keeps the finding for status; a difference is logged as an
+    /// error each time it is found. Ends when the member is gone.
+    async fn check_states(member: std::sync::Weak<Self>) {
+        let Some(interval) = member
+            .upgrade()
+            .map(|m| Duration::from_secs(m.config.state_check_secs))
+        else {
+            return;
+        };
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(member) = member.upgrade() else {
+                return;
+            };
+            if member.raft.metrics().borrow().current_leader != Some(member.id) {
+                continue;
+            }
+            match member.check_states_once().await {
+                Judgement::NotAtRest => {
+                    tracing::debug!("state check: the core is not at rest; nothing compared")
+                }
+                Judgement::Compared {
+                    revision,
+                    differing,
+                } => {
+                    if differing.is_empty() {
+                        tracing::debug!(revision, "state check: every member holds the same state");
+                    } else {
+                        tracing::error!(
+                            revision,
+                            ?differing,
+                            "state check: these members hold another state than the majority at the same \
+                             revision; stop each, remove its data directory and start it again to let it \
+                             catch up from the others"
+                        );
+                    }
+                    *member.state_checked.lock() = Some((revision, differing));
+                }
+            }
+        }
+    }
+
+    /// One comparison: asks the other members for the log index they applied, for digests
+    /// only when every one that answers is at this member's, and for the index again to be
+    /// sure the digests were taken there.
+    async fn check_states_once(&self) -> Judgement {
+        let others = self.other_members();
+        let index = self.applied.read(|a| a.last_applied.map(|l| l.index));
+        let at_index = |answers: &[(NodeId, Option<CoreResponse>)]| -> Option<Vec<NodeId>> {
+            let mut members = Vec::new();
+            for (member, answer) in answers {
+                if let Some(CoreResponse::Status(status)) = answer {
+                    if status.last_applied != index {
+                        return None;
+                    }
+                    members.push(*member);
+                }
+            }
+            Some(members)
+        };
+        let Some(before) = at_index(&self.ask_all(&others, &CoreRequest::Status).await) else {
+            return Judgement::NotAtRest;
+        };
+        let (own_index, own_revision, own_checksum, _) = self.state_digest();
+        let mut digests = vec![Digest {
+            member: self.id,
+            applied: own_index,
+            revision: own_revision,
+            checksum: own_checksum,
+        }];
+        let answers = self.ask_all(&others, &CoreRequest::StateDigest).await;
+        let Some(after) = at_index(&self.ask_all(&others, &CoreRequest::Status).await) else {
+            return Judgement::NotAtRest;
+        };
+        for (member, answer) in answers {
+            if let Some(CoreResponse::StateDigest {
+                revision, digest, ..
+            }) = answer
+                && before.contains(&member)
+                && after.contains(&member)
+            {
+                digests.push(Digest {
+                    member,
+                    applied: index,
+                    revision,
+                    checksum: digest,
+                });
+            }
+        }
+        state_check::judge(&digests)
+    }
+
+    /// Sends `request` to each of `members` at once; None for those that did not answer
+    /// within [`state_check::STATE_CHECK_ASK_TIMEOUT`].
+    async fn ask_all(
+        &self,
+        members: &[(NodeId, String)],
+        request: &CoreRequest,
+    ) -> Vec<(NodeId, Option<CoreResponse>)> {
+        futures::future::join_all(members.iter().map(|(id, address)| async move {
+            let answer = self
+                .transport
+                .call::<_, CoreResponse>(
+                    address,
+                    &core_member_name(*id),
+                    request,
+                    state_check::STATE_CHECK_ASK_TIMEOUT,
+                )
+                .await;
+            (*id, answer.ok())
+        }))
+        .await
+    }
+
     /// True when the connection's certificate is that of core member `claimed`.
     fn is_member_connection(&self, connection: &Connection, claimed: Option<NodeId>) -> bool {
         claimed.is_some_and(|id| peer_has_name(connection, &core_member_name(id)))
@@ -504,13 +654,21 @@ impl CoreMember {
             }
             CoreRequest::Status => CoreResponse::Status(self.status().await),
             CoreRequest::StateDigest => {
-                let (revision, bytes) = self
-                    .applied
-                    .read(|a| (a.machine.revision(), a.machine.to_snapshot_bytes()));
+                // It serializes the whole state under the read lock: members and
+                // operators only, so that no agent can stall the applies with it.
+                if !peer_has_name(connection, ADMIN_NAME)
+                    && !self
+                        .other_members()
+                        .iter()
+                        .any(|(id, _)| peer_has_name(connection, &core_member_name(*id)))
+                {
+                    return forbidden("a state digest needs a member's or the admin certificate");
+                }
+                let (_, revision, digest, len) = self.state_digest();
                 CoreResponse::StateDigest {
                     revision,
-                    digest: crc32fast::hash(&bytes),
-                    len: bytes.len(),
+                    digest,
+                    len,
                 }
             }
             CoreRequest::GetLocal { key } => {
@@ -706,6 +864,11 @@ impl CoreMember {
         let (revision, counts) = self
             .applied
             .read(|a| (a.machine.revision(), a.machine.counts()));
+        let checked = if m.state == ServerState::Leader {
+            self.state_checked.lock().clone()
+        } else {
+            None
+        };
         CoreStatus {
             id: self.id,
             leader: m.current_leader,
@@ -728,6 +891,8 @@ impl CoreMember {
             voters,
             learners,
             counts,
+            state_checked: checked.as_ref().map(|(revision, _)| *revision),
+            state_differs: checked.map(|(_, differing)| differing).unwrap_or_default(),
         }
     }
 

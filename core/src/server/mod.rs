@@ -8,6 +8,7 @@ mod member;
 mod proposer;
 mod quorum_watch;
 mod raft_network;
+pub mod state_check;
 mod watch_stream;
 
 pub use config::{CoreConfig, parse_peers};
