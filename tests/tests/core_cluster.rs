@@ -422,9 +422,13 @@ async fn a_restarted_leader_that_lost_an_entry_a_follower_holds_does_not_reuse_i
         last.leader_id.node_id, leader,
         "the follower's last entry is the leader's"
     );
-    // The old leader first, so that it would be back before anyone could stand against it.
+    // The old leader first, and answering, so that it would be back before anyone could
+    // stand against it.
     cluster.spawn(leader);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(STARTUP, "the old leader to answer", || {
+        cluster.status(leader)
+    })
+    .await;
     for id in (1..=3).filter(|id| *id != leader) {
         cluster.spawn(id);
     }
