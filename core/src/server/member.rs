@@ -733,8 +733,7 @@ impl CoreMember {
     /// that does not answer within [`HEARD_ASK_TIMEOUT`] counts as not hearing it: what it
     /// cannot answer cannot keep a dead node's session open.
     async fn who_hears(&self, name: &str, incarnation: u64) -> Option<NodeId> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(self.id) {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
             return None;
         }
         let now = Instant::now();
@@ -748,13 +747,11 @@ impl CoreMember {
             name: name.to_string(),
             incarnation,
         };
-        let mut asks = metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(id, node)| {
-                let (id, address, request) = (*id, node.addr.clone(), &request);
+        let mut asks = self
+            .other_members()
+            .into_iter()
+            .map(|(id, address)| {
+                let request = &request;
                 Box::pin(async move {
                     match self
                         .transport
