@@ -969,6 +969,92 @@ async fn a_write_batch_answers_each_command_on_its_own() {
     assert!(value.is_none(), "the refused batch wrote {value:?}");
 }
 
+/// Every request and answer ends its stream right after its one frame, and the other side
+/// takes that end: neither tells the other to stop sending, which would cost a packet of
+/// its own (and a wake-up of the peer) on every request. A watch stream is not one of
+/// those: the watcher's first beat, sent in the very packet of its request, is read as a
+/// beat, and the member hears the watcher.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_end_their_streams_cleanly_and_a_beat_sent_with_the_watch_request_counts() {
+    use corral_core::rpc::WatchBeat;
+    use corral_core::transport::quic::call_on;
+    use corral_proto::frame;
+
+    let root = tempfile::tempdir().unwrap();
+    let cluster = CoreCluster::start(root.path(), CoreOptions::default());
+    let leader = cluster.wait_for_leader(STARTUP).await;
+    cluster.pki.issue("agent-1");
+    let identity = TlsIdentity::load(&cluster.pki.dir, "agent-1").unwrap();
+    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+
+    let connection = transport
+        .connection(cluster.address(leader), "core")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let answer: CoreResponse = call_on(
+            &connection,
+            &CoreRequest::Write(put(&format!("ends/{i}"), b"v")),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(answer, CoreResponse::Write(_)), "{answer:?}");
+    }
+    // The member's last answers may still be on their way: what counts is what it sent
+    // about our requests, and what we sent about its answers.
+    let stats = connection.stats();
+    assert_eq!(
+        stats.frame_rx.stop_sending, 0,
+        "the member stopped reading requests it had read whole"
+    );
+    assert_eq!(
+        stats.frame_tx.stop_sending, 0,
+        "the client stopped reading answers it had read whole"
+    );
+
+    // The watch request and the first beat, in one write: the member reads the beat.
+    let member = cluster.address(2);
+    let connection = transport.connection(member, "core").await.unwrap();
+    let (mut send, mut receive) = connection.open_bi().await.unwrap();
+    let mut bytes = frame::encode(&CoreRequest::Watch { after: None }).unwrap();
+    bytes.extend(
+        frame::encode(&WatchBeat {
+            name: "agent-1".into(),
+            incarnation: 1,
+        })
+        .unwrap(),
+    );
+    send.write_all(&bytes).await.unwrap();
+    let admin_identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
+    let admin = QuicTransport::client(&admin_identity, &[ALPN_CORE]).unwrap();
+    let heard = CoreRequest::Heard {
+        name: "agent-1".into(),
+        incarnation: 1,
+    };
+    wait_until(
+        STARTUP,
+        "member 2 to hear the beat sent with the request",
+        || {
+            let (admin, heard) = (&admin, &heard);
+            async move {
+                match admin
+                    .call::<_, CoreResponse>(member, "core", heard, Duration::from_secs(5))
+                    .await
+                {
+                    Ok(CoreResponse::Heard(true)) => Some(()),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+    // And the stream is still open: it carries the member's items.
+    let item = frame::read_frame::<_, corral_core::rpc::WatchItem>(&mut receive, 1 << 20)
+        .await
+        .unwrap();
+    assert!(item.is_some(), "the member ended the watch stream");
+}
+
 /// A node's session is opened and renewed only under its own certificate (or an admin's),
 /// and a death report of a node that beats on a watch stream is refused until its beats
 /// stop; a beat under a name the certificate does not carry ends the stream.

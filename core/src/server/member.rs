@@ -37,6 +37,7 @@ use crate::rpc::{
 };
 use crate::storage::{LogStore, SnapshotFileError, StateStore};
 use crate::transport::certificate_authority::{ADMIN_NAME, core_member_name};
+use crate::transport::quic;
 use crate::transport::tls::peer_has_name;
 use crate::transport::{QuicTransport, TlsError, TlsIdentity, TransportError};
 
@@ -417,6 +418,7 @@ impl CoreMember {
             Err(_) => return,
         };
         if let CoreRequest::Watch { after } = request {
+            // The watcher's beats follow on this stream: it has no end to take.
             watch_stream::serve(&self, &connection, after, send, receive).await;
             return;
         }
@@ -424,6 +426,7 @@ impl CoreMember {
         if frame::write_frame(&mut send, &response).await.is_ok() {
             let _ = send.finish();
         }
+        quic::take_end(receive);
     }
 
     /// A number for a new watch stream, unique in this member's life.

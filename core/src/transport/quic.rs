@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_proto::frame::{self, FRAME_LEN_MAX, FrameError};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
@@ -273,6 +274,9 @@ impl QuicTransport {
     }
 }
 
+/// How long a stream whose frame was read waits for its end before it is dropped.
+const STREAM_END_WAIT: Duration = Duration::from_secs(1);
+
 /// Resolves `HOST:PORT`, preferring the first address.
 pub async fn resolve(address: &str) -> Result<SocketAddr, TransportError> {
     if let Ok(addr) = address.parse() {
@@ -295,7 +299,25 @@ pub async fn call_on<Q: Serialize, A: DeserializeOwned>(
     send.finish()
         .map_err(|e| TransportError::Stream(e.to_string()))?;
     match frame::read_frame(&mut receive, FRAME_LEN_MAX).await? {
-        Some(answer) => Ok(answer),
+        Some(answer) => {
+            take_end(receive);
+            Ok(answer)
+        }
         None => Err(TransportError::NoAnswer),
+    }
+}
+
+/// Takes the end of a stream whose one frame was read. Every request and answer finishes
+/// its stream right after its frame; a stream dropped before its end was read tells the
+/// peer to stop sending (`STOP_SENDING`), in a packet of its own: one more packet, and one
+/// more wake-up of the peer, for every request and every answer. The end usually came
+/// with the frame; when the peer's runtime sent it in a packet of its own, a task waits
+/// for it a moment, so that the caller need not.
+pub fn take_end(mut receive: RecvStream) {
+    let mut byte = [0u8; 1];
+    if receive.read(&mut byte).now_or_never().is_none() {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(STREAM_END_WAIT, receive.read(&mut byte)).await;
+        });
     }
 }
