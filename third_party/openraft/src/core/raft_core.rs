@@ -1174,7 +1174,13 @@ where
     pub(super) fn handle_append_entries_request(&mut self, req: AppendEntriesRequest<C>, tx: AppendEntriesTx<C>) {
         tracing::debug!(req = display(req.summary()), func = func_name!());
 
-        let is_ok = self.engine.handle_append_entries(&req.vote, req.prev_log_id, req.entries, Some(tx));
+        let is_ok = self.engine.handle_append_entries(
+            &req.vote,
+            req.prev_log_id,
+            req.entries,
+            req.leader_commit.clone(),
+            Some(tx),
+        );
 
         if is_ok {
             self.engine.handle_commit_entries(req.leader_commit);

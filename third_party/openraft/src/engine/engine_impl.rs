@@ -422,6 +422,7 @@ where C: RaftTypeConfig
         vote: &Vote<C::NodeId>,
         prev_log_id: Option<LogId<C::NodeId>>,
         entries: Vec<C::Entry>,
+        leader_committed: Option<LogId<C::NodeId>>,
         tx: Option<AppendEntriesTx<C>>,
     ) -> bool {
         tracing::debug!(
@@ -434,7 +435,7 @@ where C: RaftTypeConfig
             func_name!()
         );
 
-        let res = self.append_entries(vote, prev_log_id, entries);
+        let res = self.append_entries_committing_first(vote, prev_log_id, entries, leader_committed);
         let is_ok = res.is_ok();
 
         if let Some(tx) = tx {
@@ -447,18 +448,36 @@ where C: RaftTypeConfig
         is_ok
     }
 
+    /// Appends with no commit index from the leader (openraft's own tests).
+    #[cfg(test)]
     pub(crate) fn append_entries(
         &mut self,
         vote: &Vote<C::NodeId>,
         prev_log_id: Option<LogId<C::NodeId>>,
         entries: Vec<C::Entry>,
     ) -> Result<(), RejectAppendEntries<C::NodeId>> {
-        self.vote_handler().update_vote(vote)?;
+        self.append_entries_committing_first(vote, prev_log_id, entries, None)
+    }
 
-        // Vote is legal.
+    /// Checks the leader's vote and that `prev_log_id` matches, then, before appending
+    /// `entries`, commits what the leader says is committed among the entries this node
+    /// already holds up to `prev_log_id`, which matched the leader's log. That `Commit`
+    /// command comes before the append's, so that applying those entries (and everything
+    /// that follows from it) overlaps the flush of the new ones rather than follow the
+    /// answer to the leader. The rest is committed after the append, by
+    /// [`Self::handle_commit_entries`].
+    pub(crate) fn append_entries_committing_first(
+        &mut self,
+        vote: &Vote<C::NodeId>,
+        prev_log_id: Option<LogId<C::NodeId>>,
+        entries: Vec<C::Entry>,
+        leader_committed: Option<LogId<C::NodeId>>,
+    ) -> Result<(), RejectAppendEntries<C::NodeId>> {
+        self.vote_handler().update_vote(vote)?;
 
         let mut fh = self.following_handler();
         fh.ensure_log_consecutive(prev_log_id.clone())?;
+        fh.commit_entries(std::cmp::min(prev_log_id.clone(), leader_committed));
         fh.append_entries(prev_log_id, entries);
 
         Ok(())
