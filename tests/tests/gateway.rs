@@ -130,6 +130,17 @@ async fn keys_over_http_have_the_right_status_codes_and_conflicts() {
     ] {
         assert!(text.contains(series), "/metrics lacks {series:?}:\n{text}");
     }
+    // A healthy feed opened one watch stream, or two if it started on the leader and left
+    // it for a follower; more means it kept losing its stream.
+    let streams: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("corral_agent_replica_feed_streams_total "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("/metrics lacks the feed's stream count:\n{text}"));
+    assert!(
+        (1..=3).contains(&streams),
+        "the replica feed opened {streams} watch streams"
+    );
 }
 
 /// Bad JSON, bad parameters, unknown routes, wrong methods and oversized bodies get JSON

@@ -55,6 +55,14 @@ pub(super) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoRes
         "Time since the replica last heard from the core.",
         age,
     );
+    let _ = writeln!(
+        out,
+        "# HELP corral_agent_replica_feed_streams_total Watch streams the replica feed opened to \
+         core members; one that keeps rising says the feed keeps losing its stream.\n\
+         # TYPE corral_agent_replica_feed_streams_total counter\n\
+         corral_agent_replica_feed_streams_total {}",
+        context.replica.feed_streams()
+    );
     gauge(
         &mut out,
         "corral_agent_keys",

@@ -2,6 +2,7 @@
 //! writers wait on, and a signal for every applied batch.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_core::rpc::WatchItem;
@@ -28,6 +29,9 @@ pub struct SharedReplica {
     signals: broadcast::Sender<ReplicaSignal>,
     last_heard: Mutex<Option<Instant>>,
     feed: Mutex<Option<String>>,
+    /// Watch streams the feed has opened: a count that keeps rising says the feed keeps
+    /// losing its stream.
+    feed_streams: AtomicU64,
 }
 
 impl Default for SharedReplica {
@@ -44,6 +48,7 @@ impl SharedReplica {
             signals: broadcast::channel(SIGNALS_BUFFER).0,
             last_heard: Mutex::new(None),
             feed: Mutex::new(None),
+            feed_streams: AtomicU64::new(0),
         }
     }
 
@@ -68,7 +73,15 @@ impl SharedReplica {
         self.feed.lock().clone()
     }
 
+    /// Watch streams the feed has opened to core members, since the agent started.
+    pub fn feed_streams(&self) -> u64 {
+        self.feed_streams.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn set_feed(&self, member: Option<String>) {
+        if member.is_some() {
+            self.feed_streams.fetch_add(1, Ordering::Relaxed);
+        }
         *self.feed.lock() = member;
     }
 
