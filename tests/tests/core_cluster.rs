@@ -969,6 +969,27 @@ async fn a_write_batch_answers_each_command_on_its_own() {
     assert!(value.is_none(), "the refused batch wrote {value:?}");
 }
 
+/// Waits until the member at `member` says it hears the node `name` (incarnation 1) beat.
+async fn wait_until_heard(transport: &QuicTransport, member: &str, name: &str, what: &str) {
+    let heard = CoreRequest::Heard {
+        name: name.into(),
+        incarnation: 1,
+    };
+    wait_until(STARTUP, what, || {
+        let heard = &heard;
+        async move {
+            match transport
+                .call::<_, CoreResponse>(member, "core", heard, Duration::from_secs(5))
+                .await
+            {
+                Ok(CoreResponse::Heard(true)) => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+}
+
 /// Every request and answer ends its stream right after its one frame, and the other side
 /// takes that end: neither tells the other to stop sending, which would cost a packet of
 /// its own (and a wake-up of the peer) on every request. A watch stream is not one of
@@ -1027,25 +1048,11 @@ async fn requests_end_their_streams_cleanly_and_a_beat_sent_with_the_watch_reque
     send.write_all(&bytes).await.unwrap();
     let admin_identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
     let admin = QuicTransport::client(&admin_identity, &[ALPN_CORE]).unwrap();
-    let heard = CoreRequest::Heard {
-        name: "agent-1".into(),
-        incarnation: 1,
-    };
-    wait_until(
-        STARTUP,
+    wait_until_heard(
+        &admin,
+        member,
+        "agent-1",
         "member 2 to hear the beat sent with the request",
-        || {
-            let (admin, heard) = (&admin, &heard);
-            async move {
-                match admin
-                    .call::<_, CoreResponse>(member, "core", heard, Duration::from_secs(5))
-                    .await
-                {
-                    Ok(CoreResponse::Heard(true)) => Some(()),
-                    _ => None,
-                }
-            }
-        },
     )
     .await;
     // And the stream is still open: it carries the member's items.
@@ -1115,23 +1122,12 @@ async fn the_core_refuses_to_close_a_node_it_hears_and_binds_node_sessions_to_ce
     // Member 2 hears agent-1 once its first beat arrived: only then is a report refused.
     let identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
     let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
-    let heard = CoreRequest::Heard {
-        name: "agent-1".into(),
-        incarnation: 1,
-    };
-    let member_2 = cluster.address(2);
-    wait_until(STARTUP, "member 2 to hear agent-1", || {
-        let (transport, heard) = (&transport, &heard);
-        async move {
-            match transport
-                .call::<_, CoreResponse>(member_2, "core", heard, Duration::from_secs(5))
-                .await
-            {
-                Ok(CoreResponse::Heard(true)) => Some(()),
-                _ => None,
-            }
-        }
-    })
+    wait_until_heard(
+        &transport,
+        cluster.address(2),
+        "agent-1",
+        "member 2 to hear agent-1",
+    )
     .await;
     let admin = cluster.client();
     let report = Command::CloseNode {
