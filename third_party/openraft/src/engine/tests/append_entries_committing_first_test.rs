@@ -93,29 +93,30 @@ fn test_commit_of_held_entries_comes_before_the_append() -> anyhow::Result<()> {
 }
 
 #[test]
-fn test_nothing_is_committed_before_the_append_when_prev_log_id_does_not_match() -> anyhow::Result<()> {
+fn test_a_request_refused_for_its_prev_log_id_commits_nothing() -> anyhow::Result<()> {
     let mut eng = eng();
 
-    // Index 3 holds a log id of term 2; the leader's has term 3 there: nothing this node
-    // holds from 2 on is the leader's, though the leader says 3 is committed.
+    // The leader sends what follows 5, which this node lacks (it holds up to 3), and says 5
+    // is committed: the request is refused, and nothing is committed, not even what this
+    // node accepted from the same leader.
     let res = eng.append_entries_committing_first(
-        &Vote::new_committed(3, 1),
-        Some(log_id(3, 1, 3)),
-        vec![blank_ent(3, 1, 4)],
-        Some(log_id(3, 1, 3)),
+        &Vote::new_committed(2, 1),
+        Some(log_id(2, 1, 5)),
+        vec![blank_ent(2, 1, 6)],
+        Some(log_id(2, 1, 5)),
     );
 
     assert_eq!(
         Err(RejectAppendEntries::ByConflictingLogId {
-            expect: log_id(3, 1, 3),
-            local: Some(log_id(2, 1, 3)),
+            expect: log_id(2, 1, 5),
+            local: None,
         }),
         res
     );
     assert_eq!(Some(&log_id(1, 1, 1)), eng.state.committed());
     assert!(
         !eng.output.take_commands().iter().any(|c| matches!(c, Command::Commit { .. })),
-        "committed entries that did not match the leader's log"
+        "a refused request committed entries"
     );
 
     Ok(())
