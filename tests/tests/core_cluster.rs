@@ -697,8 +697,7 @@ async fn raft_messages_need_the_senders_member_certificate() {
     let cluster = CoreCluster::start(root.path(), CoreOptions::default());
     let leader = cluster.wait_for_leader(STARTUP).await;
     cluster.pki.issue("agent-1");
-    let identity = TlsIdentity::load(&cluster.pki.dir, "agent-1").unwrap();
-    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let transport = transport_as(&cluster, "agent-1");
     let forged = CoreRequest::Vote(openraft::raft::VoteRequest::new(
         openraft::Vote::new(1000, 2),
         None,
@@ -741,8 +740,7 @@ async fn bad_frames_get_an_error_and_the_member_keeps_serving() {
     let root = tempfile::tempdir().unwrap();
     let cluster = CoreCluster::start(root.path(), CoreOptions::default());
     let leader = cluster.wait_for_leader(STARTUP).await;
-    let identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
-    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let transport = transport_as(&cluster, "admin");
     let connection = transport
         .connection(cluster.address(leader), "core")
         .await
@@ -823,8 +821,7 @@ async fn a_leader_without_a_quorum_refuses_writes_at_once() {
     let mut cluster = CoreCluster::start(root.path(), CoreOptions::default());
     let leader = cluster.wait_for_leader(STARTUP).await;
     let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
-    let identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
-    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let transport = transport_as(&cluster, "admin");
     let write = |key: &'static str| CoreRequest::Write(put(key, b"v"));
     let answer: CoreResponse = transport
         .call(
@@ -927,8 +924,7 @@ async fn a_write_batch_answers_each_command_on_its_own() {
     assert_eq!(value.unwrap().value, b"2");
 
     cluster.pki.issue("agent-1");
-    let identity = TlsIdentity::load(&cluster.pki.dir, "agent-1").unwrap();
-    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let transport = transport_as(&cluster, "agent-1");
     let follower = cluster
         .addresses
         .keys()
@@ -969,6 +965,12 @@ async fn a_write_batch_answers_each_command_on_its_own() {
     assert!(value.is_none(), "the refused batch wrote {value:?}");
 }
 
+/// A client transport to the core under the certificate `name` (issued already).
+fn transport_as(cluster: &CoreCluster, name: &str) -> QuicTransport {
+    let identity = TlsIdentity::load(&cluster.pki.dir, name).unwrap();
+    QuicTransport::client(&identity, &[ALPN_CORE]).unwrap()
+}
+
 /// Waits until the member at `member` says it hears the node `name` (incarnation 1) beat.
 async fn wait_until_heard(transport: &QuicTransport, member: &str, name: &str, what: &str) {
     let heard = CoreRequest::Heard {
@@ -1005,8 +1007,7 @@ async fn requests_end_their_streams_cleanly_and_a_beat_sent_with_the_watch_reque
     let cluster = CoreCluster::start(root.path(), CoreOptions::default());
     let leader = cluster.wait_for_leader(STARTUP).await;
     cluster.pki.issue("agent-1");
-    let identity = TlsIdentity::load(&cluster.pki.dir, "agent-1").unwrap();
-    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let transport = transport_as(&cluster, "agent-1");
 
     let connection = transport
         .connection(cluster.address(leader), "core")
@@ -1046,8 +1047,7 @@ async fn requests_end_their_streams_cleanly_and_a_beat_sent_with_the_watch_reque
         .unwrap(),
     );
     send.write_all(&bytes).await.unwrap();
-    let admin_identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
-    let admin = QuicTransport::client(&admin_identity, &[ALPN_CORE]).unwrap();
+    let admin = transport_as(&cluster, "admin");
     wait_until_heard(
         &admin,
         member,
@@ -1120,8 +1120,7 @@ async fn the_core_refuses_to_close_a_node_it_hears_and_binds_node_sessions_to_ce
         }
     });
     // Member 2 hears agent-1 once its first beat arrived: only then is a report refused.
-    let identity = TlsIdentity::load(&cluster.pki.dir, "admin").unwrap();
-    let transport = QuicTransport::client(&identity, &[ALPN_CORE]).unwrap();
+    let transport = transport_as(&cluster, "admin");
     wait_until_heard(
         &transport,
         cluster.address(2),
