@@ -133,4 +133,34 @@ pub enum CommandError {
     TooManyInstances { service: String, max: usize },
     #[error("node {name} has no open session at incarnation {incarnation}")]
     NodeNotRenewable { name: String, incarnation: u64 },
+    /// The command touches something owned by another session than the one it acts in
+    /// (and not by a session under it): only the owner, the node session above it, or an
+    /// operator's admin certificate may.
+    #[error("{what} belongs to session {owner} (node {node}); this request acts in {}", acting_text(.acting))]
+    NotOwner {
+        what: String,
+        owner: SessionId,
+        node: String,
+        acting: Option<SessionId>,
+    },
+    /// The command names a session opened under another certificate than the one it came
+    /// under: a session is bound to the certificate of its node.
+    #[error("session {session} belongs to node {node}, not to certificate {certificate}")]
+    ForeignSession {
+        session: SessionId,
+        node: String,
+        certificate: String,
+    },
+    /// A node session is opened or renewed only under the certificate of its own name.
+    #[error(
+        "the node session of {name} is opened and renewed only by {name} itself, not by {certificate}"
+    )]
+    ForeignNode { name: String, certificate: String },
+}
+
+fn acting_text(acting: &Option<SessionId>) -> String {
+    match acting {
+        Some(session) => format!("session {session}"),
+        None => "no session".to_string(),
+    }
 }

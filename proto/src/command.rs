@@ -10,6 +10,30 @@ use serde::{Deserialize, Serialize};
 use crate::limits::*;
 use crate::model::{SessionId, SessionOwner};
 
+/// Who asks for a command, as the core member that proposed it established: the name on
+/// the certificate the request came under (checked by the member against the TLS peer,
+/// never taken on trust), and the session the request acts in (chosen by the agent that
+/// serves the app, which answers for its own apps only).
+///
+/// The state machine checks every owned thing a command touches against these: a
+/// session's things belong to the certificate of its node, and within a node to the
+/// session itself or to the node session above it. The certificate [`ADMIN_CERTIFICATE`]
+/// may act on anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub certificate: String,
+    pub session: Option<SessionId>,
+}
+
+/// The certificate name of the cluster's operators, who may act on anything.
+pub const ADMIN_CERTIFICATE: &str = "admin";
+
+impl Actor {
+    pub fn is_admin(&self) -> bool {
+        self.certificate == ADMIN_CERTIFICATE
+    }
+}
+
 /// A change to the core's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -100,6 +124,13 @@ pub enum Command {
         service: String,
         id: String,
     },
+    /// `command`, asked for by `actor`: applied only if the actor may act on everything
+    /// owned that it touches (see [`Actor`]). Every write a core member proposes is
+    /// wrapped so; entries from earlier versions are not, and apply unchecked as they did.
+    Act {
+        actor: Actor,
+        command: Box<Command>,
+    },
 }
 
 /// Compare-then-apply, atomically.
@@ -176,6 +207,10 @@ pub enum InvalidCommand {
     CommandTooLarge { len: usize, max: usize },
     #[error("a renewal must move to a newer incarnation, not from {from} to {to}")]
     Renewal { from: u64, to: u64 },
+    #[error("a command names its actor once, not twice")]
+    NestedActor,
+    #[error("invalid certificate name {name:?} of the actor")]
+    ActorName { name: String },
 }
 
 /// Checks a key: non-empty UTF-8 up to [`KEY_LEN_MAX`] bytes with no NUL and no control
@@ -366,6 +401,17 @@ impl Command {
                 validate_name("service name", service)?;
                 validate_name("service instance id", id)?;
             }
+            Command::Act { actor, command } => {
+                if matches!(**command, Command::Act { .. }) {
+                    return Err(InvalidCommand::NestedActor);
+                }
+                if validate_name("certificate", &actor.certificate).is_err() {
+                    return Err(InvalidCommand::ActorName {
+                        name: truncate_for_error(&actor.certificate),
+                    });
+                }
+                command.validate()?;
+            }
         }
         let len = postcard::experimental::serialized_size(self).unwrap_or(usize::MAX);
         if len > COMMAND_LEN_MAX {
@@ -408,6 +454,7 @@ impl Command {
         match self {
             Command::Put { .. } | Command::Delete { .. } | Command::Txn(_) => false,
             Command::Handover { epoch, .. } => epoch.is_some(),
+            Command::Act { command, .. } => command.is_idempotent(),
             Command::OpenSession { .. }
             | Command::CloseSession { .. }
             | Command::CloseNode { .. }
@@ -432,7 +479,27 @@ impl Command {
             | Command::AcquireLock { session, .. }
             | Command::ReleaseLock { session, .. }
             | Command::RegisterService { session, .. } => Some(*session),
+            Command::Act { command, .. } => command.session(),
             _ => None,
+        }
+    }
+
+    /// The command itself, without the actor a core member wrapped it in.
+    pub fn unwrapped(&self) -> &Command {
+        match self {
+            Command::Act { command, .. } => command,
+            other => other,
+        }
+    }
+
+    /// This command asked for by `actor`; a command that names its actor already keeps it.
+    pub fn acted_by(self, actor: Actor) -> Command {
+        match self {
+            act @ Command::Act { .. } => act,
+            command => Command::Act {
+                actor,
+                command: Box::new(command),
+            },
         }
     }
 }

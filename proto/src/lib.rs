@@ -26,7 +26,10 @@ pub mod shard_map;
 pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};
 pub use api::{AgentRequest, ApiError, EventFilter, Query, QueryResult, Reply};
 pub use client::{AgentClient, ClientError, ClientOptions, Subscription};
-pub use command::{Command, Compare, CompareOp, CompareTarget, InvalidCommand, Txn, TxnOp};
+pub use command::{
+    ADMIN_CERTIFICATE, Actor, Command, Compare, CompareOp, CompareTarget, InvalidCommand, Txn,
+    TxnOp,
+};
 pub use event::{Event, EventBatch};
 pub use frame::FrameError;
 pub use model::*;

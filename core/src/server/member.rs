@@ -17,11 +17,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_proto::frame::{self, FRAME_LEN_MAX};
-use corral_proto::{Command, CommandResponse, Revision, SessionOwner};
+use corral_proto::{Command, CommandResponse, Revision};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ServerState};
 use quinn::{Connection, RecvStream, SendStream};
 
+use super::actor::{self, PeerNames};
 use super::bootstrap::{self, BootstrapDecision, ProbeAnswer, RejoinGuard};
 use super::config::{ConfigError, CoreConfig};
 use super::liveness::{HeardAnswers, Liveness};
@@ -38,7 +39,7 @@ use crate::rpc::{
 use crate::storage::{LogStore, SnapshotFileError, StateStore};
 use crate::transport::certificate_authority::{ADMIN_NAME, core_member_name};
 use crate::transport::quic;
-use crate::transport::tls::peer_has_name;
+use crate::transport::tls::{peer_certificate, peer_has_name};
 use crate::transport::{QuicTransport, TlsError, TlsIdentity, TransportError};
 
 /// Longest a write may wait for its commit before the member answers "outcome unknown".
@@ -49,22 +50,6 @@ pub const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most QUIC connections served at once; more are refused.
 pub const CONNECTIONS_MAX: usize = 16_384;
-/// Why the peer of `connection` may not send `command`, if it may not: a node session is
-/// opened or renewed only by the node itself (its certificate names it) or an admin, so
-/// that one agent cannot end or take over another's session by claiming its name.
-fn node_command_refused(connection: &Connection, command: &Command) -> Option<String> {
-    let name = match command {
-        Command::OpenSession {
-            owner: SessionOwner::Node { name, .. },
-        }
-        | Command::RenewNode { name, .. } => name,
-        _ => return None,
-    };
-    (!peer_has_name(connection, name) && !peer_has_name(connection, ADMIN_NAME)).then(|| {
-        format!("the node session of {name:?} is opened and renewed only by {name:?} itself")
-    })
-}
-
 /// How long the leader waits for a member's answer on whether it hears a reported node.
 const HEARD_ASK_TIMEOUT: Duration = Duration::from_millis(150);
 /// Interval between probes while forming the cluster.
@@ -386,14 +371,21 @@ impl CoreMember {
     }
 
     async fn serve_connection(self: Arc<Self>, connection: Connection) {
+        let peer = Arc::new(PeerNames::of(peer_certificate(&connection)));
         while let Ok((send, receive)) = connection.accept_bi().await {
-            tokio::spawn(self.clone().serve_stream(connection.clone(), send, receive));
+            tokio::spawn(self.clone().serve_stream(
+                connection.clone(),
+                peer.clone(),
+                send,
+                receive,
+            ));
         }
     }
 
     async fn serve_stream(
         self: Arc<Self>,
         connection: Connection,
+        peer: Arc<PeerNames>,
         mut send: SendStream,
         mut receive: RecvStream,
     ) {
@@ -422,7 +414,7 @@ impl CoreMember {
             watch_stream::serve(&self, &connection, after, send, receive).await;
             return;
         }
-        let response = self.handle(&connection, request).await;
+        let response = self.handle(&connection, &peer, request).await;
         if frame::write_frame(&mut send, &response).await.is_ok() {
             let _ = send.finish();
         }
@@ -583,7 +575,12 @@ impl CoreMember {
         claimed.is_some_and(|id| peer_has_name(connection, &core_member_name(id)))
     }
 
-    async fn handle(&self, connection: &Connection, request: CoreRequest) -> CoreResponse {
+    async fn handle(
+        &self,
+        connection: &Connection,
+        peer: &PeerNames,
+        request: CoreRequest,
+    ) -> CoreResponse {
         let forbidden = |what: &str| CoreResponse::Error(CoreError::Forbidden(what.to_string()));
         match request {
             CoreRequest::AppendEntries(rpc) => {
@@ -621,17 +618,18 @@ impl CoreMember {
                 }
                 CoreResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
-            CoreRequest::Write(command) => match node_command_refused(connection, &command) {
-                Some(refused) => forbidden(&refused),
-                None => self.write(command).await,
+            CoreRequest::Write(command) => match actor::attribute(peer, command) {
+                Err(refused) => forbidden(&refused),
+                Ok(command) => self.write(command).await,
             },
             CoreRequest::WriteBatch(commands) => {
                 match commands
-                    .iter()
-                    .find_map(|command| node_command_refused(connection, command))
+                    .into_iter()
+                    .map(|command| actor::attribute(peer, command))
+                    .collect::<Result<Vec<_>, _>>()
                 {
-                    Some(refused) => forbidden(&refused),
-                    None => self.write_batch(commands).await,
+                    Err(refused) => forbidden(&refused),
+                    Ok(commands) => self.write_batch(commands).await,
                 }
             }
             CoreRequest::Heard { name, incarnation } => CoreResponse::Heard(
@@ -708,6 +706,7 @@ impl CoreMember {
         if let Err(invalid) = command.validate() {
             return CoreResponse::Error(CoreError::Invalid(invalid));
         }
+        actor::log_override(&command);
         if let Some(silent) = self.quorum.lost_for() {
             return CoreResponse::Error(quorum_lost(silent));
         }

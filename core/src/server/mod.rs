@@ -1,6 +1,7 @@
 //! The core member process: configuration, cluster formation, the Raft network and the
 //! request server.
 
+mod actor;
 pub mod bootstrap;
 pub mod config;
 pub mod liveness;

@@ -2,6 +2,7 @@
 
 mod key_space;
 mod lock_table;
+mod ownership;
 mod service_table;
 mod session_table;
 mod shard_table;

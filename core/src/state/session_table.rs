@@ -91,6 +91,19 @@ impl SessionTable {
         }
     }
 
+    /// True when `id` owns no key, replica, lock (held or awaited), service instance or
+    /// client session.
+    pub(crate) fn owns_nothing(&self, id: SessionId) -> bool {
+        self.index.owned.get(&id).is_none_or(|o| {
+            o.keys.is_empty()
+                && o.replicas.is_empty()
+                && o.locks_held.is_empty()
+                && o.locks_waiting.is_empty()
+                && o.services.is_empty()
+                && o.children.is_empty()
+        })
+    }
+
     pub(crate) fn children(&self, id: SessionId) -> Vec<SessionId> {
         self.index
             .owned

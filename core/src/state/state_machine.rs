@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::key_space::KeySpace;
 use super::lock_table::{Acquired, LockTable, Released};
+use super::ownership::Ownership;
 use super::service_table::ServiceTable;
 use super::session_table::{Owned, SessionTable};
 use super::shard_table::ShardTable;
@@ -135,6 +136,12 @@ impl StateMachine {
 
     pub fn sessions(&self) -> impl Iterator<Item = Session> + '_ {
         self.sessions.iter()
+    }
+
+    /// True when `session` owns nothing: no key, replica, lock, place in a lock's queue,
+    /// service instance or client session.
+    pub fn owns_nothing(&self, session: SessionId) -> bool {
+        self.sessions.owns_nothing(session)
     }
 
     /// The open node session of `name` and its incarnation.
@@ -321,7 +328,13 @@ impl StateMachine {
         let mut events = Vec::new();
         let outcome = match command.validate() {
             Err(invalid) => Err(CommandError::Invalid(invalid)),
-            Ok(()) => self.dispatch(command, next, &mut events),
+            Ok(()) => match command {
+                Command::Act { actor, command } => self
+                    .ownership()
+                    .authorize(actor, command)
+                    .and_then(|()| self.dispatch(command, next, &mut events)),
+                command => self.dispatch(command, next, &mut events),
+            },
         };
         debug_assert!(
             outcome.is_ok() || events.is_empty(),
@@ -342,6 +355,15 @@ impl StateMachine {
             },
             events,
         )
+    }
+
+    fn ownership(&self) -> Ownership<'_> {
+        Ownership {
+            sessions: &self.sessions,
+            keys: &self.keys,
+            shards: &self.shards,
+            services: &self.services,
+        }
     }
 
     fn dispatch(&mut self, command: &Command, next: Revision, events: &mut Vec<Event>) -> Outcome {
@@ -536,6 +558,9 @@ impl StateMachine {
                 self.services.remove(service, id, events);
                 Ok(Answer::ServiceDeregistered)
             }
+            Command::Act { .. } => Err(CommandError::Invalid(
+                corral_proto::InvalidCommand::NestedActor,
+            )),
         }
     }
 

@@ -1,0 +1,136 @@
+//! Whose write it is: every command a member proposes names the certificate it came under
+//! and the session it acts in ([`corral_proto::Actor`]), so that the state machine can
+//! check it against what it touches, the same way on every member and every replica.
+//!
+//! ```text
+//!  agent ── Act { actor: {certificate: "web-1", session: 42}, command } ──► member
+//!     the member checks "web-1" against the TLS peer's certificate and proposes it as is
+//!  tool  ── command ──► member wraps it: Act { actor: {certificate: <peer's name>,
+//!                                                       session: <the one it names>}, .. }
+//! ```
+//!
+//! A plain command is what agents and tools of earlier versions send: the session it
+//! names, if any, is taken as the one it acts in, so they keep working while the
+//! certificate binding still holds.
+
+use corral_proto::{ADMIN_CERTIFICATE, Actor, Command, SessionOwner};
+use rustls_pki_types::CertificateDer;
+
+use crate::transport::tls::certificate_has_name;
+
+/// The names on a peer's certificate, read once per connection.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PeerNames {
+    certificate: Option<CertificateDer<'static>>,
+    /// The DNS names of its subject alternative name extension, in order.
+    names: Vec<String>,
+}
+
+impl PeerNames {
+    pub(crate) fn of(certificate: Option<CertificateDer<'static>>) -> Self {
+        let names = certificate
+            .as_ref()
+            .map(|der| dns_names(der))
+            .unwrap_or_default();
+        PeerNames { certificate, names }
+    }
+
+    /// True when the certificate is valid for `name`.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.certificate
+            .as_ref()
+            .is_some_and(|der| certificate_has_name(der, name))
+    }
+
+    /// The name a plain command is attributed to: the admin name where the certificate
+    /// carries it, else its first name.
+    fn principal(&self) -> Option<&str> {
+        if self.has(ADMIN_CERTIFICATE) {
+            return Some(ADMIN_CERTIFICATE);
+        }
+        self.names
+            .first()
+            .map(String::as_str)
+            .filter(|n| self.has(n))
+    }
+}
+
+fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(names)) = certificate.subject_alternative_name() else {
+        return Vec::new();
+    };
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The command to propose for `command`, received under `peer`'s certificate, or why it
+/// is refused (nothing was proposed).
+pub(crate) fn attribute(peer: &PeerNames, command: Command) -> Result<Command, String> {
+    if let Command::Act { actor, .. } = &command
+        && !peer.has(&actor.certificate)
+    {
+        return Err(format!(
+            "the request names certificate {:?} as its actor, not the one it came under",
+            actor.certificate
+        ));
+    }
+    // Refused here already (the state machine would too): no node may open or renew
+    // another's node session.
+    if let Command::OpenSession {
+        owner: SessionOwner::Node { name, .. },
+    }
+    | Command::RenewNode { name, .. } = command.unwrapped()
+        && !peer.has(name)
+        && !peer.has(ADMIN_CERTIFICATE)
+    {
+        return Err(format!(
+            "the node session of {name:?} is opened and renewed only by {name:?} itself"
+        ));
+    }
+    if matches!(command, Command::Act { .. }) {
+        return Ok(command);
+    }
+    let Some(certificate) = peer.principal() else {
+        return Err("a write needs a certificate that names its sender".into());
+    };
+    let actor = Actor {
+        certificate: certificate.to_string(),
+        session: command.session(),
+    };
+    Ok(command.acted_by(actor))
+}
+
+/// Logs a write under the admin certificate that acts on what sessions own: an operator
+/// overriding the owners leaves a trace in every member's log.
+pub(crate) fn log_override(command: &Command) {
+    let Command::Act { actor, command } = command else {
+        return;
+    };
+    if !actor.is_admin() {
+        return;
+    }
+    let owned = matches!(
+        **command,
+        Command::CloseSession { .. }
+            | Command::DeregisterReplica { .. }
+            | Command::Handover { .. }
+            | Command::ReleaseLock { .. }
+            | Command::DeregisterService { .. }
+    );
+    if owned {
+        tracing::info!(
+            ?command,
+            "a write under the admin certificate, which may act for any owner"
+        );
+    }
+}
