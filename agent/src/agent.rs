@@ -29,7 +29,8 @@ use crate::api::core_writes::CoreWrites;
 use crate::gossip::{self, GossipConfig, GossipHandle, GossipTransport, NodeIdentity};
 use crate::metrics::AgentMetrics;
 use crate::replica::SharedReplica;
-use crate::sessions::{death_reports, node_session};
+use crate::sessions::held_sessions::HeldSessions;
+use crate::sessions::{death_reports, node_session, session_expiry};
 
 /// What the agent's tasks share.
 #[derive(Debug)]
@@ -45,6 +46,8 @@ pub struct AgentContext {
     pub metrics: AgentMetrics,
     /// Keeps the worker polling a moment after an answer (see [`IdlePoll`]).
     pub idle_poll: Arc<IdlePoll>,
+    /// Sessions held for apps beyond one connection (time-to-live, detached).
+    pub held: parking_lot::Mutex<HeldSessions>,
     client_keys: AtomicU64,
 }
 
@@ -66,6 +69,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Address of the HTTP gateway and status page (None: no gateway).
     pub http: Option<SocketAddr>,
+    /// Whom the gateway answers: Host names, Origins, bearer tokens.
+    pub http_policy: crate::http::HttpPolicy,
     pub tls_dir: PathBuf,
     pub gossip: GossipConfig,
     /// Longest the worker polls for the next request before it sleeps (zero: never).
@@ -138,11 +143,15 @@ impl Agent {
         let listener = crate::api::server::bind(&config.socket)
             .map_err(|e| AgentError::Start(e.to_string()))?;
         let http_listener = match config.http {
-            Some(address) => Some(
+            Some(address) => Some({
+                config
+                    .http_policy
+                    .check(address)
+                    .map_err(|e| AgentError::Config(e.to_string()))?;
                 crate::http::bind(address)
                     .await
-                    .map_err(|e| AgentError::Start(format!("HTTP gateway on {address}: {e}")))?,
-            ),
+                    .map_err(|e| AgentError::Start(format!("HTTP gateway on {address}: {e}")))?
+            }),
             None => None,
         };
 
@@ -166,6 +175,10 @@ impl Agent {
             shutdown: shutdown_receiver.clone(),
             metrics: AgentMetrics::default(),
             idle_poll: IdlePoll::new(config.idle_poll_max),
+            held: parking_lot::Mutex::new(HeldSessions::new(vec![
+                0,
+                nix::unistd::getuid().as_raw(),
+            ])),
             client_keys: AtomicU64::new(1),
         });
         let mut tasks = vec![
@@ -193,6 +206,7 @@ impl Agent {
                 shutdown_receiver.clone(),
             )),
             tokio::spawn(crate::api::server::run(listener, context.clone())),
+            tokio::spawn(session_expiry::run(context.clone())),
             tokio::spawn(crate::replica::publish::run(
                 replica.clone(),
                 corral_proto::shard_map::path_for_socket(&config.socket),
@@ -204,6 +218,7 @@ impl Agent {
                 http_listener,
                 context.clone(),
                 config.socket.clone(),
+                config.http_policy.clone(),
             )));
         }
         tracing::info!(

@@ -104,6 +104,12 @@ pub struct AgentMetrics {
     pub request_errors: AtomicU64,
     /// Socket connections accepted.
     pub connections: AtomicU64,
+    /// HTTP connections closed at once because the gateway had its most open.
+    pub http_refused: AtomicU64,
+    /// Socket connections refused because their Unix user had its most open.
+    pub socket_refused: AtomicU64,
+    /// Subscriptions ended because their subscriber did not read what was queued.
+    pub subscriptions_cut: AtomicU64,
 }
 
 impl AgentMetrics {

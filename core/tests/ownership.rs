@@ -236,7 +236,10 @@ fn the_admin_and_entries_without_an_actor_are_not_checked() {
             "admin: {command:?}"
         );
         let mut w = world();
-        assert!(apply(&mut w.state, command.clone()).is_ok(), "plain: {command:?}");
+        assert!(
+            apply(&mut w.state, command.clone()).is_ok(),
+            "plain: {command:?}"
+        );
     }
 }
 
@@ -309,7 +312,11 @@ fn a_session_is_bound_to_its_nodes_certificate() {
 #[test]
 fn a_nested_actor_is_invalid() {
     let mut w = world();
-    let inner = by("a2", Some(w.app), Command::CreateShard { name: "M9".into() });
+    let inner = by(
+        "a2",
+        Some(w.app),
+        Command::CreateShard { name: "M9".into() },
+    );
     let nested = Command::Act {
         actor: Actor {
             certificate: "a2".into(),

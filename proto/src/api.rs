@@ -139,7 +139,36 @@ pub enum AgentRequest {
     Unsubscribe {
         subscription: u64,
     },
+    /// Opens a session this agent holds for the app beyond its connection: with
+    /// `ttl_ms`, it ends unless renewed within that time; without, it lives until closed
+    /// or until this host dies. Requests act in it through [`AgentRequest::InSession`],
+    /// from any connection of the same Unix user. `ttl_ms` lies within
+    /// [`SESSION_TTL_MS_MIN`]..=[`SESSION_TTL_MS_MAX`].
+    OpenSession {
+        ttl_ms: Option<u64>,
+        label: String,
+    },
+    /// Restarts a held session's time-to-live. Nothing is written to the core: the
+    /// agent of the host keeps the clock.
+    RenewSession {
+        session: SessionId,
+    },
+    /// Ends a held session, releasing everything bound to it.
+    CloseSession {
+        session: SessionId,
+    },
+    /// `request`, acting in the held session `session`: what it creates is bound to that
+    /// session, and what it removes must belong to it.
+    InSession {
+        session: SessionId,
+        request: Box<AgentRequest>,
+    },
 }
+
+/// Shortest time-to-live of a held session.
+pub const SESSION_TTL_MS_MIN: u64 = 500;
+/// Longest time-to-live of a held session.
+pub const SESSION_TTL_MS_MAX: u64 = 24 * 3600 * 1000;
 
 /// What a read asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +215,12 @@ pub enum Reply {
         revision: Revision,
     },
     Unsubscribed,
+    /// A held session opened (or renewed): requests name it with
+    /// [`AgentRequest::InSession`]; None for a session that lives until closed.
+    Session {
+        session: SessionId,
+        ttl_ms: Option<u64>,
+    },
 }
 
 /// A read answered from the replica, with how fresh the replica is.
@@ -345,6 +380,21 @@ pub enum ApiError {
     NoSuchSubscription(u64),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// The session is not one this agent holds for this app's Unix user (never opened
+    /// here, closed, expired, or another user's).
+    #[error("session {session} is not held here for this user: {reason}")]
+    NotHeld { session: SessionId, reason: String },
+    /// The answer would not fit in one frame; nothing was changed and the connection
+    /// lives on. Ask for less: a list takes `start_after` and `limit`.
+    #[error("the answer of {len} bytes exceeds the frame limit of {max} bytes: {hint}")]
+    TooLarge {
+        len: usize,
+        max: usize,
+        hint: String,
+    },
+    /// The actor may not do this: the error names who owns what it touches.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -364,6 +414,9 @@ impl ApiError {
                 | CommandError::NoSuchInstance { .. } => "not_found",
                 CommandError::EpochMismatch { .. } => "epoch_mismatch",
                 CommandError::LockHeld { .. } => "lock_held",
+                CommandError::NotOwner { .. }
+                | CommandError::ForeignSession { .. }
+                | CommandError::ForeignNode { .. } => "not_owner",
                 _ => "refused",
             },
             ApiError::Conflict { .. } => "conflict",
@@ -375,6 +428,9 @@ impl ApiError {
             ApiError::TooManyRequests(_) => "too_many_requests",
             ApiError::NoSuchSubscription(_) => "no_such_subscription",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::NotHeld { .. } => "no_session",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::Forbidden(_) => "forbidden",
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::api::{
 use crate::frame::{self, FrameError};
 use crate::idle_poll::IdlePoll;
 use crate::limits::FRAME_LEN_MAX;
-use crate::model::{KeyValue, Lock, LockGrant, Revision, ServiceInstance, Shard};
+use crate::model::{KeyValue, Lock, LockGrant, Revision, ServiceInstance, SessionId, Shard};
 
 /// Items buffered per subscription before the reader task waits for the app.
 pub const SUBSCRIPTION_BUFFER: usize = 4096;
@@ -303,6 +303,53 @@ impl AgentClient {
             Reply::Written { revision, answer } => Ok((revision, answer)),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Opens a session the agent holds beyond this connection: with `ttl`, it ends unless
+    /// renewed ([`AgentClient::renew_session`]) within that time; without, it lives until
+    /// closed or until the host dies. Any connection of the same Unix user may act in it
+    /// ([`AgentClient::write_in`]), so an app keeps what it holds across a reconnect.
+    pub async fn open_session(
+        &self,
+        ttl: Option<std::time::Duration>,
+        label: &str,
+    ) -> Result<SessionId, ClientError> {
+        let request = AgentRequest::OpenSession {
+            ttl_ms: ttl.map(|ttl| ttl.as_millis() as u64),
+            label: label.into(),
+        };
+        match self.call(request).await? {
+            Reply::Session { session, .. } => Ok(session),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Restarts a held session's time-to-live.
+    pub async fn renew_session(&self, session: SessionId) -> Result<(), ClientError> {
+        match self.call(AgentRequest::RenewSession { session }).await? {
+            Reply::Session { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Ends a held session, releasing everything bound to it.
+    pub async fn close_session(&self, session: SessionId) -> Result<Revision, ClientError> {
+        self.write(AgentRequest::CloseSession { session })
+            .await
+            .map(|(revision, _)| revision)
+    }
+
+    /// A write acting in held session `session`: what it creates is bound to it.
+    pub async fn write_in(
+        &self,
+        session: SessionId,
+        request: AgentRequest,
+    ) -> Result<(Revision, Answer), ClientError> {
+        self.write(AgentRequest::InSession {
+            session,
+            request: Box::new(request),
+        })
+        .await
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<Revision, ClientError> {

@@ -29,13 +29,13 @@ impl Response {
 }
 
 fn request_bytes(
-    address: SocketAddr,
+    host: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Vec<u8> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -81,12 +81,25 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
+    request_with_host(address, &address.to_string(), method, path, headers, body).await
+}
+
+/// Sends one request naming `host` in its Host header (as a page reached through
+/// another DNS name would), and reads the whole response.
+pub async fn request_with_host(
+    address: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let exchange = async {
         let mut stream = TcpStream::connect(address)
             .await
             .expect("connect to the gateway");
         stream
-            .write_all(&request_bytes(address, method, path, headers, body))
+            .write_all(&request_bytes(host, method, path, headers, body))
             .await
             .expect("send the request");
         let mut reader = BufReader::new(stream);
@@ -157,7 +170,13 @@ impl EventStream {
             .await
             .expect("connect to the gateway");
         stream
-            .write_all(&request_bytes(address, "GET", path, headers, b""))
+            .write_all(&request_bytes(
+                &address.to_string(),
+                "GET",
+                path,
+                headers,
+                b"",
+            ))
             .await
             .expect("send the request");
         let mut reader = BufReader::new(stream);

@@ -10,6 +10,23 @@ use corral_tests::browser::Browser;
 use corral_tests::http::{self, EventStream};
 use corral_tests::{Fleet, wait_until};
 
+const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
+
+/// Opens an HTTP session with a time-to-live; answers its id.
+async fn open_session(gw: SocketAddr, ttl_ms: u64) -> u64 {
+    let body = format!(r#"{{"ttl_ms": {ttl_ms}}}"#);
+    let opened = http::request(gw, "POST", "/v1/sessions", JSON, body.as_bytes()).await;
+    assert_eq!(
+        opened.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&opened.body)
+    );
+    let json = opened.json();
+    assert_eq!(json["ttl_ms"], ttl_ms);
+    json["id"].as_u64().expect("a session id")
+}
+
 async fn gateway_of(fleet: &Fleet, name: &str) -> SocketAddr {
     // The gateway answers once the agent has started; the socket is a good sign of that.
     let _ = fleet.client(name).await;
@@ -89,11 +106,13 @@ async fn keys_over_http_have_the_right_status_codes_and_conflicts() {
             .status,
         409
     );
+    // What a client takes over HTTP is held by a session it opened.
+    let session = open_session(gw, 30_000).await;
     let joined = http::request(
         gw,
         "POST",
-        "/v1/shards/M3/replicas",
-        &[],
+        &format!("/v1/shards/M3/replicas?session={session}"),
+        JSON,
         br#"{"address": "10.0.0.7:6379", "priority": 5}"#,
     )
     .await;
@@ -103,13 +122,18 @@ async fn keys_over_http_have_the_right_status_codes_and_conflicts() {
     assert_eq!(shard["shard"]["epoch"], 1);
     assert_eq!(http::get(gw, "/v1/shards/nope").await.status, 404);
 
-    let granted = http::request(gw, "POST", "/v1/locks/deploy", &[], b"").await;
+    let without = http::request(gw, "POST", "/v1/locks/deploy", &[], b"").await;
+    assert_eq!(without.status, 400);
+    assert_eq!(without.json()["code"], "session_required");
+    let lock_path = format!("/v1/locks/deploy?session={session}");
+    let granted = http::request(gw, "POST", &lock_path, &[], b"").await;
     assert_eq!(granted.status, 200);
     assert_eq!(granted.json()["granted"], true);
     let lock = http::get(gw, "/v1/locks/deploy").await.json();
     assert!(lock["lock"]["holder"]["token"].as_u64().unwrap() > 0);
+    assert_eq!(lock["lock"]["holder"]["session"], session);
     assert_eq!(
-        http::request(gw, "DELETE", "/v1/locks/deploy", &[], b"")
+        http::request(gw, "DELETE", &lock_path, &[], b"")
             .await
             .status,
         200
@@ -158,29 +182,54 @@ async fn bad_requests_get_json_errors() {
     );
 
     let long_key = format!("/v1/kv/{}", "k".repeat(5000));
+    let session = open_session(gw, 30_000).await;
+    let replicas = format!("/v1/shards/M1/replicas?session={session}");
+    let instance = format!("/v1/services/api/x?session={session}");
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("POST", &replicas, b"{not json".to_vec(), 400, "bad_json"),
         (
             "POST",
-            "/v1/shards/M1/replicas",
-            b"{not json".to_vec(),
-            400,
-            "bad_json",
-        ),
-        (
-            "POST",
-            "/v1/shards/M1/replicas",
+            &replicas,
             br#"{"address": 7}"#.to_vec(),
             400,
             "bad_json",
         ),
         (
             "POST",
-            "/v1/shards/M1/replicas",
+            &replicas,
             br#"{"address": "a:1", "evil": 1}"#.to_vec(),
             400,
             "bad_json",
         ),
-        ("PUT", "/v1/services/api/x", b"[]".to_vec(), 400, "bad_json"),
+        ("PUT", &instance, b"[]".to_vec(), 400, "bad_json"),
+        (
+            "POST",
+            "/v1/shards/M1/replicas?session=12x",
+            b"{}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            br#"{"ttl_ms": 1}"#.to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/v1/sessions/999999/renew",
+            Vec::new(),
+            404,
+            "no_session",
+        ),
+        (
+            "POST",
+            "/v1/locks/x?session=999999",
+            Vec::new(),
+            404,
+            "no_session",
+        ),
         ("PUT", "/v1/kv/k?cas=abc", b"v".to_vec(), 400, "bad_request"),
         (
             "GET",
@@ -209,7 +258,7 @@ async fn bad_requests_get_json_errors() {
         ("PUT", &long_key, b"v".to_vec(), 400, "invalid"),
     ];
     for (method, path, body, status, code) in cases {
-        let response = http::request(gw, method, path, &[], &body).await;
+        let response = http::request(gw, method, path, JSON, &body).await;
         assert_eq!(
             response.status,
             status,

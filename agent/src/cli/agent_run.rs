@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::agent::{Agent, AgentConfig};
 use crate::gossip::{GossipConfig, config};
+use crate::http::HttpPolicy;
 
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
@@ -38,9 +39,21 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "CORRAL_SOCKET")]
     socket: PathBuf,
     /// Address of the HTTP/JSON gateway and status page, e.g. 127.0.0.1:8500 (none by
-    /// default; it has no authentication, so keep it on loopback or a trusted network).
+    /// default). An address beyond loopback needs --http-token-file.
     #[arg(long, env = "CORRAL_HTTP")]
     http: Option<SocketAddr>,
+    /// Host names the gateway answers to besides localhost and loopback addresses
+    /// (repeat or separate with commas); any other Host header gets 403.
+    #[arg(long, env = "CORRAL_HTTP_ALLOW_HOST", value_delimiter = ',')]
+    http_allow_host: Vec<String>,
+    /// Origins (scheme://host:port) of web pages allowed to call the gateway besides its
+    /// own status page; a request with any other Origin gets 403.
+    #[arg(long, env = "CORRAL_HTTP_ALLOW_ORIGIN", value_delimiter = ',')]
+    http_allow_origin: Vec<String>,
+    /// A file of bearer tokens, one per line (at least 16 characters each): every HTTP
+    /// request must then carry `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "CORRAL_HTTP_TOKEN_FILE")]
+    http_token_file: Option<PathBuf>,
     /// Directory with ca.pem and this agent's NAME.pem and NAME-key.pem.
     #[arg(long, env = "CORRAL_TLS_DIR")]
     tls_dir: PathBuf,
@@ -110,6 +123,15 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .map(|s| resolve(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let tokens = match &args.http_token_file {
+        Some(path) => HttpPolicy::read_tokens(path)?,
+        None => Vec::new(),
+    };
+    let http_policy = HttpPolicy {
+        allowed_hosts: args.http_allow_host,
+        allowed_origins: args.http_allow_origin,
+        tokens,
+    };
     let config = AgentConfig {
         name: args.name,
         data_dir: args.data_dir,
@@ -119,6 +141,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         core: args.core,
         socket: args.socket,
         http: args.http,
+        http_policy,
         tls_dir: args.tls_dir,
         gossip,
         idle_poll_max: Duration::from_micros(args.idle_poll_us),

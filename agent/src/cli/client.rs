@@ -97,18 +97,23 @@ pub(crate) enum ShardAction {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum LockAction {
-    /// Acquire the lock, waiting up to --wait-ms; held until this command exits, or bound
-    /// to the agent's node session with --detach.
+    /// Acquire the lock, waiting up to --wait-ms; held until this command exits, or, with
+    /// --detach, in a session of its own that lives until released (or the host dies),
+    /// or in the held session --session names.
     Acquire {
         name: String,
         #[arg(long, default_value_t = 30_000)]
         wait_ms: u64,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "session")]
         detach: bool,
+        #[arg(long)]
+        session: Option<u64>,
     },
-    /// Release a lock held with --detach.
+    /// Release a lock held in session SESSION (printed by `acquire --detach`).
     Release {
         name: String,
+        #[arg(long)]
+        session: u64,
     },
     Status {
         name: String,
@@ -133,6 +138,22 @@ pub(crate) enum ServiceAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum SessionAction {
+    /// Open a session the agent holds for this Unix user beyond this command: with
+    /// --ttl-ms it ends unless renewed in time; without, it lives until closed.
+    Open {
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Restart a session's time-to-live.
+    Renew { session: u64 },
+    /// End a session, releasing everything it holds.
+    Close { session: u64 },
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct WatchArgs {
     /// Only key events under this prefix (default: every event).
@@ -152,6 +173,7 @@ pub(crate) enum ClientCommand {
     Shard(ShardAction),
     Lock(LockAction),
     Service(ServiceAction),
+    Session(SessionAction),
     Watch(WatchArgs),
 }
 
@@ -415,13 +437,17 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                 name,
                 wait_ms,
                 detach,
+                session,
             } => {
                 let request = AgentRequest::AcquireLock {
                     name: name.clone(),
                     wait_ms,
                     detach,
                 };
-                let (revision, answer) = client.write(request).await?;
+                let (revision, answer) = match session {
+                    Some(session) => client.write_in(session, request).await?,
+                    None => client.write(request).await?,
+                };
                 let Answer::LockGranted(grant) = answer else {
                     bail!("lock {name} not granted: {answer:?}");
                 };
@@ -429,16 +455,25 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                     print_json(
                         &json!({ "revision": revision, "session": grant.session, "token": grant.token }),
                     )?;
+                } else if detach || session.is_some() {
+                    println!(
+                        "granted {name} token {} in session {}; release it with \
+                         `corral lock release {name} --session {}`",
+                        grant.token, grant.session, grant.session
+                    );
                 } else {
                     println!("granted {name} token {}", grant.token);
                 }
-                if !detach {
+                if !detach && session.is_none() {
                     hold(&format!("lock {name}")).await;
                 }
             }
-            LockAction::Release { name } => {
-                let request = AgentRequest::ReleaseLock { name, detach: true };
-                let (revision, _) = client.write(request).await?;
+            LockAction::Release { name, session } => {
+                let request = AgentRequest::ReleaseLock {
+                    name,
+                    detach: false,
+                };
+                let (revision, _) = client.write_in(session, request).await?;
                 println!("released (revision {revision})");
             }
             LockAction::Status { name } => {
@@ -496,6 +531,31 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                         i.node,
                         i.tags.join(",")
                     );
+                }
+            }
+        },
+        ClientCommand::Session(action) => match action {
+            SessionAction::Open { ttl_ms, label } => {
+                let ttl = ttl_ms.map(std::time::Duration::from_millis);
+                let session = client.open_session(ttl, &label).await?;
+                if json {
+                    print_json(&json!({ "id": session, "ttl_ms": ttl_ms }))?;
+                } else {
+                    println!("{session}");
+                }
+            }
+            SessionAction::Renew { session } => {
+                client.renew_session(session).await?;
+                if json {
+                    print_json(&json!({ "id": session }))?;
+                }
+            }
+            SessionAction::Close { session } => {
+                let revision = client.close_session(session).await?;
+                if json {
+                    print_json(&json!({ "id": session, "revision": revision }))?;
+                } else {
+                    println!("session {session} closed (revision {revision})");
                 }
             }
         },

@@ -65,6 +65,13 @@ enum Command {
         #[command(flatten)]
         connect: client::Connect,
     },
+    /// Sessions held beyond one command: open, renew, close.
+    Session {
+        #[command(subcommand)]
+        action: client::SessionAction,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
     /// Stream events as JSON, one per line.
     Watch {
         #[command(flatten)]
@@ -96,6 +103,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Service { action, connect } => {
             client::run(connect, client::ClientCommand::Service(action))
+        }
+        Command::Session { action, connect } => {
+            client::run(connect, client::ClientCommand::Session(action))
         }
         Command::Watch { args, connect } => {
             client::run(connect, client::ClientCommand::Watch(args))

@@ -37,10 +37,10 @@ impl HttpError {
 fn status_of(code: &str) -> StatusCode {
     match code {
         "bad_request" | "invalid" => StatusCode::BAD_REQUEST,
-        "not_found" | "no_such_subscription" => StatusCode::NOT_FOUND,
-        "conflict" | "exists" | "epoch_mismatch" | "lock_held" | "no_session" | "refused" => {
-            StatusCode::CONFLICT
-        }
+        "not_found" | "no_such_subscription" | "no_session" => StatusCode::NOT_FOUND,
+        "not_owner" | "forbidden" => StatusCode::FORBIDDEN,
+        "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "conflict" | "exists" | "epoch_mismatch" | "lock_held" | "refused" => StatusCode::CONFLICT,
         "session_lost" => StatusCode::GONE,
         "timeout" => StatusCode::GATEWAY_TIMEOUT,
         "too_many_requests" => StatusCode::TOO_MANY_REQUESTS,

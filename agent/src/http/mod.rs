@@ -10,13 +10,23 @@
 //!
 //! The gateway is a client of the agent's socket, so HTTP gets exactly the socket's
 //! semantics (read-your-writes, consistent reads, conflicts) at the cost of one local
-//! round trip. HTTP has no connection to bind ephemeral state to: shard replicas, locks
-//! and service instances taken over HTTP belong to the agent's node session and are
-//! released with DELETE (or when the agent dies).
+//! round trip. HTTP has no connection to bind ephemeral state to, so an HTTP client
+//! opens a session with a time-to-live (`POST /v1/sessions`), keeps it alive, and names
+//! it (`?session=ID`) on what it takes: locks, shard replicas, service instances and
+//! ephemeral keys are released when it ends ([`sessions`]).
+//!
+//! Before any route, the guard ([`guard`]) refuses foreign Host names, cross-origin
+//! requests and form posts, and asks for a bearer token where tokens are configured;
+//! the listener ([`server`]) caps connections and times out slow headers.
 
 mod error;
+mod guard;
 mod metrics_page;
 mod routes;
+mod server;
+mod sessions;
 mod watch;
 
-pub use routes::{Gateway, bind, serve};
+pub use guard::{HttpPolicy, PolicyError};
+pub use routes::Gateway;
+pub use server::{HEADER_READ_TIMEOUT, HTTP_CONNECTIONS_MAX, bind, serve};

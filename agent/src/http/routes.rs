@@ -1,7 +1,6 @@
 //! The gateway's routes: each turns an HTTP request into a socket API request.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,10 +17,11 @@ use corral_proto::api::{AgentRequest, Query, QueryResult, Reply};
 use corral_proto::{AgentClient, Answer};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 use super::error::HttpError;
+use super::guard::Guard;
+use super::sessions::{in_session, required_session, session_param};
 use crate::agent::AgentContext;
 use crate::json::readable;
 use crate::metrics::Histogram;
@@ -46,6 +46,15 @@ type Shared = State<Arc<Gateway>>;
 type Params = QueryParams<HashMap<String, String>>;
 
 impl Gateway {
+    pub(super) fn new(context: Arc<AgentContext>, socket: PathBuf) -> Self {
+        Gateway {
+            context,
+            socket,
+            client: Mutex::new(None),
+            latency: Histogram::default(),
+        }
+    }
+
     /// The shared connection to the agent's socket, reconnected when it was lost.
     pub(super) async fn client(&self) -> Result<AgentClient, HttpError> {
         let mut client = self.client.lock().await;
@@ -64,7 +73,7 @@ impl Gateway {
             .map_err(HttpError::from)
     }
 
-    async fn call(&self, request: AgentRequest) -> Result<Reply, HttpError> {
+    pub(super) async fn call(&self, request: AgentRequest) -> Result<Reply, HttpError> {
         Ok(self.client().await?.call(request).await?)
     }
 
@@ -95,7 +104,7 @@ impl Gateway {
     }
 }
 
-fn unexpected(reply: &Reply) -> HttpError {
+pub(super) fn unexpected(reply: &Reply) -> HttpError {
     HttpError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "unexpected",
@@ -103,7 +112,7 @@ fn unexpected(reply: &Reply) -> HttpError {
     )
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, HttpError> {
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, HttpError> {
     readable(value)
         .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string()))
 }
@@ -134,7 +143,7 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, H
 }
 
 /// A JSON body of type `T`; malformed JSON is a `bad_json` error naming the problem.
-fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, HttpError> {
+pub(super) fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, HttpError> {
     serde_json::from_slice(bytes)
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))
 }
@@ -216,20 +225,23 @@ async fn kv_put(
     value: Bytes,
 ) -> Result<Response, HttpError> {
     let value = value.to_vec();
+    // A key put in a session is ephemeral: deleted when the session ends.
+    let session = session_param(&params)?;
+    let ephemeral = session.is_some();
     let request = match number(&params, "cas")? {
         Some(version) => AgentRequest::CompareAndSet {
             key,
             version,
             value,
-            ephemeral: false,
+            ephemeral,
         },
         None => AgentRequest::Put {
             key,
             value,
-            ephemeral: false,
+            ephemeral,
         },
     };
-    gateway.write(request).await
+    gateway.write(in_session(session, request)).await
 }
 
 async fn kv_delete(
@@ -238,7 +250,10 @@ async fn kv_delete(
     QueryParams(params): Params,
 ) -> Result<Response, HttpError> {
     let prefix = flag(&params, "prefix")?;
-    gateway.write(AgentRequest::Delete { key, prefix }).await
+    let session = session_param(&params)?;
+    gateway
+        .write(in_session(session, AgentRequest::Delete { key, prefix }))
+        .await
 }
 
 // ----- shards ------------------------------------------------------------------------
@@ -297,25 +312,31 @@ struct JoinBody {
 async fn shard_join(
     State(gateway): Shared,
     Path(shard): Path<String>,
+    QueryParams(params): Params,
     bytes: Bytes,
 ) -> Result<Response, HttpError> {
+    let session = required_session(&params, "a shard replica")?;
     let JoinBody { address, priority } = body(&bytes)?;
-    gateway
-        .write(AgentRequest::JoinShard {
-            shard,
-            address,
-            priority,
-            detach: true,
-        })
-        .await
+    let request = AgentRequest::JoinShard {
+        shard,
+        address,
+        priority,
+        detach: false,
+    };
+    gateway.write(in_session(Some(session), request)).await
 }
 
 async fn shard_leave(
     State(gateway): Shared,
     Path((shard, address)): Path<(String, String)>,
+    QueryParams(params): Params,
 ) -> Result<Response, HttpError> {
+    let session = session_param(&params)?;
     gateway
-        .write(AgentRequest::LeaveShard { shard, address })
+        .write(in_session(
+            session,
+            AgentRequest::LeaveShard { shard, address },
+        ))
         .await
 }
 
@@ -331,15 +352,20 @@ struct HandoverBody {
 async fn shard_handover(
     State(gateway): Shared,
     Path(shard): Path<String>,
+    QueryParams(params): Params,
     bytes: Bytes,
 ) -> Result<Response, HttpError> {
+    let session = session_param(&params)?;
     let HandoverBody { to, epoch } = if bytes.is_empty() {
         HandoverBody::default()
     } else {
         body(&bytes)?
     };
     gateway
-        .write(AgentRequest::Handover { shard, to, epoch })
+        .write(in_session(
+            session,
+            AgentRequest::Handover { shard, to, epoch },
+        ))
         .await
 }
 
@@ -376,19 +402,19 @@ async fn lock_acquire(
     Path(name): Path<String>,
     QueryParams(params): Params,
 ) -> Result<Response, HttpError> {
+    let session = required_session(&params, "a lock")?;
     let wait_ms = number(&params, "wait_ms")?.unwrap_or(0);
     if wait_ms > HTTP_LOCK_WAIT_MAX_MS {
         return Err(HttpError::bad_request(format!(
             "wait_ms above the limit of {HTTP_LOCK_WAIT_MAX_MS} for HTTP"
         )));
     }
-    let reply = gateway
-        .call(AgentRequest::AcquireLock {
-            name,
-            wait_ms,
-            detach: true,
-        })
-        .await?;
+    let request = AgentRequest::AcquireLock {
+        name,
+        wait_ms,
+        detach: false,
+    };
+    let reply = gateway.call(in_session(Some(session), request)).await?;
     match reply {
         Reply::Written {
             revision,
@@ -414,10 +440,14 @@ async fn lock_acquire(
 async fn lock_release(
     State(gateway): Shared,
     Path(name): Path<String>,
+    QueryParams(params): Params,
 ) -> Result<Response, HttpError> {
-    gateway
-        .write(AgentRequest::ReleaseLock { name, detach: true })
-        .await
+    let session = required_session(&params, "a lock")?;
+    let request = AgentRequest::ReleaseLock {
+        name,
+        detach: false,
+    };
+    gateway.write(in_session(Some(session), request)).await
 }
 
 // ----- services ----------------------------------------------------------------------
@@ -448,31 +478,37 @@ struct RegisterBody {
 async fn service_register(
     State(gateway): Shared,
     Path((service, id)): Path<(String, String)>,
+    QueryParams(params): Params,
     bytes: Bytes,
 ) -> Result<Response, HttpError> {
+    let session = required_session(&params, "a service instance")?;
     let RegisterBody {
         address,
         port,
         tags,
     } = body(&bytes)?;
-    gateway
-        .write(AgentRequest::RegisterService {
-            service,
-            id,
-            address,
-            port,
-            tags,
-            detach: true,
-        })
-        .await
+    let request = AgentRequest::RegisterService {
+        service,
+        id,
+        address,
+        port,
+        tags,
+        detach: false,
+    };
+    gateway.write(in_session(Some(session), request)).await
 }
 
 async fn service_deregister(
     State(gateway): Shared,
     Path((service, id)): Path<(String, String)>,
+    QueryParams(params): Params,
 ) -> Result<Response, HttpError> {
+    let session = session_param(&params)?;
     gateway
-        .write(AgentRequest::DeregisterService { service, id })
+        .write(in_session(
+            session,
+            AgentRequest::DeregisterService { service, id },
+        ))
         .await
 }
 
@@ -518,7 +554,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
     response
 }
 
-pub(super) fn router(gateway: Arc<Gateway>) -> Router {
+pub(super) fn router(gateway: Arc<Gateway>, guard: Arc<Guard>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/metrics", get(super::metrics_page::metrics))
@@ -548,36 +584,22 @@ pub(super) fn router(gateway: Arc<Gateway>) -> Router {
             put(service_register).delete(service_deregister),
         )
         .route("/v1/watch", get(super::watch::watch))
+        .route("/v1/sessions", post(super::sessions::open))
+        .route(
+            "/v1/sessions/{id}",
+            axum::routing::delete(super::sessions::close),
+        )
+        .route("/v1/sessions/{id}/renew", put(super::sessions::renew))
+        .route(
+            "/v1/sessions/{id}/keepalive",
+            get(super::sessions::keepalive),
+        )
         .fallback(fallback)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LEN_MAX))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(gateway.clone(), timed))
+        .layer(middleware::from_fn_with_state(guard, super::guard::guard))
         .with_state(gateway)
-}
-
-/// Binds the gateway's address (so that a taken port fails the agent's start).
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
-}
-
-/// Serves the gateway until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, context: Arc<AgentContext>, socket: PathBuf) {
-    let gateway = Arc::new(Gateway {
-        context: context.clone(),
-        socket,
-        client: Mutex::new(None),
-        latency: Histogram::default(),
-    });
-    let mut shutdown = context.shutdown.clone();
-    let app = router(gateway);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await;
-    if let Err(error) = served {
-        tracing::warn!(%error, "HTTP gateway stopped");
-    }
 }
 
 /// Headers a browser or proxy needs to not buffer a stream.

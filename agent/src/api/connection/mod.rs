@@ -32,7 +32,12 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
+use self::sessions::Target;
 use super::translate::{self, Binding};
+use crate::sessions::held_sessions::Holder;
+
+mod sessions;
+mod subscription;
 use crate::agent::AgentContext;
 use crate::metrics::RequestKind;
 use crate::replica::ReplicaSignal;
@@ -61,12 +66,16 @@ struct Connection {
     /// The connection's client session, and the node session it was opened under.
     session: tokio::sync::Mutex<Option<(SessionId, SessionId)>>,
     client_key: u64,
+    /// The Unix user of the app (`SO_PEERCRED`): the holder of the sessions it opens.
+    holder: Holder,
     /// Highest revision this connection wrote: its reads never show less.
     watermark: Mutex<Revision>,
     subscriptions: Mutex<HashMap<u64, oneshot::Sender<()>>>,
 }
 
 pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
+    // Without credentials the app is nobody: it may hold sessions of its own only.
+    let holder = stream.peer_cred().map_or(u32::MAX - 1, |c| c.uid());
     let (read, write) = stream.into_split();
     let write = FrameWriter {
         half: Arc::new(tokio::sync::Mutex::new(write)),
@@ -87,6 +96,7 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
         outgoing: outgoing.clone(),
         session: tokio::sync::Mutex::new(None),
         client_key,
+        holder,
         watermark: Mutex::new(0),
         subscriptions: Mutex::new(HashMap::new()),
     });
@@ -252,6 +262,14 @@ impl Connection {
         request: AgentRequest,
     ) -> Option<Result<Reply, ApiError>> {
         Some(match request {
+            AgentRequest::OpenSession { ttl_ms, label } => {
+                self.handle_open_session(ttl_ms, label).await
+            }
+            AgentRequest::RenewSession { session } => self.handle_renew_session(session),
+            AgentRequest::CloseSession { session } => self.handle_close_session(session).await,
+            AgentRequest::InSession { session, request } => {
+                self.handle_in_session(session, *request).await
+            }
             AgentRequest::Status => Ok(Reply::Status(self.status().await)),
             AgentRequest::Members => Ok(Reply::Members(self.members())),
             AgentRequest::Read { query, consistent } => self.read(query, consistent).await,
@@ -274,10 +292,43 @@ impl Connection {
                 ref name, wait_ms, ..
             } if wait_ms > 0 => {
                 let name = name.clone();
-                self.acquire_waiting(request, name, wait_ms).await
+                self.acquire_waiting(request, name, wait_ms, None).await
             }
-            write => self.write(write).await,
+            write => self.write(write, None).await,
         })
+    }
+
+    /// A request acting in held session `session`: only writes, reads and lock waits.
+    async fn handle_in_session(
+        &self,
+        session: SessionId,
+        request: AgentRequest,
+    ) -> Result<Reply, ApiError> {
+        self.check_held(session)?;
+        match request {
+            AgentRequest::Read { query, consistent } => self.read(query, consistent).await,
+            AgentRequest::AcquireLock { wait_ms, .. } if wait_ms > LOCK_WAIT_MAX_MS => Err(
+                ApiError::BadRequest(format!("wait_ms above the limit of {LOCK_WAIT_MAX_MS}")),
+            ),
+            AgentRequest::AcquireLock {
+                ref name, wait_ms, ..
+            } if wait_ms > 0 => {
+                let name = name.clone();
+                self.acquire_waiting(request, name, wait_ms, Some(session))
+                    .await
+            }
+            AgentRequest::Status
+            | AgentRequest::Members
+            | AgentRequest::Subscribe { .. }
+            | AgentRequest::Unsubscribe { .. }
+            | AgentRequest::OpenSession { .. }
+            | AgentRequest::RenewSession { .. }
+            | AgentRequest::CloseSession { .. }
+            | AgentRequest::InSession { .. } => Err(ApiError::BadRequest(
+                "only reads and writes act in a session".into(),
+            )),
+            write => self.write(write, Some(session)).await,
+        }
     }
 
     async fn status(&self) -> AgentStatus {
@@ -388,62 +439,6 @@ impl Connection {
         }))
     }
 
-    /// The session a request binding resolves to, opening the client session if needed.
-    async fn session_for(&self, binding: Binding) -> Result<Option<SessionId>, ApiError> {
-        // An agent opens its node session with the core right after it starts, so an app
-        // started with it waits a moment here rather than failing its first write.
-        let mut sessions = self.context.node_session.clone();
-        let waited = tokio::time::timeout(NODE_SESSION_WAIT, sessions.wait_for(Option::is_some))
-            .await
-            .ok()
-            .and_then(|found| found.ok().and_then(|node| *node));
-        let node = waited.ok_or_else(|| {
-            ApiError::Unavailable(format!(
-                "this agent has no node session yet (waited {NODE_SESSION_WAIT:?}): is the core reachable?"
-            ))
-        })?;
-        match binding {
-            Binding::None => Ok(None),
-            Binding::Node => Ok(Some(node)),
-            Binding::Connection => {
-                let mut session = self.session.lock().await;
-                if let Some((id, under)) = *session {
-                    if under == node {
-                        return Ok(Some(id));
-                    }
-                    // The node session changed: the old client session died with it.
-                    *session = None;
-                }
-                let owner = SessionOwner::Client {
-                    node_session: node,
-                    client_key: self.client_key,
-                    label: format!("connection {}", self.client_key),
-                };
-                let response = self
-                    .context
-                    .core
-                    .write(&Command::OpenSession { owner })
-                    .await
-                    .map_err(core_error)?;
-                match response.outcome {
-                    Ok(Answer::SessionOpened { session: id, .. }) => {
-                        *session = Some((id, node));
-                        self.raise_watermark(response.revision);
-                        Ok(Some(id))
-                    }
-                    Ok(other) => Err(ApiError::Unavailable(format!(
-                        "unexpected answer {other:?}"
-                    ))),
-                    Err(error) => Err(ApiError::Refused {
-                        revision: response.revision,
-                        error,
-                    }),
-                }
-            }
-        }
-    }
-
-    /// Raises the revision this connection's reads must reach.
     fn raise_watermark(&self, revision: Revision) {
         let mut watermark = self.watermark.lock();
         *watermark = (*watermark).max(revision);
@@ -468,14 +463,24 @@ impl Connection {
         }
     }
 
-    /// Sends a write and waits until the local replica applied it.
-    async fn write(&self, request: AgentRequest) -> Result<Reply, ApiError> {
+    /// Sends a write and waits until the local replica applied it; `named` is the held
+    /// session it acts in, if it names one.
+    async fn write(
+        &self,
+        request: AgentRequest,
+        named: Option<SessionId>,
+    ) -> Result<Reply, ApiError> {
         self.check_core_reachable().await?;
-        let binding = translate::binding_of(&request);
-        let session = self.session_for(binding).await?;
-        let Some(command) = translate::command_for(&request, session) else {
+        let target = self.target(&request, named).await?;
+        self.write_in(request, target).await
+    }
+
+    /// Sends a write bound to and acting in the sessions of `target`.
+    async fn write_in(&self, request: AgentRequest, target: Target) -> Result<Reply, ApiError> {
+        let Some(command) = translate::command_for(&request, target.bound) else {
             return Err(ApiError::BadRequest("not a write".into()));
         };
+        let command = command.acted_by(self.actor(target.acting));
         command.validate()?;
         let response = self
             .context
@@ -484,15 +489,7 @@ impl Connection {
             .await
             .map_err(core_error)?;
         let revision = response.revision;
-        self.raise_watermark(revision);
-        if response.changed {
-            self.context.replica.apply_own(revision, &command);
-        }
-        let _ = self
-            .context
-            .replica
-            .wait_for(revision, READ_YOUR_WRITES_WAIT)
-            .await;
+        self.settle(&command, &response).await;
         match response.outcome {
             Ok(Answer::Txn {
                 succeeded: false, ..
@@ -511,14 +508,13 @@ impl Connection {
                 })
             }
             Ok(answer) => Ok(Reply::Written { revision, answer }),
-            Err(CommandError::NoSuchSession { session: lost })
-                if binding == Binding::Connection =>
-            {
-                // Our client session was closed by the core: forget it, tell the app.
+            Err(CommandError::NoSuchSession { session: lost }) if Some(lost) == target.bound => {
+                // The session was closed by the core: forget it, tell the app.
                 let mut session = self.session.lock().await;
                 if session.is_some_and(|(id, _)| id == lost) {
                     *session = None;
                 }
+                self.context.held.lock().remove(lost);
                 Err(ApiError::SessionLost(lost))
             }
             Err(error) => Err(ApiError::Refused { revision, error }),
@@ -531,22 +527,24 @@ impl Connection {
         request: AgentRequest,
         name: String,
         wait_ms: u64,
+        named: Option<SessionId>,
     ) -> Result<Reply, ApiError> {
+        self.check_core_reachable().await?;
+        let target = self.target(&request, named).await?;
+        let Some(session) = target.bound else {
+            return Err(ApiError::BadRequest(
+                "a lock request needs a session".into(),
+            ));
+        };
         // Subscribe before writing so that a grant right after the queueing is not missed.
         let mut signals = self.context.replica.subscribe();
-        let reply = self.write(request.clone()).await?;
+        let reply = self.write_in(request, target).await?;
         let Reply::Written {
             answer: Answer::LockQueued { .. },
             revision,
         } = reply
         else {
             return Ok(reply);
-        };
-        let binding = translate::binding_of(&request);
-        let Some(session) = self.session_for(binding).await? else {
-            return Err(ApiError::BadRequest(
-                "a lock request needs a session".into(),
-            ));
         };
         let granted_now = |revision: Revision| {
             self.context.replica.read(|r| {
@@ -600,212 +598,11 @@ impl Connection {
         let release = Command::ReleaseLock {
             name: name.clone(),
             session,
-        };
+        }
+        .acted_by(self.actor(Some(session)));
         let _ = self.context.core.write(&release).await;
         Err(ApiError::Timeout(format!(
             "lock {name} not granted within {wait_ms} ms"
         )))
-    }
-
-    async fn subscribe(
-        self: &Arc<Self>,
-        id: u64,
-        filter: EventFilter,
-        after: Option<Revision>,
-    ) -> Result<(), ApiError> {
-        let (stop, stopped) = oneshot::channel();
-        {
-            let mut subscriptions = self.subscriptions.lock();
-            if subscriptions.len() >= SUBSCRIPTIONS_PER_CONNECTION_MAX {
-                return Err(ApiError::BadRequest(format!(
-                    "at most {SUBSCRIPTIONS_PER_CONNECTION_MAX} subscriptions per connection"
-                )));
-            }
-            subscriptions.insert(id, stop);
-        }
-        let connection = self.clone();
-        tokio::spawn(async move {
-            let reason = connection.stream_events(id, filter, after, stopped).await;
-            connection.subscriptions.lock().remove(&id);
-            if let Some(reason) = reason {
-                let item = SubscriptionItem::Ended { reason };
-                let _ = connection
-                    .outgoing
-                    .send(AgentFrame::Event {
-                        subscription: id,
-                        item,
-                    })
-                    .await;
-            }
-        });
-        Ok(())
-    }
-
-    /// Sends what of `batch` passes `filter`; false when the connection is gone.
-    async fn send_filtered(
-        &self,
-        subscription: u64,
-        filter: &EventFilter,
-        batch: &EventBatch,
-    ) -> bool {
-        match translate::filter_batch(filter, batch) {
-            Some(filtered) => {
-                self.send_event(subscription, SubscriptionItem::Events(filtered))
-                    .await
-            }
-            None => true,
-        }
-    }
-
-    async fn send_event(&self, subscription: u64, item: SubscriptionItem) -> bool {
-        self.outgoing
-            .send(AgentFrame::Event { subscription, item })
-            .await
-            .is_ok()
-    }
-
-    /// Streams events until the subscriber leaves (None) or the stream must end (Some).
-    async fn stream_events(
-        &self,
-        id: u64,
-        filter: EventFilter,
-        after: Option<Revision>,
-        mut stopped: oneshot::Receiver<()>,
-    ) -> Option<String> {
-        let replica = &self.context.replica;
-        let mut signals = replica.subscribe();
-        let mut members = filter
-            .members
-            .then(|| self.context.gossip.events.subscribe());
-        // Where the stream starts, and what it must send first to get there.
-        let (start, backlog) = replica.read(|r| match after {
-            None => (r.revision(), Ok(Vec::new())),
-            Some(after) if after >= r.revision() => (after, Ok(Vec::new())),
-            Some(after) => match r.history_after(after) {
-                Some(batches) => (r.revision(), Ok(batches)),
-                None => {
-                    let (revision, item) = translate::reset_item(r.machine(), &filter);
-                    (revision, Err(item))
-                }
-            },
-        });
-        let reply = AgentFrame::Reply {
-            id,
-            result: Ok(Reply::Subscribed { revision: start }),
-        };
-        if self.outgoing.send(reply).await.is_err() {
-            return None;
-        }
-        let mut last = after.unwrap_or(start);
-        match backlog {
-            Ok(batches) => {
-                for batch in batches {
-                    if !self.send_filtered(id, &filter, &batch).await {
-                        return None;
-                    }
-                    last = batch.revision;
-                }
-            }
-            Err(reset) => {
-                if !self.send_event(id, reset).await {
-                    return None;
-                }
-                last = start;
-            }
-        }
-        loop {
-            let member_event = async {
-                match members.as_mut() {
-                    Some(receiver) => receiver.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = &mut stopped => return None,
-                event = member_event => match event {
-                    Ok(member) => {
-                        if !self.send_event(id, SubscriptionItem::Member(member)).await {
-                            return None;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(missed = n, "member events lagged");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => members = None,
-                },
-                signal = signals.recv() => {
-                    let resume = match signal {
-                        Ok(ReplicaSignal::Applied(batch)) => {
-                            if batch.revision <= last {
-                                continue;
-                            }
-                            if batch.revision == last + 1 {
-                                if !self.send_filtered(id, &filter, &batch).await {
-                        return None;
-                    }
-                                last = batch.revision;
-                                continue;
-                            }
-                            true
-                        }
-                        Ok(ReplicaSignal::Replaced(_)) => true,
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            return Some("the agent is stopping".into());
-                        }
-                    };
-                    if resume {
-                        // Catch up from history, or reset when it no longer reaches back.
-                        let catch_up = replica.read(|r| match r.history_after(last) {
-                            Some(batches) => Ok(batches),
-                            None => Err(translate::reset_item(r.machine(), &filter)),
-                        });
-                        match catch_up {
-                            Ok(batches) => {
-                                for batch in batches {
-                                    if batch.revision <= last {
-                                        continue;
-                                    }
-                                    if !self.send_filtered(id, &filter, &batch).await {
-                        return None;
-                    }
-                                    last = batch.revision;
-                                }
-                            }
-                            Err((revision, reset)) => {
-                                if revision < last {
-                                    // The replica started over below us; wait to pass `last`.
-                                    continue;
-                                }
-                                if !self.send_event(id, reset).await {
-                                    return None;
-                                }
-                                last = revision;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Ends the client session in the core, now that the connection is closed.
-    async fn close_session(&self) {
-        let Some((session, _)) = self.session.lock().await.take() else {
-            return;
-        };
-        let command = Command::CloseSession { session };
-        for attempt in 0..20 {
-            match self.context.core.write(&command).await {
-                Ok(_) => {
-                    tracing::debug!(session, "client session closed with its connection");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(session, attempt, error = %e, "closing a client session failed");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
     }
 }
