@@ -184,6 +184,13 @@ pub enum Query {
     Lock(String),
     Locks,
     Service(String),
+    /// One page of the keys under a prefix: at most `limit` (capped by `LIST_KEYS_MAX`),
+    /// the first after `start_after`. Ask again from the last key while `more` is true.
+    Page {
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  server.rs      the Unix socket listener
-//!  connection.rs  one app connection: requests, client session, subscriptions
+//!  connection/    one app connection: requests (mod.rs), its sessions and the held
+//!                 sessions it acts in (sessions.rs), subscriptions (subscription.rs),
+//!                 and what it sends, bounded in bytes (outgoing.rs)
 //!  core_writes.rs the writes of all connections, batched on their way to the core
 //!  translate.rs   requests into commands, queries into answers, event filters (no I/O)
 //! ```

@@ -168,6 +168,15 @@ pub fn answer(machine: &StateMachine, query: &Query) -> Result<QueryResult, ApiE
         Query::Lock(name) => QueryResult::Lock(machine.lock(name).cloned()),
         Query::Locks => QueryResult::Locks(machine.locks().cloned().collect()),
         Query::Service(name) => QueryResult::Service(machine.service(name).cloned().collect()),
+        Query::Page {
+            prefix,
+            start_after,
+            limit,
+        } => {
+            let limit = (*limit as usize).clamp(1, LIST_KEYS_MAX);
+            let (keys, more) = machine.list(prefix, start_after.as_deref(), limit);
+            QueryResult::Keys { keys, more }
+        }
     })
 }
 

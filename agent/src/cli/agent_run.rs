@@ -107,8 +107,23 @@ fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{address} resolves to nothing"))
 }
 
+/// Raises the soft limit on open files to the hard one: the agent's connection caps
+/// (socket and HTTP) are sized for more than the usual soft limit of 1,024.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(error) => tracing::warn!(%error, soft, "could not raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open files limit"),
+    }
+}
+
 pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
     super::init_logging("info");
+    raise_open_files_limit();
     let gossip = GossipConfig {
         probe_period: Duration::from_millis(args.probe_period_ms),
         probe_rtt: Duration::from_millis(args.probe_rtt_ms),

@@ -59,6 +59,9 @@ pub(crate) enum KvAction {
         prefix: String,
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        /// List from the first key after this one (the last key of the previous page).
+        #[arg(long)]
+        start_after: Option<String>,
         #[arg(long)]
         consistent: bool,
     },
@@ -338,9 +341,15 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
             KvAction::List {
                 prefix,
                 limit,
+                start_after,
                 consistent,
             } => {
-                let reply = read(Query::Prefix { prefix, limit }, consistent).await?;
+                let query = Query::Page {
+                    prefix,
+                    start_after,
+                    limit,
+                };
+                let reply = read(query, consistent).await?;
                 let QueryResult::Keys { keys, more } = reply.result else {
                     bail!("unexpected answer");
                 };

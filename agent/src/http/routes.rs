@@ -206,8 +206,16 @@ async fn kv_list(
     let prefix = params.get("prefix").cloned().unwrap_or_default();
     let limit = number(&params, "limit")?.unwrap_or(1000);
     let limit = u32::try_from(limit).map_err(|_| HttpError::bad_request("limit too large"))?;
+    let start_after = params.get("start_after").cloned();
     let read = gateway
-        .read(Query::Prefix { prefix, limit }, &params)
+        .read(
+            Query::Page {
+                prefix,
+                start_after,
+                limit,
+            },
+            &params,
+        )
         .await?;
     Ok(Json(json!({
         "revision": read["revision"],

@@ -21,29 +21,28 @@ use corral_proto::api::{
     MemberInfo, REQUESTS_IN_FLIGHT_MAX, ReadReply, Reply, SUBSCRIPTIONS_PER_CONNECTION_MAX,
     SubscriptionItem,
 };
-use corral_proto::idle_poll::IdlePoll;
 use corral_proto::limits::FRAME_LEN_MAX;
 use corral_proto::{
     Answer, Command, CommandError, Event, EventBatch, Revision, SessionId, SessionOwner, frame,
 };
 use parking_lot::Mutex;
-use tokio::io::BufReader;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, oneshot};
 
 use self::sessions::Target;
 use super::translate::{self, Binding};
 use crate::sessions::held_sessions::Holder;
 
+mod outgoing;
 mod sessions;
 mod subscription;
+
+pub use self::outgoing::CONNECTION_BYTES_MAX;
+use self::outgoing::FrameWriter;
 use crate::agent::AgentContext;
 use crate::metrics::RequestKind;
 use crate::replica::ReplicaSignal;
-
-/// Frames queued for the writer of one connection.
-const OUTGOING_BUFFER: usize = 1024;
 
 /// How long a write waits for the local replica to apply it before answering anyway.
 pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
@@ -57,12 +56,15 @@ const CORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a write that needs the agent's node session waits for it after the agent starts.
 const NODE_SESSION_WAIT: Duration = Duration::from_secs(5);
 
+/// Longest an app may take to finish sending a frame it has started.
+pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a consistent read waits for the replica to reach the read index.
 const CONSISTENT_READ_WAIT: Duration = Duration::from_secs(5);
 
 struct Connection {
     context: Arc<AgentContext>,
-    outgoing: mpsc::Sender<AgentFrame>,
+    writer: FrameWriter,
     /// The connection's client session, and the node session it was opened under.
     session: tokio::sync::Mutex<Option<(SessionId, SessionId)>>,
     client_key: u64,
@@ -77,23 +79,14 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
     // Without credentials the app is nobody: it may hold sessions of its own only.
     let holder = stream.peer_cred().map_or(u32::MAX - 1, |c| c.uid());
     let (read, write) = stream.into_split();
-    let write = FrameWriter {
-        half: Arc::new(tokio::sync::Mutex::new(write)),
-        idle_poll: context.idle_poll.clone(),
-    };
-    let (outgoing, mut frames) = mpsc::channel::<AgentFrame>(OUTGOING_BUFFER);
-    let writer_half = write.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(message) = frames.recv().await {
-            if !writer_half.write(&message, None).await {
-                break;
-            }
-        }
-    });
+    let (write, frames) = FrameWriter::new(write, context.idle_poll.clone());
+    let mut runner = write.clone();
+    runner.close_queue();
+    let writer = tokio::spawn(runner.run(frames));
     let client_key = context.next_client_key();
     let connection = Arc::new(Connection {
         context: context.clone(),
-        outgoing: outgoing.clone(),
+        writer: write.clone(),
         session: tokio::sync::Mutex::new(None),
         client_key,
         holder,
@@ -108,10 +101,36 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
     let shutdown = shutdown.changed();
     tokio::pin!(shutdown);
     loop {
-        let message = tokio::select! {
+        // Wait for a frame's first byte for as long as the app likes; once it started, the
+        // rest must follow within FRAME_READ_TIMEOUT.
+        let started = tokio::select! {
             biased;
-            message = frame::read_frame::<_, ClientFrame>(&mut reader, FRAME_LEN_MAX) => message,
+            ready = reader.fill_buf() => ready.map(|buffered| !buffered.is_empty()),
             _ = &mut shutdown => break,
+        };
+        if !matches!(started, Ok(true)) {
+            break;
+        }
+        let message = match tokio::time::timeout(
+            FRAME_READ_TIMEOUT,
+            frame::read_frame::<_, ClientFrame>(&mut reader, FRAME_LEN_MAX),
+        )
+        .await
+        {
+            Ok(message) => message,
+            Err(_) => {
+                tracing::info!(
+                    "a frame started but was not finished in time; closing the connection"
+                );
+                let reply = AgentFrame::Reply {
+                    id: 0,
+                    result: Err(ApiError::BadRequest(format!(
+                        "a frame was started but not finished within {FRAME_READ_TIMEOUT:?}"
+                    ))),
+                };
+                let _ = write.queue_reply(&reply).await;
+                break;
+            }
         };
         let arrived = std::time::Instant::now();
         let message = match message {
@@ -127,7 +146,7 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
                         id: 0,
                         result: Err(ApiError::BadRequest(e.to_string())),
                     };
-                    let _ = outgoing.send(reply).await;
+                    let _ = write.queue_reply(&reply).await;
                 }
                 break;
             }
@@ -158,7 +177,7 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
                 id: message.id,
                 result: Err(ApiError::TooManyRequests(REQUESTS_IN_FLIGHT_MAX)),
             };
-            if outgoing.send(reply).await.is_err() {
+            if !write.queue_reply(&reply).await {
                 break;
             }
             continue;
@@ -186,7 +205,7 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
             if let Some(result) = result {
                 let reply = AgentFrame::Reply { id, result };
                 if queued {
-                    let _ = connection.outgoing.send(reply).await;
+                    let _ = connection.writer.queue_reply(&reply).await;
                 } else {
                     write.write(&reply, None).await;
                 }
@@ -196,35 +215,10 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
     }
     // The connection is gone: end subscriptions, release the session at once.
     connection.subscriptions.lock().clear();
-    drop(outgoing);
+    drop(write);
     connection.close_session().await;
     drop(connection);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-}
-
-/// The connection's write half, one frame at a time: the writer task writes the queued
-/// frames through it, and the reader and request handlers their replies.
-#[derive(Clone)]
-struct FrameWriter {
-    half: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
-    idle_poll: Arc<IdlePoll>,
-}
-
-impl FrameWriter {
-    /// Writes `message`; false once the app has gone. A reply opens the agent's window of
-    /// polling for the app's next request, from `answered` (now if not given).
-    async fn write(&self, message: &AgentFrame, answered: Option<std::time::Instant>) -> bool {
-        let mut half = self.half.lock().await;
-        if frame::write_frame(&mut *half, message).await.is_err() {
-            return false;
-        }
-        drop(half);
-        if matches!(message, AgentFrame::Reply { .. }) {
-            self.idle_poll
-                .awaiting(answered.unwrap_or_else(std::time::Instant::now));
-        }
-        true
-    }
 }
 
 /// How a request's latency is counted; None for subscriptions, whose reply time says

@@ -1,6 +1,7 @@
 //! A connection's subscriptions: the backlog from the replica's history (or a reset when
 //! it no longer reaches back), then live batches through the subscription's filter.
 
+use super::outgoing::Refused;
 use super::*;
 
 impl Connection {
@@ -25,40 +26,41 @@ impl Connection {
             let reason = connection.stream_events(id, filter, after, stopped).await;
             connection.subscriptions.lock().remove(&id);
             if let Some(reason) = reason {
-                let item = SubscriptionItem::Ended { reason };
-                let _ = connection
-                    .outgoing
-                    .send(AgentFrame::Event {
-                        subscription: id,
-                        item,
-                    })
-                    .await;
+                connection.writer.queue_end(id, reason).await;
             }
         });
         Ok(())
     }
 
-    /// Sends what of `batch` passes `filter`; false when the connection is gone.
-    async fn send_filtered(
+    /// Queues what of `batch` passes `filter`, or says why the subscription ends.
+    fn send_filtered(
         &self,
         subscription: u64,
         filter: &EventFilter,
         batch: &EventBatch,
-    ) -> bool {
+    ) -> Result<(), Option<String>> {
         match translate::filter_batch(filter, batch) {
-            Some(filtered) => {
-                self.send_event(subscription, SubscriptionItem::Events(filtered))
-                    .await
-            }
-            None => true,
+            Some(filtered) => self.send_event(subscription, SubscriptionItem::Events(filtered)),
+            None => Ok(()),
         }
     }
 
-    async fn send_event(&self, subscription: u64, item: SubscriptionItem) -> bool {
-        self.outgoing
-            .send(AgentFrame::Event { subscription, item })
-            .await
-            .is_ok()
+    /// Queues one item, or says why the subscription ends: None when the app is gone,
+    /// a reason when it does not read or the item does not fit in a frame.
+    fn send_event(&self, subscription: u64, item: SubscriptionItem) -> Result<(), Option<String>> {
+        self.writer
+            .queue_event(subscription, item)
+            .map_err(|refused| match refused {
+                Refused::Closed => None,
+                Refused::End(reason) => {
+                    self.context
+                        .metrics
+                        .subscriptions_cut
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(subscription, %reason, "subscription ended");
+                    Some(reason)
+                }
+            })
     }
 
     /// Streams events until the subscriber leaves (None) or the stream must end (Some).
@@ -90,22 +92,22 @@ impl Connection {
             id,
             result: Ok(Reply::Subscribed { revision: start }),
         };
-        if self.outgoing.send(reply).await.is_err() {
+        if !self.writer.queue_reply(&reply).await {
             return None;
         }
         let mut last = after.unwrap_or(start);
         match backlog {
             Ok(batches) => {
                 for batch in batches {
-                    if !self.send_filtered(id, &filter, &batch).await {
-                        return None;
+                    if let Err(end) = self.send_filtered(id, &filter, &batch) {
+                        return end;
                     }
                     last = batch.revision;
                 }
             }
             Err(reset) => {
-                if !self.send_event(id, reset).await {
-                    return None;
+                if let Err(end) = self.send_event(id, reset) {
+                    return end;
                 }
                 last = start;
             }
@@ -121,9 +123,9 @@ impl Connection {
                 _ = &mut stopped => return None,
                 event = member_event => match event {
                     Ok(member) => {
-                        if !self.send_event(id, SubscriptionItem::Member(member)).await {
-                            return None;
-                        }
+                        if let Err(end) = self.send_event(id, SubscriptionItem::Member(member)) {
+                    return end;
+                }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(missed = n, "member events lagged");
@@ -137,8 +139,8 @@ impl Connection {
                                 continue;
                             }
                             if batch.revision == last + 1 {
-                                if !self.send_filtered(id, &filter, &batch).await {
-                        return None;
+                                if let Err(end) = self.send_filtered(id, &filter, &batch) {
+                        return end;
                     }
                                 last = batch.revision;
                                 continue;
@@ -163,8 +165,8 @@ impl Connection {
                                     if batch.revision <= last {
                                         continue;
                                     }
-                                    if !self.send_filtered(id, &filter, &batch).await {
-                        return None;
+                                    if let Err(end) = self.send_filtered(id, &filter, &batch) {
+                        return end;
                     }
                                     last = batch.revision;
                                 }
@@ -174,9 +176,9 @@ impl Connection {
                                     // The replica started over below us; wait to pass `last`.
                                     continue;
                                 }
-                                if !self.send_event(id, reset).await {
-                                    return None;
-                                }
+                                if let Err(end) = self.send_event(id, reset) {
+                    return end;
+                }
                                 last = revision;
                             }
                         }
