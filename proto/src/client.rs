@@ -48,12 +48,16 @@ pub struct ClientOptions {
     /// Longest the runtime keeps polling for a reply before its thread sleeps (zero:
     /// never polls). The window adapts to how soon replies come.
     pub reply_poll_max: Duration,
+    /// Items a subscription holds for its reader before the connection stops reading
+    /// (and the agent, past its budget, ends the subscription): memory for bursts.
+    pub subscription_buffer: usize,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             reply_poll_max: Duration::from_micros(50),
+            subscription_buffer: SUBSCRIPTION_BUFFER,
         }
     }
 }
@@ -93,6 +97,7 @@ struct Shared {
     subscriptions: closable::Map<HashMap<u64, mpsc::Sender<SubscriptionItem>>>,
     next_id: AtomicU64,
     reply_poll: Arc<IdlePoll>,
+    subscription_buffer: usize,
     reader: tokio::task::JoinHandle<()>,
     /// Dropped with the connection: ends the poller task.
     _poller_stop: watch::Sender<bool>,
@@ -196,6 +201,7 @@ impl AgentClient {
                 subscriptions: closable::Map::new(),
                 next_id: AtomicU64::new(1),
                 reply_poll,
+                subscription_buffer: options.subscription_buffer.max(1),
                 reader: tokio::spawn(read_loop(read, weak)),
                 _poller_stop: poller_stop,
             }
@@ -389,7 +395,7 @@ impl AgentClient {
         after: Option<Revision>,
     ) -> Result<Subscription, ClientError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (items_sender, items) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let (items_sender, items) = mpsc::channel(self.shared.subscription_buffer);
         let (sender, receiver) = oneshot::channel();
         let registered = self
             .shared
@@ -508,6 +514,7 @@ mod tests {
         // A millisecond: quick for a reply within one test process, even unoptimised.
         let options = ClientOptions {
             reply_poll_max: Duration::from_millis(1),
+            ..ClientOptions::default()
         };
         let (_dir, path) = fake_agent(Duration::ZERO).await;
         let client = AgentClient::connect_with(&path, options)
@@ -541,6 +548,7 @@ mod tests {
         let (_dir, path) = fake_agent(Duration::ZERO).await;
         let options = ClientOptions {
             reply_poll_max: Duration::ZERO,
+            ..ClientOptions::default()
         };
         let client = AgentClient::connect_with(&path, options)
             .await

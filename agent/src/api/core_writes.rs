@@ -47,7 +47,7 @@ impl Batchable for Pending {
     /// Closing a session answers with every session it ended, which may be many: it goes
     /// alone, so that no batch's answer outgrows a frame.
     fn goes_alone(&self) -> bool {
-        matches!(self.command, Command::CloseSession { .. })
+        matches!(self.command.unwrapped(), Command::CloseSession { .. })
     }
 }
 

@@ -169,6 +169,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             };
             let options = corral_proto::ClientOptions {
                 reply_poll_max: std::time::Duration::from_micros(reply_poll_us),
+                ..corral_proto::ClientOptions::default()
             };
             let report = super::runtime()?
                 .block_on(bench_get(socket, clients, ops, shard, read, options))?;

@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use corral_proto::api::{AgentRequest, Query, QueryResult, Reply};
-use corral_proto::{AgentClient, Answer};
+use corral_proto::{AgentClient, Answer, ClientOptions};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -40,7 +40,15 @@ pub struct Gateway {
     client: Mutex<Option<AgentClient>>,
     /// HTTP request latency, all routes together.
     pub(super) latency: Histogram,
+    /// Places for streams (watches, keep-alives).
+    watchers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most streams (watches and session keep-alives) the gateway serves at once.
+pub const HTTP_WATCHERS_MAX: usize = 64;
+
+/// Items a stream's connection holds for a slow HTTP client.
+const STREAM_BUFFER: usize = 8;
 
 type Shared = State<Arc<Gateway>>;
 type Params = QueryParams<HashMap<String, String>>;
@@ -52,6 +60,7 @@ impl Gateway {
             socket,
             client: Mutex::new(None),
             latency: Histogram::default(),
+            watchers: Arc::new(tokio::sync::Semaphore::new(HTTP_WATCHERS_MAX)),
         }
     }
 
@@ -61,16 +70,32 @@ impl Gateway {
         if let Some(existing) = client.as_ref().filter(|c| !c.is_closed()) {
             return Ok(existing.clone());
         }
-        let fresh = self.connect().await?;
+        let fresh = AgentClient::connect(&self.socket).await?;
         *client = Some(fresh.clone());
         Ok(fresh)
     }
 
-    /// A connection of its own (for a watch stream).
-    pub(super) async fn connect(&self) -> Result<AgentClient, HttpError> {
-        AgentClient::connect(&self.socket)
+    /// A connection of its own, for a stream: it holds few items for a slow reader, so
+    /// that the agent ends the subscription rather than the gateway buffering for it.
+    pub(super) async fn connect_for_stream(&self) -> Result<AgentClient, HttpError> {
+        let options = ClientOptions {
+            subscription_buffer: STREAM_BUFFER,
+            ..ClientOptions::default()
+        };
+        AgentClient::connect_with(&self.socket, options)
             .await
             .map_err(HttpError::from)
+    }
+
+    /// A place for one more stream (watch or keep-alive), or 429 when all are taken.
+    pub(super) fn watcher(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HttpError> {
+        self.watchers.clone().try_acquire_owned().map_err(|_| {
+            HttpError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_watchers",
+                format!("this gateway serves at most {HTTP_WATCHERS_MAX} streams at once"),
+            )
+        })
     }
 
     pub(super) async fn call(&self, request: AgentRequest) -> Result<Reply, HttpError> {

@@ -98,28 +98,32 @@ pub(super) async fn keepalive(
         )));
     };
     let period = Duration::from_millis((ttl_ms / 3).max(1));
-    let client = gateway.connect().await?;
-    let events = futures::stream::unfold((client, false), move |(client, ended)| async move {
-        if ended {
-            return None;
-        }
-        tokio::time::sleep(period).await;
-        let (event, ended) = match client.call(AgentRequest::RenewSession { session }).await {
-            Ok(_) => (
-                Event::default()
-                    .event("renewed")
-                    .data(json!({"id": session, "ttl_ms": ttl_ms}).to_string()),
-                false,
-            ),
-            Err(error) => (
-                Event::default()
-                    .event("ended")
-                    .data(json!({"id": session, "reason": error.to_string()}).to_string()),
-                true,
-            ),
-        };
-        Some((Ok::<_, Infallible>(event), (client, ended)))
-    });
+    let watcher = gateway.watcher()?;
+    let client = gateway.connect_for_stream().await?;
+    let events = futures::stream::unfold(
+        (client, false, watcher),
+        move |(client, ended, watcher)| async move {
+            if ended {
+                return None;
+            }
+            tokio::time::sleep(period).await;
+            let (event, ended) = match client.call(AgentRequest::RenewSession { session }).await {
+                Ok(_) => (
+                    Event::default()
+                        .event("renewed")
+                        .data(json!({"id": session, "ttl_ms": ttl_ms}).to_string()),
+                    false,
+                ),
+                Err(error) => (
+                    Event::default()
+                        .event("ended")
+                        .data(json!({"id": session, "reason": error.to_string()}).to_string()),
+                    true,
+                ),
+            };
+            Some((Ok::<_, Infallible>(event), (client, ended, watcher)))
+        },
+    );
     let first = futures::stream::once(async move {
         Ok::<_, Infallible>(
             Event::default()

@@ -99,16 +99,17 @@ pub(super) async fn watch(
 ) -> Result<Response, HttpError> {
     let filter = filter_of(&params)?;
     let after = start_of(&params, &headers)?;
+    let watcher = gateway.watcher()?;
     // A connection of its own: it closes, ending the subscription, when the HTTP client
     // goes away and this stream is dropped.
-    let client = gateway.connect().await?;
+    let client = gateway.connect_for_stream().await?;
     let subscription = client.subscribe(filter, after).await?;
-    let stream = futures::stream::unfold(Some(subscription), |state| async move {
-        let mut subscription = state?;
+    let stream = futures::stream::unfold(Some((subscription, watcher)), |state| async move {
+        let (mut subscription, watcher) = state?;
         let item = subscription.next().await?;
         let ended = matches!(item, SubscriptionItem::Ended { .. });
         let event: Result<Event, Infallible> = Ok(sse_event(&item));
-        Some((event, (!ended).then_some(subscription)))
+        Some((event, (!ended).then_some((subscription, watcher))))
     });
     let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)));
     Ok((stream_headers(), sse).into_response())

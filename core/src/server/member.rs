@@ -710,7 +710,7 @@ impl CoreMember {
         if let Some(silent) = self.quorum.lost_for() {
             return CoreResponse::Error(quorum_lost(silent));
         }
-        if let Command::CloseNode { name, incarnation } = &command
+        if let Command::CloseNode { name, incarnation } = command.unwrapped()
             && let Some(member) = self.who_hears(name, *incarnation).await
         {
             tracing::info!(

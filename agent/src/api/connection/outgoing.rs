@@ -23,7 +23,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Most bytes one connection may have encoded and not yet written: its budget.
-pub const CONNECTION_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const CONNECTION_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Most frames queued for the writer task of one connection.
 pub(super) const OUTGOING_FRAMES_MAX: usize = 4096;
