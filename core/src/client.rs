@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use corral_proto::access::AccessTable;
 use corral_proto::frame::{self, FRAME_LEN_MAX};
 use corral_proto::{Command, CommandResponse, KeyValue, Revision};
 use parking_lot::Mutex;
@@ -308,6 +309,20 @@ impl CoreClient {
             .await?
         {
             CoreResponse::Get { revision, value } => Ok((revision, value)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The access rules, tokens and quota, as the member at `address` holds them (admin
+    /// certificate only).
+    pub async fn access(&self, address: &str) -> Result<AccessTable, ClientError> {
+        match self
+            .transport
+            .call::<_, CoreResponse>(address, CORE_NAME, &CoreRequest::Access, CALL_TIMEOUT)
+            .await?
+        {
+            CoreResponse::Access(table) => Ok(table),
+            CoreResponse::Error(e) => Err(ClientError::Core(e)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }

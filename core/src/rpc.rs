@@ -12,7 +12,8 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use crate::raft_types::{NodeId, TypeConfig};
-use crate::state::StateCounts;
+use crate::state::{QuotaUse, StateCounts};
+use corral_proto::access::AccessTable;
 
 /// ALPN protocol name of every Corral QUIC connection between core members, agents and
 /// tools.
@@ -65,6 +66,8 @@ pub enum CoreRequest {
         name: String,
         incarnation: u64,
     },
+    /// The access rules, token digests, their enforcement and the quota (admin only).
+    Access,
 }
 
 /// Most commands in one `WriteBatch`.
@@ -101,6 +104,7 @@ pub enum CoreResponse {
     /// One answer per command of a `WriteBatch`, in its order.
     WriteBatch(Vec<Result<CommandResponse, CoreError>>),
     Heard(bool),
+    Access(AccessTable),
 }
 
 /// What the core refused, and why. Nothing was written in any case except where a variant
@@ -158,6 +162,8 @@ pub struct CoreStatus {
     /// The members whose state differed from the majority's at that check (empty when
     /// they all agreed).
     pub state_differs: Vec<NodeId>,
+    /// How full the state is against its quota; `alarm()` past 90%.
+    pub quota: QuotaUse,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

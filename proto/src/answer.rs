@@ -80,6 +80,8 @@ pub enum Answer {
     },
     ServiceRegistered,
     ServiceDeregistered,
+    /// An access rule, token, enforcement switch or quota was set.
+    AccessSet,
 }
 
 /// Why a command was refused by the state machine. In every case nothing was changed.
@@ -156,6 +158,16 @@ pub enum CommandError {
         "the node session of {name} is opened and renewed only by {name} itself, not by {certificate}"
     )]
     ForeignNode { name: String, certificate: String },
+    /// Only an operator's admin certificate changes the access rules and the quota.
+    #[error("{what} is changed only under the admin certificate, not {certificate}")]
+    AdminOnly { what: String, certificate: String },
+    /// The write would grow the state past its quota; delete something first, or have
+    /// an operator raise the quota.
+    #[error("the state would hold {would} {what}, past its quota of {max}")]
+    QuotaExceeded { what: String, would: u64, max: u64 },
+    /// Too many access rules or tokens.
+    #[error("the state already holds {max} {what}")]
+    TooManyRules { what: String, max: usize },
 }
 
 fn acting_text(acting: &Option<SessionId>) -> String {

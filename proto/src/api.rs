@@ -163,6 +163,13 @@ pub enum AgentRequest {
         session: SessionId,
         request: Box<AgentRequest>,
     },
+    /// `request` of an HTTP client, checked against the access rules as the token named
+    /// `token` (None: a client without one). Only the agent's own HTTP gateway may send
+    /// it (a connection of the agent's Unix user or root); the gateway checked the token.
+    OnBehalf {
+        token: Option<String>,
+        request: Box<AgentRequest>,
+    },
 }
 
 /// Shortest time-to-live of a held session.
@@ -424,6 +431,8 @@ impl ApiError {
                 CommandError::NotOwner { .. }
                 | CommandError::ForeignSession { .. }
                 | CommandError::ForeignNode { .. } => "not_owner",
+                CommandError::AdminOnly { .. } => "forbidden",
+                CommandError::QuotaExceeded { .. } => "quota_exceeded",
                 _ => "refused",
             },
             ApiError::Conflict { .. } => "conflict",

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{AccessRule, Quota};
 use crate::limits::*;
 use crate::model::{SessionId, SessionOwner};
 
@@ -131,6 +132,26 @@ pub enum Command {
         actor: Actor,
         command: Box<Command>,
     },
+    /// Sets the access rule `name` (None: removes it). Admin certificate only.
+    SetRule {
+        name: String,
+        rule: Option<AccessRule>,
+    },
+    /// Sets the SHA-256 digest of the bearer token `name` (None: removes it). Admin only.
+    SetToken {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        digest: Option<Vec<u8>>,
+    },
+    /// Turns enforcement of the access rules on (deny what no rule grants) or off.
+    /// Admin only.
+    SetEnforce {
+        enforce: bool,
+    },
+    /// Sets the quota of the whole state. Admin only.
+    SetQuota {
+        quota: Quota,
+    },
 }
 
 /// Compare-then-apply, atomically.
@@ -211,6 +232,8 @@ pub enum InvalidCommand {
     NestedActor,
     #[error("invalid certificate name {name:?} of the actor")]
     ActorName { name: String },
+    #[error("a token digest is a SHA-256 of 32 bytes, not {len}")]
+    TokenDigest { len: usize },
 }
 
 /// Checks a key: non-empty UTF-8 up to [`KEY_LEN_MAX`] bytes with no NUL and no control
@@ -412,6 +435,24 @@ impl Command {
                 }
                 command.validate()?;
             }
+            Command::SetRule { name, rule } => {
+                validate_name("rule name", name)?;
+                if let Some(rule) = rule {
+                    validate_key(&rule.prefix, true)?;
+                    if let crate::access::Subject::Token(token) = &rule.subject {
+                        validate_name("token name", token)?;
+                    }
+                }
+            }
+            Command::SetToken { name, digest } => {
+                validate_name("token name", name)?;
+                if let Some(digest) = digest
+                    && digest.len() != 32
+                {
+                    return Err(InvalidCommand::TokenDigest { len: digest.len() });
+                }
+            }
+            Command::SetEnforce { .. } | Command::SetQuota { .. } => {}
         }
         let len = postcard::experimental::serialized_size(self).unwrap_or(usize::MAX);
         if len > COMMAND_LEN_MAX {
@@ -455,6 +496,10 @@ impl Command {
             Command::Put { .. } | Command::Delete { .. } | Command::Txn(_) => false,
             Command::Handover { epoch, .. } => epoch.is_some(),
             Command::Act { command, .. } => command.is_idempotent(),
+            Command::SetRule { .. }
+            | Command::SetToken { .. }
+            | Command::SetEnforce { .. }
+            | Command::SetQuota { .. } => true,
             Command::OpenSession { .. }
             | Command::CloseSession { .. }
             | Command::CloseNode { .. }

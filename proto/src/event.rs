@@ -66,6 +66,11 @@ pub enum Event {
         service: String,
         id: String,
     },
+    /// The access rules, tokens, their enforcement or the quota changed (`what` says
+    /// which, for people).
+    AccessChanged {
+        what: String,
+    },
 }
 
 /// The events of one applied command.

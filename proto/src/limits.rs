@@ -41,3 +41,16 @@ pub const CLIENT_SESSIONS_PER_NODE_MAX: usize = 65_536;
 
 /// Most keys a single prefix list returns in one answer.
 pub const LIST_KEYS_MAX: usize = 10_000;
+
+/// Most keys the state holds unless an operator sets another quota.
+pub const STATE_KEYS_MAX_DEFAULT: u64 = 2_000_000;
+
+/// Most bytes of keys and values the state holds unless an operator sets another quota:
+/// every agent holds all of it in memory.
+pub const STATE_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
+
+/// Most access rules, and most tokens, the state holds.
+pub const ACCESS_RULES_MAX: usize = 10_000;
+
+/// Share of the quota past which the state raises its alarm, in percent.
+pub const QUOTA_ALARM_PERCENT: u64 = 90;

@@ -7,9 +7,11 @@
 //!                 and what it sends, bounded in bytes (outgoing.rs)
 //!  core_writes.rs the writes of all connections, batched on their way to the core
 //!  translate.rs   requests into commands, queries into answers, event filters (no I/O)
+//!  rights.rs      what a request touches, checked against the access rules (no I/O)
 //! ```
 
 pub mod connection;
 pub mod core_writes;
+pub mod rights;
 pub mod server;
 pub mod translate;

@@ -196,6 +196,8 @@ pub fn matches(filter: &EventFilter, event: &Event) -> bool {
         | Event::LockQueued { .. }
         | Event::LockDequeued { .. } => filter.locks,
         Event::ServiceUp(_) | Event::ServiceDown { .. } => filter.services,
+        // Access rules are the operators' business, read with `corral acl list`.
+        Event::AccessChanged { .. } => false,
     }
 }
 

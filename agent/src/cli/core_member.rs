@@ -227,6 +227,8 @@ fn print_status(status: &CoreStatus, json: bool) -> anyhow::Result<()> {
             "counts": status.counts,
             "state_checked": status.state_checked,
             "state_differs": status.state_differs,
+            "quota": status.quota,
+            "quota_alarm": status.quota.alarm(),
         }));
     }
     let show = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
@@ -262,6 +264,19 @@ fn print_status(status: &CoreStatus, json: bool) -> anyhow::Result<()> {
     println!(
         "keys {}   sessions {}   shards {}   locks {}   service instances {}",
         c.keys, c.sessions, c.shards, c.locks, c.service_instances
+    );
+    let q = status.quota;
+    println!(
+        "quota    keys {} of {}   bytes {} of {}{}",
+        q.keys,
+        q.keys_max,
+        q.bytes,
+        q.bytes_max,
+        if q.alarm() {
+            "   ALARM: past 90%, writes that grow the state will soon be refused"
+        } else {
+            ""
+        }
     );
     if let Some(revision) = status.state_checked {
         if status.state_differs.is_empty() {

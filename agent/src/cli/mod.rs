@@ -1,5 +1,6 @@
 //! The `corral` command line: argument parsing and dispatch to each command.
 
+mod acl;
 mod agent_run;
 mod bench;
 mod ca;
@@ -79,6 +80,8 @@ enum Command {
         #[command(flatten)]
         connect: client::Connect,
     },
+    /// Access rules, bearer tokens and the quota, under the admin certificate.
+    Acl(acl::AclArgs),
     /// A whole Corral on loopback: three core members and N agents (--demo: play a
     /// failover).
     Dev(dev::DevArgs),
@@ -110,6 +113,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Watch { args, connect } => {
             client::run(connect, client::ClientCommand::Watch(args))
         }
+        Command::Acl(args) => acl::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Dev(args) => dev::run(args),
     };

@@ -40,6 +40,7 @@ fn status_of(code: &str) -> StatusCode {
         "not_found" | "no_such_subscription" | "no_session" => StatusCode::NOT_FOUND,
         "not_owner" | "forbidden" => StatusCode::FORBIDDEN,
         "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "quota_exceeded" => StatusCode::INSUFFICIENT_STORAGE,
         "conflict" | "exists" | "epoch_mismatch" | "lock_held" | "refused" => StatusCode::CONFLICT,
         "session_lost" => StatusCode::GONE,
         "timeout" => StatusCode::GATEWAY_TIMEOUT,

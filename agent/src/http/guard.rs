@@ -90,6 +90,14 @@ pub(crate) struct Guard {
     local: SocketAddr,
 }
 
+/// The middleware's state: the guard, and the agent whose replica holds the core's
+/// tokens.
+#[derive(Debug)]
+pub(crate) struct Guarded {
+    pub(crate) guard: Guard,
+    pub(crate) context: std::sync::Arc<crate::agent::AgentContext>,
+}
+
 impl Guard {
     pub(crate) fn new(policy: HttpPolicy, local: SocketAddr) -> Self {
         Guard { policy, local }
@@ -112,13 +120,16 @@ impl Guard {
             .any(|allowed| allowed.eq_ignore_ascii_case(&host))
     }
 
-    /// Checks one request's headers; the error says what was refused.
+    /// Checks one request's headers; answers the name of the core token it presented
+    /// (None: no token, or one of the gateway's own), or says what was refused.
+    /// `core_token` names the core's token whose SHA-256 is the given digest.
     pub(crate) fn check(
         &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-    ) -> Result<(), HttpError> {
+        core_token: &dyn Fn(&[u8]) -> Option<String>,
+    ) -> Result<Option<String>, HttpError> {
         let forbidden =
             |code, message: String| HttpError::new(StatusCode::FORBIDDEN, code, message);
         let host = headers
@@ -153,25 +164,39 @@ impl Guard {
                 "requests a browser sends for another site are refused".into(),
             ));
         }
-        if !self.policy.tokens.is_empty() {
-            let presented = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !self
-                .policy
-                .tokens
-                .iter()
-                .any(|t| constant_time_eq(t, presented))
-            {
-                return Err(HttpError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
+        let presented = match headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .ok_or_else(|| unauthorized("Authorization must be Bearer TOKEN"))?,
+            ),
+        };
+        let token_name = match presented {
+            None if self.policy.tokens.is_empty() => None,
+            None => {
+                return Err(unauthorized(
                     "this gateway needs Authorization: Bearer TOKEN",
                 ));
             }
-        }
+            Some(token) => {
+                let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+                match core_token(digest.as_ref()) {
+                    Some(name) => Some(name),
+                    None if self
+                        .policy
+                        .tokens
+                        .iter()
+                        .any(|t| constant_time_eq(t, token)) =>
+                    {
+                        None
+                    }
+                    None => return Err(unauthorized("the bearer token is not known here")),
+                }
+            }
+        };
         let has_body = headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|len| len.as_bytes() != b"0")
@@ -197,7 +222,7 @@ impl Guard {
                 ));
             }
         }
-        Ok(())
+        Ok(token_name)
     }
 
     fn origin_allowed(&self, origin: &str) -> bool {
@@ -226,6 +251,10 @@ fn split_host_port(host: &str) -> (&str, Option<u16>) {
     }
 }
 
+fn unauthorized(message: &str) -> HttpError {
+    HttpError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
 fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -234,14 +263,35 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The middleware: refuses what [`Guard::check`] refuses, before any route runs.
+tokio::task_local! {
+    /// The core token the HTTP request being served presented (None: none): who it is
+    /// to the access rules.
+    pub(crate) static TOKEN: Option<String>;
+}
+
+/// The middleware: refuses what [`Guard::check`] refuses, before any route runs, and
+/// runs the route as the token's holder.
 pub(crate) async fn guard(
-    State(guard): State<std::sync::Arc<Guard>>,
+    State(guarded): State<std::sync::Arc<Guarded>>,
     request: Request,
     next: Next,
 ) -> Response {
-    match guard.check(request.method(), request.uri().path(), request.headers()) {
-        Ok(()) => next.run(request).await,
+    let core_token = |digest: &[u8]| {
+        guarded.context.replica.read(|r| {
+            r.machine()
+                .access()
+                .token_named_by(digest)
+                .map(str::to_string)
+        })
+    };
+    let checked = guarded.guard.check(
+        request.method(),
+        request.uri().path(),
+        request.headers(),
+        &core_token,
+    );
+    match checked {
+        Ok(token) => TOKEN.scope(token, next.run(request)).await,
         Err(refused) => refused.into_response(),
     }
 }
@@ -262,6 +312,12 @@ mod tests {
         Guard::new(policy, "127.0.0.1:7201".parse().unwrap())
     }
 
+    /// The core knows one token, `core-token-0123456789`, named `ci`.
+    fn core_token(digest: &[u8]) -> Option<String> {
+        let known = ring::digest::digest(&ring::digest::SHA256, b"core-token-0123456789");
+        (digest == known.as_ref()).then(|| "ci".to_string())
+    }
+
     /// Loopback names pass; a rebound name, a foreign origin, another site's fetch, a
     /// form post and a missing token do not.
     #[test]
@@ -276,14 +332,19 @@ mod tests {
             "127.0.0.2",
         ] {
             assert!(
-                g.check(&post, "/v1/locks/x", &headers(&[("host", host)]))
-                    .is_ok(),
+                g.check(
+                    &post,
+                    "/v1/locks/x",
+                    &headers(&[("host", host)]),
+                    &core_token
+                )
+                .is_ok(),
                 "{host}"
             );
         }
         let refused = |h: &[(&'static str, &str)], code: &str| {
             let error = g
-                .check(&post, "/v1/shards/M3/replicas", &headers(h))
+                .check(&post, "/v1/shards/M3/replicas", &headers(h), &core_token)
                 .unwrap_err();
             assert_eq!(error.code, code, "{h:?}");
         };
@@ -329,7 +390,8 @@ mod tests {
                     ("origin", "http://127.0.0.1:7201"),
                     ("content-type", "application/json; charset=utf-8"),
                     ("content-length", "30"),
-                ])
+                ]),
+                &core_token
             )
             .is_ok()
         );
@@ -342,7 +404,8 @@ mod tests {
                     ("host", "localhost"),
                     ("content-type", "text/plain"),
                     ("content-length", "3")
-                ])
+                ]),
+                &core_token
             )
             .is_ok()
         );
@@ -353,7 +416,12 @@ mod tests {
         });
         let get = Method::GET;
         let error = with_tokens
-            .check(&get, "/v1/status", &headers(&[("host", "corral.example")]))
+            .check(
+                &get,
+                "/v1/status",
+                &headers(&[("host", "corral.example")]),
+                &core_token,
+            )
             .unwrap_err();
         assert_eq!(error.code, "unauthorized");
         let error = with_tokens
@@ -364,6 +432,7 @@ mod tests {
                     ("host", "corral.example"),
                     ("authorization", "Bearer wrong"),
                 ]),
+                &core_token,
             )
             .unwrap_err();
         assert_eq!(error.code, "unauthorized");
@@ -375,10 +444,35 @@ mod tests {
                     &headers(&[
                         ("host", "corral.example:80"),
                         ("authorization", "Bearer s3cret-token-0123456789")
-                    ])
+                    ]),
+                    &core_token
                 )
                 .is_ok()
         );
+        // A token of the core names its holder, with or without the gateway's own tokens;
+        // an unknown one is refused rather than taken for no token.
+        for g in [&with_tokens, &guard(HttpPolicy::default())] {
+            let named = g.check(
+                &get,
+                "/v1/status",
+                &headers(&[
+                    ("host", "localhost"),
+                    ("authorization", "Bearer core-token-0123456789"),
+                ]),
+                &core_token,
+            );
+            assert_eq!(named.unwrap(), Some("ci".to_string()));
+            let unknown = g.check(
+                &get,
+                "/v1/status",
+                &headers(&[
+                    ("host", "localhost"),
+                    ("authorization", "Bearer guessed-token-000000"),
+                ]),
+                &core_token,
+            );
+            assert_eq!(unknown.unwrap_err().code, "unauthorized");
+        }
     }
 
     /// Beyond loopback a gateway needs tokens.

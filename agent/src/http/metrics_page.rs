@@ -93,6 +93,42 @@ pub(super) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoRes
         "Service instances in the replica.",
         counts.service_instances,
     );
+    let quota = context.replica.read(|r| r.machine().quota_use());
+    let _ = writeln!(
+        out,
+        "# HELP corral_state_quota_used The state's keys and bytes against its quota.\n\
+         # TYPE corral_state_quota_used gauge\n\
+         corral_state_quota_used{{what=\"keys\"}} {}\n\
+         corral_state_quota_used{{what=\"bytes\"}} {}\n\
+         # HELP corral_state_quota_max The state's quota.\n\
+         # TYPE corral_state_quota_max gauge\n\
+         corral_state_quota_max{{what=\"keys\"}} {}\n\
+         corral_state_quota_max{{what=\"bytes\"}} {}",
+        quota.keys, quota.bytes, quota.keys_max, quota.bytes_max
+    );
+    gauge(
+        &mut out,
+        "corral_state_quota_alarm",
+        "1 once keys or bytes passed 90% of the quota: writes that grow the state will soon be refused.",
+        u8::from(quota.alarm()),
+    );
+    let refused = [
+        ("http_connection", &context.metrics.http_refused),
+        ("socket_connection", &context.metrics.socket_refused),
+        ("subscription", &context.metrics.subscriptions_cut),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP corral_agent_cut_total Connections refused at a cap, and subscriptions ended \
+         because their subscriber did not read.\n# TYPE corral_agent_cut_total counter"
+    );
+    for (what, count) in refused {
+        let _ = writeln!(
+            out,
+            "corral_agent_cut_total{{what=\"{what}\"}} {}",
+            count.load(Ordering::Relaxed)
+        );
+    }
     let node_session = context.node_session.borrow().unwrap_or(0);
     gauge(
         &mut out,

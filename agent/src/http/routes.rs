@@ -20,11 +20,13 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use super::error::HttpError;
-use super::guard::Guard;
+use super::guard::{Guarded, TOKEN};
 use super::sessions::{in_session, required_session, session_param};
 use crate::agent::AgentContext;
+use crate::api::rights;
 use crate::json::readable;
 use crate::metrics::Histogram;
+use corral_proto::access::Identity;
 
 /// Longest lock wait an HTTP request may ask for (the request stays open meanwhile).
 const HTTP_LOCK_WAIT_MAX_MS: u64 = 5 * 60 * 1000;
@@ -98,8 +100,27 @@ impl Gateway {
         })
     }
 
+    /// Sends `request` to the agent on behalf of the HTTP client being served: as the
+    /// token it presented, for the access rules and the sessions it holds.
     pub(super) async fn call(&self, request: AgentRequest) -> Result<Reply, HttpError> {
+        let request = AgentRequest::OnBehalf {
+            token: token_of_request(),
+            request: Box::new(request),
+        };
         Ok(self.client().await?.call(request).await?)
+    }
+
+    /// Refuses what the access rules do not grant the HTTP client being served (for
+    /// requests that do not go through [`Gateway::call`], such as subscriptions).
+    pub(super) fn check_rights(&self, request: &AgentRequest) -> Result<(), HttpError> {
+        let identity = match token_of_request() {
+            Some(name) => Identity::Token(name),
+            None => Identity::Anonymous,
+        };
+        self.context
+            .replica
+            .read(|r| rights::check(r.machine().access(), &identity, request))
+            .map_err(HttpError::from)
     }
 
     async fn read(
@@ -127,6 +148,11 @@ impl Gateway {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// The core token of the HTTP request being served (None: none).
+pub(super) fn token_of_request() -> Option<String> {
+    TOKEN.try_with(Clone::clone).ok().flatten()
 }
 
 pub(super) fn unexpected(reply: &Reply) -> HttpError {
@@ -587,7 +613,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
     response
 }
 
-pub(super) fn router(gateway: Arc<Gateway>, guard: Arc<Guard>) -> Router {
+pub(super) fn router(gateway: Arc<Gateway>, guard: Arc<Guarded>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/metrics", get(super::metrics_page::metrics))

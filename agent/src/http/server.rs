@@ -17,7 +17,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::guard::{Guard, HttpPolicy};
+use super::guard::{Guard, Guarded, HttpPolicy};
 use super::routes::{Gateway, router};
 use crate::agent::AgentContext;
 
@@ -52,7 +52,11 @@ pub async fn serve(
         }
     };
     let gateway = Arc::new(Gateway::new(context.clone(), socket));
-    let app = router(gateway, Arc::new(Guard::new(policy, local)));
+    let guarded = Guarded {
+        guard: Guard::new(policy, local),
+        context: context.clone(),
+    };
+    let app = router(gateway, Arc::new(guarded));
     let limit = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
     let mut shutdown = context.shutdown.clone();
     loop {

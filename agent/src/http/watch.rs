@@ -15,7 +15,7 @@ use axum::extract::{Query as QueryParams, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use corral_proto::api::{EventFilter, SubscriptionItem};
+use corral_proto::api::{AgentRequest, EventFilter, SubscriptionItem};
 
 use super::error::HttpError;
 use super::routes::{Gateway, stream_headers};
@@ -99,6 +99,10 @@ pub(super) async fn watch(
 ) -> Result<Response, HttpError> {
     let filter = filter_of(&params)?;
     let after = start_of(&params, &headers)?;
+    gateway.check_rights(&AgentRequest::Subscribe {
+        filter: filter.clone(),
+        after,
+    })?;
     let watcher = gateway.watcher()?;
     // A connection of its own: it closes, ending the subscription, when the HTTP client
     // goes away and this stream is dropped.

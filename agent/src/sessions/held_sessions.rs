@@ -28,8 +28,23 @@ pub const HELD_SESSIONS_PER_USER_MAX: usize = 4_096;
 /// acquisition takes to land.
 pub const DETACHED_EMPTY_GRACE: Duration = Duration::from_secs(5);
 
-/// The Unix user an app connects as (from `SO_PEERCRED`).
-pub type Holder = u32;
+/// Who holds a session: the Unix user of a socket client (from `SO_PEERCRED`), or an
+/// HTTP client by the token it presented (None: no token).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Holder {
+    Uid(u32),
+    Http(Option<String>),
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Uid(uid) => write!(f, "uid {uid}"),
+            Holder::Http(Some(token)) => write!(f, "HTTP token {token}"),
+            Holder::Http(None) => write!(f, "HTTP"),
+        }
+    }
+}
 
 /// How a held session ends, besides being closed or its host dying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,13 +84,12 @@ pub enum HeldError {
 #[derive(Debug, Default)]
 pub struct HeldSessions {
     sessions: HashMap<SessionId, Held>,
-    /// Holders that may use every session: root and the agent's own user (whose HTTP
-    /// gateway opens sessions for HTTP clients).
-    privileged: Vec<Holder>,
+    /// Unix users that may use every session: root and the agent's own user.
+    privileged: Vec<u32>,
 }
 
 impl HeldSessions {
-    pub fn new(privileged: Vec<Holder>) -> Self {
+    pub fn new(privileged: Vec<u32>) -> Self {
         HeldSessions {
             sessions: HashMap::new(),
             privileged,
@@ -91,7 +105,7 @@ impl HeldSessions {
     }
 
     /// Whether `holder` may open one more session.
-    pub fn admit(&self, holder: Holder) -> Result<(), HeldError> {
+    pub fn admit(&self, holder: &Holder) -> Result<(), HeldError> {
         if self.sessions.len() >= HELD_SESSIONS_MAX {
             return Err(HeldError::Full {
                 max: HELD_SESSIONS_MAX,
@@ -100,7 +114,7 @@ impl HeldSessions {
         let mine = self
             .sessions
             .values()
-            .filter(|held| held.holder == holder)
+            .filter(|held| held.holder == *holder)
             .count();
         if mine >= HELD_SESSIONS_PER_USER_MAX {
             return Err(HeldError::UserFull {
@@ -128,9 +142,10 @@ impl HeldSessions {
     }
 
     /// The session, if `holder` may act in it now.
-    pub fn check(&self, id: SessionId, holder: Holder, now: Instant) -> Result<&Held, HeldError> {
+    pub fn check(&self, id: SessionId, holder: &Holder, now: Instant) -> Result<&Held, HeldError> {
         let held = self.sessions.get(&id).ok_or(HeldError::NotHeld)?;
-        if held.holder != holder && !self.privileged.contains(&holder) {
+        let privileged = matches!(holder, Holder::Uid(uid) if self.privileged.contains(uid));
+        if held.holder != *holder && !privileged {
             return Err(HeldError::OtherUser);
         }
         if held.deadline.is_some_and(|deadline| deadline <= now) {
@@ -143,7 +158,7 @@ impl HeldSessions {
     pub fn renew(
         &mut self,
         id: SessionId,
-        holder: Holder,
+        holder: &Holder,
         now: Instant,
     ) -> Result<Option<Duration>, HeldError> {
         let lifetime = self.check(id, holder, now)?.lifetime;
@@ -215,17 +230,22 @@ impl HeldSessions {
 mod tests {
     use super::*;
 
-    const ALICE: Holder = 1000;
-    const BOB: Holder = 1001;
-    const AGENT: Holder = 999;
+    const ALICE: &Holder = &Holder::Uid(1000);
+    const BOB: &Holder = &Holder::Uid(1001);
+    const AGENT: &Holder = &Holder::Uid(999);
 
     /// A session expires at its deadline unless renewed, and only its holder (or a
     /// privileged user) may use or renew it.
     #[test]
     fn a_session_expires_unless_its_holder_renews_it() {
         let start = Instant::now();
-        let mut table = HeldSessions::new(vec![0, AGENT]);
-        table.insert(7, ALICE, Lifetime::Ttl(Duration::from_secs(2)), start);
+        let mut table = HeldSessions::new(vec![0, 999]);
+        table.insert(
+            7,
+            ALICE.clone(),
+            Lifetime::Ttl(Duration::from_secs(2)),
+            start,
+        );
         let later = start + Duration::from_millis(1500);
         assert!(table.check(7, ALICE, later).is_ok());
         assert_eq!(table.check(7, BOB, later), Err(HeldError::OtherUser));
@@ -252,7 +272,7 @@ mod tests {
         let mut table = HeldSessions::new(vec![]);
         for id in 0..HELD_SESSIONS_PER_USER_MAX as u64 {
             table.admit(ALICE).unwrap();
-            table.insert(id, ALICE, Lifetime::UntilClosed, now);
+            table.insert(id, ALICE.clone(), Lifetime::UntilClosed, now);
         }
         assert_eq!(
             table.admit(ALICE),
@@ -269,8 +289,8 @@ mod tests {
     fn a_detached_session_ends_once_it_holds_nothing() {
         let start = Instant::now();
         let mut table = HeldSessions::new(vec![]);
-        table.insert(3, ALICE, Lifetime::UntilEmpty, start);
-        table.insert(4, ALICE, Lifetime::UntilClosed, start);
+        table.insert(3, ALICE.clone(), Lifetime::UntilEmpty, start);
+        table.insert(4, ALICE.clone(), Lifetime::UntilClosed, start);
         assert!(table.emptied(start, |_| true).is_empty());
         let later = start + DETACHED_EMPTY_GRACE;
         assert_eq!(table.emptied(later, |_| true), vec![3]);

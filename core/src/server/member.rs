@@ -632,6 +632,12 @@ impl CoreMember {
                     Ok(commands) => self.write_batch(commands).await,
                 }
             }
+            CoreRequest::Access => {
+                if !peer_has_name(connection, ADMIN_NAME) {
+                    return forbidden("the access rules are read under the admin certificate");
+                }
+                CoreResponse::Access(self.applied.read(|a| a.machine.access().clone()))
+            }
             CoreRequest::Heard { name, incarnation } => CoreResponse::Heard(
                 self.liveness
                     .lock()
@@ -860,9 +866,13 @@ impl CoreMember {
                 learners.push(info)
             }
         }
-        let (revision, counts) = self
-            .applied
-            .read(|a| (a.machine.revision(), a.machine.counts()));
+        let (revision, counts, quota) = self.applied.read(|a| {
+            (
+                a.machine.revision(),
+                a.machine.counts(),
+                a.machine.quota_use(),
+            )
+        });
         let checked = if m.state == ServerState::Leader {
             self.state_checked.lock().clone()
         } else {
@@ -890,6 +900,7 @@ impl CoreMember {
             voters,
             learners,
             counts,
+            quota,
             state_checked: checked.as_ref().map(|(revision, _)| *revision),
             state_differs: checked.map(|(_, differing)| differing).unwrap_or_default(),
         }

@@ -41,6 +41,9 @@ impl KeyRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct KeySpace {
     keys: BTreeMap<String, KeyRecord>,
+    /// Bytes of every key and value: derived, rebuilt when a snapshot loads.
+    #[serde(skip)]
+    bytes: u64,
 }
 
 /// What a put replaced, so the caller can move ownership between sessions.
@@ -56,6 +59,35 @@ impl KeySpace {
 
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Bytes of every key and value.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Recounts the bytes, after a snapshot loaded.
+    pub(crate) fn recount(&mut self) {
+        self.bytes = self
+            .keys
+            .iter()
+            .map(|(key, record)| (key.len() + record.value.len()) as u64)
+            .sum();
+    }
+
+    /// How many keys and bytes the state would hold after putting `len` bytes of value
+    /// under `key`.
+    pub(crate) fn after_put(&self, key: &str, len: usize) -> (u64, u64) {
+        match self.keys.get(key) {
+            Some(record) => (
+                self.keys.len() as u64,
+                self.bytes - record.value.len() as u64 + len as u64,
+            ),
+            None => (
+                self.keys.len() as u64 + 1,
+                self.bytes + (key.len() + len) as u64,
+            ),
+        }
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &KeyRecord)> {
@@ -100,6 +132,7 @@ impl KeySpace {
         match self.keys.get_mut(key) {
             Some(record) => {
                 let previous_session = record.session;
+                self.bytes = self.bytes - record.value.len() as u64 + value.len() as u64;
                 record.value = value;
                 record.modify_revision = revision;
                 record.version += 1;
@@ -110,6 +143,7 @@ impl KeySpace {
                 }
             }
             None => {
+                self.bytes += (key.len() + value.len()) as u64;
                 let record = KeyRecord {
                     value,
                     create_revision: revision,
@@ -128,7 +162,9 @@ impl KeySpace {
     }
 
     pub(crate) fn remove(&mut self, key: &str) -> Option<KeyRecord> {
-        self.keys.remove(key)
+        let record = self.keys.remove(key)?;
+        self.bytes -= (key.len() + record.value.len()) as u64;
+        Some(record)
     }
 
     /// Evaluates one transaction compare against the current state.

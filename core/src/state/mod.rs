@@ -8,4 +8,4 @@ mod session_table;
 mod shard_table;
 mod state_machine;
 
-pub use state_machine::{SnapshotError, StateCounts, StateMachine};
+pub use state_machine::{QuotaUse, SnapshotError, StateCounts, StateMachine};

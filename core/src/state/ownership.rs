@@ -118,6 +118,13 @@ impl Ownership<'_> {
                     Err(_) => Ok(()),
                 }
             }
+            Command::SetRule { .. }
+            | Command::SetToken { .. }
+            | Command::SetEnforce { .. }
+            | Command::SetQuota { .. } => Err(CommandError::AdminOnly {
+                what: "access rules, tokens and the quota".into(),
+                certificate: actor.certificate.clone(),
+            }),
             // A death report is any agent's to make; the core's hearing gate decides it.
             Command::CloseNode { .. }
             | Command::CreateShard { .. }

@@ -20,10 +20,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use corral_proto::access::AccessTable;
+use corral_proto::limits::{ACCESS_RULES_MAX, CLIENT_SESSIONS_PER_NODE_MAX, QUOTA_ALARM_PERCENT};
 use corral_proto::{
     Answer, CloseReason, Command, CommandError, CommandResponse, Event, KeyValue, Lock, Revision,
     ServiceInstance, Session, SessionId, SessionOwner, Shard, Txn, TxnOp, TxnOpResult,
-    limits::CLIENT_SESSIONS_PER_NODE_MAX,
 };
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,39 @@ pub struct StateMachine {
     shards: ShardTable,
     locks: LockTable,
     services: ServiceTable,
+    /// Access rules, tokens and the quota. Snapshots of earlier versions end before it.
+    access: AccessTable,
+}
+
+/// The state as earlier versions wrote it in snapshots: everything but the access table.
+#[derive(Deserialize)]
+struct EarlierStateMachine {
+    revision: Revision,
+    keys: KeySpace,
+    sessions: SessionTable,
+    shards: ShardTable,
+    locks: LockTable,
+    services: ServiceTable,
+}
+
+/// How full the state is against its quota.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUse {
+    pub keys: u64,
+    pub keys_max: u64,
+    pub bytes: u64,
+    pub bytes_max: u64,
+}
+
+impl QuotaUse {
+    /// True once keys or bytes passed [`QUOTA_ALARM_PERCENT`] of the quota: writes will
+    /// soon be refused.
+    pub fn alarm(&self) -> bool {
+        let past = |used: u64, max: u64| {
+            used.saturating_mul(100) >= max.saturating_mul(QUOTA_ALARM_PERCENT)
+        };
+        past(self.keys, self.keys_max) || past(self.bytes, self.bytes_max)
+    }
 }
 
 /// Counts of what the state holds, for status answers and metrics.
@@ -149,6 +183,21 @@ impl StateMachine {
         self.sessions.node_session(name)
     }
 
+    /// The access rules, tokens and quota.
+    pub fn access(&self) -> &AccessTable {
+        &self.access
+    }
+
+    /// How full the state is.
+    pub fn quota_use(&self) -> QuotaUse {
+        QuotaUse {
+            keys: self.keys.len() as u64,
+            keys_max: self.access.quota.keys_max,
+            bytes: self.keys.bytes(),
+            bytes_max: self.access.quota.bytes_max,
+        }
+    }
+
     pub fn counts(&self) -> StateCounts {
         StateCounts {
             keys: self.keys.len(),
@@ -169,14 +218,30 @@ impl StateMachine {
     /// Loads a state from snapshot bytes, rebuilding the derived indices and checking the
     /// invariants, so that a corrupt or hostile snapshot is refused rather than served.
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let (mut state, rest) = postcard::take_from_bytes::<StateMachine>(bytes)
-            .map_err(|e| SnapshotError::Decode(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(SnapshotError::Decode(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
-        }
+        let mut state = match postcard::take_from_bytes::<StateMachine>(bytes) {
+            Ok((state, [])) => state,
+            // A snapshot of an earlier version ends before the access table.
+            _ => {
+                let (earlier, rest) = postcard::take_from_bytes::<EarlierStateMachine>(bytes)
+                    .map_err(|e| SnapshotError::Decode(e.to_string()))?;
+                if !rest.is_empty() {
+                    return Err(SnapshotError::Decode(format!(
+                        "{} trailing bytes",
+                        rest.len()
+                    )));
+                }
+                StateMachine {
+                    revision: earlier.revision,
+                    keys: earlier.keys,
+                    sessions: earlier.sessions,
+                    shards: earlier.shards,
+                    locks: earlier.locks,
+                    services: earlier.services,
+                    access: AccessTable::default(),
+                }
+            }
+        };
+        state.keys.recount();
         state.rebuild_index()?;
         state
             .check_invariants()
@@ -374,6 +439,7 @@ impl StateMachine {
                 session,
             } => {
                 self.require_session(*session)?;
+                self.check_quota(key, value.len())?;
                 Ok(Answer::Put(self.put(
                     key,
                     value.clone(),
@@ -561,7 +627,95 @@ impl StateMachine {
             Command::Act { .. } => Err(CommandError::Invalid(
                 corral_proto::InvalidCommand::NestedActor,
             )),
+            Command::SetRule { name, rule } => {
+                match rule {
+                    Some(rule) => {
+                        if !self.access.rules.contains_key(name)
+                            && self.access.rules.len() >= ACCESS_RULES_MAX
+                        {
+                            return Err(CommandError::TooManyRules {
+                                what: "access rules".into(),
+                                max: ACCESS_RULES_MAX,
+                            });
+                        }
+                        self.access.rules.insert(name.clone(), rule.clone());
+                    }
+                    None => {
+                        if self.access.rules.remove(name).is_none() {
+                            return Ok(Answer::AccessSet);
+                        }
+                    }
+                }
+                events.push(Event::AccessChanged {
+                    what: format!("rule {name}"),
+                });
+                Ok(Answer::AccessSet)
+            }
+            Command::SetToken { name, digest } => {
+                match digest {
+                    Some(digest) => {
+                        if !self.access.tokens.contains_key(name)
+                            && self.access.tokens.len() >= ACCESS_RULES_MAX
+                        {
+                            return Err(CommandError::TooManyRules {
+                                what: "tokens".into(),
+                                max: ACCESS_RULES_MAX,
+                            });
+                        }
+                        self.access.tokens.insert(name.clone(), digest.clone());
+                    }
+                    None => {
+                        if self.access.tokens.remove(name).is_none() {
+                            return Ok(Answer::AccessSet);
+                        }
+                    }
+                }
+                events.push(Event::AccessChanged {
+                    what: format!("token {name}"),
+                });
+                Ok(Answer::AccessSet)
+            }
+            Command::SetEnforce { enforce } => {
+                if self.access.enforce != *enforce {
+                    self.access.enforce = *enforce;
+                    events.push(Event::AccessChanged {
+                        what: format!("enforce {enforce}"),
+                    });
+                }
+                Ok(Answer::AccessSet)
+            }
+            Command::SetQuota { quota } => {
+                if self.access.quota != *quota {
+                    self.access.quota = *quota;
+                    events.push(Event::AccessChanged {
+                        what: format!("quota {} keys, {} bytes", quota.keys_max, quota.bytes_max),
+                    });
+                }
+                Ok(Answer::AccessSet)
+            }
         }
+    }
+
+    /// Refuses a put of `len` bytes under `key` that would grow the state past its quota
+    /// (a put that does not grow it always passes).
+    fn check_quota(&self, key: &str, len: usize) -> Result<(), CommandError> {
+        let (keys, bytes) = self.keys.after_put(key, len);
+        let quota = self.access.quota;
+        if keys > quota.keys_max && keys > self.keys.len() as u64 {
+            return Err(CommandError::QuotaExceeded {
+                what: "keys".into(),
+                would: keys,
+                max: quota.keys_max,
+            });
+        }
+        if bytes > quota.bytes_max && bytes > self.keys.bytes() {
+            return Err(CommandError::QuotaExceeded {
+                what: "bytes of keys and values".into(),
+                would: bytes,
+                max: quota.bytes_max,
+            });
+        }
+        Ok(())
     }
 
     fn require_session(&self, session: Option<SessionId>) -> Result<(), CommandError> {
@@ -626,10 +780,38 @@ impl StateMachine {
         };
         // Check every operation of the branch before applying any, so that the branch is
         // all or nothing.
+        let (mut keys_added, mut bytes_added) = (0u64, 0u64);
         for op in branch {
-            if let TxnOp::Put { session, .. } = op {
+            if let TxnOp::Put {
+                session,
+                key,
+                value,
+            } = op
+            {
                 self.require_session(*session)?;
+                let (keys, bytes) = self.keys.after_put(key, value.len());
+                keys_added += keys.saturating_sub(self.keys.len() as u64);
+                bytes_added += bytes.saturating_sub(self.keys.bytes());
             }
+        }
+        // Deletes in the branch are not counted against its puts: a branch that only
+        // stays within the quota by deleting first is refused near the limit.
+        let quota = self.access.quota;
+        let keys_after = self.keys.len() as u64 + keys_added;
+        if keys_added > 0 && keys_after > quota.keys_max {
+            return Err(CommandError::QuotaExceeded {
+                what: "keys".into(),
+                would: keys_after,
+                max: quota.keys_max,
+            });
+        }
+        let bytes_after = self.keys.bytes() + bytes_added;
+        if bytes_added > 0 && bytes_after > quota.bytes_max {
+            return Err(CommandError::QuotaExceeded {
+                what: "bytes of keys and values".into(),
+                would: bytes_after,
+                max: quota.bytes_max,
+            });
         }
         let results = branch
             .iter()

@@ -31,8 +31,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, broadcast, oneshot};
 
 use self::sessions::Target;
+use super::rights;
 use super::translate::{self, Binding};
 use crate::sessions::held_sessions::Holder;
+use corral_proto::access::Identity;
 
 mod outgoing;
 mod sessions;
@@ -70,6 +72,10 @@ struct Connection {
     client_key: u64,
     /// The Unix user of the app (`SO_PEERCRED`): the holder of the sessions it opens.
     holder: Holder,
+    /// Who the app is to the access rules.
+    identity: Identity,
+    /// The agent's own user or root: may act on behalf of HTTP clients.
+    privileged: bool,
     /// Highest revision this connection wrote: its reads never show less.
     watermark: Mutex<Revision>,
     subscriptions: Mutex<HashMap<u64, oneshot::Sender<()>>>,
@@ -77,7 +83,10 @@ struct Connection {
 
 pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
     // Without credentials the app is nobody: it may hold sessions of its own only.
-    let holder = stream.peer_cred().map_or(u32::MAX - 1, |c| c.uid());
+    let (uid, gid) = stream
+        .peer_cred()
+        .map_or((u32::MAX - 1, u32::MAX - 1), |c| (c.uid(), c.gid()));
+    let privileged = uid == 0 || uid == nix::unistd::getuid().as_raw();
     let (read, write) = stream.into_split();
     let (write, frames) = FrameWriter::new(write, context.idle_poll.clone());
     let mut runner = write.clone();
@@ -89,7 +98,9 @@ pub async fn serve(context: Arc<AgentContext>, stream: UnixStream) {
         writer: write.clone(),
         session: tokio::sync::Mutex::new(None),
         client_key,
-        holder,
+        holder: Holder::Uid(uid),
+        identity: Identity::Unix { uid, gid },
+        privileged,
         watermark: Mutex::new(0),
         subscriptions: Mutex::new(HashMap::new()),
     });
@@ -255,14 +266,39 @@ impl Connection {
         id: u64,
         request: AgentRequest,
     ) -> Option<Result<Reply, ApiError>> {
-        Some(match request {
-            AgentRequest::OpenSession { ttl_ms, label } => {
-                self.handle_open_session(ttl_ms, label).await
+        let (identity, holder, request) = match request {
+            AgentRequest::OnBehalf { token, request } if self.privileged => (
+                token.clone().map_or(Identity::Anonymous, Identity::Token),
+                Holder::Http(token),
+                *request,
+            ),
+            AgentRequest::OnBehalf { .. } => {
+                return Some(Err(ApiError::Forbidden(
+                    "only the agent's own HTTP gateway acts on behalf of HTTP clients".into(),
+                )));
             }
-            AgentRequest::RenewSession { session } => self.handle_renew_session(session),
-            AgentRequest::CloseSession { session } => self.handle_close_session(session).await,
+            request => (self.identity.clone(), self.holder.clone(), request),
+        };
+        if let Err(refused) = self
+            .context
+            .replica
+            .read(|r| rights::check(r.machine().access(), &identity, &request))
+        {
+            return Some(Err(refused));
+        }
+        Some(match request {
+            AgentRequest::OnBehalf { .. } => Err(ApiError::BadRequest(
+                "a request acts on behalf of one client only".into(),
+            )),
+            AgentRequest::OpenSession { ttl_ms, label } => {
+                self.handle_open_session(ttl_ms, label, &holder).await
+            }
+            AgentRequest::RenewSession { session } => self.handle_renew_session(session, &holder),
+            AgentRequest::CloseSession { session } => {
+                self.handle_close_session(session, &holder).await
+            }
             AgentRequest::InSession { session, request } => {
-                self.handle_in_session(session, *request).await
+                self.handle_in_session(session, *request, &holder).await
             }
             AgentRequest::Status => Ok(Reply::Status(self.status().await)),
             AgentRequest::Members => Ok(Reply::Members(self.members())),
@@ -297,8 +333,9 @@ impl Connection {
         &self,
         session: SessionId,
         request: AgentRequest,
+        holder: &Holder,
     ) -> Result<Reply, ApiError> {
-        self.check_held(session)?;
+        self.check_held(session, holder)?;
         match request {
             AgentRequest::Read { query, consistent } => self.read(query, consistent).await,
             AgentRequest::AcquireLock { wait_ms, .. } if wait_ms > LOCK_WAIT_MAX_MS => Err(
@@ -318,6 +355,7 @@ impl Connection {
             | AgentRequest::OpenSession { .. }
             | AgentRequest::RenewSession { .. }
             | AgentRequest::CloseSession { .. }
+            | AgentRequest::OnBehalf { .. }
             | AgentRequest::InSession { .. } => Err(ApiError::BadRequest(
                 "only reads and writes act in a session".into(),
             )),
@@ -407,7 +445,7 @@ impl Connection {
                     needed,
                 })?;
         }
-        Self::answer(replica, &query)
+        Self::answer(replica, &query, None)
     }
 
     /// A local read, when the replica already holds everything this connection wrote;
@@ -417,15 +455,31 @@ impl Connection {
         if replica.revision() < *self.watermark.lock() {
             return None;
         }
-        Some(Self::answer(replica, query))
+        Some(Self::answer(replica, query, Some(&self.identity)))
     }
 
+    /// Answers `query` from the replica; with `identity`, only if the access rules grant
+    /// it (checked under the same look at the replica).
     fn answer(
         replica: &crate::replica::SharedReplica,
         query: &corral_proto::api::Query,
+        identity: Option<&Identity>,
     ) -> Result<Reply, ApiError> {
-        let (revision, result) =
-            replica.read(|r| (r.revision(), translate::answer(r.machine(), query)));
+        let (revision, result) = replica.read(|r| {
+            let machine = r.machine();
+            if let Some(identity) = identity
+                && machine.access().enforce
+            {
+                let request = AgentRequest::Read {
+                    query: query.clone(),
+                    consistent: false,
+                };
+                if let Err(refused) = rights::check(machine.access(), identity, &request) {
+                    return (r.revision(), Err(refused));
+                }
+            }
+            (r.revision(), translate::answer(machine, query))
+        });
         Ok(Reply::Read(ReadReply {
             revision,
             age_ms: replica.age_ms(),

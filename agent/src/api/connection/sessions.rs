@@ -68,7 +68,7 @@ impl Connection {
             }
             Binding::Node => {
                 let session = self
-                    .open_held(None, "detached".into(), Lifetime::UntilEmpty)
+                    .open_held(None, "detached".into(), Lifetime::UntilEmpty, &self.holder)
                     .await?;
                 Ok(Target {
                     bound: Some(session),
@@ -153,16 +153,17 @@ impl Connection {
         ttl_ms: Option<u64>,
         label: String,
         lifetime: Lifetime,
+        holder: &Holder,
     ) -> Result<SessionId, ApiError> {
         self.context
             .held
             .lock()
-            .admit(self.holder)
+            .admit(holder)
             .map_err(|e| ApiError::BadRequest(format!("no session opened: {e}")))?;
         let node = self.node_session().await?;
         let client_key = self.context.next_client_key();
         let label = if label.is_empty() {
-            format!("held by uid {}", self.holder)
+            format!("held by {holder}")
         } else {
             label
         };
@@ -174,7 +175,7 @@ impl Connection {
         self.context
             .held
             .lock()
-            .insert(id, self.holder, lifetime, Instant::now());
+            .insert(id, holder.clone(), lifetime, Instant::now());
         Ok(id)
     }
 
@@ -183,6 +184,7 @@ impl Connection {
         &self,
         ttl_ms: Option<u64>,
         label: String,
+        holder: &Holder,
     ) -> Result<Reply, ApiError> {
         if let Some(ttl_ms) = ttl_ms
             && !(SESSION_TTL_MS_MIN..=SESSION_TTL_MS_MAX).contains(&ttl_ms)
@@ -191,17 +193,23 @@ impl Connection {
                 "ttl_ms {ttl_ms} outside {SESSION_TTL_MS_MIN}..={SESSION_TTL_MS_MAX}"
             )));
         }
-        let session = self.open_held(ttl_ms, label, Lifetime::UntilClosed).await?;
+        let session = self
+            .open_held(ttl_ms, label, Lifetime::UntilClosed, holder)
+            .await?;
         Ok(Reply::Session { session, ttl_ms })
     }
 
     /// `RenewSession`: restarts the time-to-live, with nothing written to the core.
-    pub(super) fn handle_renew_session(&self, session: SessionId) -> Result<Reply, ApiError> {
+    pub(super) fn handle_renew_session(
+        &self,
+        session: SessionId,
+        holder: &Holder,
+    ) -> Result<Reply, ApiError> {
         let ttl = self
             .context
             .held
             .lock()
-            .renew(session, self.holder, Instant::now())
+            .renew(session, holder, Instant::now())
             .map_err(|e| not_held(session, e))?;
         Ok(Reply::Session {
             session,
@@ -210,8 +218,12 @@ impl Connection {
     }
 
     /// `CloseSession`: ends a held session, releasing all it holds.
-    pub(super) async fn handle_close_session(&self, session: SessionId) -> Result<Reply, ApiError> {
-        self.check_held(session)?;
+    pub(super) async fn handle_close_session(
+        &self,
+        session: SessionId,
+        holder: &Holder,
+    ) -> Result<Reply, ApiError> {
+        self.check_held(session, holder)?;
         let command = Command::CloseSession { session }.acted_by(self.actor(Some(session)));
         let response = self
             .context
@@ -234,11 +246,11 @@ impl Connection {
     }
 
     /// Checks that this connection's user may act in held session `session` now.
-    pub(super) fn check_held(&self, session: SessionId) -> Result<(), ApiError> {
+    pub(super) fn check_held(&self, session: SessionId, holder: &Holder) -> Result<(), ApiError> {
         self.context
             .held
             .lock()
-            .check(session, self.holder, Instant::now())
+            .check(session, holder, Instant::now())
             .map(|_| ())
             .map_err(|e| not_held(session, e))
     }
