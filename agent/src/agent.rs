@@ -103,6 +103,9 @@ pub struct Agent {
     pub context: Arc<AgentContext>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    tls_dir: PathBuf,
+    core_transport: Arc<QuicTransport>,
+    gossip_transport: Arc<GossipTransport>,
 }
 
 impl Agent {
@@ -136,10 +139,8 @@ impl Agent {
             .map_err(|e| AgentError::Start(e.to_string()))?;
         let core_transport = QuicTransport::client(&tls, &[ALPN_CORE])
             .map_err(|e| AgentError::Start(e.to_string()))?;
-        let core = Arc::new(CoreClient::new(
-            Arc::new(core_transport),
-            config.core.clone(),
-        ));
+        let core_transport = Arc::new(core_transport);
+        let core = Arc::new(CoreClient::new(core_transport.clone(), config.core.clone()));
         let listener = crate::api::server::bind(&config.socket)
             .map_err(|e| AgentError::Start(e.to_string()))?;
         let http_listener = match config.http {
@@ -158,7 +159,7 @@ impl Agent {
         let gossip = gossip::service::spawn(
             identity.clone(),
             &config.gossip,
-            gossip_transport,
+            gossip_transport.clone(),
             inbound,
             config.join.clone(),
         );
@@ -231,7 +232,26 @@ impl Agent {
             context,
             shutdown,
             tasks,
+            tls_dir: config.tls_dir.clone(),
+            core_transport,
+            gossip_transport,
         })
+    }
+
+    /// Reads the TLS files again (a renewed certificate, a new revocation list) for the
+    /// connections made from now on, to the core and in gossip; answers how many
+    /// certificates the revocation list names.
+    pub fn reload_tls(&self) -> Result<usize, AgentError> {
+        let tls = TlsIdentity::load(&self.tls_dir, &self.context.name)
+            .map_err(|e| AgentError::Start(e.to_string()))?;
+        self.core_transport
+            .reload(&tls, &[ALPN_CORE], false)
+            .map_err(|e| AgentError::Start(e.to_string()))?;
+        self.gossip_transport
+            .reload(&tls)
+            .map_err(|e| AgentError::Start(e.to_string()))?;
+        tracing::info!(revoked = tls.revoked.len(), "TLS files reloaded");
+        Ok(tls.revoked.len())
     }
 
     /// Leaves gracefully: closes the node session (releasing what it holds), leaves the

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -162,8 +163,18 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         idle_poll_max: Duration::from_micros(args.idle_poll_us),
     };
     super::runtime_with_workers(Some(args.worker_threads))?.block_on(async move {
-        let agent = Agent::start(config).await?;
+        let agent = Arc::new(Agent::start(config).await?);
+        let reloading = Arc::downgrade(&agent);
+        super::reload_on_hangup(move || {
+            if let Some(agent) = reloading.upgrade()
+                && let Err(error) = agent.reload_tls()
+            {
+                tracing::error!(%error, "reloading the TLS files failed; the old ones stay in use");
+            }
+        });
         super::shutdown_signal().await;
+        let agent =
+            Arc::try_unwrap(agent).map_err(|_| anyhow::anyhow!("the agent is still shared"))?;
         tracing::info!("leaving");
         agent.stop().await;
         Ok(())

@@ -1,4 +1,4 @@
-//! `corral ca init|issue`: the cluster's certificate authority.
+//! `corral ca init|issue|revoke`: the cluster's certificate authority.
 
 use std::path::PathBuf;
 
@@ -32,6 +32,15 @@ enum CaAction {
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
+    /// Revoke the certificate of NAME: add it to the CA's revocation list DIR/crl.pem.
+    /// Copy crl.pem beside ca.pem on every host and send the core members and agents
+    /// SIGHUP: they refuse the certificate from then on, on new and open connections.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 pub(crate) fn run(args: CaArgs) -> anyhow::Result<()> {
@@ -49,6 +58,14 @@ pub(crate) fn run(args: CaArgs) -> anyhow::Result<()> {
                 "issued {} and {}",
                 certificate_authority::cert_path(&dir, &name).display(),
                 certificate_authority::key_path(&dir, &name).display()
+            );
+        }
+        CaAction::Revoke { dir, name } => {
+            let serial = certificate_authority::revoke(&dir, &name)?;
+            println!(
+                "revoked {name} (serial {serial}) in {}; copy it beside ca.pem on every host and \
+                 send SIGHUP to the core members and agents",
+                certificate_authority::crl_path(&dir).display()
             );
         }
     }

@@ -161,6 +161,14 @@ fn run_member(args: RunArgs) -> anyhow::Result<()> {
     let workers = args.worker_threads.unwrap_or_else(core_worker_threads);
     super::runtime_with_workers(Some(workers))?.block_on(async move {
         let member = CoreMember::start(config).await?;
+        let reloading = Arc::downgrade(&member);
+        super::reload_on_hangup(move || {
+            if let Some(member) = reloading.upgrade()
+                && let Err(error) = member.reload_tls()
+            {
+                tracing::error!(%error, "reloading the TLS files failed; the old ones stay in use");
+            }
+        });
         member.run_until(super::shutdown_signal()).await?;
         Ok(())
     })

@@ -161,6 +161,21 @@ pub(crate) fn runtime_with_workers(
 }
 
 /// Resolves on SIGINT or SIGTERM.
+/// Calls `reload` on every SIGHUP, for as long as the process runs: how operators make
+/// a member or an agent read its TLS files again (a new revocation list).
+pub(crate) fn reload_on_hangup(reload: impl Fn() + Send + 'static) {
+    tokio::spawn(async move {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("SIGHUP cannot be caught here: TLS files are read at start only");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            reload();
+        }
+    });
+}
+
 pub(crate) async fn shutdown_signal() {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -71,7 +71,8 @@ pub enum GossipTransportError {
 
 pub struct GossipTransport {
     endpoint: Endpoint,
-    client_config: quinn::ClientConfig,
+    /// Replaced when the TLS files are reloaded.
+    client_config: Mutex<quinn::ClientConfig>,
     links: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
     /// The newest connection with each peer address, whichever side opened it. A peer
     /// that restarted dials us afresh, and its old connection is dead: packets for it
@@ -101,11 +102,18 @@ fn transport_config() -> TransportConfig {
 }
 
 impl GossipTransport {
-    /// Listens on `listen`. Accepted datagrams go to the returned receiver.
-    pub fn bind(
+    /// Takes new TLS files (a renewed certificate, a new revocation list) for the
+    /// connections accepted and dialed from now on.
+    pub fn reload(&self, identity: &TlsIdentity) -> Result<(), GossipTransportError> {
+        let (server, client) = Self::configs(identity)?;
+        self.endpoint.set_server_config(Some(server));
+        *self.client_config.lock() = client;
+        Ok(())
+    }
+
+    fn configs(
         identity: &TlsIdentity,
-        listen: SocketAddr,
-    ) -> Result<(Arc<Self>, mpsc::Receiver<Inbound>), GossipTransportError> {
+    ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), GossipTransportError> {
         let tls = |e: &dyn std::fmt::Display| GossipTransportError::Tls(e.to_string());
         let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
             identity
@@ -123,6 +131,15 @@ impl GossipTransport {
         .map_err(|e| tls(&e))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
         client_config.transport_config(Arc::new(transport_config()));
+        Ok((server, client_config))
+    }
+
+    /// Listens on `listen`. Accepted datagrams go to the returned receiver.
+    pub fn bind(
+        identity: &TlsIdentity,
+        listen: SocketAddr,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Inbound>), GossipTransportError> {
+        let (server, client_config) = Self::configs(identity)?;
         let endpoint =
             Endpoint::server(server, listen).map_err(|e| GossipTransportError::Bind {
                 address: listen,
@@ -131,7 +148,7 @@ impl GossipTransport {
         let (inbound, receiver) = mpsc::channel(INBOUND_QUEUE_LEN_MAX);
         let transport = Arc::new(GossipTransport {
             endpoint,
-            client_config,
+            client_config: Mutex::new(client_config),
             links: Mutex::new(HashMap::new()),
             newest: Mutex::new(HashMap::new()),
             inbound,
@@ -274,11 +291,8 @@ async fn link(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let connection = match transport.endpoint.connect_with(
-            transport.client_config.clone(),
-            address,
-            "member",
-        ) {
+        let config = transport.client_config.lock().clone();
+        let connection = match transport.endpoint.connect_with(config, address, "member") {
             Ok(connecting) => match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                 Ok(Ok(connection)) => Some(connection),
                 Ok(Err(e)) => {

@@ -40,8 +40,27 @@ fn publish(replica: &SharedReplica, path: &Path, temporary: &Path) -> std::io::R
             shard_map::encode(r.revision(), core_heard, &shards)
         })
         .map_err(std::io::Error::other)?;
-    std::fs::write(temporary, bytes)?;
+    write_exclusively(temporary, &bytes)?;
     std::fs::rename(temporary, path)
+}
+
+/// Writes `bytes` to a file created anew at `path`: whatever is there already (a link a
+/// local user planted, a file left by a crash) is removed, never written through, and if
+/// something reappears in between the create fails rather than follow it.
+fn write_exclusively(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
+    file.write_all(bytes)
 }
 
 pub async fn run(replica: Arc<SharedReplica>, path: PathBuf, mut shutdown: watch::Receiver<bool>) {
@@ -82,4 +101,32 @@ pub async fn run(replica: Arc<SharedReplica>, path: PathBuf, mut shutdown: watch
     }
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&temporary);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link planted at the temporary name is replaced, and what it points to is left
+    /// alone.
+    #[test]
+    fn a_planted_link_is_never_written_through() {
+        let dir = tempfile_dir();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let temporary = dir.join("a1.sock.shards.tmp");
+        std::os::unix::fs::symlink(&victim, &temporary).unwrap();
+        write_exclusively(&temporary, b"map").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&temporary).unwrap(), b"map");
+        assert!(!std::fs::symlink_metadata(&temporary).unwrap().is_symlink());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("corral-publish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }

@@ -24,6 +24,8 @@ pub(crate) struct PeerNames {
     certificate: Option<CertificateDer<'static>>,
     /// The DNS names of its subject alternative name extension, in order.
     names: Vec<String>,
+    /// Its serial number, to look up in the revocation list.
+    pub(crate) serial: Option<Vec<u8>>,
 }
 
 impl PeerNames {
@@ -32,7 +34,14 @@ impl PeerNames {
             .as_ref()
             .map(|der| dns_names(der))
             .unwrap_or_default();
-        PeerNames { certificate, names }
+        let serial = certificate
+            .as_ref()
+            .and_then(crate::transport::certificate_authority::serial_of);
+        PeerNames {
+            certificate,
+            names,
+            serial,
+        }
     }
 
     /// True when the certificate is valid for `name`.

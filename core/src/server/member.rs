@@ -105,6 +105,9 @@ pub struct CoreMember {
     /// The leader's last check that compared the members' states: the revision, and who
     /// differed.
     state_checked: parking_lot::Mutex<Option<(Revision, Vec<NodeId>)>>,
+    /// Serial numbers of revoked certificates: requests on connections made before the
+    /// revocation are refused too.
+    revoked: parking_lot::RwLock<Arc<std::collections::HashSet<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for CoreMember {
@@ -170,6 +173,7 @@ impl CoreMember {
             heard_answers: parking_lot::Mutex::new(HeardAnswers::default()),
             watch_streams: AtomicU64::new(0),
             state_checked: parking_lot::Mutex::new(None),
+            revoked: parking_lot::RwLock::new(identity.revoked.clone()),
         });
         tokio::spawn(member.clone().accept_loop());
         tokio::spawn(Self::check_states(Arc::downgrade(&member)));
@@ -190,6 +194,18 @@ impl CoreMember {
             .endpoint()
             .local_addr()
             .expect("a bound endpoint has an address")
+    }
+
+    /// Reads the TLS files again (a renewed certificate, a new revocation list): new
+    /// connections use them, and requests under a revoked certificate are refused from
+    /// now on, on connections old and new.
+    pub fn reload_tls(&self) -> Result<usize, StartError> {
+        let identity = TlsIdentity::load(&self.config.tls_dir, &core_member_name(self.id))?;
+        self.transport.reload(&identity, &[ALPN_CORE], true)?;
+        let revoked = identity.revoked.len();
+        *self.revoked.write() = identity.revoked.clone();
+        tracing::info!(id = self.id, revoked, "TLS files reloaded");
+        Ok(revoked)
     }
 
     pub fn raft(&self) -> &Raft {
@@ -409,6 +425,18 @@ impl CoreMember {
             }
             Err(_) => return,
         };
+        if peer
+            .serial
+            .as_ref()
+            .is_some_and(|serial| self.revoked.read().contains(serial))
+        {
+            let refused =
+                CoreResponse::Error(CoreError::Forbidden("this certificate is revoked".into()));
+            let _ = frame::write_frame(&mut send, &refused).await;
+            let _ = send.finish();
+            connection.close(0u32.into(), b"certificate revoked");
+            return;
+        }
         if let CoreRequest::Watch { after } = request {
             // The watcher's beats follow on this stream: it has no end to take.
             watch_stream::serve(&self, &connection, after, send, receive).await;

@@ -105,6 +105,9 @@ fn transport_config() -> TransportConfig {
 pub struct QuicTransport {
     endpoint: Endpoint,
     connections: Mutex<HashMap<(String, String), Connection>>,
+    /// The client configuration of new connections, replaced when the TLS files are
+    /// reloaded.
+    client: Mutex<Option<quinn::ClientConfig>>,
 }
 
 impl std::fmt::Debug for QuicTransport {
@@ -151,8 +154,11 @@ impl QuicTransport {
             address: listen,
             reason: e.to_string(),
         })?;
-        endpoint.set_default_client_config(client_config(identity, alpn)?);
-        Ok(Self::from_endpoint(endpoint))
+        let client = client_config(identity, alpn)?;
+        endpoint.set_default_client_config(client.clone());
+        let transport = Self::from_endpoint(endpoint);
+        *transport.client.lock() = Some(client);
+        Ok(transport)
     }
 
     /// An endpoint that only dials.
@@ -162,15 +168,40 @@ impl QuicTransport {
             address: bind,
             reason: e.to_string(),
         })?;
-        endpoint.set_default_client_config(client_config(identity, alpn)?);
-        Ok(Self::from_endpoint(endpoint))
+        let client = client_config(identity, alpn)?;
+        endpoint.set_default_client_config(client.clone());
+        let transport = Self::from_endpoint(endpoint);
+        *transport.client.lock() = Some(client);
+        Ok(transport)
     }
 
     pub fn from_endpoint(endpoint: Endpoint) -> Self {
         Self {
             endpoint,
             connections: Mutex::new(HashMap::new()),
+            client: Mutex::new(None),
         }
+    }
+
+    /// Takes new TLS files (a renewed certificate, a new revocation list) for every
+    /// connection made from now on, accepted (`serves`) and dialed. Connections already
+    /// open are dropped from the cache, so the next request dials anew.
+    pub fn reload(
+        &self,
+        identity: &TlsIdentity,
+        alpn: &[&[u8]],
+        serves: bool,
+    ) -> Result<(), TransportError> {
+        if serves {
+            self.endpoint.set_server_config(Some(server_config(
+                identity,
+                alpn,
+                transport_config(),
+            )?));
+        }
+        *self.client.lock() = Some(client_config(identity, alpn)?);
+        self.connections.lock().clear();
+        Ok(())
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -190,13 +221,15 @@ impl QuicTransport {
             return Ok(connection.clone());
         }
         let target = resolve(address).await?;
-        let connecting =
-            self.endpoint
-                .connect(target, server_name)
-                .map_err(|e| TransportError::Connect {
-                    address: address.to_string(),
-                    reason: e.to_string(),
-                })?;
+        let config = self.client.lock().clone();
+        let connecting = match config {
+            Some(config) => self.endpoint.connect_with(config, target, server_name),
+            None => self.endpoint.connect(target, server_name),
+        };
+        let connecting = connecting.map_err(|e| TransportError::Connect {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?;
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| TransportError::Connect {

@@ -4,15 +4,16 @@
 //! cluster CA, and a client accepts only a server whose certificate chains to it and
 //! carries the expected name. A certificate from any other CA fails the handshake.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use super::certificate_authority::{ca_cert_path, cert_path, key_path};
+use super::certificate_authority::{ca_cert_path, cert_path, crl_path, key_path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -46,6 +47,11 @@ pub struct TlsIdentity {
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     roots: Arc<RootCertStore>,
+    /// The CA's revocation list (`DIR/crl.pem`), if there is one: a handshake with a
+    /// revoked certificate fails.
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    /// The serial numbers it revokes, to refuse requests on connections made before.
+    pub revoked: Arc<HashSet<Vec<u8>>>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -111,11 +117,33 @@ impl TlsIdentity {
         }
         let key = PrivateKeyDer::from_pem_file(&key_file)
             .map_err(|e| bad(&key_file, "private key", &e))?;
+        let crl_file = crl_path(dir);
+        let (crls, revoked) = if crl_file.exists() {
+            let crls = CertificateRevocationListDer::pem_file_iter(&crl_file)
+                .map_err(|e| bad(&crl_file, "revocation list", &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(&crl_file, "revocation list", &e))?;
+            let mut revoked = HashSet::new();
+            for crl in &crls {
+                let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref())
+                    .map_err(|e| bad(&crl_file, "revocation list", &e))?;
+                revoked.extend(
+                    parsed
+                        .iter_revoked_certificates()
+                        .map(|entry| entry.raw_serial().to_vec()),
+                );
+            }
+            (crls, revoked)
+        } else {
+            (Vec::new(), HashSet::new())
+        };
         let identity = Self {
             name: name.to_string(),
             chain,
             key: Arc::new(key),
             roots: Arc::new(roots),
+            crls,
+            revoked: Arc::new(revoked),
         };
         if !certificate_has_name(&identity.chain[0], name) {
             return Err(TlsError::Config(format!(
@@ -129,6 +157,8 @@ impl TlsIdentity {
     /// Server side: require a client certificate from the cluster CA.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone())
+            .only_check_end_entity_revocation()
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut config = ServerConfig::builder_with_provider(provider())
@@ -143,10 +173,11 @@ impl TlsIdentity {
 
     /// Client side: trust only the cluster CA, and present our certificate.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+        let verifier = self.server_verifier()?;
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(self.roots.clone())
+            .with_webpki_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -155,16 +186,27 @@ impl TlsIdentity {
 }
 
 impl TlsIdentity {
+    /// True when the CA's revocation list names `cert`.
+    pub fn is_revoked(&self, cert: &CertificateDer<'_>) -> bool {
+        !self.revoked.is_empty()
+            && super::certificate_authority::serial_of(cert)
+                .is_some_and(|serial| self.revoked.contains(&serial))
+    }
+
+    /// Verifies a server's certificate against the CA, and the revocation list if any.
+    fn server_verifier(&self) -> Result<Arc<rustls::client::WebPkiServerVerifier>, TlsError> {
+        rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone())
+            .only_check_end_entity_revocation()
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))
+    }
+
     /// Client side for dialing a peer whose name is not known yet (a gossip seed given
     /// as an address): the peer must still present a certificate from the cluster CA,
     /// under any name. Callers learn and check the name from the connection afterwards.
     pub fn client_config_any_member(&self, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            self.roots.clone(),
-            provider(),
-        )
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let inner = self.server_verifier()?;
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
