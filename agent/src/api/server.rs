@@ -162,6 +162,22 @@ pub async fn run(listener: UnixListener, context: Arc<AgentContext>) {
 mod tests {
     use super::*;
 
+    /// A user gets at most its share of connections, others are not affected, and a
+    /// closed connection gives its place back.
+    #[test]
+    fn each_user_gets_at_most_its_share_of_connections() {
+        let users = Arc::new(PerUser::default());
+        let slots: Vec<UserSlot> = (0..CONNECTIONS_PER_USER_MAX)
+            .map(|_| users.admit(1000).expect("within the share"))
+            .collect();
+        assert!(users.admit(1000).is_none());
+        let other = users.admit(1001).expect("another user");
+        drop(slots);
+        assert!(users.admit(1000).is_some());
+        drop(other);
+        assert!(users.open.lock().is_empty(), "every place given back");
+    }
+
     #[tokio::test]
     async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
         let dir = std::env::temp_dir().join(format!("corral-server-test-{}", std::process::id()));
