@@ -24,7 +24,7 @@ use runner::{Op, Sample, closed_loop};
 use systems::corral::Corral;
 use systems::etcd::Etcd;
 use systems::zookeeper::ZooKeeper;
-use systems::{Freeze, Lookup, Writes};
+use systems::{Freeze, LockVia, Lookup, Writes};
 
 #[derive(Debug, Parser)]
 #[command(about = "Corral, etcd and ZooKeeper side by side on one machine")]
@@ -237,16 +237,23 @@ impl Cluster {
         }
     }
 
-    fn lock_label(&self) -> &'static str {
+    /// The lock variants: (label, how a Corral client holds its session).
+    fn locks(&self) -> Vec<(&'static str, LockVia)> {
         match self {
-            Cluster::Corral(_) => "lock",
-            Cluster::Etcd(_) => "lock API",
-            Cluster::ZooKeeper(_) => "recipe",
+            Cluster::Corral(_) => vec![
+                ("lock", LockVia::Socket),
+                ("HTTP session", LockVia::HttpSession),
+            ],
+            Cluster::Etcd(_) => vec![("lock API", LockVia::Socket)],
+            Cluster::ZooKeeper(_) => vec![("recipe", LockVia::Socket)],
         }
     }
 
-    async fn lock_clients(&self, clients: usize) -> anyhow::Result<Vec<Op>> {
+    async fn lock_clients(&self, clients: usize, via: LockVia) -> anyhow::Result<Vec<Op>> {
         match self {
+            Cluster::Corral(c) if via == LockVia::HttpSession => {
+                c.http_lock_clients(clients).await
+            }
             Cluster::Corral(c) => c.lock_clients(clients).await,
             Cluster::Etcd(e) => e.lock_clients(clients).await,
             Cluster::ZooKeeper(z) => z.lock_clients(clients).await,
@@ -420,11 +427,12 @@ async fn run_system(
         }
     }
     if plan.wants("lock") {
-        let label = cluster.lock_label();
-        for &clients in &plan.clients {
-            let ops = cluster.lock_clients(clients).await?;
-            let sample = measured_load(ops, &cluster.processes(), plan.measure).await?;
-            record(results, cluster, "lock", label, false, clients, rep, sample)?;
+        for (label, via) in cluster.locks() {
+            for &clients in &plan.clients {
+                let ops = cluster.lock_clients(clients, via).await?;
+                let sample = measured_load(ops, &cluster.processes(), plan.measure).await?;
+                record(results, cluster, "lock", label, false, clients, rep, sample)?;
+            }
         }
     }
     if plan.wants("failover") {

@@ -526,6 +526,17 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             lock("etcd").map(Summary::p99),
             lock("ZooKeeper").map(Summary::p99),
         );
+        if let Some(http) = get(sums, "lock", "Corral", "HTTP session", c) {
+            ratio_row(
+                &mut p,
+                "lock churn, one lock (Corral over HTTP, a session per client)",
+                c,
+                "wait p99",
+                Some(http.p99()),
+                lock("etcd").map(Summary::p99),
+                lock("ZooKeeper").map(Summary::p99),
+            );
+        }
     }
     for signal in ["SIGKILL", "SIGSTOP"] {
         let f = |s: &str| {

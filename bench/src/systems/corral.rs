@@ -382,6 +382,50 @@ impl Corral {
         Ok(ops)
     }
 
+    /// Acquire and release of one lock over HTTP; each client opens a session of its
+    /// own with a time-to-live (`POST /v1/sessions`) and names it on every request, over
+    /// one kept-alive connection, as an HTTP client of any language would.
+    pub async fn http_lock_clients(&self, clients: usize) -> anyhow::Result<Vec<Op>> {
+        let gateway = std::net::SocketAddr::from(([127, 0, 0, 1], HTTP_PORTS[0]));
+        let mut ops: Vec<Op> = Vec::new();
+        for _ in 0..clients {
+            let mut http = HttpConnection::connect(gateway).await?;
+            let (status, body) = http
+                .request("POST", "/v1/sessions", br#"{"ttl_ms": 60000}"#)
+                .await?;
+            if status != 200 {
+                bail!("opening an HTTP session: {status} {body}");
+            }
+            let session = body
+                .split("\"id\":")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|id| id.parse::<u64>().ok())
+                .with_context(|| format!("no session id in {body}"))?;
+            let path = format!("/v1/locks/bench-lock?session={session}&wait_ms=60000");
+            let http = Arc::new(tokio::sync::Mutex::new(http));
+            ops.push(Box::new(move || {
+                let http = http.clone();
+                let path = path.clone();
+                op(async move {
+                    let mut http = http.lock().await;
+                    let t = Instant::now();
+                    let (status, body) = http.request("POST", &path, b"").await?;
+                    if status != 200 {
+                        bail!("acquire over HTTP: {status} {body}");
+                    }
+                    let waited = t.elapsed();
+                    let (status, body) = http.request("DELETE", &path, b"").await?;
+                    if status != 200 {
+                        bail!("release over HTTP: {status} {body}");
+                    }
+                    Ok(Some(waited))
+                })
+            }));
+        }
+        Ok(ops)
+    }
+
     /// One failover: a holder process on host a2 registers the master of a fresh shard
     /// (bound to its connection), a slave on a3 waits; the holder is killed, or host a2
     /// (holder and agent) is frozen. Returns how long until a watcher on a1 hears of
@@ -490,5 +534,69 @@ impl Drop for Corral {
         // Agents first, so that none reports the cores' shutdown as news.
         self.agents.clear();
         self.cores.clear();
+    }
+}
+
+/// One kept-alive HTTP/1.1 connection to a gateway: enough for JSON requests whose
+/// answers carry a `Content-Length`.
+struct HttpConnection {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+}
+
+impl HttpConnection {
+    async fn connect(address: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConnection {
+            stream: tokio::io::BufReader::new(stream),
+            host: address.to_string(),
+        })
+    }
+
+    /// Sends one request and reads its answer: the status and the body.
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.host,
+            body.len()
+        );
+        if !body.is_empty() {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.get_mut().write_all(&bytes).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line {line:?}"))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }

@@ -55,6 +55,15 @@ pub enum Writes {
     Core,
 }
 
+/// How a Corral lock client holds its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockVia {
+    /// The socket connection is the session.
+    Socket,
+    /// An HTTP client with a session of its own (`POST /v1/sessions`, `?session=ID`).
+    HttpSession,
+}
+
 /// A child process of this benchmark that holds a registration (a master's shard
 /// replica, an ephemeral node, a leased key) until it is killed or frozen.
 pub struct Holder {
