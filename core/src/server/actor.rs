@@ -44,11 +44,15 @@ impl PeerNames {
         }
     }
 
-    /// True when the certificate is valid for `name`.
+    /// True when the certificate is valid for `name`: one of its names as read at
+    /// connection time (every write asks, so this is the quick way), or else as the TLS
+    /// library checks a name (wildcards included).
     pub(crate) fn has(&self, name: &str) -> bool {
-        self.certificate
-            .as_ref()
-            .is_some_and(|der| certificate_has_name(der, name))
+        self.names.iter().any(|own| own.eq_ignore_ascii_case(name))
+            || self
+                .certificate
+                .as_ref()
+                .is_some_and(|der| certificate_has_name(der, name))
     }
 
     /// The name a plain command is attributed to: the admin name where the certificate
@@ -141,5 +145,77 @@ pub(crate) fn log_override(command: &Command) {
             ?command,
             "a write under the admin certificate, which may act for any owner"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls_pki_types::pem::PemObject as _;
+
+    use super::*;
+    use crate::transport::certificate_authority;
+
+    fn peer(dir: &std::path::Path, name: &str) -> PeerNames {
+        certificate_authority::issue(dir, name, 30).unwrap();
+        let cert = rustls_pki_types::CertificateDer::from_pem_file(
+            certificate_authority::cert_path(dir, name),
+        )
+        .unwrap();
+        PeerNames::of(Some(cert))
+    }
+
+    /// A plain command is attributed to the peer's name and the session it names; an
+    /// actor-wrapped one must name the peer's own certificate; nobody opens another
+    /// node's session.
+    #[test]
+    fn writes_are_attributed_to_the_certificate_they_came_under() {
+        let dir = std::env::temp_dir().join(format!("corral-actor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        certificate_authority::init(&dir, 30).unwrap();
+        let web = peer(&dir, "web-1");
+        assert!(web.has("web-1") && !web.has("web-2"));
+        let release = Command::ReleaseLock {
+            name: "l".into(),
+            session: 7,
+        };
+        match attribute(&web, release.clone()).unwrap() {
+            Command::Act { actor, command } => {
+                assert_eq!(actor.certificate, "web-1");
+                assert_eq!(actor.session, Some(7));
+                assert_eq!(*command, release);
+            }
+            other => panic!("{other:?}"),
+        }
+        let forged = release.clone().acted_by(Actor {
+            certificate: "web-2".into(),
+            session: Some(7),
+        });
+        assert!(attribute(&web, forged).is_err());
+        let theirs = Command::OpenSession {
+            owner: SessionOwner::Node {
+                name: "web-2".into(),
+                incarnation: 1,
+            },
+        };
+        assert!(attribute(&web, theirs).is_err());
+        let admin = PeerNames::of(Some(
+            rustls_pki_types::CertificateDer::from_pem_file(certificate_authority::cert_path(
+                &dir,
+                ADMIN_CERTIFICATE,
+            ))
+            .unwrap(),
+        ));
+        match attribute(&admin, release).unwrap() {
+            Command::Act { actor, .. } => assert!(actor.is_admin()),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            attribute(
+                &PeerNames::default(),
+                Command::CreateShard { name: "x".into() }
+            )
+            .is_err()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
