@@ -10,8 +10,10 @@
 //! lock acquire waiting while it reads) and replies come in any order. The connection is
 //! also the app's *client session*: ephemeral state it creates (an ephemeral key, a shard
 //! replica, a service instance, a lock or a place in a lock's queue) belongs to it and is
-//! released as soon as the connection closes, unless the request asked to `detach` it to
-//! the agent's node session.
+//! released as soon as the connection closes. A request that asks to `detach` gets a
+//! session of its own instead, which lives until what it took is released (or the host
+//! dies); [`AgentRequest::OpenSession`] opens a session with a time-to-live that any
+//! connection of the same Unix user may act in ([`AgentRequest::InSession`]).
 
 use serde::{Deserialize, Serialize};
 

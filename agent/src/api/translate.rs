@@ -18,7 +18,8 @@ pub enum Binding {
     None,
     /// The connection's client session (opened on first use).
     Connection,
-    /// The agent's node session: lives until the agent leaves or dies.
+    /// A session of the request's own, held by the agent until what it took is released
+    /// or the host dies (`detach`).
     Node,
 }
 

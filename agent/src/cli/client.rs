@@ -79,7 +79,8 @@ pub(crate) enum ShardAction {
     },
     List,
     /// Register ADDRESS as a replica of the shard; held until this command exits (Ctrl-C),
-    /// or bound to the agent's node session with --detach.
+    /// or, with --detach, in a session of its own that lives until it is closed
+    /// (`corral session close ID`, the replica's session) or the host dies.
     Join {
         name: String,
         address: String,
