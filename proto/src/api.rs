@@ -200,6 +200,17 @@ pub enum Query {
         start_after: Option<String>,
         limit: u32,
     },
+    /// One page of the shards, by name: at most `limit` (capped by `LIST_KEYS_MAX`), the
+    /// first after `start_after`.
+    ShardPage {
+        start_after: Option<String>,
+        limit: u32,
+    },
+    /// One page of the locks, by name, as [`Query::ShardPage`].
+    LockPage {
+        start_after: Option<String>,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +226,16 @@ pub enum QueryResult {
     Lock(Option<Lock>),
     Locks(Vec<Lock>),
     Service(Vec<ServiceInstance>),
+    /// `more` is true when shards beyond the page exist.
+    ShardPage {
+        shards: Vec<Shard>,
+        more: bool,
+    },
+    /// `more` is true when locks beyond the page exist.
+    LockPage {
+        locks: Vec<Lock>,
+        more: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

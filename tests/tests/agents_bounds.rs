@@ -227,6 +227,23 @@ async fn an_answer_larger_than_a_frame_is_refused_and_the_session_lives_on() {
         .map(|kv| kv["key"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(keys, vec!["big/4", "big/5"]);
+    // Shards and locks page the same way.
+    for name in ["M1", "M2", "M3"] {
+        app.write(AgentRequest::CreateShard { name: name.into() })
+            .await
+            .unwrap();
+    }
+    let first = http::get(gw, "/v1/shards?limit=2").await.json();
+    assert_eq!(first["shards"].as_array().unwrap().len(), 2, "{first}");
+    assert_eq!(first["more"], true);
+    let rest = http::get(gw, "/v1/shards?limit=2&start_after=M2")
+        .await
+        .json();
+    assert_eq!(rest["shards"][0]["name"], "M3");
+    assert_eq!(rest["more"], false);
+    let locks = http::get(gw, "/v1/locks?limit=1").await.json();
+    assert_eq!(locks["locks"][0]["name"], "held");
+    assert_eq!(locks["more"], false);
     assert_eq!(
         app.lock("held")
             .await

@@ -33,7 +33,8 @@ pub fn needs(request: &AgentRequest) -> Vec<Need> {
             Query::Shard(name) => one(Shards, name, Read),
             Query::Shards => one(Shards, "", Read),
             Query::Lock(name) => one(Locks, name, Read),
-            Query::Locks => one(Locks, "", Read),
+            Query::Locks | Query::LockPage { .. } => one(Locks, "", Read),
+            Query::ShardPage { .. } => one(Shards, "", Read),
             Query::Service(name) => one(Services, name, Read),
         },
         AgentRequest::Put { key, .. }

@@ -178,7 +178,35 @@ pub fn answer(machine: &StateMachine, query: &Query) -> Result<QueryResult, ApiE
             let (keys, more) = machine.list(prefix, start_after.as_deref(), limit);
             QueryResult::Keys { keys, more }
         }
+        Query::ShardPage { start_after, limit } => {
+            let (shards, more) = page(
+                machine.shards(),
+                |s| &s.name,
+                start_after.as_deref(),
+                *limit,
+            );
+            QueryResult::ShardPage { shards, more }
+        }
+        Query::LockPage { start_after, limit } => {
+            let (locks, more) = page(machine.locks(), |l| &l.name, start_after.as_deref(), *limit);
+            QueryResult::LockPage { locks, more }
+        }
     })
+}
+
+/// One page of `items` (in name order): at most `limit` of them (within 1 and
+/// `LIST_KEYS_MAX`), the first named after `start_after`; and whether more follow.
+fn page<'a, T: Clone + 'a>(
+    items: impl Iterator<Item = &'a T>,
+    name: impl Fn(&T) -> &String,
+    start_after: Option<&str>,
+    limit: u32,
+) -> (Vec<T>, bool) {
+    let limit = (limit as usize).clamp(1, LIST_KEYS_MAX);
+    let mut after =
+        items.filter(|item| start_after.is_none_or(|after| name(item).as_str() > after));
+    let page: Vec<T> = after.by_ref().take(limit).cloned().collect();
+    (page, after.next().is_some())
 }
 
 /// True when `filter` lets `event` through.

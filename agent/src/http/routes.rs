@@ -193,6 +193,13 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, H
         .transpose()
 }
 
+/// `start_after` and `limit` of a list (1,000 by default).
+fn page_params(params: &HashMap<String, String>) -> Result<(Option<String>, u32), HttpError> {
+    let limit = number(params, "limit")?.unwrap_or(1000);
+    let limit = u32::try_from(limit).map_err(|_| HttpError::bad_request("limit too large"))?;
+    Ok((params.get("start_after").cloned(), limit))
+}
+
 /// A JSON body of type `T`; malformed JSON is a `bad_json` error naming the problem.
 pub(super) fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, HttpError> {
     serde_json::from_slice(bytes)
@@ -255,9 +262,7 @@ async fn kv_list(
     QueryParams(params): Params,
 ) -> Result<Response, HttpError> {
     let prefix = params.get("prefix").cloned().unwrap_or_default();
-    let limit = number(&params, "limit")?.unwrap_or(1000);
-    let limit = u32::try_from(limit).map_err(|_| HttpError::bad_request("limit too large"))?;
-    let start_after = params.get("start_after").cloned();
+    let (start_after, limit) = page_params(&params)?;
     let read = gateway
         .read(
             Query::Page {
@@ -321,11 +326,14 @@ async fn shards(
     State(gateway): Shared,
     QueryParams(params): Params,
 ) -> Result<Response, HttpError> {
-    let read = gateway.read(Query::Shards, &params).await?;
+    let (start_after, limit) = page_params(&params)?;
+    let query = Query::ShardPage { start_after, limit };
+    let read = gateway.read(query, &params).await?;
     Ok(Json(json!({
         "revision": read["revision"],
         "age_ms": read["age_ms"],
-        "shards": read["result"]["Shards"],
+        "shards": read["result"]["ShardPage"]["shards"],
+        "more": read["result"]["ShardPage"]["more"],
     }))
     .into_response())
 }
@@ -431,11 +439,14 @@ async fn shard_handover(
 // ----- locks -------------------------------------------------------------------------
 
 async fn locks(State(gateway): Shared, QueryParams(params): Params) -> Result<Response, HttpError> {
-    let read = gateway.read(Query::Locks, &params).await?;
+    let (start_after, limit) = page_params(&params)?;
+    let query = Query::LockPage { start_after, limit };
+    let read = gateway.read(query, &params).await?;
     Ok(Json(json!({
         "revision": read["revision"],
         "age_ms": read["age_ms"],
-        "locks": read["result"]["Locks"],
+        "locks": read["result"]["LockPage"]["locks"],
+        "more": read["result"]["LockPage"]["more"],
     }))
     .into_response())
 }

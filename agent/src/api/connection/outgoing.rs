@@ -215,8 +215,8 @@ fn encode_or_refuse(message: &AgentFrame) -> Vec<u8> {
                 FrameError::TooLarge { len, max } => ApiError::TooLarge {
                     len,
                     max,
-                    hint: "list in pages: Query::Page with start_after and limit (HTTP: \
-                           ?start_after=KEY&limit=N)"
+                    hint: "ask for one page at a time: start_after and limit (Query::Page, \
+                           ShardPage, LockPage; HTTP ?start_after=NAME&limit=N)"
                         .into(),
                 },
                 other => ApiError::BadRequest(format!("the answer could not be encoded: {other}")),
