@@ -166,9 +166,37 @@ pub struct EventStream {
 
 impl EventStream {
     pub async fn open(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> EventStream {
-        let mut stream = TcpStream::connect(address)
+        let stream = TcpStream::connect(address)
             .await
             .expect("connect to the gateway");
+        Self::over(stream, address, path, headers).await
+    }
+
+    /// Opens the stream from the loopback address `source` (127.0.0.x): another client
+    /// to the gateway.
+    pub async fn open_from(
+        source: std::net::Ipv4Addr,
+        address: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> EventStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::from((source, 0)))
+            .expect("bind a loopback source");
+        let stream = socket
+            .connect(address)
+            .await
+            .expect("connect to the gateway");
+        Self::over(stream, address, path, headers).await
+    }
+
+    async fn over(
+        mut stream: TcpStream,
+        address: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> EventStream {
         stream
             .write_all(&request_bytes(
                 &address.to_string(),

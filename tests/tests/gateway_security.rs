@@ -544,4 +544,33 @@ async fn idle_http_connections_are_capped_and_timed_out() {
         opened.elapsed()
     );
     assert_eq!(http::get(gw, "/v1/status").await.status, 200);
+
+    // Streams are capped too: per client (here, per source address), and in all.
+    let per_client = corral_agent::http::HTTP_WATCHERS_PER_CLIENT_MAX;
+    let clients = corral_agent::http::HTTP_WATCHERS_MAX / per_client;
+    let mut streams = Vec::new();
+    for client in 0..clients {
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + client as u8);
+        for _ in 0..per_client {
+            let stream = http::EventStream::open_from(source, gw, "/v1/watch?locks", &[]).await;
+            assert_eq!(stream.status, 200, "client {source}");
+            streams.push(stream);
+        }
+        let refused = http::EventStream::open_from(source, gw, "/v1/watch?locks", &[]).await;
+        assert_eq!(refused.status, 429, "client {source} past its share");
+    }
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + clients as u8);
+    let refused = http::EventStream::open_from(source, gw, "/v1/watch?locks", &[]).await;
+    assert_eq!(refused.status, 429, "past the gateway's cap");
+    // A stream that ends gives its place back.
+    drop(streams);
+    wait_until(
+        Duration::from_secs(5),
+        "a place for a stream",
+        || async move {
+            let stream = http::EventStream::open_from(source, gw, "/v1/watch?locks", &[]).await;
+            (stream.status == 200).then_some(())
+        },
+    )
+    .await;
 }

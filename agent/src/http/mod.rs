@@ -28,5 +28,5 @@ mod sessions;
 mod watch;
 
 pub use guard::{HttpPolicy, PolicyError};
-pub use routes::{Gateway, HTTP_WATCHERS_MAX};
+pub use routes::{Gateway, HTTP_WATCHERS_MAX, HTTP_WATCHERS_PER_CLIENT_MAX};
 pub use server::{HEADER_READ_TIMEOUT, HTTP_CONNECTIONS_MAX, bind, serve};

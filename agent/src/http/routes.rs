@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 
 use super::error::HttpError;
 use super::guard::{Guarded, TOKEN};
+use super::server::PeerAddress;
 use super::sessions::{in_session, required_session, session_param};
 use crate::agent::AgentContext;
 use crate::api::rights;
@@ -44,7 +45,42 @@ pub struct Gateway {
     pub(super) latency: Histogram,
     /// Places for streams (watches, keep-alives).
     watchers: Arc<tokio::sync::Semaphore>,
+    /// Streams open, by client (token or address).
+    watchers_by_client: Arc<WatcherCounts>,
 }
+
+/// Streams open by each client.
+#[derive(Debug, Default)]
+pub(super) struct WatcherCounts(parking_lot::Mutex<HashMap<String, usize>>);
+
+impl WatcherCounts {
+    fn lock_blocking(&self) -> parking_lot::MutexGuard<'_, HashMap<String, usize>> {
+        self.0.lock()
+    }
+}
+
+/// One open stream's place, given back when the stream ends.
+#[derive(Debug)]
+pub(super) struct Watcher {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    key: String,
+    counts: Arc<WatcherCounts>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock_blocking();
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Most streams one client (one token, or else one address) holds open at once.
+pub const HTTP_WATCHERS_PER_CLIENT_MAX: usize = 16;
 
 /// Most streams (watches and session keep-alives) the gateway serves at once.
 pub const HTTP_WATCHERS_MAX: usize = 64;
@@ -63,6 +99,7 @@ impl Gateway {
             client: Mutex::new(None),
             latency: Histogram::default(),
             watchers: Arc::new(tokio::sync::Semaphore::new(HTTP_WATCHERS_MAX)),
+            watchers_by_client: Arc::new(WatcherCounts::default()),
         }
     }
 
@@ -89,14 +126,36 @@ impl Gateway {
             .map_err(HttpError::from)
     }
 
-    /// A place for one more stream (watch or keep-alive), or 429 when all are taken.
-    pub(super) fn watcher(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HttpError> {
-        self.watchers.clone().try_acquire_owned().map_err(|_| {
-            HttpError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_watchers",
-                format!("this gateway serves at most {HTTP_WATCHERS_MAX} streams at once"),
-            )
+    /// A place for one more stream (watch or keep-alive) of `client` (its token, or else
+    /// its address), or 429 when the gateway's or the client's are all taken.
+    pub(super) fn watcher(&self, client: Option<PeerAddress>) -> Result<Watcher, HttpError> {
+        let too_many = |message: String| {
+            HttpError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_watchers", message)
+        };
+        let key = match (token_of_request(), client) {
+            (Some(token), _) => format!("token {token}"),
+            (None, Some(PeerAddress(address))) => format!("address {}", address.ip()),
+            (None, None) => "unknown".to_string(),
+        };
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            too_many(format!(
+                "this gateway serves at most {HTTP_WATCHERS_MAX} streams at once"
+            ))
+        })?;
+        {
+            let mut counts = self.watchers_by_client.lock_blocking();
+            let count = counts.entry(key.clone()).or_default();
+            if *count >= HTTP_WATCHERS_PER_CLIENT_MAX {
+                return Err(too_many(format!(
+                    "{key} already has {HTTP_WATCHERS_PER_CLIENT_MAX} streams open here"
+                )));
+            }
+            *count += 1;
+        }
+        Ok(Watcher {
+            _permit: permit,
+            key,
+            counts: self.watchers_by_client.clone(),
         })
     }
 

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -28,6 +27,10 @@ pub const HTTP_CONNECTIONS_MAX: usize = 1024;
 /// Longest a client may take to send a request's headers, and longest a keep-alive
 /// connection may sit idle before its next request.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The address an HTTP request came from, in its extensions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAddress(pub(crate) SocketAddr);
 
 /// How long open connections get to finish when the agent stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -81,7 +84,11 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request.extensions_mut().insert(PeerAddress(peer));
+            tower::ServiceExt::oneshot(app.clone(), request)
+        });
         let mut shutdown = context.shutdown.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -25,6 +25,8 @@ use serde_json::json;
 
 use super::error::HttpError;
 use super::routes::{Gateway, body, stream_headers, to_json, unexpected};
+use super::server::PeerAddress;
+use axum::Extension;
 
 type Shared = State<std::sync::Arc<Gateway>>;
 
@@ -87,6 +89,7 @@ pub(super) async fn close(
 pub(super) async fn keepalive(
     State(gateway): Shared,
     Path(session): Path<SessionId>,
+    peer: Option<Extension<PeerAddress>>,
 ) -> Result<Response, HttpError> {
     let ttl_ms = match gateway.call(AgentRequest::RenewSession { session }).await? {
         Reply::Session { ttl_ms, .. } => ttl_ms,
@@ -98,7 +101,7 @@ pub(super) async fn keepalive(
         )));
     };
     let period = Duration::from_millis((ttl_ms / 3).max(1));
-    let watcher = gateway.watcher()?;
+    let watcher = gateway.watcher(peer.map(|Extension(peer)| peer))?;
     let client = gateway.connect_for_stream().await?;
     let events = futures::stream::unfold(
         (client, false, watcher),

@@ -19,7 +19,9 @@ use corral_proto::api::{AgentRequest, EventFilter, SubscriptionItem};
 
 use super::error::HttpError;
 use super::routes::{Gateway, stream_headers};
+use super::server::PeerAddress;
 use crate::json::readable;
+use axum::Extension;
 
 fn filter_of(params: &HashMap<String, String>) -> Result<EventFilter, HttpError> {
     let on = |name: &str| -> Result<bool, HttpError> {
@@ -95,6 +97,7 @@ fn sse_event(item: &SubscriptionItem) -> Event {
 pub(super) async fn watch(
     State(gateway): State<Arc<Gateway>>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
+    peer: Option<Extension<PeerAddress>>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let filter = filter_of(&params)?;
@@ -103,7 +106,7 @@ pub(super) async fn watch(
         filter: filter.clone(),
         after,
     })?;
-    let watcher = gateway.watcher()?;
+    let watcher = gateway.watcher(peer.map(|Extension(peer)| peer))?;
     // A connection of its own: it closes, ending the subscription, when the HTTP client
     // goes away and this stream is dropped.
     let client = gateway.connect_for_stream().await?;
