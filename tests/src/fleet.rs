@@ -127,6 +127,18 @@ impl Fleet {
     }
 
     /// A new connection to agent `name`, once its socket answers.
+    /// The HTTP gateway of agent `name`, once it answers.
+    pub async fn gateway(&self, name: &str) -> std::net::SocketAddr {
+        // The gateway answers once the agent has started; the socket is a good sign of that.
+        let _ = self.client(name).await;
+        let address = self.agent(name).http;
+        wait_until(Duration::from_secs(20), "the HTTP gateway", || async move {
+            tokio::net::TcpStream::connect(address).await.ok()
+        })
+        .await;
+        address
+    }
+
     pub async fn client(&self, name: &str) -> AgentClient {
         let socket = self.agents[name].socket.clone();
         wait_until(

@@ -284,3 +284,21 @@ impl EventStream {
         tokio::time::timeout(timeout, read).await.ok().flatten()
     }
 }
+
+/// The JSON content type, for requests with a JSON body.
+pub const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
+
+/// Opens an HTTP session with a time-to-live at the gateway `gateway`; its id.
+pub async fn open_session(gateway: SocketAddr, ttl_ms: u64) -> u64 {
+    let body = format!(r#"{{"ttl_ms": {ttl_ms}}}"#);
+    let opened = request(gateway, "POST", "/v1/sessions", JSON, body.as_bytes()).await;
+    assert_eq!(
+        opened.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&opened.body)
+    );
+    let json = opened.json();
+    assert_eq!(json["ttl_ms"], ttl_ms);
+    json["id"].as_u64().expect("a session id")
+}

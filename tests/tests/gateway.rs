@@ -10,40 +10,12 @@ use corral_tests::browser::Browser;
 use corral_tests::http::{self, EventStream};
 use corral_tests::{Fleet, wait_until};
 
-const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
-
-/// Opens an HTTP session with a time-to-live; answers its id.
-async fn open_session(gw: SocketAddr, ttl_ms: u64) -> u64 {
-    let body = format!(r#"{{"ttl_ms": {ttl_ms}}}"#);
-    let opened = http::request(gw, "POST", "/v1/sessions", JSON, body.as_bytes()).await;
-    assert_eq!(
-        opened.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&opened.body)
-    );
-    let json = opened.json();
-    assert_eq!(json["ttl_ms"], ttl_ms);
-    json["id"].as_u64().expect("a session id")
-}
-
-async fn gateway_of(fleet: &Fleet, name: &str) -> SocketAddr {
-    // The gateway answers once the agent has started; the socket is a good sign of that.
-    let _ = fleet.client(name).await;
-    let address = fleet.agent(name).http;
-    wait_until(Duration::from_secs(20), "the HTTP gateway", || async move {
-        tokio::net::TcpStream::connect(address).await.ok()
-    })
-    .await;
-    address
-}
-
 /// Keys over HTTP: status codes, read-your-writes, consistent reads, CAS conflicts.
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_over_http_have_the_right_status_codes_and_conflicts() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 1).await;
-    let gw = gateway_of(&fleet, "a1").await;
+    let gw = fleet.gateway("a1").await;
 
     let put = http::request(gw, "PUT", "/v1/kv/app/config", &[], b"v1").await;
     assert_eq!(put.status, 200, "{:?}", put.json());
@@ -107,12 +79,12 @@ async fn keys_over_http_have_the_right_status_codes_and_conflicts() {
         409
     );
     // What a client takes over HTTP is held by a session it opened.
-    let session = open_session(gw, 30_000).await;
+    let session = http::open_session(gw, 30_000).await;
     let joined = http::request(
         gw,
         "POST",
         &format!("/v1/shards/M3/replicas?session={session}"),
-        JSON,
+        http::JSON,
         br#"{"address": "10.0.0.7:6379", "priority": 5}"#,
     )
     .await;
@@ -167,13 +139,13 @@ async fn keys_over_http_have_the_right_status_codes_and_conflicts() {
     );
 }
 
-/// Bad JSON, bad parameters, unknown routes, wrong methods and oversized bodies get JSON
+/// Bad http::JSON, bad parameters, unknown routes, wrong methods and oversized bodies get http::JSON
 /// errors with a stable code; the gateway carries on.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_json_errors() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 1).await;
-    let gw = gateway_of(&fleet, "a1").await;
+    let gw = fleet.gateway("a1").await;
     assert_eq!(
         http::request(gw, "PUT", "/v1/shards/M1", &[], b"")
             .await
@@ -182,7 +154,7 @@ async fn bad_requests_get_json_errors() {
     );
 
     let long_key = format!("/v1/kv/{}", "k".repeat(5000));
-    let session = open_session(gw, 30_000).await;
+    let session = http::open_session(gw, 30_000).await;
     let replicas = format!("/v1/shards/M1/replicas?session={session}");
     let instance = format!("/v1/services/api/x?session={session}");
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
@@ -258,7 +230,7 @@ async fn bad_requests_get_json_errors() {
         ("PUT", &long_key, b"v".to_vec(), 400, "invalid"),
     ];
     for (method, path, body, status, code) in cases {
-        let response = http::request(gw, method, path, JSON, &body).await;
+        let response = http::request(gw, method, path, http::JSON, &body).await;
         assert_eq!(
             response.status,
             status,
@@ -281,8 +253,8 @@ async fn bad_requests_get_json_errors() {
 async fn the_watch_stream_resumes_from_a_revision() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 2).await;
-    let gw1 = gateway_of(&fleet, "a1").await;
-    let gw2 = gateway_of(&fleet, "a2").await;
+    let gw1 = fleet.gateway("a1").await;
+    let gw2 = fleet.gateway("a2").await;
     // a2's replica must hold a base before the writes, or they come to it inside that
     // base and a watch from before it rightly starts with a reset.
     let a2 = fleet.client("a2").await;
@@ -356,7 +328,7 @@ async fn the_status_page_shows_a_member_going_down() {
     fleet
         .wait_for_members(&names, &names, Duration::from_secs(20))
         .await;
-    let gw = gateway_of(&fleet, "a1").await;
+    let gw = fleet.gateway("a1").await;
     let page = http::get(gw, "/").await;
     assert_eq!(page.status, 200);
     assert!(String::from_utf8_lossy(&page.body).contains("<table"));

@@ -14,30 +14,6 @@ use corral_tests::core_cluster::client_as;
 use corral_tests::http;
 use corral_tests::{Fleet, wait_until};
 
-const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
-
-async fn gateway_of(fleet: &Fleet, name: &str) -> SocketAddr {
-    let _ = fleet.client(name).await;
-    let address = fleet.agent(name).http;
-    wait_until(Duration::from_secs(20), "the HTTP gateway", || async move {
-        tokio::net::TcpStream::connect(address).await.ok()
-    })
-    .await;
-    address
-}
-
-async fn open_session(gw: SocketAddr, ttl_ms: u64) -> u64 {
-    let body = format!(r#"{{"ttl_ms": {ttl_ms}}}"#);
-    let opened = http::request(gw, "POST", "/v1/sessions", JSON, body.as_bytes()).await;
-    assert_eq!(
-        opened.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&opened.body)
-    );
-    opened.json()["id"].as_u64().expect("a session id")
-}
-
 /// The holder of lock `name` as the agent's replica shows it.
 async fn holder(gw: SocketAddr, name: &str) -> Option<u64> {
     let lock = http::get(gw, &format!("/v1/locks/{name}")).await;
@@ -55,7 +31,7 @@ async fn holder(gw: SocketAddr, name: &str) -> Option<u64> {
 async fn http_sessions_hold_a_lock_one_at_a_time_and_end_with_their_time_to_live() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 1).await;
-    let gw = gateway_of(&fleet, "a1").await;
+    let gw = fleet.gateway("a1").await;
     let observer = fleet.client("a1").await;
     let mut events = observer
         .subscribe(
@@ -69,8 +45,8 @@ async fn http_sessions_hold_a_lock_one_at_a_time_and_end_with_their_time_to_live
         .unwrap();
 
     let sessions = [
-        open_session(gw, 30_000).await,
-        open_session(gw, 30_000).await,
+        http::open_session(gw, 30_000).await,
+        http::open_session(gw, 30_000).await,
     ];
     let rounds = 20;
     let racers = sessions.map(|session| {
@@ -127,8 +103,8 @@ async fn http_sessions_hold_a_lock_one_at_a_time_and_end_with_their_time_to_live
 
     // A session that is not renewed ends one time-to-live after its last renewal, and
     // its lock with it.
-    let idle = open_session(gw, 1_000).await;
-    let kept = open_session(gw, 1_000).await;
+    let idle = http::open_session(gw, 1_000).await;
+    let kept = http::open_session(gw, 1_000).await;
     let take = |session: u64, name: &str| {
         let path = format!("/v1/locks/{name}?session={session}");
         async move { http::request(gw, "POST", &path, &[], b"").await }
@@ -176,8 +152,8 @@ async fn http_sessions_hold_a_lock_one_at_a_time_and_end_with_their_time_to_live
 async fn what_an_app_holds_cannot_be_taken_by_another_host_or_app() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 2).await;
-    let gw1 = gateway_of(&fleet, "a1").await;
-    let gw2 = gateway_of(&fleet, "a2").await;
+    let gw1 = fleet.gateway("a1").await;
+    let gw2 = fleet.gateway("a2").await;
     let app = fleet.client("a2").await;
     app.write(AgentRequest::CreateShard { name: "M3".into() })
         .await
@@ -270,8 +246,8 @@ async fn what_an_app_holds_cannot_be_taken_by_another_host_or_app() {
             ("PUT", format!("/v1/kv/live/a2{q}"), "mine now".to_string()),
         ]
     };
-    let foreign = open_session(gw1, 30_000).await;
-    let neighbour = open_session(gw2, 30_000).await;
+    let foreign = http::open_session(gw1, 30_000).await;
+    let neighbour = http::open_session(gw2, 30_000).await;
     for (gw, session, who) in [
         (gw1, None, "a1 without a session"),
         (gw1, Some(foreign), "a session of a1"),
@@ -279,7 +255,7 @@ async fn what_an_app_holds_cannot_be_taken_by_another_host_or_app() {
         (gw2, Some(neighbour), "another session of a2"),
     ] {
         for (method, path, body) in attacks(session) {
-            let response = http::request(gw, method, &path, JSON, body.as_bytes()).await;
+            let response = http::request(gw, method, &path, http::JSON, body.as_bytes()).await;
             assert_eq!(
                 response.status,
                 403,
@@ -387,12 +363,12 @@ async fn what_an_app_holds_cannot_be_taken_by_another_host_or_app() {
 
 /// A page on another site, or one reached through a rebound DNS name, can change
 /// nothing: a cross-origin form post, a cross-site fetch and a foreign Host are refused
-/// before any route, and a JSON route needs a JSON body.
+/// before any route, and a http::JSON route needs a http::JSON body.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hostile_web_page_changes_nothing() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 1).await;
-    let gw = gateway_of(&fleet, "a1").await;
+    let gw = fleet.gateway("a1").await;
     assert_eq!(
         http::request(gw, "PUT", "/v1/kv/config/mode", &[], b"safe")
             .await
@@ -405,7 +381,7 @@ async fn a_hostile_web_page_changes_nothing() {
             .status,
         200
     );
-    let session = open_session(gw, 30_000).await;
+    let session = http::open_session(gw, 30_000).await;
     let join = format!("/v1/shards/M3/replicas?session={session}");
     let body = br#"{"address": "6.6.6.6:6379", "priority": 100}"#;
     type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
@@ -505,7 +481,7 @@ async fn a_hostile_web_page_changes_nothing() {
 async fn idle_http_connections_are_capped_and_timed_out() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 1).await;
-    let gw = gateway_of(&fleet, "a1").await;
+    let gw = fleet.gateway("a1").await;
     let client = fleet.client("a1").await;
     let mut idle = Vec::new();
     for _ in 0..corral_agent::http::HTTP_CONNECTIONS_MAX + 200 {

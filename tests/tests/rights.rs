@@ -40,16 +40,6 @@ fn acl(fleet: &Fleet, args: &[&str]) -> String {
     corral_as(fleet, "admin", &["acl"], args).unwrap_or_else(|e| panic!("corral acl {args:?}: {e}"))
 }
 
-async fn gateway_of(fleet: &Fleet, name: &str) -> SocketAddr {
-    let _ = fleet.client(name).await;
-    let address = fleet.agent(name).http;
-    wait_until(Duration::from_secs(20), "the HTTP gateway", || async move {
-        tokio::net::TcpStream::connect(address).await.ok()
-    })
-    .await;
-    address
-}
-
 fn forbidden<T: std::fmt::Debug>(result: Result<T, ClientError>) -> bool {
     matches!(result, Err(ClientError::Api(ApiError::Forbidden(_))))
 }
@@ -79,7 +69,7 @@ async fn settle(fleet: &Fleet, client: &corral_proto::AgentClient) {
 async fn rules_decide_who_may_do_what_once_enforced() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 1).await;
-    let gw = gateway_of(&fleet, "a1").await;
+    let gw = fleet.gateway("a1").await;
     let app = fleet.client("a1").await;
     app.put("app/x", b"1").await.unwrap();
     app.put("etc/x", b"1").await.unwrap();
@@ -182,7 +172,7 @@ async fn rules_decide_who_may_do_what_once_enforced() {
 async fn the_quota_refuses_growth_and_raises_the_alarm() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 1).await;
-    let gw = gateway_of(&fleet, "a1").await;
+    let gw = fleet.gateway("a1").await;
     let app = fleet.client("a1").await;
     acl(&fleet, &["quota", "--keys", "5", "--bytes", "1000000"]);
     settle(&fleet, &app).await;

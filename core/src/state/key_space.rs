@@ -167,6 +167,21 @@ impl KeySpace {
         Some(record)
     }
 
+    /// Which branch of `txn` runs against the current state: whether its compares all
+    /// hold, and that branch's operations.
+    pub(crate) fn txn_branch<'t>(&self, txn: &'t corral_proto::Txn) -> (bool, &'t [corral_proto::TxnOp]) {
+        let succeeded = txn
+            .compares
+            .iter()
+            .all(|c| self.compare(&c.key, c.op, &c.target));
+        let branch = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        (succeeded, branch)
+    }
+
     /// Evaluates one transaction compare against the current state.
     pub(crate) fn compare(&self, key: &str, op: CompareOp, target: &CompareTarget) -> bool {
         let record = self.keys.get(key);

@@ -51,15 +51,7 @@ impl Ownership<'_> {
             Command::Put { key, session, .. } => self.may_overwrite(actor, key, *session),
             Command::Delete { key, prefix } => self.may_delete(actor, key, *prefix),
             Command::Txn(txn) => {
-                let succeeded = txn
-                    .compares
-                    .iter()
-                    .all(|c| self.keys.compare(&c.key, c.op, &c.target));
-                let branch = if succeeded {
-                    &txn.success
-                } else {
-                    &txn.failure
-                };
+                let (_, branch) = self.keys.txn_branch(txn);
                 for op in branch {
                     match op {
                         TxnOp::Put { key, session, .. } => {

@@ -67,6 +67,31 @@ struct EarlierStateMachine {
     services: ServiceTable,
 }
 
+/// Sets (`Some`) or removes (`None`) the entry `name` of an access table's map, keeping
+/// it within [`ACCESS_RULES_MAX`]; answers whether anything changed (setting an entry
+/// to what it holds changes nothing).
+fn set_entry<T: Clone + PartialEq>(
+    map: &mut BTreeMap<String, T>,
+    name: &str,
+    value: Option<&T>,
+    what: &str,
+) -> Result<bool, CommandError> {
+    match value {
+        Some(value) if map.get(name) == Some(value) => Ok(false),
+        Some(value) => {
+            if !map.contains_key(name) && map.len() >= ACCESS_RULES_MAX {
+                return Err(CommandError::TooManyRules {
+                    what: what.into(),
+                    max: ACCESS_RULES_MAX,
+                });
+            }
+            map.insert(name.to_string(), value.clone());
+            Ok(true)
+        }
+        None => Ok(map.remove(name).is_some()),
+    }
+}
+
 /// How full the state is against its quota.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaUse {
@@ -628,51 +653,21 @@ impl StateMachine {
                 corral_proto::InvalidCommand::NestedActor,
             )),
             Command::SetRule { name, rule } => {
-                match rule {
-                    Some(rule) => {
-                        if !self.access.rules.contains_key(name)
-                            && self.access.rules.len() >= ACCESS_RULES_MAX
-                        {
-                            return Err(CommandError::TooManyRules {
-                                what: "access rules".into(),
-                                max: ACCESS_RULES_MAX,
-                            });
-                        }
-                        self.access.rules.insert(name.clone(), rule.clone());
-                    }
-                    None => {
-                        if self.access.rules.remove(name).is_none() {
-                            return Ok(Answer::AccessSet);
-                        }
-                    }
+                let changed = set_entry(&mut self.access.rules, name, rule.as_ref(), "access rules")?;
+                if changed {
+                    events.push(Event::AccessChanged {
+                        what: format!("rule {name}"),
+                    });
                 }
-                events.push(Event::AccessChanged {
-                    what: format!("rule {name}"),
-                });
                 Ok(Answer::AccessSet)
             }
             Command::SetToken { name, digest } => {
-                match digest {
-                    Some(digest) => {
-                        if !self.access.tokens.contains_key(name)
-                            && self.access.tokens.len() >= ACCESS_RULES_MAX
-                        {
-                            return Err(CommandError::TooManyRules {
-                                what: "tokens".into(),
-                                max: ACCESS_RULES_MAX,
-                            });
-                        }
-                        self.access.tokens.insert(name.clone(), digest.clone());
-                    }
-                    None => {
-                        if self.access.tokens.remove(name).is_none() {
-                            return Ok(Answer::AccessSet);
-                        }
-                    }
+                let changed = set_entry(&mut self.access.tokens, name, digest.as_ref(), "tokens")?;
+                if changed {
+                    events.push(Event::AccessChanged {
+                        what: format!("token {name}"),
+                    });
                 }
-                events.push(Event::AccessChanged {
-                    what: format!("token {name}"),
-                });
                 Ok(Answer::AccessSet)
             }
             Command::SetEnforce { enforce } => {
@@ -769,15 +764,7 @@ impl StateMachine {
     }
 
     fn apply_txn(&mut self, txn: &Txn, next: Revision, events: &mut Vec<Event>) -> Outcome {
-        let succeeded = txn
-            .compares
-            .iter()
-            .all(|c| self.keys.compare(&c.key, c.op, &c.target));
-        let branch = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let (succeeded, branch) = self.keys.txn_branch(txn);
         // Check every operation of the branch before applying any, so that the branch is
         // all or nothing.
         let (mut keys_added, mut bytes_added) = (0u64, 0u64);

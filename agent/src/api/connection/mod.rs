@@ -315,6 +315,18 @@ impl Connection {
                     None => Err(ApiError::NoSuchSubscription(subscription)),
                 }
             }
+            write => self.write_or_wait(write, None).await,
+        })
+    }
+
+    /// A write, acting in held session `named` if given; a lock acquire with a wait
+    /// queues until granted or the wait ends.
+    async fn write_or_wait(
+        &self,
+        request: AgentRequest,
+        named: Option<SessionId>,
+    ) -> Result<Reply, ApiError> {
+        match request {
             AgentRequest::AcquireLock { wait_ms, .. } if wait_ms > LOCK_WAIT_MAX_MS => Err(
                 ApiError::BadRequest(format!("wait_ms above the limit of {LOCK_WAIT_MAX_MS}")),
             ),
@@ -322,10 +334,10 @@ impl Connection {
                 ref name, wait_ms, ..
             } if wait_ms > 0 => {
                 let name = name.clone();
-                self.acquire_waiting(request, name, wait_ms, None).await
+                self.acquire_waiting(request, name, wait_ms, named).await
             }
-            write => self.write(write, None).await,
-        })
+            write => self.write(write, named).await,
+        }
     }
 
     /// A request acting in held session `session`: only writes, reads and lock waits.
@@ -338,16 +350,6 @@ impl Connection {
         self.check_held(session, holder)?;
         match request {
             AgentRequest::Read { query, consistent } => self.read(query, consistent).await,
-            AgentRequest::AcquireLock { wait_ms, .. } if wait_ms > LOCK_WAIT_MAX_MS => Err(
-                ApiError::BadRequest(format!("wait_ms above the limit of {LOCK_WAIT_MAX_MS}")),
-            ),
-            AgentRequest::AcquireLock {
-                ref name, wait_ms, ..
-            } if wait_ms > 0 => {
-                let name = name.clone();
-                self.acquire_waiting(request, name, wait_ms, Some(session))
-                    .await
-            }
             AgentRequest::Status
             | AgentRequest::Members
             | AgentRequest::Subscribe { .. }
@@ -359,7 +361,7 @@ impl Connection {
             | AgentRequest::InSession { .. } => Err(ApiError::BadRequest(
                 "only reads and writes act in a session".into(),
             )),
-            write => self.write(write, Some(session)).await,
+            write => self.write_or_wait(write, Some(session)).await,
         }
     }
 
