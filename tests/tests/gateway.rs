@@ -2,7 +2,6 @@
 //! (three `corral core` processes, agents as `corral agent` processes), and the page in a
 //! real headless chromium.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use corral_proto::api::MemberState;

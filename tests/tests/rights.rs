@@ -2,7 +2,6 @@
 //! the admin certificate) sets rules, tokens, enforcement and the quota in the core, and
 //! a real agent enforces them on its socket and its HTTP gateway.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 

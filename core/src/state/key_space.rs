@@ -169,7 +169,10 @@ impl KeySpace {
 
     /// Which branch of `txn` runs against the current state: whether its compares all
     /// hold, and that branch's operations.
-    pub(crate) fn txn_branch<'t>(&self, txn: &'t corral_proto::Txn) -> (bool, &'t [corral_proto::TxnOp]) {
+    pub(crate) fn txn_branch<'t>(
+        &self,
+        txn: &'t corral_proto::Txn,
+    ) -> (bool, &'t [corral_proto::TxnOp]) {
         let succeeded = txn
             .compares
             .iter()

@@ -653,7 +653,8 @@ impl StateMachine {
                 corral_proto::InvalidCommand::NestedActor,
             )),
             Command::SetRule { name, rule } => {
-                let changed = set_entry(&mut self.access.rules, name, rule.as_ref(), "access rules")?;
+                let changed =
+                    set_entry(&mut self.access.rules, name, rule.as_ref(), "access rules")?;
                 if changed {
                     events.push(Event::AccessChanged {
                         what: format!("rule {name}"),
