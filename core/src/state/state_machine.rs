@@ -21,13 +21,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use corral_proto::access::AccessTable;
-use corral_proto::limits::{ACCESS_RULES_MAX, CLIENT_SESSIONS_PER_NODE_MAX, QUOTA_ALARM_PERCENT};
+use corral_proto::limits::CLIENT_SESSIONS_PER_NODE_MAX;
 use corral_proto::{
     Answer, CloseReason, Command, CommandError, CommandResponse, Event, KeyValue, Lock, Revision,
     ServiceInstance, Session, SessionId, SessionOwner, Shard, Txn, TxnOp, TxnOpResult,
 };
 use serde::{Deserialize, Serialize};
 
+use super::access_changes::{self, QuotaUse};
 use super::key_space::KeySpace;
 use super::lock_table::{Acquired, LockTable, Released};
 use super::ownership::Ownership;
@@ -65,51 +66,6 @@ struct EarlierStateMachine {
     shards: ShardTable,
     locks: LockTable,
     services: ServiceTable,
-}
-
-/// Sets (`Some`) or removes (`None`) the entry `name` of an access table's map, keeping
-/// it within [`ACCESS_RULES_MAX`]; answers whether anything changed (setting an entry
-/// to what it holds changes nothing).
-fn set_entry<T: Clone + PartialEq>(
-    map: &mut BTreeMap<String, T>,
-    name: &str,
-    value: Option<&T>,
-    what: &str,
-) -> Result<bool, CommandError> {
-    match value {
-        Some(value) if map.get(name) == Some(value) => Ok(false),
-        Some(value) => {
-            if !map.contains_key(name) && map.len() >= ACCESS_RULES_MAX {
-                return Err(CommandError::TooManyRules {
-                    what: what.into(),
-                    max: ACCESS_RULES_MAX,
-                });
-            }
-            map.insert(name.to_string(), value.clone());
-            Ok(true)
-        }
-        None => Ok(map.remove(name).is_some()),
-    }
-}
-
-/// How full the state is against its quota.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuotaUse {
-    pub keys: u64,
-    pub keys_max: u64,
-    pub bytes: u64,
-    pub bytes_max: u64,
-}
-
-impl QuotaUse {
-    /// True once keys or bytes passed [`QUOTA_ALARM_PERCENT`] of the quota: writes will
-    /// soon be refused.
-    pub fn alarm(&self) -> bool {
-        let past = |used: u64, max: u64| {
-            used.saturating_mul(100) >= max.saturating_mul(QUOTA_ALARM_PERCENT)
-        };
-        past(self.keys, self.keys_max) || past(self.bytes, self.bytes_max)
-    }
 }
 
 /// Counts of what the state holds, for status answers and metrics.
@@ -652,43 +608,10 @@ impl StateMachine {
             Command::Act { .. } => Err(CommandError::Invalid(
                 corral_proto::InvalidCommand::NestedActor,
             )),
-            Command::SetRule { name, rule } => {
-                let changed =
-                    set_entry(&mut self.access.rules, name, rule.as_ref(), "access rules")?;
-                if changed {
-                    events.push(Event::AccessChanged {
-                        what: format!("rule {name}"),
-                    });
-                }
-                Ok(Answer::AccessSet)
-            }
-            Command::SetToken { name, digest } => {
-                let changed = set_entry(&mut self.access.tokens, name, digest.as_ref(), "tokens")?;
-                if changed {
-                    events.push(Event::AccessChanged {
-                        what: format!("token {name}"),
-                    });
-                }
-                Ok(Answer::AccessSet)
-            }
-            Command::SetEnforce { enforce } => {
-                if self.access.enforce != *enforce {
-                    self.access.enforce = *enforce;
-                    events.push(Event::AccessChanged {
-                        what: format!("enforce {enforce}"),
-                    });
-                }
-                Ok(Answer::AccessSet)
-            }
-            Command::SetQuota { quota } => {
-                if self.access.quota != *quota {
-                    self.access.quota = *quota;
-                    events.push(Event::AccessChanged {
-                        what: format!("quota {} keys, {} bytes", quota.keys_max, quota.bytes_max),
-                    });
-                }
-                Ok(Answer::AccessSet)
-            }
+            Command::SetRule { .. }
+            | Command::SetToken { .. }
+            | Command::SetEnforce { .. }
+            | Command::SetQuota { .. } => access_changes::apply(&mut self.access, command, events),
         }
     }
 
