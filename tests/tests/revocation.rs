@@ -60,13 +60,10 @@ async fn a_revoked_certificate_is_refused_after_sighup_on_old_and_new_connection
             || !matches!(error, ClientError::Core(_)),
         "{error}"
     );
-    // A new connection fails its handshake.
+    // A new connection fails its handshake: no member gets as far as answering it.
     let fresh = client_as(&cluster.pki.dir, "stolen", members.clone());
     let error = fresh.write(&put("after")).await.unwrap_err();
-    assert!(
-        !matches!(error, ClientError::Core(CoreError::NotLeader { .. })),
-        "{error}"
-    );
+    assert!(!matches!(error, ClientError::Core(_)), "{error}");
     // Everybody else goes on, and the members still reach each other.
     honest.write(&put("after")).await.unwrap();
     let status = cluster
