@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use super::routes::Gateway;
+use super::gateway::Gateway;
 use crate::metrics::RequestKind;
 
 const CORE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);

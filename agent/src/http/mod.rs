@@ -2,7 +2,9 @@
 //! Prometheus metrics.
 //!
 //! ```text
-//!  HTTP client ──► routes.rs ──AgentClient──► the agent's own Unix socket ──► api/
+//!  HTTP client ──► server.rs ─► guard.rs ─► routes.rs ─► gateway.rs ──AgentClient──►
+//!                                                          the agent's own Unix socket ──► api/
+//!                  sessions.rs sessions with a time-to-live and their keep-alive
 //!                  watch.rs   one socket connection per stream (Server-Sent Events)
 //!                  metrics    /metrics from the agent's counters and the core's status
 //!                  page.html  GET /, no build step, no external assets
@@ -20,6 +22,7 @@
 //! the listener ([`server`]) caps connections and times out slow headers.
 
 mod error;
+mod gateway;
 mod guard;
 mod metrics_page;
 mod routes;
@@ -27,6 +30,6 @@ mod server;
 mod sessions;
 mod watch;
 
+pub use gateway::{Gateway, HTTP_WATCHERS_MAX, HTTP_WATCHERS_PER_CLIENT_MAX};
 pub use guard::{HttpPolicy, PolicyError};
-pub use routes::{Gateway, HTTP_WATCHERS_MAX, HTTP_WATCHERS_PER_CLIENT_MAX};
 pub use server::{HEADER_READ_TIMEOUT, HTTP_CONNECTIONS_MAX, bind, serve};

@@ -16,8 +16,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::gateway::Gateway;
 use super::guard::{Guard, Guarded, HttpPolicy};
-use super::routes::{Gateway, router};
+use super::routes::router;
 use crate::agent::AgentContext;
 
 /// Most HTTP connections open at once; one more is closed as soon as it is accepted,

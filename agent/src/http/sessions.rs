@@ -24,7 +24,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::HttpError;
-use super::routes::{Gateway, body, stream_headers, to_json, unexpected};
+use super::gateway::{Gateway, body, to_json, unexpected};
+use super::routes::stream_headers;
 use super::server::PeerAddress;
 use axum::Extension;
 

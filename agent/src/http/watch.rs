@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Response};
 use corral_proto::api::{AgentRequest, EventFilter, SubscriptionItem};
 
 use super::error::HttpError;
-use super::routes::{Gateway, stream_headers};
+use super::gateway::Gateway;
+use super::routes::stream_headers;
 use super::server::PeerAddress;
 use crate::json::readable;
 use axum::Extension;
