@@ -163,6 +163,7 @@ pub enum AgentRequest {
     /// session, and what it removes must belong to it.
     InSession {
         session: SessionId,
+        #[serde(deserialize_with = "crate::nesting::boxed_twice")]
         request: Box<AgentRequest>,
     },
     /// `request` of an HTTP client, checked against the access rules as the token named
@@ -170,6 +171,7 @@ pub enum AgentRequest {
     /// it (a connection of the agent's Unix user or root); the gateway checked the token.
     OnBehalf {
         token: Option<String>,
+        #[serde(deserialize_with = "crate::nesting::boxed_twice")]
         request: Box<AgentRequest>,
     },
 }

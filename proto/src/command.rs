@@ -130,6 +130,7 @@ pub enum Command {
     /// wrapped so; entries from earlier versions are not, and apply unchecked as they did.
     Act {
         actor: Actor,
+        #[serde(deserialize_with = "crate::nesting::boxed_once")]
         command: Box<Command>,
     },
     /// Sets the access rule `name` (None: removes it). Admin certificate only.

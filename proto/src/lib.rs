@@ -22,6 +22,7 @@ pub mod frame;
 pub mod idle_poll;
 pub mod limits;
 pub mod model;
+mod nesting;
 pub mod shard_map;
 
 pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};
