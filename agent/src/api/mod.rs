@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  server.rs      the Unix socket listener
-//!  connection/    one app connection: requests (mod.rs), its sessions and the held
+//!  connection/    one app connection: requests and writes (mod.rs), reads (reads.rs),
+//!                 its sessions and the held
 //!                 sessions it acts in (sessions.rs), subscriptions (subscription.rs),
 //!                 and what it sends, bounded in bytes (outgoing.rs)
 //!  core_writes.rs the writes of all connections, batched on their way to the core
