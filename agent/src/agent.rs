@@ -71,6 +71,9 @@ pub struct AgentConfig {
     pub http: Option<SocketAddr>,
     /// Whom the gateway answers: Host names, Origins, bearer tokens.
     pub http_policy: crate::http::HttpPolicy,
+    /// Address of the etcd v3 gRPC endpoint (None: not served). Beyond loopback it needs
+    /// the HTTP gateway's tokens.
+    pub etcd: Option<SocketAddr>,
     pub tls_dir: PathBuf,
     pub gossip: GossipConfig,
     /// Longest the worker polls for the next request before it sleeps (zero: never).
@@ -156,6 +159,18 @@ impl Agent {
             None => None,
         };
 
+        let etcd_listener = match config.etcd {
+            Some(address) => Some({
+                config
+                    .http_policy
+                    .check(address)
+                    .map_err(|e| AgentError::Config(format!("etcd endpoint: {e}")))?;
+                crate::etcd::bind(address)
+                    .await
+                    .map_err(|e| AgentError::Start(format!("etcd endpoint on {address}: {e}")))?
+            }),
+            None => None,
+        };
         let gossip = gossip::service::spawn(
             identity.clone(),
             &config.gossip,
@@ -222,10 +237,21 @@ impl Agent {
                 config.http_policy.clone(),
             )));
         }
+        if let Some(etcd_listener) = etcd_listener {
+            tasks.push(tokio::spawn(crate::etcd::serve(
+                etcd_listener,
+                context.clone(),
+                config.socket.clone(),
+                crate::etcd::EtcdPolicy {
+                    tokens: config.http_policy.tokens.clone(),
+                },
+            )));
+        }
         tracing::info!(
             identity = %identity,
             socket = %config.socket.display(),
             http = ?config.http,
+            etcd = ?config.etcd,
             "agent started"
         );
         Ok(Agent {

@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod etcd;
 pub mod gossip;
 pub mod http;
 pub mod json;

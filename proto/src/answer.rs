@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::InvalidCommand;
 use crate::model::{LockGrant, Revision, SessionId};
+use crate::range::RangeResult;
 
 /// The result of applying one command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +31,11 @@ pub struct KeyMeta {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOpResult {
     Put(KeyMeta),
-    Deleted { count: u64 },
+    Deleted {
+        count: u64,
+    },
+    /// What a [`crate::TxnOp::Range`] read.
+    Range(RangeResult),
 }
 
 /// What a successful command did.
@@ -168,6 +173,10 @@ pub enum CommandError {
     /// Too many access rules or tokens.
     #[error("the state already holds {max} {what}")]
     TooManyRules { what: String, max: usize },
+    /// The reads of a transaction would answer more than one answer may carry; nothing
+    /// was written. Read less at once (a limit, a narrower range).
+    #[error("the transaction's reads hold {bytes} bytes, more than the {max} an answer carries")]
+    RangeTooLarge { bytes: u64, max: u64 },
 }
 
 fn acting_text(acting: &Option<SessionId>) -> String {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::{AccessRule, Quota};
 use crate::limits::*;
 use crate::model::{SessionId, SessionOwner};
+use crate::range::{KeyRange, RangeQuery};
 
 /// Who asks for a command, as the core member that proposed it established: the name on
 /// the certificate the request came under (checked by the member against the TLS peer,
@@ -187,6 +188,8 @@ pub enum CompareTarget {
     CreateRevision(u64),
     ModifyRevision(u64),
     Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The session an ephemeral key is bound to (0: none), etcd's lease of a key.
+    Session(u64),
 }
 
 /// A write inside a transaction.
@@ -202,6 +205,11 @@ pub enum TxnOp {
         key: String,
         prefix: bool,
     },
+    /// Reads a range as the branch has left it so far; its answer is
+    /// [`crate::TxnOpResult::Range`].
+    Range(RangeQuery),
+    /// Deletes every key of a range.
+    DeleteRange(KeyRange),
 }
 
 /// A command that breaks a limit. Nothing was proposed or written.
@@ -316,6 +324,8 @@ impl TxnOp {
                 validate_value(value)
             }
             TxnOp::Delete { key, prefix } => validate_key(key, *prefix),
+            TxnOp::Range(query) => query.range.validate(),
+            TxnOp::DeleteRange(range) => range.validate(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod idle_poll;
 pub mod limits;
 pub mod model;
 mod nesting;
+pub mod range;
 pub mod shard_map;
 
 pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};

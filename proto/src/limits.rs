@@ -54,3 +54,7 @@ pub const ACCESS_RULES_MAX: usize = 10_000;
 
 /// Share of the quota past which the state raises its alarm, in percent.
 pub const QUOTA_ALARM_PERCENT: u64 = 90;
+
+/// Most bytes of keys and values the reads of one transaction answer, well under
+/// [`FRAME_LEN_MAX`] so that the answer of a batch of writes always fits in a frame.
+pub const TXN_RANGE_BYTES_MAX: u64 = 1024 * 1024;

@@ -44,10 +44,20 @@ impl Batchable for Pending {
         self.len
     }
 
-    /// Closing a session answers with every session it ended, which may be many: it goes
-    /// alone, so that no batch's answer outgrows a frame.
+    /// Closing a session answers with every session it ended, which may be many, and a
+    /// transaction's reads with up to a megabyte: they go alone, so that no batch's answer
+    /// outgrows a frame.
     fn goes_alone(&self) -> bool {
-        matches!(self.command.unwrapped(), Command::CloseSession { .. })
+        match self.command.unwrapped() {
+            Command::CloseSession { .. } => true,
+            // A transaction's reads answer up to TXN_RANGE_BYTES_MAX.
+            Command::Txn(txn) => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .any(|op| matches!(op, corral_proto::TxnOp::Range(_))),
+            _ => false,
+        }
     }
 }
 

@@ -47,10 +47,13 @@ pub fn needs(request: &AgentRequest) -> Vec<Need> {
                 .map(|c| (Keys, c.key.clone(), Read))
                 .collect();
             for op in txn.success.iter().chain(&txn.failure) {
-                let key = match op {
-                    TxnOp::Put { key, .. } | TxnOp::Delete { key, .. } => key,
-                };
-                needs.push((Keys, key.clone(), Write));
+                needs.push(match op {
+                    TxnOp::Put { key, .. } | TxnOp::Delete { key, .. } => {
+                        (Keys, key.clone(), Write)
+                    }
+                    TxnOp::Range(query) => (Keys, query.range.covering_prefix(), Read),
+                    TxnOp::DeleteRange(range) => (Keys, range.covering_prefix(), Write),
+                });
             }
             needs
         }

@@ -55,6 +55,10 @@ pub(crate) struct AgentArgs {
     /// request must then carry `Authorization: Bearer TOKEN`.
     #[arg(long, env = "CORRAL_HTTP_TOKEN_FILE")]
     http_token_file: Option<PathBuf>,
+    /// Address of the etcd v3 gRPC endpoint, e.g. 127.0.0.1:2379 (none by default): etcd
+    /// clients and etcdctl talk to this agent. Beyond loopback it needs --http-token-file.
+    #[arg(long, env = "CORRAL_ETCD")]
+    etcd: Option<SocketAddr>,
     /// Directory with ca.pem and this agent's NAME.pem and NAME-key.pem.
     #[arg(long, env = "CORRAL_TLS_DIR")]
     tls_dir: PathBuf,
@@ -158,6 +162,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         socket: args.socket,
         http: args.http,
         http_policy,
+        etcd: args.etcd,
         tls_dir: args.tls_dir,
         gossip,
         idle_poll_max: Duration::from_micros(args.idle_poll_us),

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  base port P:  core-i  127.0.0.1:P+i        (Raft and clients, QUIC)
-//!                agent i gossip 127.0.0.1:P+100+i, HTTP 127.0.0.1:P+200+i
+//!                agent i gossip 127.0.0.1:P+100+i, HTTP 127.0.0.1:P+200+i,
+//!                        etcd v3 API 127.0.0.1:P+300+i
 //!                socket  DIR/aI.sock, logs DIR/logs/
 //! ```
 
@@ -33,7 +34,7 @@ pub(crate) struct DevArgs {
     /// Number of agents (hosts).
     #[arg(long, default_value_t = 5)]
     agents: usize,
-    /// First port of the layout: cores at +1.., gossip at +101.., HTTP at +201..
+    /// First port of the layout: cores at +1.., gossip at +101.., HTTP at +201.., etcd at +301..
     #[arg(long, default_value_t = 7000)]
     base_port: u16,
     /// Play the sharded-store failover scenario, narrated, then stop.
@@ -54,6 +55,8 @@ pub(crate) struct DevAgent {
     pub(crate) name: String,
     pub(crate) socket: PathBuf,
     pub(crate) http: SocketAddr,
+    /// Its etcd v3 gRPC endpoint.
+    pub(crate) etcd: SocketAddr,
     pub(crate) gossip: SocketAddr,
     pub(crate) process: Option<Child>,
 }
@@ -134,8 +137,10 @@ impl DevCluster {
             if !free_udp(base + 100 + i) {
                 taken.push(format!("udp {}", base + 100 + i));
             }
-            if !free_tcp(base + 200 + i) {
-                taken.push(format!("tcp {}", base + 200 + i));
+            for port in [base + 200 + i, base + 300 + i] {
+                if !free_tcp(port) {
+                    taken.push(format!("tcp {port}"));
+                }
             }
         }
         if !taken.is_empty() {
@@ -195,6 +200,7 @@ impl DevCluster {
             let agent = DevAgent {
                 socket: dir.join(format!("{name}.sock")),
                 http: SocketAddr::from(([127, 0, 0, 1], base + 200 + i)),
+                etcd: SocketAddr::from(([127, 0, 0, 1], base + 300 + i)),
                 gossip: SocketAddr::from(([127, 0, 0, 1], base + 100 + i)),
                 name,
                 process: None,
@@ -235,6 +241,8 @@ impl DevCluster {
             agent.socket.display().to_string(),
             "--http".into(),
             agent.http.to_string(),
+            "--etcd".into(),
+            agent.etcd.to_string(),
             "--tls-dir".into(),
             tls.display().to_string(),
         ];
@@ -314,15 +322,16 @@ impl DevCluster {
         println!("  core     {}", self.core_addresses.join("  "));
         println!();
         println!(
-            "  {:<6} {:<38} {:<24} gossip",
-            "agent", "socket", "HTTP gateway"
+            "  {:<6} {:<38} {:<24} {:<18} gossip",
+            "agent", "socket", "HTTP gateway", "etcd v3 API"
         );
         for agent in &self.agents {
             println!(
-                "  {:<6} {:<38} http://{:<17} {}",
+                "  {:<6} {:<38} http://{:<17} {:<18} {}",
                 agent.name,
                 agent.socket.display(),
                 agent.http,
+                agent.etcd,
                 agent.gossip
             );
         }
@@ -349,6 +358,10 @@ impl DevCluster {
         );
         println!("  curl -sN 'http://{}/v1/watch?prefix=hello'", first.http);
         println!("  open http://{}/ for the status page", first.http);
+        println!(
+            "  etcdctl --endpoints={} put hello world && etcdctl --endpoints={} get hello",
+            first.etcd, first.etcd
+        );
         println!();
         println!(
             "Kill an agent to watch the others notice: kill -9 <pid of aN>, pids in {}/pids",

@@ -157,7 +157,10 @@ async fn follow(
             }
         };
         let has_leader = match &item {
-            WatchItem::Progress { leader, .. } => leader.is_some(),
+            WatchItem::Progress { leader, term, .. } => {
+                replica.heard_leader(*leader, *term);
+                leader.is_some()
+            }
             _ => true,
         };
         if leave_leader

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use corral_core::rpc::WatchItem;
 use corral_core::state::StateMachine;
-use corral_proto::{Command, EventBatch, Revision};
+use corral_proto::{Command, EventBatch, KeyValue, Revision};
 
 /// Largest snapshot the replica assembles, so a hostile or broken member cannot make it
 /// allocate without bound.
@@ -134,6 +134,46 @@ impl Replica {
         }
         let start = self.history.partition_point(|b| b.revision <= after);
         Some(self.history.range(start..).cloned().collect())
+    }
+
+    /// Whether any key of `range` changed after revision `after`: None when the history no
+    /// longer reaches back there.
+    pub fn range_changed_since(
+        &self,
+        after: Revision,
+        range: &corral_proto::range::KeyRange,
+    ) -> Option<bool> {
+        if after < self.history_floor() {
+            return None;
+        }
+        let start = self.history.partition_point(|b| b.revision <= after);
+        Some(self.history.range(start..).any(|batch| {
+            batch
+                .events
+                .iter()
+                .filter_map(corral_proto::Event::key)
+                .any(|key| range.contains(key.as_bytes()))
+        }))
+    }
+
+    /// The value `key` had just before revision `revision`, as far as the history shows:
+    /// Some(None) when it did not exist, None when the history does not tell.
+    pub fn value_before(&self, revision: Revision, key: &str) -> Option<Option<KeyValue>> {
+        let end = self.history.partition_point(|b| b.revision < revision);
+        for batch in self.history.range(..end).rev() {
+            for event in batch.events.iter().rev() {
+                match event {
+                    corral_proto::Event::KeyPut(kv) if kv.key == key => {
+                        return Some(Some(kv.clone()));
+                    }
+                    corral_proto::Event::KeyDeleted { key: deleted } if deleted == key => {
+                        return Some(None);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None
     }
 
     /// Forgets any half-received snapshot (the stream it came on ended). A new stream

@@ -32,6 +32,9 @@ pub struct SharedReplica {
     /// Watch streams the feed has opened: a count that keeps rising says the feed keeps
     /// losing its stream.
     feed_streams: AtomicU64,
+    /// The core's Raft term and leader, as the feed last heard them.
+    term: AtomicU64,
+    leader: AtomicU64,
 }
 
 impl Default for SharedReplica {
@@ -49,6 +52,8 @@ impl SharedReplica {
             last_heard: Mutex::new(None),
             feed: Mutex::new(None),
             feed_streams: AtomicU64::new(0),
+            term: AtomicU64::new(0),
+            leader: AtomicU64::new(0),
         }
     }
 
@@ -67,6 +72,21 @@ impl SharedReplica {
 
     pub fn age_ms(&self) -> Option<u64> {
         self.age().map(|age| age.as_millis() as u64)
+    }
+
+    /// The core's Raft term as last heard (0: not yet).
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Relaxed)
+    }
+
+    /// The core's leader as last heard (None: none known).
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.leader.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    pub(crate) fn heard_leader(&self, leader: Option<u64>, term: u64) {
+        self.term.fetch_max(term, Ordering::Relaxed);
+        self.leader.store(leader.unwrap_or(0), Ordering::Relaxed);
     }
 
     pub fn feed(&self) -> Option<String> {

@@ -217,6 +217,18 @@ impl HeldSessions {
             .min()
     }
 
+    /// The sessions `holder` holds, by ID.
+    pub fn held_by(&self, holder: &Holder) -> Vec<(SessionId, Held)> {
+        let mut held: Vec<(SessionId, Held)> = self
+            .sessions
+            .iter()
+            .filter(|(_, held)| held.holder == *holder)
+            .map(|(id, held)| (*id, held.clone()))
+            .collect();
+        held.sort_unstable_by_key(|(id, _)| *id);
+        held
+    }
+
     /// Every held session and when it was opened, to drop those the core has closed.
     pub fn opened(&self) -> Vec<(SessionId, Instant)> {
         self.sessions

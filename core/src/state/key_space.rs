@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use std::cmp::Ordering;
+
+use corral_proto::range::{KeyRange, RangeEnd, RangeQuery, RangeResult, SortOrder, SortTarget};
 use corral_proto::{CompareOp, CompareTarget, KeyMeta, KeyValue, Revision, SessionId};
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +112,82 @@ impl KeySpace {
             .take_while(move |(key, _)| key.starts_with(prefix))
     }
 
+    /// The keys of `range`, in order.
+    pub(crate) fn in_range<'a>(
+        &'a self,
+        range: &'a KeyRange,
+    ) -> impl Iterator<Item = (&'a String, &'a KeyRecord)> + 'a {
+        let start = range.start.as_slice();
+        self.keys
+            .range::<str, _>((Bound::Included(range.start_floor()), Bound::Unbounded))
+            .skip_while(move |(key, _)| key.as_bytes() < start)
+            .take_while(move |(key, _)| match &range.end {
+                RangeEnd::Single => key.as_bytes() == start,
+                RangeEnd::Before(end) => key.as_bytes() < end.as_slice(),
+                RangeEnd::Unbounded => true,
+            })
+    }
+
+    /// Answers a range read. Refuses, with the bytes it would hold, an answer whose keys
+    /// and values exceed `bytes_max`.
+    pub(crate) fn range(&self, query: &RangeQuery, bytes_max: u64) -> Result<RangeResult, u64> {
+        let mut count = 0u64;
+        let mut found: Vec<(&String, &KeyRecord)> = Vec::new();
+        let mut matched = 0u64;
+        let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+        let needs_all = query.needs_all();
+        for (key, record) in self.in_range(&query.range) {
+            count += 1;
+            if !query.admits(record.modify_revision, record.create_revision) {
+                continue;
+            }
+            matched += 1;
+            if query.count_only || (!needs_all && limit > 0 && found.len() >= limit) {
+                continue;
+            }
+            found.push((key, record));
+        }
+        if let Some((target, order)) = query.sort {
+            found.sort_by(|(key_a, a), (key_b, b)| {
+                let ordering = compare_by(target, key_a, a, key_b, b);
+                match order {
+                    SortOrder::Ascend => ordering,
+                    SortOrder::Descend => ordering.reverse(),
+                }
+            });
+        }
+        if limit > 0 {
+            found.truncate(limit);
+        }
+        let mut bytes = 0u64;
+        for (key, record) in &found {
+            bytes += key.len() as u64
+                + if query.keys_only {
+                    0
+                } else {
+                    record.value.len() as u64
+                };
+        }
+        if bytes > bytes_max {
+            return Err(bytes);
+        }
+        let keys = found
+            .into_iter()
+            .map(|(key, record)| {
+                let mut kv = record.to_key_value(key);
+                if query.keys_only {
+                    kv.value = Vec::new();
+                }
+                kv
+            })
+            .collect();
+        Ok(RangeResult {
+            keys,
+            more: limit > 0 && matched > limit as u64,
+            count,
+        })
+    }
+
     /// Names of the keys under `prefix` (or just `key` when not a prefix delete) that exist.
     pub(crate) fn matching(&self, key: &str, prefix: bool) -> Vec<String> {
         if prefix {
@@ -193,6 +272,7 @@ impl KeySpace {
             CompareTarget::CreateRevision(v) => record.map_or(0, |r| r.create_revision).cmp(v),
             CompareTarget::ModifyRevision(v) => record.map_or(0, |r| r.modify_revision).cmp(v),
             CompareTarget::Value(v) => record.map(|r| r.value.as_slice()).cmp(&Some(v.as_slice())),
+            CompareTarget::Session(v) => record.and_then(|r| r.session).unwrap_or(0).cmp(v),
         };
         match op {
             CompareOp::Equal => ordering.is_eq(),
@@ -201,6 +281,24 @@ impl KeySpace {
             CompareOp::Greater => ordering.is_gt(),
         }
     }
+}
+
+/// The order of two keys by `target`, ties by key.
+fn compare_by(
+    target: SortTarget,
+    key_a: &str,
+    a: &KeyRecord,
+    key_b: &str,
+    b: &KeyRecord,
+) -> Ordering {
+    let ordering = match target {
+        SortTarget::Key => Ordering::Equal,
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::CreateRevision => a.create_revision.cmp(&b.create_revision),
+        SortTarget::ModifyRevision => a.modify_revision.cmp(&b.modify_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    ordering.then_with(|| key_a.cmp(key_b))
 }
 
 #[cfg(test)]
@@ -227,6 +325,39 @@ mod tests {
             .collect();
         assert_eq!(names, ["app/2", "app/3"]);
         assert_eq!(keys.range_prefix("", None).count(), 6);
+    }
+
+    #[test]
+    fn ranges_limit_sort_and_filter_as_etcd_does() {
+        let mut keys = KeySpace::default();
+        for (revision, key) in [(4, "l/c"), (2, "l/a"), (3, "l/b"), (5, "m")] {
+            keys.put(key, key.as_bytes().to_vec(), None, revision);
+        }
+        let mut query = RangeQuery::of(KeyRange::prefix("l/"));
+        query.limit = 1;
+        query.sort = Some((SortTarget::CreateRevision, SortOrder::Descend));
+        let found = keys.range(&query, u64::MAX).unwrap();
+        assert_eq!(found.keys.len(), 1);
+        assert_eq!(found.keys[0].key, "l/c");
+        assert!(found.more);
+        assert_eq!(found.count, 3);
+        query.max_create_revision = 3;
+        let found = keys.range(&query, u64::MAX).unwrap();
+        assert_eq!(found.keys[0].key, "l/b");
+        query.count_only = true;
+        let found = keys.range(&query, u64::MAX).unwrap();
+        assert!(found.keys.is_empty() && found.count == 3);
+        // A from-key range, and an answer too large to carry.
+        let from = RangeQuery::of(KeyRange::from_etcd(b"l/b", b"\0"));
+        let names: Vec<_> = keys
+            .range(&from, u64::MAX)
+            .unwrap()
+            .keys
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(names, ["l/b", "l/c", "m"]);
+        assert_eq!(keys.range(&from, 4), Err(14));
     }
 
     #[test]

@@ -61,6 +61,16 @@ impl Ownership<'_> {
                             self.may_overwrite(actor, key, *session)?;
                         }
                         TxnOp::Delete { key, prefix } => self.may_delete(actor, key, *prefix)?,
+                        TxnOp::DeleteRange(range) => {
+                            for (name, record) in self.keys.in_range(range) {
+                                if let Some(owner) = record.session {
+                                    self.owned_by(actor, owner, || {
+                                        format!("ephemeral key {name:?}")
+                                    })?;
+                                }
+                            }
+                        }
+                        TxnOp::Range(_) => {}
                     }
                 }
                 Ok(())

@@ -112,6 +112,10 @@ impl SessionTable {
             .unwrap_or_default()
     }
 
+    pub(crate) fn owned(&self, id: SessionId) -> Option<&Owned> {
+        self.index.owned.get(&id)
+    }
+
     pub(crate) fn owned_mut(&mut self, id: SessionId) -> &mut Owned {
         self.index
             .owned

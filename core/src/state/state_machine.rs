@@ -21,7 +21,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use corral_proto::access::AccessTable;
-use corral_proto::limits::CLIENT_SESSIONS_PER_NODE_MAX;
+use corral_proto::limits::{CLIENT_SESSIONS_PER_NODE_MAX, TXN_RANGE_BYTES_MAX};
+use corral_proto::range::{KeyRange, RangeQuery, RangeResult};
 use corral_proto::{
     Answer, CloseReason, Command, CommandError, CommandResponse, Event, KeyValue, Lock, Revision,
     ServiceInstance, Session, SessionId, SessionOwner, Shard, Txn, TxnOp, TxnOpResult,
@@ -112,6 +113,25 @@ impl StateMachine {
             .collect();
         let more = iter.next().is_some();
         (items, more)
+    }
+
+    /// Answers a range read, or refuses one whose keys and values exceed `bytes_max`
+    /// with the bytes it would hold.
+    pub fn range(&self, query: &RangeQuery, bytes_max: u64) -> Result<RangeResult, u64> {
+        self.keys.range(query, bytes_max)
+    }
+
+    /// Whether every compare of `txn` holds now: whether its success branch would run.
+    pub fn compares_hold(&self, txn: &Txn) -> bool {
+        self.keys.txn_branch(txn).0
+    }
+
+    /// The keys bound to `session` (its ephemeral keys), in order.
+    pub fn session_keys(&self, session: SessionId) -> Vec<String> {
+        self.sessions
+            .owned(session)
+            .map(|owned| owned.keys.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn shard(&self, name: &str) -> Option<&Shard> {
@@ -687,8 +707,72 @@ impl StateMachine {
         }
     }
 
+    /// Deletes every key of `range`.
+    fn delete_range(&mut self, range: &KeyRange, events: &mut Vec<Event>) -> u64 {
+        let names: Vec<String> = self.keys.in_range(range).map(|(k, _)| k.clone()).collect();
+        for name in &names {
+            self.remove_key(name, events);
+        }
+        names.len() as u64
+    }
+
+    /// An upper bound of the bytes the reads of `branch` answer: exact for a read before
+    /// any write; after one, every key of its range plus everything the branch puts.
+    fn txn_range_bytes(&self, branch: &[TxnOp]) -> u64 {
+        let mut total = 0u64;
+        let mut written = false;
+        let put_bytes: u64 = branch
+            .iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value, .. } => (key.len() + value.len()) as u64,
+                _ => 0,
+            })
+            .sum();
+        for op in branch {
+            match op {
+                TxnOp::Range(query) if !written => {
+                    total += match self.keys.range(query, u64::MAX) {
+                        Ok(result) => result
+                            .keys
+                            .iter()
+                            .map(|kv| (kv.key.len() + kv.value.len()) as u64)
+                            .sum(),
+                        Err(bytes) => bytes,
+                    };
+                }
+                TxnOp::Range(query) => {
+                    let all = RangeQuery {
+                        limit: 0,
+                        sort: None,
+                        ..query.clone()
+                    };
+                    total += put_bytes
+                        + match self.keys.range(&all, u64::MAX) {
+                            Ok(result) => result
+                                .keys
+                                .iter()
+                                .map(|kv| (kv.key.len() + kv.value.len()) as u64)
+                                .sum(),
+                            Err(bytes) => bytes,
+                        };
+                }
+                _ => written = true,
+            }
+        }
+        total
+    }
+
     fn apply_txn(&mut self, txn: &Txn, next: Revision, events: &mut Vec<Event>) -> Outcome {
         let (succeeded, branch) = self.keys.txn_branch(txn);
+        if branch.iter().any(|op| matches!(op, TxnOp::Range(_))) {
+            let bytes = self.txn_range_bytes(branch);
+            if bytes > TXN_RANGE_BYTES_MAX {
+                return Err(CommandError::RangeTooLarge {
+                    bytes,
+                    max: TXN_RANGE_BYTES_MAX,
+                });
+            }
+        }
         // Check every operation of the branch before applying any, so that the branch is
         // all or nothing.
         let (mut keys_added, mut bytes_added) = (0u64, 0u64);
@@ -735,6 +819,12 @@ impl StateMachine {
                 TxnOp::Delete { key, prefix } => TxnOpResult::Deleted {
                     count: self.delete(key, *prefix, events),
                 },
+                TxnOp::DeleteRange(range) => TxnOpResult::Deleted {
+                    count: self.delete_range(range, events),
+                },
+                TxnOp::Range(query) => {
+                    TxnOpResult::Range(self.keys.range(query, u64::MAX).unwrap_or_default())
+                }
             })
             .collect();
         Ok(Answer::Txn { succeeded, results })

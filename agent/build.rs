@@ -1,0 +1,19 @@
+//! Compiles etcd's v3 API (agent/proto/etcd) into the gRPC services the agent serves.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/etcd/kv.proto",
+        "proto/etcd/rpc.proto",
+        "proto/etcd/v3lock.proto",
+        "proto/etcd/v3election.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto/etcd"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
