@@ -24,6 +24,8 @@ pub struct AgentProcess {
     pub socket: PathBuf,
     /// The HTTP gateway's address.
     pub http: std::net::SocketAddr,
+    /// Its etcd v3 gRPC endpoint.
+    pub etcd: std::net::SocketAddr,
     process: Option<ChildProcess>,
 }
 
@@ -59,6 +61,7 @@ impl Fleet {
                 gossip: format!("127.0.0.1:{}", free_udp_port()),
                 socket: root.join("sockets").join(format!("{name}.sock")),
                 http: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+                etcd: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
                 process: None,
             };
             fleet.agents.insert(name.clone(), agent);
@@ -103,6 +106,8 @@ impl Fleet {
             agent.socket.display().to_string(),
             "--http".into(),
             agent.http.to_string(),
+            "--etcd".into(),
+            agent.etcd.to_string(),
             "--tls-dir".into(),
             tls.display().to_string(),
         ];
@@ -126,7 +131,6 @@ impl Fleet {
         }
     }
 
-    /// A new connection to agent `name`, once its socket answers.
     /// The HTTP gateway of agent `name`, once it answers.
     pub async fn gateway(&self, name: &str) -> std::net::SocketAddr {
         // The gateway answers once the agent has started; the socket is a good sign of that.
@@ -139,6 +143,20 @@ impl Fleet {
         address
     }
 
+    /// The etcd endpoint of agent `name`, once it answers.
+    pub async fn etcd(&self, name: &str) -> std::net::SocketAddr {
+        let _ = self.client(name).await;
+        let address = self.agent(name).etcd;
+        wait_until(
+            Duration::from_secs(20),
+            "the etcd endpoint",
+            || async move { tokio::net::TcpStream::connect(address).await.ok() },
+        )
+        .await;
+        address
+    }
+
+    /// A new connection to agent `name`, once its socket answers.
     pub async fn client(&self, name: &str) -> AgentClient {
         let socket = self.agents[name].socket.clone();
         wait_until(

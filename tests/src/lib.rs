@@ -9,6 +9,7 @@
 //!  SmallDisk        a tmpfs of a few MiB under a data directory, to fill it up
 //!  docker           the Docker cluster of deploy/: kill, pause, partition, netem
 //!  http, browser    a plain HTTP client with SSE, and headless chromium over DevTools
+//!  etcd_clients     Debian's etcdctl and Python's etcd3, installed when missing
 //!  wait_until       poll a condition with a deadline, never a bare sleep
 //! ```
 
@@ -17,6 +18,7 @@ pub mod checker;
 pub mod core_cluster;
 pub mod disk;
 pub mod docker;
+pub mod etcd_clients;
 pub mod fleet;
 pub mod http;
 pub mod pki;

@@ -1,0 +1,226 @@
+//! etcd clients that other people wrote, for the tests of the agents' etcd endpoint:
+//! Debian's `etcdctl` (package etcd-client, installed with apt-get when missing and this
+//! is root) and Python's `etcd3` package (in a virtualenv made once under `target/`).
+
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::process::corral_binary;
+
+/// How long one etcdctl or Python command may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Python `etcd3` release the tests use, the protobuf runtime its generated code
+/// needs, and a tenacity that still takes the retry callbacks its lock passes.
+const PYTHON_PACKAGES: [&str; 3] = ["etcd3==0.12.0", "protobuf==3.20.3", "tenacity==6.3.1"];
+
+/// A directory under the build's target directory, shared by every test process.
+fn target_dir() -> PathBuf {
+    corral_binary()
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary lives in target/<profile>/")
+        .to_path_buf()
+}
+
+/// Runs `f` under an exclusive lock on `name` in the target directory, so that parallel
+/// test processes install once.
+fn exclusively<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let path = target_dir().join(format!("{name}.lock"));
+    let file = File::create(&path).expect("create the lock file");
+    file.lock().expect("lock the lock file");
+    let result = f();
+    let _ = file.unlock();
+    result
+}
+
+fn run_with_deadline(mut command: Command, input: Option<&str>) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if input.is_some() {
+        command.stdin(Stdio::piped());
+    } else {
+        command.stdin(Stdio::null());
+    }
+    let mut child = command.spawn().expect("spawn the command");
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(input.as_bytes()).expect("write the input");
+    }
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("collect the output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect the output");
+            panic!(
+                "{command:?} ran for more than {COMMAND_TIMEOUT:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Debian's etcdctl: `ETCDCTL` if set, else the one on the PATH, installed when missing.
+pub fn etcdctl_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("ETCDCTL") {
+            return PathBuf::from(path);
+        }
+        let found = || {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("etcdctl"))
+                    .find(|path| path.is_file())
+            })
+        };
+        if let Some(path) = found() {
+            return path;
+        }
+        exclusively("etcd-client-install", || {
+            if found().is_none() && nix::unistd::getuid().is_root() {
+                let mut update = Command::new("apt-get");
+                update.args(["update", "-qq"]);
+                run_with_deadline(update, None);
+                let mut install = Command::new("apt-get");
+                install
+                    .args(["install", "-y", "-qq", "etcd-client"])
+                    .env("DEBIAN_FRONTEND", "noninteractive");
+                run_with_deadline(install, None);
+            }
+        });
+        found().expect(
+            "etcdctl is missing and could not be installed: install Debian's etcd-client \
+             or set ETCDCTL=/path/to/etcdctl",
+        )
+    })
+}
+
+/// etcdctl, pointed at one endpoint.
+#[derive(Clone, Debug)]
+pub struct Etcdctl {
+    pub endpoint: SocketAddr,
+}
+
+impl Etcdctl {
+    pub fn new(endpoint: SocketAddr) -> Etcdctl {
+        Etcdctl { endpoint }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(etcdctl_binary());
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint))
+            .arg("--command-timeout=20s")
+            .args(args);
+        command
+    }
+
+    /// Runs etcdctl: its standard output, or its standard error when it failed.
+    pub fn run(&self, args: &[&str]) -> Result<String, String> {
+        self.run_with_input(args, None)
+    }
+
+    pub fn run_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String, String> {
+        let output = run_with_deadline(self.command(args), input);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stderr),
+                stdout
+            ))
+        }
+    }
+
+    /// Runs etcdctl and expects success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.run(args)
+            .unwrap_or_else(|error| panic!("etcdctl {args:?} failed: {error}"))
+    }
+
+    /// Starts a long-running etcdctl (watch, lock, elect, keep-alive) whose output goes
+    /// to `output`.
+    pub fn spawn(&self, args: &[&str], output: &Path) -> Child {
+        let file = File::create(output).expect("create the output file");
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn etcdctl")
+    }
+
+    /// The revision of the endpoint's answer to a read of `key`.
+    pub fn revision(&self, key: &str) -> u64 {
+        let json = self.ok(&["get", key, "-w", "json"]);
+        let value: serde_json::Value = serde_json::from_str(&json).expect("etcdctl's JSON");
+        value["header"]["revision"].as_u64().expect("a revision")
+    }
+}
+
+/// The Python interpreter of a virtualenv with the `etcd3` package, made once.
+pub fn python_etcd3() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = target_dir().join("etcd3-venv");
+        let python = venv.join("bin").join("python");
+        let ready = venv.join("ready");
+        exclusively("etcd3-venv", || {
+            let wanted = PYTHON_PACKAGES.join(" ");
+            if std::fs::read_to_string(&ready).is_ok_and(|made| made == wanted) {
+                return;
+            }
+            let _ = std::fs::remove_dir_all(&venv);
+            let mut create = Command::new("python3");
+            create.args(["-m", "venv"]).arg(&venv);
+            let output = run_with_deadline(create, None);
+            assert!(
+                output.status.success(),
+                "python3 -m venv failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let mut install = Command::new(venv.join("bin").join("pip"));
+            install.args(["install", "-q"]).args(PYTHON_PACKAGES);
+            let output = run_with_deadline(install, None);
+            assert!(
+                output.status.success(),
+                "pip install {PYTHON_PACKAGES:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::fs::write(&ready, wanted).expect("mark the virtualenv ready");
+        });
+        python
+    })
+}
+
+/// Runs a Python script of `tests/python/` with the etcd3 virtualenv: its standard
+/// output, or its output and error when it failed.
+pub fn run_python(script: &str, args: &[String]) -> Result<String, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let mut command = Command::new(python_etcd3());
+    command.arg(path).args(args);
+    let output = run_with_deadline(command, None);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
