@@ -126,6 +126,14 @@ impl StateMachine {
         self.keys.txn_branch(txn).0
     }
 
+    /// Whether a key of `range` was created before revision `revision`: what a waiter
+    /// in etcd's lock and election recipes waits on, without sorting the range.
+    pub fn created_before(&self, range: &KeyRange, revision: Revision) -> bool {
+        self.keys
+            .in_range(range)
+            .any(|(_, record)| record.create_revision < revision)
+    }
+
     /// The keys bound to `session` (its ephemeral keys), in order.
     pub fn session_keys(&self, session: SessionId) -> Vec<String> {
         self.sessions
