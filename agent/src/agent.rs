@@ -39,6 +39,8 @@ pub struct AgentContext {
     pub core: Arc<CoreClient>,
     /// Writes from app connections, batched on their way to the core.
     pub writes: CoreWrites,
+    /// Linearizable reads on their way to the core's read index, coalesced.
+    pub reads: crate::api::read_index::ReadIndex,
     pub replica: Arc<SharedReplica>,
     pub gossip: GossipHandle,
     pub node_session: watch::Receiver<Option<SessionId>>,
@@ -185,6 +187,7 @@ impl Agent {
             name: config.name.clone(),
             core: core.clone(),
             writes: CoreWrites::start(core.clone()),
+            reads: crate::api::read_index::ReadIndex::new(core.clone()),
             replica: replica.clone(),
             gossip: gossip.clone(),
             node_session: session_receiver,

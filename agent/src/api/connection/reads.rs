@@ -70,7 +70,7 @@ impl Connection {
         let replica = &self.context.replica;
         let mut needed = *self.watermark.lock();
         if consistent {
-            let index = self.context.core.read_index().await.map_err(core_error)?;
+            let index = self.context.reads.read_index().await.map_err(core_error)?;
             needed = needed.max(index);
         }
         if replica.revision() < needed {

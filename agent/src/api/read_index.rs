@@ -1,0 +1,81 @@
+//! Linearizable reads of every connection (socket, HTTP, etcd) on their way to the core's
+//! read index, coalesced.
+//!
+//! ```text
+//!  read ─┐
+//!  read ─┼─► waiting ─► one ReadIndex call for all of them ─► each waits for the replica
+//!  read ─┘              (at most one in flight; reads that arrive meanwhile go next)
+//! ```
+//!
+//! A read may use a read index only if the call that got it began after the read arrived:
+//! then every write acknowledged before the read is at or below it. Each call therefore
+//! takes exactly the reads that were waiting when it began; reads that arrive while it is
+//! in flight wait for the next one. Under load that is one round trip to the leader per
+//! round trip, not one per read.
+
+use std::sync::Arc;
+
+use corral_core::client::{ClientError, CoreClient};
+use corral_proto::Revision;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+type Answer = Result<Revision, String>;
+
+#[derive(Debug, Default)]
+struct Waiting {
+    in_flight: bool,
+    reads: Vec<oneshot::Sender<Answer>>,
+}
+
+/// The agent's door to the core's read index; clones share one queue.
+#[derive(Clone, Debug)]
+pub struct ReadIndex {
+    core: Arc<CoreClient>,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+impl ReadIndex {
+    pub fn new(core: Arc<CoreClient>) -> Self {
+        ReadIndex {
+            core,
+            waiting: Arc::default(),
+        }
+    }
+
+    /// The revision a linearizable read that arrives now must reflect.
+    pub async fn read_index(&self) -> Result<Revision, ClientError> {
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut waiting = self.waiting.lock();
+            waiting.reads.push(answer);
+            !std::mem::replace(&mut waiting.in_flight, true)
+        };
+        if start {
+            tokio::spawn(self.clone().run());
+        }
+        match answered.await {
+            Ok(Ok(revision)) => Ok(revision),
+            Ok(Err(error)) => Err(ClientError::Unavailable(error)),
+            Err(_) => Err(ClientError::Unavailable("the agent is stopping".into())),
+        }
+    }
+
+    /// Calls the core for the reads waiting, again while more arrived meanwhile.
+    async fn run(self) {
+        loop {
+            let reads = {
+                let mut waiting = self.waiting.lock();
+                if waiting.reads.is_empty() {
+                    waiting.in_flight = false;
+                    return;
+                }
+                std::mem::take(&mut waiting.reads)
+            };
+            let answer = self.core.read_index().await.map_err(|e| e.to_string());
+            for read in reads {
+                let _ = read.send(answer.clone());
+            }
+        }
+    }
+}
