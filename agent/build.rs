@@ -1,4 +1,5 @@
-//! Compiles etcd's v3 API (agent/proto/etcd) into the gRPC services the agent serves.
+//! Compiles etcd's v3 API (agent/proto/etcd) into the gRPC services the agent serves and
+//! the client `corral import --from-etcd` reads an etcd with.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -12,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(files, ["proto/etcd"])?;
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
     Ok(())

@@ -9,6 +9,7 @@ pub mod config_file;
 mod core_member;
 mod demo;
 mod dev;
+mod import;
 mod output;
 
 use std::process::ExitCode;
@@ -82,6 +83,8 @@ enum Command {
     },
     /// Access rules, bearer tokens and the quota, under the admin certificate.
     Acl(acl::AclArgs),
+    /// Copy keys from a running etcd into Corral, through the local agent.
+    Import(import::ImportArgs),
     /// A whole Corral on loopback: three core members and N agents (--demo: play a
     /// failover).
     Dev(dev::DevArgs),
@@ -114,6 +117,7 @@ pub fn run(cli: Cli) -> ExitCode {
             client::run(connect, client::ClientCommand::Watch(args))
         }
         Command::Acl(args) => acl::run(args),
+        Command::Import(args) => import::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Dev(args) => dev::run(args),
     };
