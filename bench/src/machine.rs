@@ -18,6 +18,8 @@ pub struct Machine {
     pub fsync_p99_us: u64,
     /// p50 of the bare Unix-socket round trip, in µs, per number of connections.
     pub socket_p50_us: Vec<(usize, u64)>,
+    /// p50 of a bare gRPC get through the etcd client (answered at once), by clients.
+    pub grpc_p50_us: Vec<(usize, u64)>,
     pub versions: Vec<(String, String)>,
 }
 
@@ -104,6 +106,7 @@ pub fn describe(dir: &Path, corral: &Path, clients: &[usize]) -> anyhow::Result<
         fsync_p50_us,
         fsync_p99_us,
         socket_p50_us,
+        grpc_p50_us: Vec::new(),
         versions,
     })
 }

@@ -5,6 +5,7 @@
 //! turn, drives the same workloads through each one's client library with the same
 //! closed loop, stops it, and writes `docs/benchmarks.md`, its SVG charts and raw CSV.
 
+mod grpc_floor;
 mod machine;
 mod process;
 mod report;
@@ -23,6 +24,7 @@ use report::{FailoverRun, FootprintRow, Results, Run};
 use runner::{Op, Sample, closed_loop};
 use systems::corral::Corral;
 use systems::etcd::Etcd;
+use systems::etcd_api::{self, EtcdWorkload};
 use systems::zookeeper::ZooKeeper;
 use systems::{Freeze, LockVia, Lookup, Writes};
 
@@ -55,11 +57,11 @@ enum Action {
         /// Only these systems (corral, etcd, zookeeper).
         #[arg(long, value_delimiter = ',', default_value = "corral,etcd,zookeeper")]
         systems: Vec<String>,
-        /// Only these workloads (lookup, write, lock, failover, footprint).
+        /// Only these workloads (lookup, write, lock, etcd-api, failover, footprint).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "lookup,write,lock,failover,footprint"
+            default_value = "lookup,write,lock,etcd-api,failover,footprint"
         )]
         workloads: Vec<String>,
         /// The command line to print on the page as the one that reproduces it.
@@ -116,8 +118,19 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             for w in &workloads {
-                if !["lookup", "write", "lock", "failover", "footprint"].contains(&w.as_str()) {
-                    bail!("unknown workload {w:?}: lookup, write, lock, failover or footprint");
+                if ![
+                    "lookup",
+                    "write",
+                    "lock",
+                    "etcd-api",
+                    "failover",
+                    "footprint",
+                ]
+                .contains(&w.as_str())
+                {
+                    bail!(
+                        "unknown workload {w:?}: lookup, write, lock, etcd-api, failover or footprint"
+                    );
                 }
             }
             let corral = std::fs::canonicalize(&corral)
@@ -251,12 +264,20 @@ impl Cluster {
 
     async fn lock_clients(&self, clients: usize, via: LockVia) -> anyhow::Result<Vec<Op>> {
         match self {
-            Cluster::Corral(c) if via == LockVia::HttpSession => {
-                c.http_lock_clients(clients).await
-            }
+            Cluster::Corral(c) if via == LockVia::HttpSession => c.http_lock_clients(clients).await,
             Cluster::Corral(c) => c.lock_clients(clients).await,
             Cluster::Etcd(e) => e.lock_clients(clients).await,
             Cluster::ZooKeeper(z) => z.lock_clients(clients).await,
+        }
+    }
+
+    /// The etcd v3 endpoints the same etcd client drives: Corral's agent a1, etcd's
+    /// members; ZooKeeper has none.
+    fn etcd_endpoints(&self) -> Option<Vec<String>> {
+        match self {
+            Cluster::Corral(_) => Some(systems::corral::etcd_endpoints()),
+            Cluster::Etcd(_) => Some(systems::etcd::endpoints()),
+            Cluster::ZooKeeper(_) => None,
         }
     }
 
@@ -301,7 +322,14 @@ async fn run_all(plan: &Plan, systems: &[String], command_line: &str) -> anyhow:
         std::fs::remove_dir_all(&root)?;
     }
     std::fs::create_dir_all(&root)?;
-    let machine = machine::describe(&root, &plan.corral, &plan.clients)?;
+    let mut machine = machine::describe(&root, &plan.corral, &plan.clients)?;
+    if plan.wants("etcd-api") {
+        for &clients in &plan.clients {
+            let p50 = grpc_floor::round_trip_p50_us(clients, Duration::from_secs(1)).await?;
+            println!("bare gRPC get through etcd-client, {clients} clients: p50 {p50} µs");
+            machine.grpc_p50_us.push((clients, p50));
+        }
+    }
     println!(
         "machine: {} cores, {:.1} GiB, fsync p50 {} µs",
         machine.cores, machine.memory_gib, machine.fsync_p50_us
@@ -432,6 +460,28 @@ async fn run_system(
                 let ops = cluster.lock_clients(clients, via).await?;
                 let sample = measured_load(ops, &cluster.processes(), plan.measure).await?;
                 record(results, cluster, "lock", label, false, clients, rep, sample)?;
+            }
+        }
+    }
+    if plan.wants("etcd-api")
+        && let Some(endpoints) = cluster.etcd_endpoints()
+    {
+        etcd_api::prepare(&endpoints).await?;
+        for workload in EtcdWorkload::ALL {
+            for &clients in &plan.clients {
+                let ops = etcd_api::clients(&endpoints, clients, workload).await?;
+                let sample = measured_load(ops, &cluster.processes(), plan.measure).await?;
+                let linearizable = workload == EtcdWorkload::LinearizableGet;
+                record(
+                    results,
+                    cluster,
+                    "etcd API",
+                    workload.label(),
+                    linearizable,
+                    clients,
+                    rep,
+                    sample,
+                )?;
             }
         }
     }

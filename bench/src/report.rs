@@ -1167,6 +1167,7 @@ mod tests {
                 fsync_p50_us: 200,
                 fsync_p99_us: 400,
                 socket_p50_us: vec![(1, 30), (16, 40), (128, 450)],
+                grpc_p50_us: vec![(1, 90), (16, 400), (128, 3000)],
                 versions: Vec::new(),
             },
             command_line: "bench/run.sh".into(),

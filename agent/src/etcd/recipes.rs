@@ -127,10 +127,11 @@ impl Etcd {
     /// (its lease ended).
     async fn wait_first(&self, prefix: &str, mine: &str, created: u64) -> Result<u64, Status> {
         let mut revisions = self.context.replica.revisions();
+        let range = KeyRange::prefix(prefix);
         loop {
             let (revision, waiting, exists) = self.context.replica.read(|r| {
                 let machine = r.machine();
-                let waiting = older_exists(machine, prefix, created);
+                let waiting = machine.created_before(&range, created);
                 (r.revision(), waiting, machine.get(mine).is_some())
             });
             if !exists {
@@ -181,16 +182,6 @@ impl Etcd {
         abandon.key = None;
         Ok((key, created, granted?, existing))
     }
-}
-
-/// Whether a key under `prefix` was created before `created` (a key's create revision is
-/// unique, so "before" is strict).
-fn older_exists(machine: &corral_core::state::StateMachine, prefix: &str, created: u64) -> bool {
-    machine
-        .range(&first_created(prefix), u64::MAX)
-        .ok()
-        .and_then(|f| f.keys.into_iter().next())
-        .is_some_and(|first| first.create_revision < created)
 }
 
 #[tonic::async_trait]

@@ -211,7 +211,7 @@ impl Etcd {
     pub(super) async fn linearize(&self) -> Result<(), Status> {
         let index = self
             .context
-            .core
+            .reads
             .read_index()
             .await
             .map_err(|e| errors::unavailable(&e.to_string()))?;

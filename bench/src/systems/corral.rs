@@ -24,6 +24,8 @@ use crate::runner::{Op, op};
 const CORE_PORTS: [u16; 3] = [17001, 17002, 17003];
 const GOSSIP_PORTS: [u16; 3] = [17101, 17102, 17103];
 const HTTP_PORTS: [u16; 3] = [17201, 17202, 17203];
+/// The agents' etcd v3 endpoints (`--etcd`).
+const ETCD_PORTS: [u16; 3] = [17301, 17302, 17303];
 /// The shard looked up: its master is registered from host a2.
 const LOOKUP_MASTER: &str = "10.0.0.3:6379";
 
@@ -60,11 +62,18 @@ fn gossip_defaults(binary: &str) -> String {
     }
 }
 
+/// Agent a1's etcd endpoint: where an etcd client on host a1 connects.
+pub fn etcd_endpoints() -> Vec<String> {
+    vec![format!("http://127.0.0.1:{}", ETCD_PORTS[0])]
+}
+
 impl Corral {
     pub async fn start(binary: &Path, dir: &Path) -> anyhow::Result<Corral> {
         let mut udp = CORE_PORTS.to_vec();
         udp.extend(GOSSIP_PORTS);
-        check_ports_free(&HTTP_PORTS, &udp)?;
+        let mut tcp = HTTP_PORTS.to_vec();
+        tcp.extend(ETCD_PORTS);
+        check_ports_free(&tcp, &udp)?;
         let tls = dir.join("tls");
         let bin = binary.display().to_string();
         output(
@@ -204,6 +213,8 @@ impl Corral {
             self.sockets[i].display().to_string(),
             "--http".into(),
             format!("127.0.0.1:{}", HTTP_PORTS[i]),
+            "--etcd".into(),
+            format!("127.0.0.1:{}", ETCD_PORTS[i]),
             "--tls-dir".into(),
             self.tls.display().to_string(),
         ];

@@ -3,6 +3,7 @@
 
 pub mod corral;
 pub mod etcd;
+pub mod etcd_api;
 pub mod zookeeper;
 
 use std::io::{BufRead, BufReader, Write};
