@@ -330,6 +330,16 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             p50s.join(" / ")
         );
     }
+    if !m.grpc_p50_us.is_empty() {
+        let counts: Vec<String> = m.grpc_p50_us.iter().map(|(c, _)| c.to_string()).collect();
+        let p50s: Vec<String> = m.grpc_p50_us.iter().map(|(_, v)| us(*v as f64)).collect();
+        let _ = writeln!(
+            p,
+            "| gRPC get through `etcd-client`, nothing else: p50 at {} clients | {} (a tonic server on one thread answering every Range at once; the workloads' client and closed loop; `bench/src/grpc_floor.rs`) |",
+            counts.join(" / "),
+            p50s.join(" / ")
+        );
+    }
     for (name, version) in &m.versions {
         let _ = writeln!(p, "| {name} | {version} |");
     }
@@ -341,7 +351,7 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
     let _ = writeln!(p, "## Settings\n");
     let _ = writeln!(
         p,
-        "- **Corral** as shipped: three core members (Raft, each write fsynced by a majority\n  before it is acknowledged; one worker thread per two cores, the default), three agents\n  (hosts a1, a2, a3; one worker thread each and polling up to 50 µs after an\n  answer, the defaults; the client library likewise polls up to 50 µs for a reply); every link QUIC with mutual TLS. Clients talk to agent a1\n  over its Unix socket, except *write to core*, which uses the core client over QUIC + mTLS as an agent does.\n- **etcd** as Debian ships it: three members, `--heartbeat-interval 100`,\n  `--election-timeout 1000` (defaults), plain HTTP/2 without TLS (its default), writes\n  fsynced by a majority. Client: `etcd-client` (Rust, tonic/gRPC), connected to all\n  three members.\n- **ZooKeeper** as Debian ships it (its `zoo.cfg`: `tickTime=2000`, `initLimit=10`,\n  `syncLimit=5`), with `forceSync=yes` (fsync before acknowledging), the admin HTTP\n  server off and `maxClientCnxns=0` (128 clients from one address). JVM defaults.\n  Client: `zookeeper-client` (Rust, async), connected to all three members.\n- **Load**: a closed loop; every client is its own connection (and, where the\n  system has them, its own session) and sends its next request when the last is\n  answered. {:.1} s measured after a 0.5 s warm-up, {} repetitions of every run (one\n  per round, each on a freshly started cluster); footprint from the first round;\n  latencies from an HDR histogram (3 significant digits). Tables give the median of\n  the repetitions, with their min–max in brackets.\n- **CPU per op**: the CPU time (user + system, from /proc) that the system's\n  processes (Corral: the three core members and agent a1; the peers: their three\n  members) and the driver (every client of the load, one process) spent over the\n  measured window, divided by the operations completed in it; medians of the\n  repetitions. The raw CSV splits user from system time.\n- **Values**: 256 bytes per write; each client cycles over 1,000 keys of its own\n  (ZooKeeper: one node per client).",
+        "- **Corral** as shipped: three core members (Raft, each write fsynced by a majority\n  before it is acknowledged; one worker thread per two cores, the default), three agents\n  (hosts a1, a2, a3; one worker thread each and polling up to 50 µs after an\n  answer, the defaults; the client library likewise polls up to 50 µs for a reply); every link QUIC with mutual TLS. Clients talk to agent a1\n  over its Unix socket, except *write to core*, which uses the core client over QUIC + mTLS as an agent does.\n- **etcd** as Debian ships it: three members, `--heartbeat-interval 100`,\n  `--election-timeout 1000` (defaults), plain HTTP/2 without TLS (its default), writes\n  fsynced by a majority. Client: `etcd-client` (Rust, tonic/gRPC), connected to all\n  three members.\n- **ZooKeeper** as Debian ships it (its `zoo.cfg`: `tickTime=2000`, `initLimit=10`,\n  `syncLimit=5`), with `forceSync=yes` (fsync before acknowledging), the admin HTTP\n  server off and `maxClientCnxns=0` (128 clients from one address). JVM defaults.\n  Client: `zookeeper-client` (Rust, async), connected to all three members.\n- **Load**: a closed loop; every client is its own connection (and, where the\n  system has them, its own session) and sends its next request when the last is\n  answered. {:.1} s measured after a 0.5 s warm-up, {} repetitions of every run (one\n  per round, each on a freshly started cluster); footprint from the first round;\n  latencies from an HDR histogram (3 significant digits). Tables give the median of\n  the repetitions, with their min–max in brackets.\n- **CPU per op**: the CPU time (user + system, from /proc) that the system's\n  processes (Corral: the three core members and agent a1; the peers: their three\n  members) and the driver (every client of the load, one process) spent over the\n  measured window, divided by the operations completed in it; medians of the\n  repetitions. The raw CSV splits user from system time.\n- **Values**: 256 bytes per write; each client cycles over 1,000 keys of its own\n  (ZooKeeper: one node per client).\n- **etcd API**: the same client, `etcd-client`, drives etcd (connected to all three\n  members) and Corral's etcd endpoint on agent a1 (`--etcd`; an etcd client connects to\n  its host's agent). *txn* is a compare-and-swap on a key's version; *lock* is etcd's\n  lock API (`v3lock`) with a lease per client, acquire then release of one lock.",
         results.seconds, results.reps
     );
     for (name, setting) in &results.settings {
@@ -395,6 +405,7 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             );
         }
     }
+    etcd_api_goals(&mut p, m, sums, clients);
     let kill = failover_ms(results, "Corral", "SIGKILL");
     if !kill.is_empty() {
         let max = kill.iter().copied().fold(0.0, f64::max);
@@ -538,6 +549,25 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             );
         }
     }
+    for variant in ["serializable get", "linearizable get", "put", "txn", "lock"] {
+        for &c in clients {
+            let of = |system: &'static str| get(sums, "etcd API", system, variant, c);
+            let (measure, pick): (&str, fn(&Summary) -> f64) = if variant.ends_with("get") {
+                ("p50 latency", Summary::p50)
+            } else {
+                ("ops/s", Summary::ops)
+            };
+            ratio_row(
+                &mut p,
+                &format!("etcd API through etcd-client: {variant}"),
+                c,
+                measure,
+                of("Corral").map(pick),
+                of("etcd").map(pick),
+                None,
+            );
+        }
+    }
     for signal in ["SIGKILL", "SIGSTOP"] {
         let f = |s: &str| {
             let v = median(&mut failover_ms(results, s, signal));
@@ -605,6 +635,12 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
             "Lock churn: acquire and release of one lock",
             "lock-p99.svg",
             "lock-ops.svg",
+        ),
+        (
+            "etcd API",
+            "The etcd API through the same client: Corral's agent and etcd",
+            "etcd-api-p50.svg",
+            "etcd-api-ops.svg",
         ),
     ];
     for (workload, title, chart_a, chart_b) in sections {
@@ -779,6 +815,65 @@ fn socket_lookups(p: &mut String, m: &Machine, sums: &BTreeMap<Key, Summary>, cl
     }
 }
 
+/// The etcd API through the same client on both sides: Corral's serializable get at
+/// least 5× faster (p50) than etcd's, every other workload at least as fast (operations
+/// or grants per second).
+fn etcd_api_goals(p: &mut String, m: &Machine, sums: &BTreeMap<Key, Summary>, clients: &[usize]) {
+    const W: &str = "etcd API";
+    for &c in clients {
+        let (Some(corral), Some(etcd)) = (
+            get(sums, W, "Corral", "serializable get", c),
+            get(sums, W, "etcd", "serializable get", c),
+        ) else {
+            continue;
+        };
+        let speedup = etcd.p50() / corral.p50();
+        let needed = etcd.p50() / 5.0;
+        let floor = m
+            .grpc_p50_us
+            .iter()
+            .find(|(cc, _)| *cc == c)
+            .map(|(_, v)| *v as f64);
+        let note = match floor {
+            Some(floor) if floor > needed && speedup < 5.0 => format!(
+                " (5× needs {}; the bare gRPC get through this client takes {}: out of reach of any server here)",
+                us(needed),
+                us(floor)
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            p,
+            "| etcd API: serializable get p50 at least 5× faster than etcd's, {c} client{} | Corral {} vs etcd {}: {}{note} | {} |",
+            plural(c),
+            us(corral.p50()),
+            us(etcd.p50()),
+            ratio(speedup),
+            verdict(speedup >= 5.0)
+        );
+    }
+    for variant in ["linearizable get", "put", "txn", "lock"] {
+        for &c in clients {
+            let (Some(corral), Some(etcd)) = (
+                get(sums, W, "Corral", variant, c),
+                get(sums, W, "etcd", variant, c),
+            ) else {
+                continue;
+            };
+            let unit = if variant == "lock" { "grants" } else { "ops" };
+            let _ = writeln!(
+                p,
+                "| etcd API: {variant} at least as fast as etcd, {c} client{} | Corral {} {unit}/s vs etcd {} {unit}/s: {} | {} |",
+                plural(c),
+                rate(corral.ops()),
+                rate(etcd.ops()),
+                ratio(corral.ops() / etcd.ops()),
+                verdict(corral.ops() >= etcd.ops())
+            );
+        }
+    }
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -840,6 +935,14 @@ fn charts(
             "Lock grants per second",
             "lock-ops.svg",
             0.99,
+        ),
+        (
+            "etcd API",
+            "etcd API latency p50 (µs, log scale)",
+            "etcd-api-p50.svg",
+            "etcd API operations per second",
+            "etcd-api-ops.svg",
+            0.5,
         ),
     ] {
         let mut latency: Vec<(String, Vec<f64>)> = Vec::new();
@@ -1157,6 +1260,14 @@ mod tests {
             run("write", "ZooKeeper", "setData", 128, 900, 6000, None),
             run("write", "etcd", "put", 16, 900, 800, None),
             run("write", "etcd", "put", 128, 900, 900, None),
+            // The etcd API: 1 client, 120 µs against 300 µs is 2.5×, short of 5×, with a
+            // bare gRPC get of 90 µs (5× needs 60 µs); 16, 80 µs against 500 µs is 6.25×.
+            run("etcd API", "Corral", "serializable get", 1, 120, 5000, None),
+            run("etcd API", "etcd", "serializable get", 1, 300, 3000, None),
+            run("etcd API", "Corral", "serializable get", 16, 80, 9000, None),
+            run("etcd API", "etcd", "serializable get", 16, 500, 8000, None),
+            run("etcd API", "Corral", "lock", 16, 9000, 400, None),
+            run("etcd API", "etcd", "lock", 16, 9000, 401, None),
         ];
         let results = Results {
             machine: Machine {
@@ -1228,6 +1339,22 @@ mod tests {
                 "| 1 | 9 µs | 18 µs (ZooKeeper getData 180 µs) | 30 µs |"
             )
             .ends_with("| 20×: 10× met |")
+        );
+        let etcd_get = "| etcd API: serializable get p50 at least 5× faster than etcd's";
+        let line = line_of(&page, &format!("{etcd_get}, 1 client |"));
+        assert!(
+            line.contains(
+                "2.50× (5× needs 60 µs; the bare gRPC get through this client takes 90 µs"
+            ) && line.ends_with("| **not met** |"),
+            "{line}"
+        );
+        assert!(line_of(&page, &format!("{etcd_get}, 16 clients |")).ends_with("| **met** |"));
+        assert!(
+            line_of(
+                &page,
+                "| etcd API: lock at least as fast as etcd, 16 clients |"
+            )
+            .ends_with("| **not met** |")
         );
         let writes = "| writes at least as fast as the faster peer";
         assert!(
