@@ -2,7 +2,8 @@
 //! libraries of every language) talks to Corral unchanged.
 //!
 //! ```text
-//!  etcd client ──gRPC (HTTP/2)──► server.rs ── identity (token) ──► the services:
+//!  etcd client ──gRPC (HTTP/2)──► listener.rs (1,024 connections) ──► server.rs
+//!              ── identity (token) ──► the services:
 //!     kv.rs        Range from the replica (linearizable: the core's read index first);
 //!                  Put, DeleteRange, Txn ──► the agent's own socket, as the gateway does
 //!     watch.rs     the replica's applied batches and history, as etcd events
@@ -24,10 +25,12 @@ mod convert;
 mod errors;
 mod kv;
 mod lease;
+mod listener;
 mod recipes;
 mod server;
 mod watch;
 
+pub use listener::ETCD_CONNECTIONS_MAX;
 pub use server::{EtcdPolicy, bind, serve};
 
 /// etcd's messages and services, compiled from `agent/proto/etcd` (etcd's field numbers).

@@ -268,10 +268,11 @@ pub async fn serve(
 
     let mut shutdown = context.shutdown.clone();
     let etcd = Arc::new(Etcd::new(context, socket, policy));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = super::listener::limited(listener);
     let service = super::Services(etcd);
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .tcp_nodelay(true)
         .add_service(KvServer::new(service.clone()).max_decoding_message_size(REQUEST_BYTES_MAX))
