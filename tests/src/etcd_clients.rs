@@ -104,6 +104,90 @@ pub fn etcdctl_binary() -> &'static Path {
     })
 }
 
+/// Debian's etcd server: `ETCD` if set, else the one on the PATH, installed when missing.
+pub fn etcd_server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("ETCD") {
+            return PathBuf::from(path);
+        }
+        let found = || {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("etcd"))
+                    .find(|path| path.is_file())
+            })
+        };
+        if let Some(path) = found() {
+            return path;
+        }
+        exclusively("etcd-server-install", || {
+            if found().is_none() && nix::unistd::getuid().is_root() {
+                let mut update = Command::new("apt-get");
+                update.args(["update", "-qq"]);
+                run_with_deadline(update, None);
+                let mut install = Command::new("apt-get");
+                install
+                    .args(["install", "-y", "-qq", "etcd-server"])
+                    .env("DEBIAN_FRONTEND", "noninteractive");
+                run_with_deadline(install, None);
+            }
+        });
+        found().expect(
+            "etcd is missing and could not be installed: install Debian's etcd-server or set \
+             ETCD=/path/to/etcd",
+        )
+    })
+}
+
+/// A one-member etcd on loopback, killed when dropped.
+#[derive(Debug)]
+pub struct EtcdServer {
+    child: Child,
+    pub endpoint: SocketAddr,
+}
+
+impl EtcdServer {
+    pub fn start(dir: &Path) -> EtcdServer {
+        let client = crate::process::free_tcp_port();
+        let peer = crate::process::free_tcp_port();
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = File::create(dir.join("etcd.log")).expect("create the etcd log");
+        let child = Command::new(etcd_server_binary())
+            .args(["--name", "source", "--data-dir"])
+            .arg(dir.join("etcd-data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("source={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        let server = EtcdServer {
+            child,
+            endpoint: SocketAddr::from(([127, 0, 0, 1], client)),
+        };
+        let etcdctl = Etcdctl::new(server.endpoint);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while etcdctl.run(&["endpoint", "health"]).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// etcdctl, pointed at one endpoint.
 #[derive(Clone, Debug)]
 pub struct Etcdctl {

@@ -276,13 +276,17 @@ pub async fn serve(
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .tcp_nodelay(true)
         .add_service(KvServer::new(service.clone()).max_decoding_message_size(REQUEST_BYTES_MAX))
-        .add_service(WatchServer::new(service.clone()))
-        .add_service(LeaseServer::new(service.clone()))
-        .add_service(ClusterServer::new(service.clone()))
-        .add_service(MaintenanceServer::new(service.clone()))
-        .add_service(AuthServer::new(service.clone()))
-        .add_service(LockServer::new(service.clone()))
-        .add_service(ElectionServer::new(service))
+        .add_service(WatchServer::new(service.clone()).max_decoding_message_size(REQUEST_BYTES_MAX))
+        .add_service(LeaseServer::new(service.clone()).max_decoding_message_size(REQUEST_BYTES_MAX))
+        .add_service(
+            ClusterServer::new(service.clone()).max_decoding_message_size(REQUEST_BYTES_MAX),
+        )
+        .add_service(
+            MaintenanceServer::new(service.clone()).max_decoding_message_size(REQUEST_BYTES_MAX),
+        )
+        .add_service(AuthServer::new(service.clone()).max_decoding_message_size(REQUEST_BYTES_MAX))
+        .add_service(LockServer::new(service.clone()).max_decoding_message_size(REQUEST_BYTES_MAX))
+        .add_service(ElectionServer::new(service).max_decoding_message_size(REQUEST_BYTES_MAX))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
