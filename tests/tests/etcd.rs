@@ -165,8 +165,13 @@ async fn etcdctl_watch_replays_from_a_revision_and_follows() {
             a2.run_with_input(&["put", &format!("big/{i}")], Some(&megabyte))
                 .unwrap();
         }
-        let error = a1.run(&["watch", "w/", "--prefix", "--rev", "1"]).unwrap_err();
-        assert!(error.contains("required revision has been compacted"), "{error}");
+        let error = a1
+            .run(&["watch", "w/", "--prefix", "--rev", "1"])
+            .unwrap_err();
+        assert!(
+            error.contains("required revision has been compacted"),
+            "{error}"
+        );
     })
     .await;
 }
@@ -393,7 +398,10 @@ async fn corral_import_copies_keys_from_a_running_etcd() {
         let copied = lines(&copied);
         assert_eq!(copied.len(), 2 * 41, "{copied:?}");
         assert_eq!(lines(&etcd[1].ok(&["get", "app/07"])), ["app/07", "v7"]);
-        assert_eq!(lines(&etcd[1].ok(&["get", "app/kept"])), ["app/kept", "from corral"]);
+        assert_eq!(
+            lines(&etcd[1].ok(&["get", "app/kept"])),
+            ["app/kept", "from corral"]
+        );
         assert!(etcd[1].ok(&["get", "other/x"]).trim().is_empty());
         assert!(etcd[1].ok(&["get", "app/leased"]).trim().is_empty());
     })
@@ -430,7 +438,11 @@ async fn bad_input_on_the_etcd_endpoint_gets_clear_errors() {
     .await;
     assert!(!answer.contains("200 OK"), "HTTP/1.1 was served: {answer}");
     assert!(
-        fleet.agent("a1").log_text().lines().all(|l| !l.contains("panicked")),
+        fleet
+            .agent("a1")
+            .log_text()
+            .lines()
+            .all(|l| !l.contains("panicked")),
         "the agent panicked"
     );
 }
