@@ -68,76 +68,52 @@ fn run_with_deadline(mut command: Command, input: Option<&str>) -> Output {
     }
 }
 
-/// Debian's etcdctl: `ETCDCTL` if set, else the one on the PATH, installed when missing.
-pub fn etcdctl_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("ETCDCTL") {
-            return PathBuf::from(path);
+/// A program of a Debian package: `$variable` if set, else `name` on the PATH, installed
+/// with apt-get (as root) when missing.
+fn debian_binary(variable: &str, name: &str, package: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
+        return PathBuf::from(path);
+    }
+    let found = || {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|path| path.is_file())
+        })
+    };
+    if let Some(path) = found() {
+        return path;
+    }
+    exclusively(&format!("{package}-install"), || {
+        if found().is_none() && nix::unistd::getuid().is_root() {
+            let mut update = Command::new("apt-get");
+            update.args(["update", "-qq"]);
+            run_with_deadline(update, None);
+            let mut install = Command::new("apt-get");
+            install
+                .args(["install", "-y", "-qq", package])
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            run_with_deadline(install, None);
         }
-        let found = || {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join("etcdctl"))
-                    .find(|path| path.is_file())
-            })
-        };
-        if let Some(path) = found() {
-            return path;
-        }
-        exclusively("etcd-client-install", || {
-            if found().is_none() && nix::unistd::getuid().is_root() {
-                let mut update = Command::new("apt-get");
-                update.args(["update", "-qq"]);
-                run_with_deadline(update, None);
-                let mut install = Command::new("apt-get");
-                install
-                    .args(["install", "-y", "-qq", "etcd-client"])
-                    .env("DEBIAN_FRONTEND", "noninteractive");
-                run_with_deadline(install, None);
-            }
-        });
-        found().expect(
-            "etcdctl is missing and could not be installed: install Debian's etcd-client \
-             or set ETCDCTL=/path/to/etcdctl",
+    });
+    found().unwrap_or_else(|| {
+        panic!(
+            "{name} is missing and could not be installed: install Debian's {package} or set \
+             {variable}=/path/to/{name}"
         )
     })
 }
 
-/// Debian's etcd server: `ETCD` if set, else the one on the PATH, installed when missing.
+/// Debian's etcdctl (package etcd-client), or `ETCDCTL`.
+pub fn etcdctl_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| debian_binary("ETCDCTL", "etcdctl", "etcd-client"))
+}
+
+/// Debian's etcd server (package etcd-server), or `ETCD`.
 pub fn etcd_server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("ETCD") {
-            return PathBuf::from(path);
-        }
-        let found = || {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join("etcd"))
-                    .find(|path| path.is_file())
-            })
-        };
-        if let Some(path) = found() {
-            return path;
-        }
-        exclusively("etcd-server-install", || {
-            if found().is_none() && nix::unistd::getuid().is_root() {
-                let mut update = Command::new("apt-get");
-                update.args(["update", "-qq"]);
-                run_with_deadline(update, None);
-                let mut install = Command::new("apt-get");
-                install
-                    .args(["install", "-y", "-qq", "etcd-server"])
-                    .env("DEBIAN_FRONTEND", "noninteractive");
-                run_with_deadline(install, None);
-            }
-        });
-        found().expect(
-            "etcd is missing and could not be installed: install Debian's etcd-server or set \
-             ETCD=/path/to/etcd",
-        )
-    })
+    BINARY.get_or_init(|| debian_binary("ETCD", "etcd", "etcd-server"))
 }
 
 /// A one-member etcd on loopback, killed when dropped.

@@ -226,6 +226,20 @@ impl Etcd {
     }
 }
 
+/// A leader's key, its lease, and the compare that holds while it still leads (its key
+/// is the one created at its revision).
+fn leadership(leader: Option<LeaderKey>) -> Result<(String, Option<SessionId>, Compare), Status> {
+    let leader = leader.ok_or_else(not_leader)?;
+    let key = convert::key_text(&leader.key)?;
+    let lease = convert::lease(leader.lease)?;
+    let still_leader = Compare {
+        key: key.clone(),
+        op: CompareOp::Equal,
+        target: CompareTarget::CreateRevision(leader.rev.max(0) as u64),
+    };
+    Ok((key, lease, still_leader))
+}
+
 type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
 
 fn leader_key(name: Vec<u8>, key: String, rev: u64, lease: i64) -> LeaderKey {
@@ -271,15 +285,9 @@ impl Election for Services {
     ) -> Result<Response<ProclaimResponse>, Status> {
         let caller = self.0.caller(&request)?;
         let request = request.into_inner();
-        let leader = request.leader.ok_or_else(not_leader)?;
-        let key = convert::key_text(&leader.key)?;
-        let lease = convert::lease(leader.lease)?;
+        let (key, lease, still_leader) = leadership(request.leader)?;
         let txn = Txn {
-            compares: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::CreateRevision(leader.rev.max(0) as u64),
-            }],
+            compares: vec![still_leader],
             success: vec![TxnOp::Put {
                 key,
                 value: request.value,
@@ -370,15 +378,9 @@ impl Election for Services {
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
         let caller = self.0.caller(&request)?;
-        let leader = request.into_inner().leader.ok_or_else(not_leader)?;
-        let key = convert::key_text(&leader.key)?;
-        let lease = convert::lease(leader.lease)?;
+        let (key, lease, still_leader) = leadership(request.into_inner().leader)?;
         let txn = Txn {
-            compares: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::CreateRevision(leader.rev.max(0) as u64),
-            }],
+            compares: vec![still_leader],
             success: vec![TxnOp::Delete { key, prefix: false }],
             failure: vec![],
         };
