@@ -24,6 +24,12 @@
 //! data into the file without growing it: no file-system journal commit for a new file
 //! size on every flush, which measured 25–50 µs off each `fdatasync` on ext4.
 //!
+//! The patched openraft (third_party/openraft/PATCH.md) relies on exactly these orderings:
+//! a leader replicates entries whose append it submitted but did not wait for, which is
+//! safe only because nothing submitted after them (a vote, a truncation, a purge, later
+//! entries) can be on disk before them, and because they are readable before they are
+//! flushed. A change to the queue or the writer must keep both.
+//!
 //! A failed write (disk full, I/O error) poisons the store: every later operation fails,
 //! openraft stops the node, and the server exits loudly rather than serve from a log it
 //! can no longer trust.

@@ -44,7 +44,8 @@ where C: RaftTypeConfig
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
 
-    /// The leader's own append, submitted without waiting, is on disk (or failed).
+    /// Corral (PATCH.md, "a leader replicates while its own append is being flushed"):
+    /// the leader's own append, submitted without waiting, is on disk (or failed).
     ///
     /// A leader replicates entries while its own append is being flushed and counts
     /// itself towards the quorum only when this arrives.

@@ -730,6 +730,7 @@ where
         Ok(())
     }
 
+    // Corral (PATCH.md, "a leader replicates while its own append is being flushed"):
     /// Submits entries to the log store and returns without waiting for them to be flushed;
     /// the flush is reported as `Notify::LocalLogFlushed`.
     ///
@@ -1326,6 +1327,8 @@ where
                 last_log_id,
                 result,
             } => {
+                // Corral (PATCH.md, "a leader replicates while its own append is being flushed"):
+                // the leader counts itself once its own copy is durable.
                 if let Err(error) = result {
                     tracing::error!(error = display(&error), "the leader's log append failed");
                     return Err(Fatal::from(error));
@@ -1537,6 +1540,9 @@ where
                 timer_config.election_timeout
             };
 
+            // Corral (PATCH.md, "losing an election to a greater log delays only that
+            // election"): the penalty applies only while the vote is not committed.
+            //
             // The penalty lets a node with a greater log win the election this node lost
             // to it. Once a leader holds a committed vote that election is over; a stale
             // flag would slow this node's next election, after that leader fails.
@@ -1699,6 +1705,8 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
+                // Corral (PATCH.md, "a leader replicates while its own append is being flushed"):
+                // a follower still waits for its flush before it acknowledges.
                 let leading = self.engine.leader.as_ref().is_some_and(|l| l.vote == vote);
                 if leading {
                     // The leader does not wait for its own flush: the replication commands

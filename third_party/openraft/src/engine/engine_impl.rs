@@ -151,7 +151,8 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Corral: a node that led before it stopped does not lead again on that vote. A
+        // Corral (PATCH.md, "a restarted leader stands for election in a new term"): a
+        // node that led before it stopped does not lead again on that vote. A
         // leader sends entries to its followers before its own copy is durable (see
         // PATCH.md), so after a crash a follower may hold an entry of this leader that the
         // leader's log lost. Leading again under the same leader id, it would write another
@@ -435,6 +436,8 @@ where C: RaftTypeConfig
             func_name!()
         );
 
+        // Corral (PATCH.md, "a follower applies what it already holds before it flushes
+        // what is new"): the leader's commit index goes with the append.
         let res = self.append_entries_committing_first(vote, prev_log_id, entries, leader_committed);
         let is_ok = res.is_ok();
 
@@ -459,6 +462,9 @@ where C: RaftTypeConfig
         self.append_entries_committing_first(vote, prev_log_id, entries, None)
     }
 
+    /// Corral (PATCH.md, "a follower applies what it already holds before it flushes what
+    /// is new"):
+    ///
     /// Checks the leader's vote and that `prev_log_id` matches, then, before appending
     /// `entries`, commits what the leader says is committed among the entries this node
     /// already holds up to `prev_log_id`, which matched the leader's log. That `Commit`

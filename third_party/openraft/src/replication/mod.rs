@@ -52,7 +52,8 @@ use crate::storage::RaftLogStorage;
 use crate::storage::Snapshot;
 use crate::type_config::alias::InstantOf;
 
-/// Longest a new commit index waits for entries to ride with before it is sent to a
+/// Corral (PATCH.md, "a new commit index waits briefly for entries to ride with"):
+/// longest a new commit index waits for entries to ride with before it is sent to a
 /// target in a heartbeat of its own. Under steady writes the next entries carry it, which
 /// spares each follower an extra round trip per commit.
 pub(crate) const COMMIT_SEND_DELAY: Duration = Duration::from_millis(1);
@@ -141,7 +142,8 @@ where
     /// The log id of the highest log entry which is known to be committed in the cluster.
     committed: Option<LogId<C::NodeId>>,
 
-    /// The `committed` carried by the last AppendEntries sent to the target.
+    /// Corral (PATCH.md, "a new commit index waits briefly for entries to ride with"):
+    /// the `committed` carried by the last AppendEntries sent to the target.
     committed_sent: Option<LogId<C::NodeId>>,
 
     /// Last matching log id on a follower/learner
@@ -462,7 +464,8 @@ where
             self.config.heartbeat_interval
         );
 
-        // Corral: an AppendEntries that carries entries may take longer than a heartbeat
+        // Corral (PATCH.md, "an AppendEntries with entries gets more than a heartbeat
+        // interval"): an AppendEntries that carries entries may take longer than a heartbeat
         // (a follower far behind is sent up to a megabyte, decoded and flushed to its disk
         // before it answers); with only a heartbeat interval it can time out on every
         // attempt on a loaded machine and the follower never catches up. It is still well
@@ -652,7 +655,8 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         //
-        // A commit index the target has not been sent yet goes out with the next entries if
+        // Corral (PATCH.md, "a new commit index waits briefly for entries to ride with"):
+        // a commit index the target has not been sent yet goes out with the next entries if
         // they come within `COMMIT_SEND_DELAY`, and in a heartbeat of its own otherwise.
         let mut commit_deadline = None;
         while self.next_action.is_none() {
@@ -715,7 +719,9 @@ where
                 );
 
                 self.committed = c;
-                // `drain_events` sends it, with the next entries or after `COMMIT_SEND_DELAY`.
+                // Corral (PATCH.md, "a new commit index waits briefly for entries to ride
+                // with"): `drain_events` sends it, with the next entries or after
+                // `COMMIT_SEND_DELAY`, instead of a heartbeat of its own at once.
             }
             Replicate::Heartbeat => {
                 // Never overwrite action with payload.
