@@ -24,6 +24,7 @@ pub mod client;
 pub mod raft_types;
 pub mod rpc;
 pub mod server;
-pub mod state;
+/// The replicated state machine, from `corral-state` (where it lives, free of Raft and I/O).
+pub use corral_state as state;
 pub mod storage;
 pub mod transport;

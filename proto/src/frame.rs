@@ -14,6 +14,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+#[cfg(feature = "io")]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use crate::limits::FRAME_LEN_MAX;
@@ -24,6 +25,7 @@ pub const FRAME_VERSION: u8 = 1;
 /// Size of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 
+#[cfg(feature = "io")]
 /// A frame body up to this length is read into a buffer of its size at once; a longer
 /// one starts with a buffer this large that grows as the bytes arrive.
 const READ_CHUNK_LEN: usize = 64 * 1024;
@@ -138,6 +140,7 @@ pub fn decode<T: DeserializeOwned>(input: &[u8], len_max: usize) -> Result<(T, u
 
 /// Reads one frame from `reader`. Returns `Ok(None)` when the stream ends cleanly before
 /// a new frame starts; a stream that ends inside a frame is [`FrameError::Truncated`].
+#[cfg(feature = "io")]
 pub async fn read_frame<R, T>(reader: &mut R, len_max: usize) -> Result<Option<T>, FrameError>
 where
     R: AsyncRead + Unpin,
@@ -188,6 +191,7 @@ where
 }
 
 /// Writes `message` as one frame and flushes it.
+#[cfg(feature = "io")]
 pub async fn write_frame<W, T>(writer: &mut W, message: &T) -> Result<(), FrameError>
 where
     W: AsyncWrite + Unpin,

@@ -15,10 +15,12 @@
 pub mod access;
 pub mod answer;
 pub mod api;
+#[cfg(feature = "io")]
 pub mod client;
 pub mod command;
 pub mod event;
 pub mod frame;
+#[cfg(feature = "io")]
 pub mod idle_poll;
 pub mod limits;
 pub mod model;
@@ -28,6 +30,7 @@ pub mod shard_map;
 
 pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};
 pub use api::{AgentRequest, ApiError, EventFilter, Query, QueryResult, Reply};
+#[cfg(feature = "io")]
 pub use client::{AgentClient, ClientError, ClientOptions, Subscription};
 pub use command::{
     ADMIN_CERTIFICATE, Actor, Command, Compare, CompareOp, CompareTarget, InvalidCommand, Txn,

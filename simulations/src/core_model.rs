@@ -14,8 +14,8 @@
 
 use std::collections::HashMap;
 
-use corral_core::state::StateMachine;
 use corral_proto::{Answer, Command, Event, Revision, SessionId, SessionOwner};
+use corral_state::StateMachine;
 use rand::RngExt;
 use rand::rngs::StdRng;
 

@@ -2,7 +2,6 @@
 //! core applies, a query into an answer from the replica, and an event batch through a
 //! subscription's filter.
 
-use corral_core::state::StateMachine;
 use corral_proto::api::{
     AgentRequest, ApiError, EventFilter, Query, QueryResult, SubscriptionItem,
 };
@@ -10,6 +9,7 @@ use corral_proto::limits::LIST_KEYS_MAX;
 use corral_proto::{
     Command, Compare, CompareOp, CompareTarget, Event, EventBatch, Revision, SessionId, Txn, TxnOp,
 };
+use corral_state::StateMachine;
 
 /// Which session a write binds what it creates to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

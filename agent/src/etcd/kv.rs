@@ -26,7 +26,7 @@ impl Etcd {
     /// Refuses a read of `range` the access rules do not grant `caller`.
     fn check_read(
         &self,
-        machine: &corral_core::state::StateMachine,
+        machine: &corral_state::StateMachine,
         caller: &Caller,
         range: &KeyRange,
     ) -> Result<(), Status> {

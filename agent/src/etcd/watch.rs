@@ -341,7 +341,7 @@ impl WatchStreamTask {
 impl Etcd {
     fn check_watch(
         &self,
-        machine: &corral_core::state::StateMachine,
+        machine: &corral_state::StateMachine,
         caller: &Caller,
         range: &KeyRange,
     ) -> Result<(), Status> {

@@ -22,8 +22,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use corral_core::rpc::WatchItem;
-use corral_core::state::StateMachine;
 use corral_proto::{Command, EventBatch, KeyValue, Revision};
+use corral_state::StateMachine;
 
 /// Largest snapshot the replica assembles, so a hostile or broken member cannot make it
 /// allocate without bound.

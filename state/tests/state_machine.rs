@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use corral_core::state::StateMachine;
 use corral_proto::*;
+use corral_state::StateMachine;
 use proptest::prelude::*;
 
 /// A command over a small universe, with sessions named by the order they were opened so

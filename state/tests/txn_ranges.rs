@@ -3,10 +3,10 @@
 //! exactly its range, reads too large to answer refuse the whole transaction, and a
 //! foreign session's keys stay out of reach.
 
-use corral_core::state::StateMachine;
 use corral_proto::limits::TXN_RANGE_BYTES_MAX;
 use corral_proto::range::{KeyRange, RangeQuery, SortOrder, SortTarget};
 use corral_proto::*;
+use corral_state::StateMachine;
 
 fn apply(state: &mut StateMachine, command: Command) -> CommandResponse {
     state.apply(&command).0

@@ -4,8 +4,8 @@
 //! of its node; the admin certificate may touch anything; entries without an actor (what
 //! earlier versions wrote) apply as they always did.
 
-use corral_core::state::StateMachine;
 use corral_proto::*;
+use corral_state::StateMachine;
 
 fn apply(state: &mut StateMachine, command: Command) -> Result<Answer, CommandError> {
     state.apply(&command).0.outcome

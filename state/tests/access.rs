@@ -2,9 +2,9 @@
 //! certificate, the quota refuses what would grow the state past it (and only that),
 //! and snapshots of earlier versions, which end before the access table, still load.
 
-use corral_core::state::StateMachine;
 use corral_proto::access::{Access, AccessRule, Quota, ResourceKind, Subject};
 use corral_proto::*;
+use corral_state::StateMachine;
 
 fn by(certificate: &str, command: Command) -> Command {
     command.acted_by(Actor {
