@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use corral_core::client::CoreClient;
-use corral_core::rpc::ALPN_CORE;
-use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_net::client::CoreClient;
+use corral_net::rpc::ALPN_CORE;
+use corral_net::transport::{QuicTransport, TlsIdentity};
 use corral_proto::SessionId;
 use corral_proto::idle_poll::IdlePoll;
 use tokio::sync::watch;
@@ -92,7 +92,7 @@ pub enum AgentError {
 
 /// Names reserved for core members and operators; agents cannot use them.
 pub fn check_agent_name(name: &str) -> Result<(), AgentError> {
-    corral_core::transport::certificate_authority::validate_node_name(name)
+    corral_net::transport::certificate_authority::validate_node_name(name)
         .map_err(|e| AgentError::Config(e.to_string()))?;
     if name == "core" || name == "admin" || name.starts_with("core-") {
         return Err(AgentError::Config(format!(

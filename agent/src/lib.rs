@@ -1,4 +1,4 @@
-//! Corral's agent and the `corral` command line.
+//! Corral's agent: one per host. The `corral` binary that runs it is `corral-cli`.
 //!
 //! ```text
 //!  agent.rs     one agent: its tasks wired together
@@ -9,12 +9,10 @@
 //!  http/        the HTTP/JSON gateway, the status page and /metrics
 //!  metrics.rs   counters and latency histograms
 //!  json.rs      JSON views of answers (values as text or hex)
-//!  cli/         the `corral` commands: ca, core, agent, client commands, bench
 //! ```
 
 pub mod agent;
 pub mod api;
-pub mod cli;
 pub mod etcd;
 pub mod gossip;
 pub mod http;

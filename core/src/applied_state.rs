@@ -22,8 +22,8 @@ use parking_lot::RwLock;
 use tokio::sync::broadcast;
 
 use crate::raft_types::{Entry, LogId, StoredMembership};
-use crate::rpc::WatchItem;
 use crate::state::StateMachine;
+use corral_net::rpc::WatchItem;
 
 /// Most commands kept in the watch history.
 pub const WATCH_HISTORY_ENTRIES_MAX: usize = 100_000;

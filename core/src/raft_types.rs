@@ -30,7 +30,7 @@ openraft::declare_raft_types!(
         Node = BasicNode,
 );
 
-pub type NodeId = u64;
+pub use corral_net::rpc::NodeId;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type Vote = openraft::Vote<NodeId>;

@@ -22,6 +22,6 @@ where
 fuzz_target!(|data: &[u8]| {
     round_trip::<ClientFrame>(data);
     round_trip::<AgentFrame>(data);
-    let _ = frame::decode::<corral_core::rpc::CoreRequest>(data, FRAME_LEN_MAX);
-    let _ = frame::decode::<corral_core::rpc::CoreResponse>(data, FRAME_LEN_MAX);
+    let _ = frame::decode::<corral_net::rpc::CoreRequest>(data, FRAME_LEN_MAX);
+    let _ = frame::decode::<corral_net::rpc::CoreResponse>(data, FRAME_LEN_MAX);
 });

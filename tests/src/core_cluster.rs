@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::client::CoreClient;
-use corral_core::rpc::{ALPN_CORE, CoreStatus};
-use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_net::client::CoreClient;
+use corral_net::rpc::{ALPN_CORE, CoreStatus};
+use corral_net::transport::{QuicTransport, TlsIdentity};
 use corral_proto::Revision;
 
 use super::pki::Pki;

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::client::CoreClient;
-use corral_core::rpc::ALPN_CORE;
-use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_net::client::CoreClient;
+use corral_net::rpc::ALPN_CORE;
+use corral_net::transport::{QuicTransport, TlsIdentity};
 use corral_proto::AgentClient;
 
 use crate::wait_until;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use corral_agent::gossip::transport::ALPN_GOSSIP;
 use corral_agent::gossip::{GossipConfig, GossipEffect, GossipEngine, GossipInput, NodeIdentity};
-use corral_core::transport::TlsIdentity;
+use corral_net::transport::TlsIdentity;
 use corral_proto::api::{
     AgentFrame, AgentRequest, ApiError, EventFilter, MemberState, Query, QueryResult,
     SubscriptionItem,

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use corral_core::client::ClientError;
+use corral_core::raft_rpc::{ALPN_RAFT, RaftRequest, RaftResponse};
 use corral_core::raft_types::{Entry, LogId, Proposal};
-use corral_core::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse};
 use corral_core::state::StateMachine;
 use corral_core::storage::{SnapshotFile, wal};
-use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_net::client::ClientError;
+use corral_net::rpc::{ALPN_CORE, CoreError, CoreRequest, CoreResponse};
+use corral_net::transport::{QuicTransport, TlsIdentity};
 use corral_proto::{Answer, Command, SessionOwner};
 use corral_tests::core_cluster::{admin_client, client_as};
 use corral_tests::{CoreCluster, CoreOptions, Pki, SmallDisk, wait_until};
@@ -697,12 +698,12 @@ async fn raft_messages_need_the_senders_member_certificate() {
     let cluster = CoreCluster::start(root.path(), CoreOptions::default());
     let leader = cluster.wait_for_leader(STARTUP).await;
     cluster.pki.issue("agent-1");
-    let transport = transport_as(&cluster, "agent-1");
-    let forged = CoreRequest::Vote(openraft::raft::VoteRequest::new(
+    let raft_transport = transport_with(&cluster, "agent-1", ALPN_RAFT);
+    let forged = RaftRequest::Vote(openraft::raft::VoteRequest::new(
         openraft::Vote::new(1000, 2),
         None,
     ));
-    let answer: CoreResponse = transport
+    let answer: RaftResponse = raft_transport
         .call(
             cluster.address(leader),
             "core",
@@ -712,11 +713,12 @@ async fn raft_messages_need_the_senders_member_certificate() {
         .await
         .unwrap();
     assert!(
-        matches!(answer, CoreResponse::Error(CoreError::Forbidden(_))),
+        matches!(&answer, RaftResponse::Refused(why) if why.contains("only from the core member")),
         "{answer:?}"
     );
     let status = cluster.status(leader).await.unwrap();
     assert!(status.term < 1000, "the forged vote raised the term");
+    let transport = transport_as(&cluster, "agent-1");
     // The agent certificate cannot change the membership either.
     let answer: CoreResponse = transport
         .call(
@@ -947,7 +949,7 @@ async fn a_write_batch_answers_each_command_on_its_own() {
         ),
         "{answer:?}"
     );
-    let oversized = vec![put("batch/e", b"5"); corral_core::rpc::WRITE_BATCH_MAX + 1];
+    let oversized = vec![put("batch/e", b"5"); corral_net::rpc::WRITE_BATCH_MAX + 1];
     let answer: CoreResponse = transport
         .call(
             cluster.address(leader),
@@ -967,8 +969,13 @@ async fn a_write_batch_answers_each_command_on_its_own() {
 
 /// A client transport to the core under the certificate `name` (issued already).
 fn transport_as(cluster: &CoreCluster, name: &str) -> QuicTransport {
+    transport_with(cluster, name, ALPN_CORE)
+}
+
+/// A client transport under the certificate `name` that speaks the protocol `alpn`.
+fn transport_with(cluster: &CoreCluster, name: &str, alpn: &[u8]) -> QuicTransport {
     let identity = TlsIdentity::load(&cluster.pki.dir, name).unwrap();
-    QuicTransport::client(&identity, &[ALPN_CORE]).unwrap()
+    QuicTransport::client(&identity, &[alpn]).unwrap()
 }
 
 /// Waits until the member at `member` says it hears the node `name` (incarnation 1) beat.
@@ -999,8 +1006,8 @@ async fn wait_until_heard(transport: &QuicTransport, member: &str, name: &str, w
 /// beat, and the member hears the watcher.
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_end_their_streams_cleanly_and_a_beat_sent_with_the_watch_request_counts() {
-    use corral_core::rpc::WatchBeat;
-    use corral_core::transport::quic::call_on;
+    use corral_net::rpc::WatchBeat;
+    use corral_net::transport::quic::call_on;
     use corral_proto::frame;
 
     let root = tempfile::tempdir().unwrap();
@@ -1056,7 +1063,7 @@ async fn requests_end_their_streams_cleanly_and_a_beat_sent_with_the_watch_reque
     )
     .await;
     // And the stream is still open: it carries the member's items.
-    let item = frame::read_frame::<_, corral_core::rpc::WatchItem>(&mut receive, 1 << 20)
+    let item = frame::read_frame::<_, corral_net::rpc::WatchItem>(&mut receive, 1 << 20)
         .await
         .unwrap();
     assert!(item.is_some(), "the member ended the watch stream");
@@ -1067,7 +1074,7 @@ async fn requests_end_their_streams_cleanly_and_a_beat_sent_with_the_watch_reque
 /// stop; a beat under a name the certificate does not carry ends the stream.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_core_refuses_to_close_a_node_it_hears_and_binds_node_sessions_to_certificates() {
-    use corral_core::rpc::WatchBeat;
+    use corral_net::rpc::WatchBeat;
     use corral_proto::{CommandError, frame};
 
     let root = tempfile::tempdir().unwrap();

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use corral_core::rpc::WatchItem;
 use corral_core::state::StateMachine;
+use corral_net::rpc::WatchItem;
 use corral_proto::api::{AgentRequest, EventFilter, Query, QueryResult, SubscriptionItem};
 use corral_proto::{AgentClient, Event, KeyValue, Lock, Revision, Shard};
 use corral_tests::checker::{self, Call, Fence, Operation, Outcome};

@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use corral_core::client::ClientError;
-use corral_core::rpc::CoreError;
+use corral_net::client::ClientError;
+use corral_net::rpc::CoreError;
 use corral_proto::api::{AgentRequest, EventFilter, Query, QueryResult, SubscriptionItem};
 use corral_proto::{Answer, Command, CommandError, Event};
 use corral_tests::core_cluster::client_as;

@@ -6,8 +6,8 @@
 use std::process::Command as Process;
 use std::time::Duration;
 
-use corral_core::client::ClientError;
-use corral_core::rpc::CoreError;
+use corral_net::client::ClientError;
+use corral_net::rpc::CoreError;
 use corral_proto::Command;
 use corral_tests::core_cluster::{CoreCluster, CoreOptions, client_as};
 use corral_tests::process::corral_binary;

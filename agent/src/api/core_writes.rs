@@ -13,9 +13,9 @@
 
 use std::sync::Arc;
 
-use corral_core::batching::{BatchQueue, Batchable};
-use corral_core::client::{ClientError, CoreClient};
-use corral_core::rpc::WRITE_BATCH_MAX;
+use corral_net::batching::{BatchQueue, Batchable};
+use corral_net::client::{ClientError, CoreClient};
+use corral_net::rpc::WRITE_BATCH_MAX;
 use corral_proto::{Command, CommandResponse};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 

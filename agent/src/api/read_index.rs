@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use corral_core::client::{ClientError, CoreClient};
+use corral_net::client::{ClientError, CoreClient};
 use corral_proto::Revision;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;

@@ -2,7 +2,7 @@
 //! state quota's alarm, and tokens. What Corral changes another way (members, access
 //! rules) answers that it does, with the command to use.
 
-use corral_core::rpc::CoreStatus;
+use corral_net::rpc::CoreStatus;
 use tonic::{Request, Response, Status};
 
 use super::pb::etcdserverpb::{
@@ -62,7 +62,7 @@ impl Cluster for Services {
     ) -> Result<Response<MemberListResponse>, Status> {
         self.0.caller(&request)?;
         let status = self.0.core_status().await?;
-        let member = |info: &corral_core::rpc::MemberInfo, learner: bool| Member {
+        let member = |info: &corral_net::rpc::MemberInfo, learner: bool| Member {
             id: info.id,
             name: format!("core-{}", info.id),
             peer_ur_ls: vec![format!("https://{}", info.address)],

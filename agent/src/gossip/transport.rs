@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_core::transport::TlsIdentity;
-use corral_core::transport::tls::{certificate_has_name, peer_certificate};
+use corral_net::transport::TlsIdentity;
+use corral_net::transport::tls::{certificate_has_name, peer_certificate};
 use foca::Codec;
 use parking_lot::Mutex;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};

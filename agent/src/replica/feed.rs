@@ -20,9 +20,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_core::client::CoreClient;
-use corral_core::rpc::{WatchBeat, WatchItem};
-use corral_core::server::liveness::BEAT_INTERVAL;
+use corral_net::client::CoreClient;
+use corral_net::rpc::BEAT_INTERVAL;
+use corral_net::rpc::{WatchBeat, WatchItem};
 use corral_proto::frame;
 use quinn::SendStream;
 use tokio::sync::watch;

@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use corral_core::rpc::WatchItem;
+use corral_net::rpc::WatchItem;
 use corral_proto::{Command, EventBatch, KeyValue, Revision};
 use corral_state::StateMachine;
 

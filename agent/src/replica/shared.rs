@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use corral_core::rpc::WatchItem;
+use corral_net::rpc::WatchItem;
 use corral_proto::{Command, EventBatch, Revision};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, watch};

@@ -33,8 +33,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::client::{ClientError, CoreClient};
-use corral_core::rpc::CoreError;
+use corral_net::client::{ClientError, CoreClient};
+use corral_net::rpc::CoreError;
 use corral_proto::api::{MemberInfo, MemberState};
 use corral_proto::{Command, SessionOwner};
 use tokio::sync::{broadcast, mpsc, watch};

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::client::{ClientError, CoreClient};
+use corral_net::client::{ClientError, CoreClient};
 use corral_proto::{Answer, Command, CommandError, SessionId, SessionOwner};
 use tokio::sync::watch;
 

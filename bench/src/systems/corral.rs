@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use corral_core::client::CoreClient;
-use corral_core::rpc::ALPN_CORE;
-use corral_core::transport::certificate_authority::ADMIN_NAME;
-use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_net::client::CoreClient;
+use corral_net::rpc::ALPN_CORE;
+use corral_net::transport::certificate_authority::ADMIN_NAME;
+use corral_net::transport::{QuicTransport, TlsIdentity};
 use corral_proto::api::{
     AgentRequest, EventFilter, MemberState, Query, QueryResult, SubscriptionItem,
 };

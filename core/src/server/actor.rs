@@ -16,7 +16,7 @@
 use corral_proto::{ADMIN_CERTIFICATE, Actor, Command, SessionOwner};
 use rustls_pki_types::CertificateDer;
 
-use crate::transport::tls::certificate_has_name;
+use corral_net::transport::tls::certificate_has_name;
 
 /// The names on a peer's certificate, read once per connection.
 #[derive(Clone, Debug, Default)]
@@ -36,7 +36,7 @@ impl PeerNames {
             .unwrap_or_default();
         let serial = certificate
             .as_ref()
-            .and_then(crate::transport::certificate_authority::serial_of);
+            .and_then(corral_net::transport::certificate_authority::serial_of);
         PeerNames {
             certificate,
             names,
@@ -149,14 +149,17 @@ pub(crate) fn log_override(command: &Command) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rustls_pki_types::pem::PemObject as _;
 
     use super::*;
-    use crate::transport::certificate_authority;
+    use corral_net::transport::certificate_authority;
 
-    fn peer(dir: &std::path::Path, name: &str) -> PeerNames {
-        certificate_authority::issue(dir, name, 30).unwrap();
+    /// The names of a certificate `name` issued by the CA in `dir` (now, unless it was).
+    pub(crate) fn peer(dir: &std::path::Path, name: &str) -> PeerNames {
+        if !certificate_authority::cert_path(dir, name).exists() {
+            certificate_authority::issue(dir, name, 30).unwrap();
+        }
         let cert = rustls_pki_types::CertificateDer::from_pem_file(
             certificate_authority::cert_path(dir, name),
         )

@@ -21,15 +21,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// How often an agent beats on its watch stream.
-pub const BEAT_INTERVAL: Duration = Duration::from_millis(500);
+pub use corral_net::rpc::{BEAT_FRAME_MAX, BEAT_INTERVAL};
 
 /// A node heard within this long is alive to the core: more than two beats, less than
 /// the shortest time gossip takes to declare a death at its defaults.
 pub const HEARD_WITHIN: Duration = Duration::from_millis(1250);
-
-/// Largest beat frame a member reads.
-pub const BEAT_FRAME_MAX: usize = 512;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Heard {

@@ -20,9 +20,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::quorum_watch::{QuorumWatch, quorum_lost};
-use crate::batching::{BatchQueue, Batchable};
 use crate::raft_types::{NodeId, Proposal, Raft};
-use crate::rpc::CoreError;
+use corral_net::batching::{BatchQueue, Batchable};
+use corral_net::rpc::CoreError;
 
 /// Writes waiting for a proposal.
 pub const PROPOSAL_QUEUE_MAX: usize = 8192;

@@ -23,7 +23,7 @@ use openraft::ServerState;
 use tokio::sync::watch;
 
 use crate::raft_types::Raft;
-use crate::rpc::CoreError;
+use corral_net::rpc::CoreError;
 
 /// How often the leader's quorum contact is checked.
 pub(crate) const QUORUM_CHECK_INTERVAL: Duration = Duration::from_millis(100);

@@ -1,4 +1,5 @@
-//! openraft's network: Raft RPCs to other members over QUIC.
+//! openraft's network: Raft RPCs to other members over QUIC, on connections of Raft's own
+//! ALPN ([`crate::raft_rpc`]).
 
 use std::sync::Arc;
 
@@ -15,10 +16,10 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
+use crate::raft_rpc::{RaftRequest, RaftResponse};
 use crate::raft_types::{Entry, NodeId, TypeConfig};
-use crate::rpc::{CoreRequest, CoreResponse};
-use crate::transport::certificate_authority::core_member_name;
-use crate::transport::{QuicTransport, TransportError};
+use corral_net::transport::certificate_authority::core_member_name;
+use corral_net::transport::{QuicTransport, TransportError};
 
 /// Most encoded bytes of entries in one AppendEntries. Each AppendEntries with entries has
 /// half an election timeout (250 ms by default, see third_party/openraft/PATCH.md) to cross
@@ -78,20 +79,20 @@ struct Unexpected(String);
 impl PeerClient {
     async fn call<E: std::error::Error>(
         &self,
-        request: CoreRequest,
+        request: RaftRequest,
         option: &RPCOption,
         entries: usize,
         action: RPCTypes,
-    ) -> Result<CoreResponse, RPCError<NodeId, BasicNode, E>> {
+    ) -> Result<RaftResponse, RPCError<NodeId, BasicNode, E>> {
         let ttl = option.hard_ttl();
         match self
             .transport
             .call(&self.address, &self.name, &request, ttl)
             .await
         {
-            Ok(CoreResponse::Error(e)) => Err(RPCError::Network(NetworkError::new(&Unexpected(
-                e.to_string(),
-            )))),
+            Ok(RaftResponse::Refused(reason)) => {
+                Err(RPCError::Network(NetworkError::new(&Unexpected(reason))))
+            }
             Ok(answer) => Ok(answer),
             Err(TransportError::Frame(FrameError::TooLarge { .. })) => {
                 Err(RPCError::PayloadTooLarge(
@@ -110,7 +111,7 @@ impl PeerClient {
     }
 }
 
-fn unexpected<E: std::error::Error>(answer: CoreResponse) -> RPCError<NodeId, BasicNode, E> {
+fn unexpected<E: std::error::Error>(answer: RaftResponse) -> RPCError<NodeId, BasicNode, E> {
     RPCError::Network(NetworkError::new(&Unexpected(format!(
         "unexpected answer {answer:?}"
     ))))
@@ -133,15 +134,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let entries = rpc.entries.len();
         match self
             .call(
-                CoreRequest::AppendEntries(rpc),
+                RaftRequest::AppendEntries(rpc),
                 &option,
                 entries,
                 RPCTypes::AppendEntries,
             )
             .await?
         {
-            CoreResponse::AppendEntries(Ok(answer)) => Ok(answer),
-            CoreResponse::AppendEntries(Err(e)) => {
+            RaftResponse::AppendEntries(Ok(answer)) => Ok(answer),
+            RaftResponse::AppendEntries(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             other => Err(unexpected(other)),
@@ -155,15 +156,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Rpc<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
         match self
             .call(
-                CoreRequest::InstallSnapshot(rpc),
+                RaftRequest::InstallSnapshot(rpc),
                 &option,
                 1,
                 RPCTypes::InstallSnapshot,
             )
             .await?
         {
-            CoreResponse::InstallSnapshot(Ok(answer)) => Ok(answer),
-            CoreResponse::InstallSnapshot(Err(e)) => {
+            RaftResponse::InstallSnapshot(Ok(answer)) => Ok(answer),
+            RaftResponse::InstallSnapshot(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             other => Err(unexpected(other)),
@@ -176,11 +177,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Rpc<VoteResponse<NodeId>> {
         match self
-            .call(CoreRequest::Vote(rpc), &option, 1, RPCTypes::Vote)
+            .call(RaftRequest::Vote(rpc), &option, 1, RPCTypes::Vote)
             .await?
         {
-            CoreResponse::Vote(Ok(answer)) => Ok(answer),
-            CoreResponse::Vote(Err(e)) => {
+            RaftResponse::Vote(Ok(answer)) => Ok(answer),
+            RaftResponse::Vote(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             other => Err(unexpected(other)),

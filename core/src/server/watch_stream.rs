@@ -23,8 +23,8 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use super::liveness::BEAT_FRAME_MAX;
 use super::member::CoreMember;
 use crate::applied_state::{WatchSignal, WatchStart};
-use crate::rpc::{WATCH_SNAPSHOT_CHUNK_LEN, WatchBeat, WatchItem};
-use crate::transport::tls::peer_has_name;
+use corral_net::rpc::{WATCH_SNAPSHOT_CHUNK_LEN, WatchBeat, WatchItem};
+use corral_net::transport::tls::peer_has_name;
 
 /// Interval of progress frames on a quiet stream.
 pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use corral_core::client::ClientError as CoreClientError;
-use corral_core::rpc::CoreError;
+use corral_net::client::ClientError as CoreClientError;
+use corral_net::rpc::CoreError;
 use corral_proto::api::{
     AgentFrame, AgentRequest, AgentStatus, ApiError, ClientFrame, EventFilter, LOCK_WAIT_MAX_MS,
     MemberInfo, REQUESTS_IN_FLIGHT_MAX, ReadReply, Reply, SUBSCRIPTIONS_PER_CONNECTION_MAX,

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use corral_core::client::CoreClient;
-use corral_core::rpc::ALPN_CORE;
-use corral_core::transport::certificate_authority::{self, ADMIN_NAME};
-use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_net::client::CoreClient;
+use corral_net::rpc::ALPN_CORE;
+use corral_net::transport::certificate_authority::{self, ADMIN_NAME};
+use corral_net::transport::{QuicTransport, TlsIdentity};
 use corral_proto::AgentClient;
 
 use super::demo;

@@ -23,8 +23,8 @@ use corral_proto::range::{KeyRange, RangeEnd};
 use corral_proto::{AgentClient, ClientError};
 use futures::StreamExt;
 
-use crate::etcd::pb::etcdserverpb::RangeRequest;
-use crate::etcd::pb::etcdserverpb::kv_client::KvClient;
+use corral_agent::etcd::pb::etcdserverpb::RangeRequest;
+use corral_agent::etcd::pb::etcdserverpb::kv_client::KvClient;
 
 /// Keys read from etcd per request.
 const PAGE: i64 = 500;

@@ -18,7 +18,7 @@ use corral_proto::{Command, CommandResponse, KeyValue, Revision};
 use parking_lot::Mutex;
 use quinn::{RecvStream, SendStream};
 
-use crate::raft_types::NodeId;
+use crate::rpc::NodeId;
 use crate::rpc::{CoreError, CoreRequest, CoreResponse, CoreStatus, WatchItem};
 use crate::transport::certificate_authority::CORE_NAME;
 use crate::transport::{QuicTransport, TransportError};

@@ -1,29 +1,33 @@
-//! The messages of the core's QUIC RPC: Raft between members, and requests from agents
-//! and tools. Every request opens its own bidirectional stream and carries one
-//! [`CoreRequest`] frame; the answer is one [`CoreResponse`] frame, except for a watch,
-//! whose stream carries [`WatchItem`] frames until either side closes it.
+//! The protocol agents and tools speak to core members (and members to one another,
+//! for everything but Raft). Every request opens its own bidirectional stream and carries
+//! one [`CoreRequest`] frame; the answer is one [`CoreResponse`] frame, except for a
+//! watch, whose stream carries [`WatchItem`] frames until either side closes it.
+//!
+//! Raft's own messages travel on connections of another ALPN (`corral-raft/1`, in
+//! `corral-core`), which only core members' certificates may open.
 
+use std::time::Duration;
+
+use corral_proto::access::AccessTable;
 use corral_proto::{Command, CommandResponse, InvalidCommand, KeyValue, Revision};
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use corral_state::{QuotaUse, StateCounts};
 use serde::{Deserialize, Serialize};
 
-use crate::raft_types::{NodeId, TypeConfig};
-use crate::state::{QuotaUse, StateCounts};
-use corral_proto::access::AccessTable;
+/// ALPN protocol name of the connections of agents and tools to core members. Version 2:
+/// Raft's messages left this protocol for their own.
+pub const ALPN_CORE: &[u8] = b"corral-core/2";
 
-/// ALPN protocol name of every Corral QUIC connection between core members, agents and
-/// tools.
-pub const ALPN_CORE: &[u8] = b"corral-core/1";
+/// A core member's id (`core-<id>` in its certificate).
+pub type NodeId = u64;
+
+/// How often an agent beats on its watch stream, telling the member that it is alive.
+pub const BEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Longest encoded [`WatchBeat`] a member reads.
+pub const BEAT_FRAME_MAX: usize = 512;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum CoreRequest {
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<NodeId>),
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// Propose a command; only the leader accepts it.
     Write(Command),
     /// Confirm leadership with a quorum and answer the revision a linearizable read must
@@ -60,7 +64,7 @@ pub enum CoreRequest {
     /// earlier ones are in flight as one request.
     WriteBatch(Vec<Command>),
     /// Whether this member heard node `name` at `incarnation` or newer on a watch stream
-    /// lately ([`crate::server::liveness`]). Asked by the leader of every member before it
+    /// lately (the core's liveness table). Asked by the leader of every member before it
     /// commits a death report.
     Heard {
         name: String,
@@ -75,11 +79,6 @@ pub const WRITE_BATCH_MAX: usize = 256;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum CoreResponse {
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(
-        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
-    ),
     Write(CommandResponse),
     ReadIndex {
         revision: Revision,
@@ -145,7 +144,7 @@ pub struct CoreStatus {
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
     /// The last log id a quorum accepted, as this member knows it.
-    pub committed: Option<crate::raft_types::LogId>,
+    pub committed: Option<LogPosition>,
     pub snapshot_index: Option<u64>,
     /// The log up to here was compacted into the snapshot.
     pub purged_index: Option<u64>,
@@ -157,13 +156,22 @@ pub struct CoreStatus {
     pub learners: Vec<MemberInfo>,
     pub counts: StateCounts,
     /// On the leader: the revision at which its last check that every member holds the
-    /// same state compared anything ([`crate::server::state_check`]).
+    /// same state compared anything (the core's state check).
     pub state_checked: Option<Revision>,
     /// The members whose state differed from the majority's at that check (empty when
     /// they all agreed).
     pub state_differs: Vec<NodeId>,
     /// How full the state is against its quota; `alarm()` past 90%.
     pub quota: QuotaUse,
+}
+
+/// A position in the core's Raft log: the index, and the leader (term and member) that
+/// wrote the entry there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogPosition {
+    pub term: u64,
+    pub leader: NodeId,
+    pub index: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,7 +204,7 @@ pub enum WatchItem {
 }
 
 /// What a watcher sends on its side of a watch stream: an agent beats every
-/// [`crate::server::liveness::BEAT_INTERVAL`] under its certificate's name and its current
+/// [`BEAT_INTERVAL`] under its certificate's name and its current
 /// gossip incarnation. A watcher that sends nothing (a CLI, a test) is served the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchBeat {

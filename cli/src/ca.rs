@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use corral_core::transport::certificate_authority;
+use corral_net::transport::certificate_authority;
 
 #[derive(Debug, Args)]
 pub(crate) struct CaArgs {

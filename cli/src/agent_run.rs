@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::agent::{Agent, AgentConfig};
-use crate::gossip::{GossipConfig, config};
-use crate::http::HttpPolicy;
+use corral_agent::agent::{Agent, AgentConfig};
+use corral_agent::gossip::{GossipConfig, config};
+use corral_agent::http::HttpPolicy;
 
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {

@@ -226,7 +226,7 @@ async fn manage(args: AclArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn write(client: &corral_core::client::CoreClient, command: &Command) -> anyhow::Result<u64> {
+async fn write(client: &corral_net::client::CoreClient, command: &Command) -> anyhow::Result<u64> {
     let response = client.write(command).await?;
     match response.outcome {
         Ok(_) => Ok(response.revision),

@@ -1,8 +1,8 @@
-//! Printing answers: for people by default, JSON with `--json` (see [`crate::json`]).
+//! Printing answers: for people by default, JSON with `--json` (see [`corral_agent::json`]).
 
 use serde::Serialize;
 
-use crate::json::readable;
+use corral_agent::json::readable;
 
 /// One JSON document, pretty-printed.
 pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use corral_core::client::CoreClient;
-use corral_core::rpc::{ALPN_CORE, CoreStatus};
 use corral_core::server::config::{
     ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT,
     SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_EVERY_DEFAULT,
 };
 use corral_core::server::state_check::STATE_CHECK_SECS_DEFAULT;
 use corral_core::server::{CoreConfig, CoreMember, parse_peers};
-use corral_core::transport::certificate_authority::ADMIN_NAME;
-use corral_core::transport::{QuicTransport, TlsIdentity};
+use corral_net::client::CoreClient;
+use corral_net::rpc::{ALPN_CORE, CoreStatus};
+use corral_net::transport::certificate_authority::ADMIN_NAME;
+use corral_net::transport::{QuicTransport, TlsIdentity};
 use serde_json::json;
 
 use super::output::print_json;

@@ -10,13 +10,13 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let args = match corral_agent::cli::config_file::expand(std::env::args_os().collect()) {
+    let args = match corral_cli::config_file::expand(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(error) => {
             eprintln!("error: {error}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let cli = corral_agent::cli::Cli::parse_from(args);
-    corral_agent::cli::run(cli)
+    let cli = corral_cli::Cli::parse_from(args);
+    corral_cli::run(cli)
 }

@@ -204,6 +204,30 @@ impl QuicTransport {
         Ok(())
     }
 
+    /// Dials with `alpn` from now on (a server that serves several protocols dials with
+    /// one); connections already open are dropped from the cache.
+    pub fn reload_client(
+        &self,
+        identity: &TlsIdentity,
+        alpn: &[&[u8]],
+    ) -> Result<(), TransportError> {
+        *self.client.lock() = Some(client_config(identity, alpn)?);
+        self.connections.lock().clear();
+        Ok(())
+    }
+
+    /// A transport that dials from this one's endpoint (the same UDP socket) with `alpn`,
+    /// and keeps its own connections.
+    pub fn sharing_endpoint(
+        &self,
+        identity: &TlsIdentity,
+        alpn: &[&[u8]],
+    ) -> Result<Self, TransportError> {
+        let transport = Self::from_endpoint(self.endpoint.clone());
+        *transport.client.lock() = Some(client_config(identity, alpn)?);
+        Ok(transport)
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
