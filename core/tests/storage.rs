@@ -116,6 +116,48 @@ async fn acknowledged_log_and_vote_survive_reopening() {
     assert_eq!(indexes(&mut store).await, (11..=41).collect::<Vec<_>>());
 }
 
+/// The contract the patched openraft relies on (written at the top of
+/// `core/src/storage/log_store.rs`): entries are readable as soon as `append` returns,
+/// whether or not their flush was reported, and nothing submitted after an append (a vote,
+/// a truncation, later entries) is on disk before it, so a vote or a truncation that
+/// returned implies every earlier append is durable too.
+#[tokio::test]
+async fn appends_are_readable_at_once_and_nothing_later_is_durable_before_them() {
+    use futures::FutureExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    {
+        let store = LogStore::open(&path).unwrap();
+        for batch in 0..20u64 {
+            let first = batch * 50 + 1;
+            let mut appending = store.clone();
+            // One poll submits the append; its flush is not waited for.
+            let mut append = Box::pin(appending.blocking_append(entries(first..=first + 49)));
+            assert!(append.as_mut().now_or_never().is_none_or(|r| r.is_ok()));
+            let mut reader = store.clone();
+            let read = reader
+                .try_get_log_entries(first..=first + 49)
+                .await
+                .unwrap();
+            assert_eq!(read.len(), 50, "batch {batch} not readable once submitted");
+            drop(append);
+        }
+        // Entries 901..=1000 are truncated away after being submitted unflushed.
+        store.clone().truncate(log_id(901)).await.unwrap();
+        store
+            .clone()
+            .save_vote(&Vote::new_committed(4, 2))
+            .await
+            .unwrap();
+    }
+    let mut store = LogStore::open(&path).unwrap();
+    assert_eq!(
+        store.read_vote().await.unwrap(),
+        Some(Vote::new_committed(4, 2))
+    );
+    assert_eq!(indexes(&mut store).await, (1..=900).collect::<Vec<_>>());
+}
+
 /// Segments roll over as the log grows; purging deletes the old ones, and the vote saved
 /// in a deleted segment survives through the next segment's opening record.
 #[tokio::test]

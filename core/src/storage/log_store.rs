@@ -30,15 +30,25 @@
 //! entries) can be on disk before them, and because they are readable before they are
 //! flushed. A change to the queue or the writer must keep both.
 //!
+//! This file holds the store and what openraft calls; `index` is the in-memory index and
+//! cache, `writer` the writer thread, `segment_reader` reads entries back from disk.
+//!
 //! A failed write (disk full, I/O error) poisons the store: every later operation fails,
 //! openraft stops the node, and the server exits loudly rather than serve from a log it
 //! can no longer trust.
 
-use std::collections::{BTreeMap, VecDeque};
+mod index;
+mod segment_reader;
+mod writer;
+
+use index::{Index, Location, Pointers, Slot};
+use segment_reader::SegmentReader;
+use writer::Writer;
+
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::ops::{Bound, RangeBounds};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,7 +57,7 @@ use openraft::{RaftLogId, StorageIOError};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use super::wal::{self, LogMeta, Record, Replay};
+use super::wal::{self, LogMeta, Replay};
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// Operations queued for the writer thread.
@@ -80,105 +90,6 @@ enum WriteOp {
         log_id: LogId,
         ack: Ack,
     },
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Pointers {
-    last_log_id: Option<LogId>,
-    last_purged: Option<LogId>,
-}
-
-/// Where a record's frame lies: segment, offset, length.
-#[derive(Debug, Clone, Copy)]
-struct Location {
-    seq: u64,
-    offset: u64,
-    len: u32,
-}
-
-/// One entry of the index.
-#[derive(Debug)]
-struct Slot {
-    log_id: LogId,
-    /// The entry while it is cached; always present until `at` is known.
-    entry: Option<Entry>,
-    at: Option<Location>,
-    /// Its encoded length, what it counts against the cache.
-    bytes: usize,
-}
-
-/// Every entry after the purge pointer, by index, and what of them is cached.
-#[derive(Debug, Default)]
-struct Index {
-    slots: BTreeMap<u64, Slot>,
-    cached_bytes: usize,
-    cache_bytes_max: usize,
-    /// No slot below this index holds a cached entry.
-    uncached_below: u64,
-}
-
-impl Index {
-    fn insert(&mut self, slot: Slot) {
-        if slot.entry.is_some() {
-            self.cached_bytes += slot.bytes;
-            // Keep the eviction cursor at or below every cached entry.
-            self.uncached_below = self.uncached_below.min(slot.log_id.index);
-        }
-        if let Some(old) = self.slots.insert(slot.log_id.index, slot) {
-            self.forget(&old);
-        }
-    }
-
-    fn forget(&mut self, slot: &Slot) {
-        if slot.entry.is_some() {
-            self.cached_bytes -= slot.bytes;
-        }
-    }
-
-    /// Removes the slots at and after `from`.
-    fn truncate(&mut self, from: u64) {
-        for (_, slot) in self.slots.split_off(&from) {
-            self.forget(&slot);
-        }
-        self.uncached_below = self.uncached_below.min(from);
-    }
-
-    /// Removes the slots up to and including `upto`.
-    fn purge(&mut self, upto: u64) {
-        let kept = self.slots.split_off(&(upto + 1));
-        for (_, slot) in std::mem::replace(&mut self.slots, kept) {
-            self.forget(&slot);
-        }
-    }
-
-    /// Drops cached entries, oldest first, that are written down, until within the budget.
-    fn evict(&mut self) {
-        if self.cached_bytes <= self.cache_bytes_max {
-            return;
-        }
-        for (&index, slot) in self.slots.range_mut(self.uncached_below..) {
-            if self.cached_bytes <= self.cache_bytes_max {
-                break;
-            }
-            if slot.at.is_none() {
-                // Not written yet; neither it nor anything after it can be dropped.
-                break;
-            }
-            if slot.entry.take().is_some() {
-                self.cached_bytes -= slot.bytes;
-            }
-            self.uncached_below = index + 1;
-        }
-    }
-
-    /// Records where the writer put the entry `log_id`, if the slot still holds it.
-    fn written(&mut self, log_id: LogId, at: Location) {
-        if let Some(slot) = self.slots.get_mut(&log_id.index)
-            && slot.log_id == log_id
-        {
-            slot.at = Some(at);
-        }
-    }
 }
 
 struct Inner {
@@ -514,52 +425,6 @@ impl LogStore {
     }
 }
 
-/// Reads entries back from segment files, keeping the last file it opened.
-struct SegmentReader<'a> {
-    dir: &'a Path,
-    open: Option<(u64, File)>,
-    buf: Vec<u8>,
-}
-
-impl<'a> SegmentReader<'a> {
-    fn new(dir: &'a Path) -> Self {
-        Self {
-            dir,
-            open: None,
-            buf: Vec::new(),
-        }
-    }
-
-    fn read(&mut self, at: Location) -> Result<Entry, StorageError> {
-        let path = || self.dir.join(segment_name(at.seq));
-        if self.open.as_ref().is_none_or(|(seq, _)| *seq != at.seq) {
-            let file = File::open(path()).map_err(|e| {
-                read_err(Message(format!(
-                    "cannot open log segment {}: {e}",
-                    path().display()
-                )))
-            })?;
-            self.open = Some((at.seq, file));
-        }
-        let (_, file) = self.open.as_ref().expect("opened above");
-        self.buf.resize(at.len as usize, 0);
-        file.read_exact_at(&mut self.buf, at.offset).map_err(|e| {
-            read_err(Message(format!(
-                "cannot read log segment {} at byte {}: {e}",
-                path().display(),
-                at.offset
-            )))
-        })?;
-        wal::decode_entry_frame(&self.buf).map_err(|e| {
-            read_err(Message(format!(
-                "log segment {} is corrupt at byte {}: {e}",
-                path().display(),
-                at.offset
-            )))
-        })
-    }
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
@@ -679,203 +544,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.send_and_wait(|ack| WriteOp::Purge { log_id, ack })
             .await
-    }
-}
-
-/// The writer thread's state: the segments on disk and the one being appended to.
-struct Writer {
-    dir: PathBuf,
-    /// The store's index, told where each entry was written.
-    index: Arc<Mutex<Index>>,
-    segments: VecDeque<Segment>,
-    file: Option<File>,
-    /// Bytes in the current segment.
-    size: u64,
-    /// The vote and pointers as written so far; a new segment opens with them.
-    meta: LogMeta,
-    /// The vote and committed pointer as last saved by openraft.
-    saved: Arc<Mutex<LogMeta>>,
-    /// The last index in the log as written so far.
-    last_index: Option<u64>,
-    buf: Vec<u8>,
-    segment_bytes: u64,
-    /// Set once preallocating a segment failed (and was reported).
-    preallocation_failed: bool,
-}
-
-impl Writer {
-    /// Drains the queue in batches, one write and one flush per batch.
-    fn run(mut self, mut queue: mpsc::Receiver<WriteOp>) {
-        let mut poisoned: Option<String> = None;
-        while let Some(first) = queue.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < WRITE_BATCH_MAX {
-                match queue.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
-            let result = match &poisoned {
-                Some(reason) => Err(reason.clone()),
-                None => self.commit_batch(&batch).map_err(|e| e.to_string()),
-            };
-            if let Err(reason) = &result
-                && poisoned.is_none()
-            {
-                tracing::error!(error = %reason, "the Raft log could not be written; this member stops");
-                poisoned = Some(format!("the log store failed earlier: {reason}"));
-            }
-            for op in batch {
-                match op {
-                    WriteOp::Append { flushed, .. } => {
-                        flushed.log_io_completed(result.clone().map_err(std::io::Error::other));
-                    }
-                    WriteOp::SaveVote { ack, .. }
-                    | WriteOp::Truncate { ack, .. }
-                    | WriteOp::Purge { ack, .. } => {
-                        let _ = ack.send(result.clone());
-                    }
-                }
-            }
-        }
-    }
-
-    fn commit_batch(&mut self, batch: &[WriteOp]) -> std::io::Result<()> {
-        if self.size >= self.segment_bytes {
-            let next = self.segments.back().map_or(1, |s| s.seq + 1);
-            self.start_segment(next)?;
-        }
-        self.buf.clear();
-        let batch_start = wal::begin_batch(&mut self.buf);
-        let mut max_index = None;
-        let mut purged = false;
-        let seq = self
-            .segments
-            .back()
-            .expect("a segment is open while writing")
-            .seq;
-        let mut written = Vec::new();
-        for op in batch {
-            match op {
-                WriteOp::Append { entries, .. } => {
-                    for (log_id, bytes) in entries {
-                        let at = Location {
-                            seq,
-                            offset: self.size + self.buf.len() as u64,
-                            len: u32::try_from(bytes.len()).expect("a record is under 4 GiB"),
-                        };
-                        written.push((*log_id, at));
-                        self.buf.extend_from_slice(bytes);
-                        max_index = Some(log_id.index);
-                        self.last_index = Some(log_id.index);
-                    }
-                }
-                WriteOp::SaveVote { vote, .. } => {
-                    Record::Vote(*vote).encode_into(&mut self.buf);
-                    self.meta.vote = Some(*vote);
-                }
-                WriteOp::Truncate { from, .. } => {
-                    Record::Truncate { from: *from }.encode_into(&mut self.buf);
-                    self.last_index = from.checked_sub(1);
-                }
-                WriteOp::Purge { log_id, .. } => {
-                    Record::Purge(*log_id).encode_into(&mut self.buf);
-                    self.meta.purged = Some(*log_id);
-                    self.last_index = self.last_index.max(Some(log_id.index));
-                    purged = true;
-                }
-            }
-        }
-        // The committed pointer goes after the entries it covers: one openraft saved before
-        // its entries reached this batch waits for a later one.
-        let committed = self.saved.lock().committed;
-        if committed != self.meta.committed
-            && committed.is_some_and(|c| self.last_index.is_some_and(|last| c.index <= last))
-        {
-            Record::Committed(committed).encode_into(&mut self.buf);
-            self.meta.committed = committed;
-        }
-        if !wal::seal_batch(&mut self.buf, batch_start) {
-            return Ok(());
-        }
-        let file = self.file.as_ref().expect("a segment is open while writing");
-        file.write_all_at(&self.buf, self.size)?;
-        self.size += self.buf.len() as u64;
-        file.sync_data()?;
-        if let (Some(index), Some(current)) = (max_index, self.segments.back_mut()) {
-            current.max_index = Some(current.max_index.map_or(index, |m| m.max(index)));
-        }
-        if !written.is_empty() {
-            let mut index = self.index.lock();
-            for (log_id, at) in written {
-                index.written(log_id, at);
-            }
-            index.evict();
-        }
-        if purged {
-            self.delete_purged_segments();
-        }
-        Ok(())
-    }
-
-    /// Flushes the current segment and starts segment `seq`, preallocated, opening with
-    /// the meta record.
-    fn start_segment(&mut self, seq: u64) -> std::io::Result<()> {
-        if let Some(file) = &self.file {
-            file.sync_data()?;
-        }
-        let path = self.dir.join(segment_name(seq));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)?;
-        let header = wal::segment_header(&self.meta);
-        file.write_all_at(&header, 0)?;
-        self.preallocate(&file);
-        file.sync_all()?;
-        sync_dir(&self.dir)?;
-        self.file = Some(file);
-        self.size = header.len() as u64;
-        self.segments.push_back(Segment {
-            seq,
-            max_index: None,
-        });
-        Ok(())
-    }
-
-    /// Reserves the segment's space, so that writes within it do not grow the file. A file
-    /// system that cannot is reported once; the log works the same, its flushes slower.
-    fn preallocate(&mut self, file: &File) {
-        let Ok(len) = i64::try_from(self.segment_bytes) else {
-            return;
-        };
-        if let Err(e) = nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, len)
-            && !self.preallocation_failed
-        {
-            self.preallocation_failed = true;
-            tracing::warn!(dir = %self.dir.display(), error = %e, "log segments cannot be preallocated here; every flush will also grow the file");
-        }
-    }
-
-    /// Deletes the oldest segments whose entries are all purged, keeping the current one.
-    fn delete_purged_segments(&mut self) {
-        let purged = self.meta.purged.map(|p| p.index);
-        while self.segments.len() > 1 {
-            let oldest = &self.segments[0];
-            let all_purged = match (oldest.max_index, purged) {
-                (None, _) => true,
-                (Some(max), Some(purged)) => max <= purged,
-                (Some(_), None) => false,
-            };
-            if !all_purged {
-                break;
-            }
-            let path = self.dir.join(segment_name(oldest.seq));
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(segment = %path.display(), error = %e, "a purged log segment could not be deleted");
-                break;
-            }
-            self.segments.pop_front();
-        }
     }
 }

@@ -1,0 +1,186 @@
+//! The state as bytes and back: snapshots (of this version and the one before), the
+//! index rebuilt from them, and the invariants every state holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use corral_proto::access::AccessTable;
+use corral_proto::{SessionId, SessionOwner};
+
+use super::{EarlierStateMachine, SnapshotError, StateMachine};
+use crate::session_table::Owned;
+
+impl StateMachine {
+    /// The state as bytes. Deterministic: equal states give equal bytes.
+    pub fn to_snapshot_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("the state machine always encodes")
+    }
+
+    /// Loads a state from snapshot bytes, rebuilding the derived indices and checking the
+    /// invariants, so that a corrupt or hostile snapshot is refused rather than served.
+    pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let mut state = match postcard::take_from_bytes::<StateMachine>(bytes) {
+            Ok((state, [])) => state,
+            // A snapshot of an earlier version ends before the access table.
+            _ => {
+                let (earlier, rest) = postcard::take_from_bytes::<EarlierStateMachine>(bytes)
+                    .map_err(|e| SnapshotError::Decode(e.to_string()))?;
+                if !rest.is_empty() {
+                    return Err(SnapshotError::Decode(format!(
+                        "{} trailing bytes",
+                        rest.len()
+                    )));
+                }
+                StateMachine {
+                    revision: earlier.revision,
+                    keys: earlier.keys,
+                    sessions: earlier.sessions,
+                    shards: earlier.shards,
+                    locks: earlier.locks,
+                    services: earlier.services,
+                    access: AccessTable::default(),
+                }
+            }
+        };
+        state.keys.recount();
+        state.rebuild_index()?;
+        state
+            .check_invariants()
+            .map_err(SnapshotError::Inconsistent)?;
+        Ok(state)
+    }
+
+    /// Rebuilds the ownership index from the tables.
+    pub(super) fn rebuild_index(&mut self) -> Result<(), SnapshotError> {
+        self.sessions.reset_index();
+        let missing = |what: &str, session: SessionId| {
+            SnapshotError::Inconsistent(format!(
+                "{what} refers to session {session}, which is not open"
+            ))
+        };
+        let mut owned: BTreeMap<SessionId, Owned> = BTreeMap::new();
+        for (key, record) in self.keys.iter() {
+            if let Some(s) = record.session {
+                owned.entry(s).or_default().keys.insert(key.clone());
+            }
+        }
+        for shard in self.shards.iter() {
+            for replica in &shard.replicas {
+                owned
+                    .entry(replica.session)
+                    .or_default()
+                    .replicas
+                    .insert((shard.name.clone(), replica.address.clone()));
+            }
+        }
+        for lock in self.locks.iter() {
+            if let Some(holder) = &lock.holder {
+                owned
+                    .entry(holder.session)
+                    .or_default()
+                    .locks_held
+                    .insert(lock.name.clone());
+            }
+            for waiter in &lock.waiters {
+                owned
+                    .entry(*waiter)
+                    .or_default()
+                    .locks_waiting
+                    .insert(lock.name.clone());
+            }
+        }
+        for instance in self.services.iter() {
+            owned
+                .entry(instance.session)
+                .or_default()
+                .services
+                .insert((instance.service.clone(), instance.id.clone()));
+        }
+        for (session, things) in owned {
+            if !self.sessions.contains(session) {
+                return Err(missing("an owned record", session));
+            }
+            let entry = self.sessions.owned_mut(session);
+            let children = std::mem::take(&mut entry.children);
+            *entry = Owned { children, ..things };
+        }
+        Ok(())
+    }
+
+    /// Checks every invariant of the state, including that the ownership index matches
+    /// what a rebuild from scratch gives.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut rebuilt = self.clone();
+        rebuilt.rebuild_index().map_err(|e| e.to_string())?;
+        if rebuilt.sessions.index != self.sessions.index {
+            return Err("the ownership index differs from the tables".into());
+        }
+        for session in self.sessions.iter() {
+            if let SessionOwner::Client { node_session, .. } = session.owner {
+                match self.sessions.get(node_session) {
+                    Some(SessionOwner::Node { .. }) => {}
+                    _ => {
+                        return Err(format!(
+                            "client session {} has no open node session",
+                            session.id
+                        ));
+                    }
+                }
+            }
+            if session.id > self.revision {
+                return Err(format!(
+                    "session {} is newer than revision {}",
+                    session.id, self.revision
+                ));
+            }
+        }
+        for shard in self.shards.iter() {
+            let mut addresses = BTreeSet::new();
+            for replica in &shard.replicas {
+                if !addresses.insert(&replica.address) {
+                    return Err(format!(
+                        "shard {} lists {} twice",
+                        shard.name, replica.address
+                    ));
+                }
+            }
+            match &shard.master {
+                Some(master) if !addresses.contains(master) => {
+                    return Err(format!(
+                        "master {master} of shard {} is not a replica",
+                        shard.name
+                    ));
+                }
+                None if !shard.replicas.is_empty() => {
+                    return Err(format!("shard {} has replicas but no master", shard.name));
+                }
+                _ => {}
+            }
+        }
+        for lock in self.locks.iter() {
+            let Some(holder) = &lock.holder else {
+                return Err(format!("lock {} has no holder", lock.name));
+            };
+            if holder.token > self.revision {
+                return Err(format!("lock {} has a token from the future", lock.name));
+            }
+            let mut seen = BTreeSet::new();
+            for waiter in &lock.waiters {
+                if *waiter == holder.session || !seen.insert(*waiter) {
+                    return Err(format!(
+                        "lock {} queues session {waiter} twice or behind itself",
+                        lock.name
+                    ));
+                }
+            }
+        }
+        for (key, record) in self.keys.iter() {
+            if record.modify_revision > self.revision
+                || record.create_revision > record.modify_revision
+                || record.version == 0
+            {
+                return Err(format!("key {key:?} has inconsistent revisions"));
+            }
+        }
+        Ok(())
+    }
+}
