@@ -13,16 +13,18 @@
 //! for a revision this member has not reached yet simply waits for it (this member may
 //! lag), and is never sent an older snapshot that would move it backwards.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_proto::Revision;
 use corral_proto::frame;
 use quinn::{RecvStream, SendStream};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::liveness::BEAT_FRAME_MAX;
 use super::member::CoreMember;
-use crate::applied_state::{WatchSignal, WatchStart};
+use crate::applied_state::{HistoryEntry, WatchSignal, WatchStart};
 use corral_net::rpc::{WATCH_SNAPSHOT_CHUNK_LEN, WatchBeat, WatchItem};
 use corral_net::transport::tls::peer_has_name;
 
@@ -159,53 +161,134 @@ async fn stream(
                     Ok(WatchSignal::Entry(first)) => {
                         // This entry and every one already waiting, in one write.
                         batch.clear();
-                        let mut entry = first;
-                        let resume = loop {
-                            let expected = last.map_or(1, |l| l + 1);
-                            if entry.revision > expected {
-                                // A gap (we subscribed while lagging behind): start over
-                                // from what we sent, which history or a snapshot can fill.
-                                break true;
-                            }
-                            if entry.revision == expected {
-                                batch.extend_from_slice(&entry.frame);
-                                last = Some(entry.revision);
-                            }
-                            if batch.len() >= WATCH_WRITE_BYTES_MAX {
-                                break false;
-                            }
-                            match signals.try_recv() {
-                                Ok(WatchSignal::Entry(next)) => entry = next,
-                                Ok(WatchSignal::Reset { .. }) | Err(TryRecvError::Lagged(_)) => {
-                                    break true;
-                                }
-                                Err(TryRecvError::Empty) => break false,
-                                Err(TryRecvError::Closed) => {
-                                    send_bytes(send, &batch).await?;
-                                    return Err(WatchEnd::Stopped);
-                                }
-                            }
-                        };
+                        let gathered = gather(first, &mut last, &mut batch, &mut signals);
                         if !batch.is_empty() {
                             send_bytes(send, &batch).await?;
                         }
-                        if resume {
-                            continue 'resume;
+                        match gathered {
+                            Gathered::All => {}
+                            Gathered::Resume => continue 'resume,
+                            Gathered::Closed => return Err(WatchEnd::Stopped),
                         }
                     }
                     Ok(WatchSignal::Reset { .. }) | Err(RecvError::Lagged(_)) => continue 'resume,
                     Err(RecvError::Closed) => return Err(WatchEnd::Stopped),
                 },
-                _ = progress.tick() => {
-                    let metrics = member.raft.metrics();
-                    let (leader, term) = {
-                        let m = metrics.borrow();
-                        (m.current_leader, m.current_term)
-                    };
-                    let item = WatchItem::Progress { revision: member.applied.revision(), leader, term };
-                    send_item(send, &item).await?;
-                }
+                _ = progress.tick() => send_progress(member, send).await?,
             }
         }
+    }
+}
+
+/// How gathering waiting entries ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Gathered {
+    /// Everything waiting (or a write's worth) is in the batch.
+    All,
+    /// A gap, a reset or a lag: resume from the last revision in the batch.
+    Resume,
+    /// The member is stopping: send the batch and end.
+    Closed,
+}
+
+/// Appends `first` and the entries already waiting on `signals` to `batch` (up to
+/// [`WATCH_WRITE_BYTES_MAX`]), each only when it is the next after `last`, which it moves.
+fn gather(
+    first: Arc<HistoryEntry>,
+    last: &mut Option<Revision>,
+    batch: &mut Vec<u8>,
+    signals: &mut broadcast::Receiver<WatchSignal>,
+) -> Gathered {
+    let mut entry = first;
+    loop {
+        let expected = last.map_or(1, |l| l + 1);
+        if entry.revision > expected {
+            // A gap (we subscribed while lagging behind): start over from what we sent,
+            // which history or a snapshot can fill.
+            return Gathered::Resume;
+        }
+        if entry.revision == expected {
+            batch.extend_from_slice(&entry.frame);
+            *last = Some(entry.revision);
+        }
+        if batch.len() >= WATCH_WRITE_BYTES_MAX {
+            return Gathered::All;
+        }
+        match signals.try_recv() {
+            Ok(WatchSignal::Entry(next)) => entry = next,
+            Ok(WatchSignal::Reset { .. }) | Err(TryRecvError::Lagged(_)) => {
+                return Gathered::Resume;
+            }
+            Err(TryRecvError::Empty) => return Gathered::All,
+            Err(TryRecvError::Closed) => return Gathered::Closed,
+        }
+    }
+}
+
+/// A progress frame: how far this member applied, and the leader and term it knows.
+async fn send_progress(member: &CoreMember, send: &mut SendStream) -> Result<(), WatchEnd> {
+    let (leader, term) = {
+        let metrics = member.raft.metrics();
+        let m = metrics.borrow();
+        (m.current_leader, m.current_term)
+    };
+    let item = WatchItem::Progress {
+        revision: member.applied.revision(),
+        leader,
+        term,
+    };
+    send_item(send, &item).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(revision: Revision) -> Arc<HistoryEntry> {
+        Arc::new(HistoryEntry {
+            revision,
+            frame: bytes::Bytes::from(vec![revision as u8]),
+        })
+    }
+
+    /// Waiting entries go out in one batch, each once and in order; a gap or a reset
+    /// resumes from the last one gathered, and a stopping member ends the stream.
+    #[test]
+    fn gathering_sends_each_next_entry_once_and_resumes_on_a_gap() {
+        let (sender, mut signals) = broadcast::channel(16);
+        for revision in [5, 6, 6, 7] {
+            sender.send(WatchSignal::Entry(entry(revision))).unwrap();
+        }
+        let mut last = Some(3);
+        let mut batch = Vec::new();
+        let first = entry(4);
+        assert_eq!(
+            gather(first, &mut last, &mut batch, &mut signals),
+            Gathered::All
+        );
+        assert_eq!(batch, vec![4, 5, 6, 7]);
+        assert_eq!(last, Some(7));
+
+        batch.clear();
+        sender.send(WatchSignal::Entry(entry(10))).unwrap();
+        assert_eq!(
+            gather(entry(8), &mut last, &mut batch, &mut signals),
+            Gathered::Resume
+        );
+        assert_eq!((batch.as_slice(), last), (&[8][..], Some(8)));
+
+        batch.clear();
+        sender.send(WatchSignal::Reset { revision: 20 }).unwrap();
+        assert_eq!(
+            gather(entry(9), &mut last, &mut batch, &mut signals),
+            Gathered::Resume
+        );
+        drop(sender);
+        batch.clear();
+        assert_eq!(
+            gather(entry(10), &mut last, &mut batch, &mut signals),
+            Gathered::Closed
+        );
+        assert_eq!((batch.as_slice(), last), (&[10][..], Some(10)));
     }
 }

@@ -95,22 +95,15 @@ impl Connection {
         if !self.writer.queue_reply(&reply).await {
             return None;
         }
-        let mut last = after.unwrap_or(start);
-        match backlog {
-            Ok(batches) => {
-                for batch in batches {
-                    if let Err(end) = self.send_filtered(id, &filter, &batch) {
-                        return end;
-                    }
-                    last = batch.revision;
-                }
-            }
-            Err(reset) => {
-                if let Err(end) = self.send_event(id, reset) {
-                    return end;
-                }
-                last = start;
-            }
+        let mut cursor = Cursor::at(after.unwrap_or(start));
+        let backlog = match backlog {
+            Ok(batches) => batches
+                .iter()
+                .try_for_each(|batch| self.send_batch(id, &filter, &mut cursor, batch)),
+            Err(reset) => self.send_event(id, reset).map(|()| cursor.sent(start)),
+        };
+        if let Err(end) = backlog {
+            return end;
         }
         loop {
             let member_event = async {
@@ -119,72 +112,160 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let step = tokio::select! {
                 _ = &mut stopped => return None,
                 event = member_event => match event {
-                    Ok(member) => {
-                        if let Err(end) = self.send_event(id, SubscriptionItem::Member(member)) {
-                    return end;
-                }
-                    }
+                    Ok(member) => self.send_event(id, SubscriptionItem::Member(member)),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(missed = n, "member events lagged");
+                        Ok(())
                     }
-                    Err(broadcast::error::RecvError::Closed) => members = None,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        members = None;
+                        Ok(())
+                    }
                 },
-                signal = signals.recv() => {
-                    let resume = match signal {
-                        Ok(ReplicaSignal::Applied(batch)) => {
-                            if batch.revision <= last {
-                                continue;
-                            }
-                            if batch.revision == last + 1 {
-                                if let Err(end) = self.send_filtered(id, &filter, &batch) {
-                        return end;
-                    }
-                                last = batch.revision;
-                                continue;
-                            }
-                            true
-                        }
-                        Ok(ReplicaSignal::Replaced(_)) => true,
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            return Some("the agent is stopping".into());
-                        }
-                    };
-                    if resume {
-                        // Catch up from history, or reset when it no longer reaches back.
-                        let catch_up = replica.read(|r| match r.history_after(last) {
-                            Some(batches) => Ok(batches),
-                            None => Err(translate::reset_item(r.machine(), &filter)),
-                        });
-                        match catch_up {
-                            Ok(batches) => {
-                                for batch in batches {
-                                    if batch.revision <= last {
-                                        continue;
-                                    }
-                                    if let Err(end) = self.send_filtered(id, &filter, &batch) {
-                        return end;
-                    }
-                                    last = batch.revision;
-                                }
-                            }
-                            Err((revision, reset)) => {
-                                if revision < last {
-                                    // The replica started over below us; wait to pass `last`.
-                                    continue;
-                                }
-                                if let Err(end) = self.send_event(id, reset) {
-                    return end;
-                }
-                                last = revision;
-                            }
-                        }
-                    }
-                }
+                signal = signals.recv() => self.on_replica_signal(id, &filter, &mut cursor, signal),
+            };
+            if let Err(end) = step {
+                return end;
             }
         }
+    }
+
+    /// Sends a live batch when it is the next one, else catches up from the replica's
+    /// history (or sends a reset when the history no longer reaches back).
+    fn on_replica_signal(
+        &self,
+        id: u64,
+        filter: &EventFilter,
+        cursor: &mut Cursor,
+        signal: Result<ReplicaSignal, broadcast::error::RecvError>,
+    ) -> Result<(), Option<String>> {
+        match signal {
+            Ok(ReplicaSignal::Applied(batch)) => match cursor.on_batch(batch.revision) {
+                Step::Skip => return Ok(()),
+                Step::Send => return self.send_batch(id, filter, cursor, &batch),
+                Step::CatchUp => {}
+            },
+            Ok(ReplicaSignal::Replaced(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => {
+                return Err(Some("the agent is stopping".into()));
+            }
+        }
+        let catch_up = self
+            .context
+            .replica
+            .read(|r| match r.history_after(cursor.last()) {
+                Some(batches) => Ok(batches),
+                None => Err(translate::reset_item(r.machine(), filter)),
+            });
+        match catch_up {
+            Ok(batches) => {
+                for batch in &batches {
+                    if cursor.on_batch(batch.revision) != Step::Skip {
+                        self.send_batch(id, filter, cursor, batch)?;
+                    }
+                }
+                Ok(())
+            }
+            Err((revision, reset)) if cursor.accepts_reset(revision) => {
+                self.send_event(id, reset)?;
+                cursor.sent(revision);
+                Ok(())
+            }
+            // The replica started over below what was sent; wait for it to pass.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Sends what of `batch` passes `filter` and moves the cursor past it.
+    fn send_batch(
+        &self,
+        id: u64,
+        filter: &EventFilter,
+        cursor: &mut Cursor,
+        batch: &EventBatch,
+    ) -> Result<(), Option<String>> {
+        self.send_filtered(id, filter, batch)?;
+        cursor.sent(batch.revision);
+        Ok(())
+    }
+}
+
+/// Where a subscription stands: the last revision it sent (or was reset to). It decides
+/// what a live batch calls for; free of I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    last: Revision,
+}
+
+/// What a subscription does with a batch at some revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Already sent (or reset past).
+    Skip,
+    /// The next one: send it.
+    Send,
+    /// Something was missed between: catch up from the history first.
+    CatchUp,
+}
+
+impl Cursor {
+    pub(crate) fn at(last: Revision) -> Self {
+        Cursor { last }
+    }
+
+    pub(crate) fn last(&self) -> Revision {
+        self.last
+    }
+
+    pub(crate) fn on_batch(&self, revision: Revision) -> Step {
+        if revision <= self.last {
+            Step::Skip
+        } else if revision == self.last + 1 {
+            Step::Send
+        } else {
+            Step::CatchUp
+        }
+    }
+
+    /// Everything up to `revision` was sent.
+    pub(crate) fn sent(&mut self, revision: Revision) {
+        self.last = self.last.max(revision);
+    }
+
+    /// Whether a reset to the state at `revision` may be sent: not when it lies below what
+    /// was sent already (the replica started over from an older snapshot), which would
+    /// take the subscriber back in time.
+    pub(crate) fn accepts_reset(&self, revision: Revision) -> bool {
+        revision >= self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live stream sends each next batch once, skips what it sent, catches up over a gap,
+    /// and never resets backwards.
+    #[test]
+    fn the_cursor_sends_each_revision_once_and_in_order() {
+        let mut cursor = Cursor::at(10);
+        assert_eq!(cursor.on_batch(9), Step::Skip);
+        assert_eq!(cursor.on_batch(10), Step::Skip);
+        assert_eq!(cursor.on_batch(11), Step::Send);
+        assert_eq!(cursor.on_batch(13), Step::CatchUp);
+        cursor.sent(11);
+        assert_eq!(cursor.on_batch(11), Step::Skip);
+        assert_eq!(cursor.on_batch(12), Step::Send);
+        cursor.sent(12);
+        assert!(!cursor.accepts_reset(5));
+        assert!(cursor.accepts_reset(12) && cursor.accepts_reset(40));
+        cursor.sent(40);
+        assert_eq!(cursor.last(), 40);
+        cursor.sent(20);
+        assert_eq!(cursor.last(), 40, "a cursor never moves back");
+        assert_eq!(cursor.on_batch(41), Step::Send);
     }
 }
