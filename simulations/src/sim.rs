@@ -15,15 +15,18 @@
 //! same run event for event.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+mod actions;
+mod observations;
+mod reporting;
+
+pub use observations::{DeathRecord, Observations};
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use corral_agent::gossip::{GossipConfig, GossipEffect, GossipEngine, GossipInput};
-use corral_agent::sessions::death_reports::{
-    BACKUP_REPORT_DELAY, BACKUP_REPORTERS, CHECK_INTERVAL, FIRST_REPORTERS, REFUSED_BACKOFF,
-    REPORT_INTERVAL, rank_hash,
-};
-use corral_core::server::liveness::HEARD_WITHIN;
+use corral_agent::sessions::death_reports::ReportPacer;
+use corral_core::server::liveness::Liveness;
 use foca::Timer;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -97,10 +100,9 @@ enum Event {
         host: u32,
     },
     Action(Action),
-    /// An agent's periodic check finds `dead` still open in its replica and reports it.
+    /// An agent's periodic check of the deaths it knows (`watch_deaths`).
     ReportCheck {
         host: u32,
-        dead: SimId,
     },
     ReportArrives {
         host: u32,
@@ -163,50 +165,15 @@ struct Host {
     last_watch_at: Micros,
     /// When the host froze: its agent beats no more from then on.
     frozen_at: Micros,
+    /// The deaths its gossip declared that it may have to report, and when it learnt each.
+    deaths: BTreeMap<SimId, reporting::Seen>,
+    /// The agent's own pacing of its reports.
+    pacer: ReportPacer,
+    /// When its next check is queued, while it knows of deaths to report.
+    next_check: Option<Micros>,
     /// Gossip sent since the last traffic reset.
     bytes_sent: u64,
     datagrams_sent: u64,
-}
-
-/// A killed or departed host and what the others learnt of it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeathRecord {
-    pub id: SimId,
-    pub at: Micros,
-    /// MemberDown times at each observer, relative to `at`.
-    pub noticed_after: Vec<Micros>,
-    /// Observers that noticed, in the order of `noticed_after`.
-    pub noticed_by: Vec<u32>,
-    /// Live hosts that held the member alive when it died: the ones that must learn.
-    pub known_by: Vec<u32>,
-    /// When the core committed the close of its node session.
-    pub closed_after: Option<Micros>,
-    /// When each agent's replica showed its shards' new masters, relative to `at`.
-    pub failover_after: Vec<Micros>,
-    pub had_shards: bool,
-    pub graceful: bool,
-}
-
-#[derive(Debug, Default)]
-pub struct Observations {
-    pub deaths: Vec<DeathRecord>,
-    death_of: HashMap<SimId, usize>,
-    failover_of_revision: HashMap<u64, Vec<usize>>,
-    /// Live members declared down: (time, observer, target).
-    pub false_downs: Vec<(Micros, u32, SimId)>,
-    /// Members declared down while cut off by a partition or a one-way failure.
-    pub cut_downs: u64,
-    /// Hosts that had to take a new incarnation because the pool declared them dead.
-    pub renewals: u64,
-    /// Death reports the core refused because it heard the reported agent.
-    pub reports_refused: u64,
-    /// Node sessions carried over to a new incarnation, with all under them.
-    pub sessions_renewed: u64,
-    /// Gossip inputs foca refused (bad or stale packets).
-    pub refused_inputs: u64,
-    pub datagrams_lost: u64,
-    pub datagrams_cut: u64,
-    pub datagrams_dropped_frozen: u64,
 }
 
 pub struct Sim {
@@ -221,13 +188,11 @@ pub struct Sim {
     /// Scenario choices: victims, joins, shard placement.
     pub choice_rng: StdRng,
     core: CoreModel,
-    /// Hosts that report each death, by the agents' ranking: the first three at once, the
-    /// nine backups after the delay.
-    first_reporters: HashMap<SimId, Vec<u32>>,
-    /// Report checks already queued, so one observer does not queue the same one twice.
-    report_pending: BTreeSet<(u32, SimId)>,
-    /// Until when each agent holds back a death the core refused.
-    refused_until: HashMap<(u32, SimId), Micros>,
+    /// The core's own table of the nodes it hears beat on their watch streams.
+    liveness: Liveness,
+    /// The instant the virtual clock's zero stands for, for the agent's and the core's
+    /// code, which take instants: only differences between them matter.
+    clock_base: std::time::Instant,
     pub observations: Observations,
     pub events_processed: u64,
     /// Traffic counters start at this time (after the warm-up).
@@ -275,6 +240,9 @@ impl Sim {
                 replica_revision: 0,
                 last_watch_at: 0,
                 frozen_at: 0,
+                deaths: BTreeMap::new(),
+                pacer: ReportPacer::default(),
+                next_check: None,
                 bytes_sent: 0,
                 datagrams_sent: 0,
             });
@@ -308,9 +276,8 @@ impl Sim {
             queue: BinaryHeap::new(),
             hosts,
             core,
-            first_reporters: HashMap::new(),
-            report_pending: BTreeSet::new(),
-            refused_until: HashMap::new(),
+            liveness: Liveness::default(),
+            clock_base: std::time::Instant::now(),
             observations: Observations::default(),
             events_processed: 0,
             traffic_since: 0,
@@ -356,6 +323,17 @@ impl Sim {
                 HostState::Up | HostState::Frozen
             )
         })
+    }
+
+    /// The names of the members `host`'s gossip holds alive (alive or suspect), as the
+    /// agent's view lists them.
+    pub fn alive_names_seen_by(&self, host: u32) -> Vec<String> {
+        self.hosts[host as usize]
+            .engine
+            .members()
+            .filter(|(_, state)| *state != foca::State::Down)
+            .map(|(id, _)| SimId::name(id.index))
+            .collect()
     }
 
     /// Active members as seen by `host`.
@@ -466,18 +444,11 @@ impl Sim {
             }
             Event::Start { host } => self.start(host),
             Event::Action(action) => self.act(action),
-            Event::ReportCheck { host, dead } => self.report_check(host, dead),
-            Event::ReportArrives { host, dead } => {
-                self.core.reports_received += 1;
-                if self.core_hears(dead) {
-                    self.observations.reports_refused += 1;
-                    self.refused_until
-                        .insert((host, dead), self.now + us(REFUSED_BACKOFF));
-                } else {
-                    let at = self.core.commit_time(self.now, &mut self.net_rng);
-                    self.schedule(at, Event::CommitClose { dead });
-                }
+            Event::ReportCheck { host } => {
+                self.hosts[host as usize].next_check = None;
+                self.check_deaths(host);
             }
+            Event::ReportArrives { host, dead } => self.report_arrives(host, dead),
             Event::OpenArrives { id } => {
                 let at = self.core.commit_time(self.now, &mut self.net_rng);
                 self.schedule(at, Event::CommitOpen { id });
@@ -605,236 +576,6 @@ impl Sim {
                 | GossipEffect::Active
                 | GossipEffect::Idle => {}
             }
-        }
-    }
-
-    fn member_down(&mut self, observer: u32, id: SimId, declared_here: bool) {
-        if let Some(&i) = self.observations.death_of.get(&id) {
-            let record = &mut self.observations.deaths[i];
-            record.noticed_after.push(self.now - record.at);
-            record.noticed_by.push(observer);
-        } else if let Some(target) = self.hosts.get(id.index as usize)
-            && target.engine.identity().incarnation == id.incarnation
-            && matches!(target.state, HostState::Up | HostState::Frozen)
-        {
-            if self.network.cuts(observer, id.index) {
-                self.observations.cut_downs += 1;
-            } else {
-                self.observations.false_downs.push((self.now, observer, id));
-            }
-        }
-        self.queue_report(observer, id, declared_here);
-    }
-
-    /// The agent's death reporting: the member that declared the death and the
-    /// first-ranked reporters at once (the agent checks on gossip's event), the others at
-    /// their first check after the backup delay, each only while its replica shows the
-    /// session open.
-    fn queue_report(&mut self, observer: u32, dead: SimId, declared_here: bool) {
-        if !self
-            .core
-            .session_open_at(dead, self.hosts[observer as usize].replica_revision)
-        {
-            return;
-        }
-        if !self.report_pending.insert((observer, dead)) {
-            return;
-        }
-        let ranked = self.first_reporters(dead).to_vec();
-        let at_once =
-            declared_here || ranked[..ranked.len().min(FIRST_REPORTERS)].contains(&observer);
-        if !at_once && !ranked.contains(&observer) {
-            // Ranked below the backups: never reports.
-            self.report_pending.remove(&(observer, dead));
-            return;
-        }
-        let at = if at_once {
-            self.now
-        } else {
-            // The first tick of this agent's check interval after the backup delay.
-            let check = us(CHECK_INTERVAL);
-            let phase = mix(observer as u64) % check;
-            let after = self.now + us(BACKUP_REPORT_DELAY);
-            let ticks = (after.saturating_sub(phase)).div_ceil(check);
-            phase + ticks * check
-        };
-        self.schedule(
-            at,
-            Event::ReportCheck {
-                host: observer,
-                dead,
-            },
-        );
-    }
-
-    /// Whether a core member hears `dead` beat on its watch stream: its host is up (or froze
-    /// less than `HEARD_WITHIN` ago), runs that incarnation or a newer one, and reaches the
-    /// core.
-    fn core_hears(&self, dead: SimId) -> bool {
-        let Some(host) = self.hosts.get(dead.index as usize) else {
-            return false;
-        };
-        let beating = match host.state {
-            HostState::Up => true,
-            HostState::Frozen => self.now.saturating_sub(host.frozen_at) <= us(HEARD_WITHIN),
-            HostState::Dead | HostState::Left => false,
-        };
-        beating
-            && host.engine.identity().incarnation >= dead.incarnation
-            && self.network.reaches_core(dead.index)
-    }
-
-    /// The hosts that report the death of `dead`, best ranked first: the first
-    /// `FIRST_REPORTERS` at once, the backups after the delay.
-    fn first_reporters(&mut self, dead: SimId) -> &[u32] {
-        if !self.first_reporters.contains_key(&dead) {
-            let dead_name = SimId::name(dead.index);
-            let mut ranked: Vec<(u64, String, u32)> = self
-                .live_hosts()
-                .filter(|&h| h != dead.index)
-                .map(|h| {
-                    let name = SimId::name(h);
-                    (rank_hash(&dead_name, &name), name, h)
-                })
-                .collect();
-            ranked.sort_unstable();
-            let first: Vec<u32> = ranked
-                .into_iter()
-                .take(FIRST_REPORTERS + BACKUP_REPORTERS)
-                .map(|(_, _, h)| h)
-                .collect();
-            self.first_reporters.insert(dead, first);
-        }
-        &self.first_reporters[&dead]
-    }
-
-    fn report_check(&mut self, host: u32, dead: SimId) {
-        let h = &mut self.hosts[host as usize];
-        match h.state {
-            HostState::Up => {}
-            HostState::Frozen => {
-                h.held.push(Event::ReportCheck { host, dead });
-                return;
-            }
-            HostState::Dead | HostState::Left => return,
-        }
-        if !self.core.session_open_at(dead, h.replica_revision) {
-            self.report_pending.remove(&(host, dead));
-            return;
-        }
-        if let Some(&until) = self.refused_until.get(&(host, dead))
-            && until > self.now
-        {
-            self.schedule(until, Event::ReportCheck { host, dead });
-            return;
-        }
-        if let Some(after) = self.network.send_reliable(host, CORE, &mut self.net_rng) {
-            self.schedule(self.now + after, Event::ReportArrives { host, dead });
-        }
-        self.schedule(
-            self.now + us(REPORT_INTERVAL),
-            Event::ReportCheck { host, dead },
-        );
-    }
-
-    fn record_death(&mut self, host: u32, graceful: bool) {
-        let id = *self.hosts[host as usize].engine.identity();
-        let i = self.observations.deaths.len();
-        let known_by = self
-            .live_hosts()
-            .filter(|&h| {
-                h != host
-                    && self.hosts[h as usize]
-                        .engine
-                        .members()
-                        .any(|(m, state)| *m == id && state == foca::State::Alive)
-            })
-            .collect();
-        self.observations.deaths.push(DeathRecord {
-            id,
-            at: self.now,
-            noticed_after: Vec::new(),
-            noticed_by: Vec::new(),
-            known_by,
-            closed_after: None,
-            failover_after: Vec::new(),
-            had_shards: false,
-            graceful,
-        });
-        self.observations.death_of.insert(id, i);
-    }
-
-    fn act(&mut self, action: Action) {
-        match action {
-            Action::Kill(host) => {
-                if matches!(self.state(host), HostState::Up | HostState::Frozen) {
-                    self.record_death(host, false);
-                    let h = &mut self.hosts[host as usize];
-                    h.state = HostState::Dead;
-                    h.held.clear();
-                }
-            }
-            Action::Freeze(host) => {
-                if self.state(host) == HostState::Up {
-                    self.hosts[host as usize].state = HostState::Frozen;
-                    self.hosts[host as usize].frozen_at = self.now;
-                }
-            }
-            Action::Thaw(host) => {
-                let h = &mut self.hosts[host as usize];
-                if h.state == HostState::Frozen {
-                    h.state = HostState::Up;
-                    let held = std::mem::take(&mut h.held);
-                    for event in held {
-                        self.schedule(self.now, event);
-                    }
-                }
-            }
-            Action::Split { at } => self.network.partition(|h| u16::from(h >= at)),
-            Action::Heal => self.network.heal(),
-            Action::Join => self.join(),
-            Action::Leave(host) => {
-                if self.state(host) == HostState::Up {
-                    self.record_death(host, true);
-                    self.input(host, GossipInput::Leave);
-                    self.hosts[host as usize].state = HostState::Left;
-                }
-            }
-            Action::Mute(host, mute) => self.network.set_mute(host, mute),
-        }
-    }
-
-    /// A new host: it announces itself to a random live host and opens its node session.
-    fn join(&mut self) {
-        let live: Vec<u32> = self.live_hosts().collect();
-        if live.is_empty() {
-            return;
-        }
-        let seed = live[self.choice_rng.random_range(0..live.len())];
-        let index = self.hosts.len() as u32;
-        let id = SimId {
-            index,
-            incarnation: 1,
-        };
-        self.hosts.push(Host {
-            engine: GossipEngine::new(
-                id,
-                &self.config.gossip,
-                mix(self.config.seed ^ index as u64),
-            ),
-            state: HostState::Up,
-            life: 0,
-            held: Vec::new(),
-            replica_revision: self.core.machine().revision(),
-            last_watch_at: self.now,
-            frozen_at: 0,
-            bytes_sent: 0,
-            datagrams_sent: 0,
-        });
-        self.network.grow(self.hosts.len());
-        self.input(index, GossipInput::Announce(seed));
-        if let Some(after) = self.network.send_reliable(index, CORE, &mut self.net_rng) {
-            self.schedule(self.now + after, Event::OpenArrives { id });
         }
     }
 }

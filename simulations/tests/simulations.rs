@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use corral_agent::sessions::death_reports::{self, BACKUP_REPORTERS, FIRST_REPORTERS};
 use corral_simulations::scenarios;
 use corral_simulations::sim::{Action, HostState, Sim, SimConfig};
+use corral_simulations::sim_id::SimId;
 
 const SECOND: u64 = 1_000_000;
 
@@ -88,6 +90,56 @@ fn every_death_is_noticed_everywhere_and_failed_over_at_every_agent() {
             "{} agents saw the new master, {live} live",
             death.failover_after.len()
         );
+    }
+}
+
+/// The simulation runs the agent's own reporting rule over each host's own gossip view:
+/// every host that reported a death is one the agent's `report_due` names (it declared the
+/// death itself, or ranks among the first or backup reporters among the members it holds
+/// alive), and the reports are few. A simulation with a rule of its own would report from
+/// other hosts as soon as the agent's rule changed.
+#[test]
+fn death_reports_come_from_the_hosts_the_agents_rule_names() {
+    let mut sim = Sim::new(config(300, 21, 0.01)).unwrap();
+    sim.run_until(5 * SECOND);
+    let victims: Vec<u32> = sim.masters().into_iter().take(2).collect();
+    for (k, v) in victims.iter().enumerate() {
+        sim.at((6 + 10 * k as u64) * SECOND, Action::Kill(*v));
+    }
+    sim.run_until(30 * SECOND);
+    assert_eq!(sim.observations.deaths.len(), 2);
+    for death in &sim.observations.deaths {
+        assert!(
+            death.closed_after.is_some(),
+            "{:?} was never closed",
+            death.id
+        );
+        assert!(
+            !death.reported_by.is_empty(),
+            "nobody reported {:?}",
+            death.id
+        );
+        assert!(
+            death.reported_by.len() <= death.declared_by.len() + FIRST_REPORTERS + BACKUP_REPORTERS,
+            "{} reporters of {:?}",
+            death.reported_by.len(),
+            death.id
+        );
+        let dead = SimId::name(death.id.index);
+        for &reporter in &death.reported_by {
+            let alive = sim.alive_names_seen_by(reporter);
+            let named = death_reports::report_due(
+                &dead,
+                &SimId::name(reporter),
+                death.declared_by.contains(&reporter),
+                Duration::MAX,
+                || alive.iter(),
+            );
+            assert!(
+                named,
+                "host {reporter} reported {dead}, which the agent's rule does not ask of it"
+            );
+        }
     }
 }
 

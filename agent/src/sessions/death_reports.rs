@@ -83,26 +83,50 @@ pub fn rank_hash(dead: &str, member: &str) -> u64 {
 
 /// Whether `me` is among the `FIRST_REPORTERS` live members ranked first to report the
 /// death of `dead`.
-pub fn ranks_first<'a>(dead: &str, me: &str, alive: impl Iterator<Item = &'a str>) -> bool {
+pub fn ranks_first<S: AsRef<str>>(dead: &str, me: &str, alive: impl Iterator<Item = S>) -> bool {
     ranks_within(dead, me, alive, FIRST_REPORTERS)
 }
 
 /// Whether `me` is among the `n` live members ranked first to report the death of `dead`.
 /// Stops at the `n`th member ranked before `me`: after a mass death in a large pool, most
 /// agents learn they are not among the first from a few names, not the whole pool.
-pub fn ranks_within<'a>(
+pub fn ranks_within<S: AsRef<str>>(
     dead: &str,
     me: &str,
-    alive: impl Iterator<Item = &'a str>,
+    alive: impl Iterator<Item = S>,
     n: usize,
 ) -> bool {
     let mine = (rank_hash(dead, me), me);
     alive
-        .filter(|name| *name != dead && *name != me)
-        .filter(|name| (rank_hash(dead, name), *name) < mine)
+        .filter(|name| {
+            let name = name.as_ref();
+            name != dead && name != me && (rank_hash(dead, name), name) < mine
+        })
         .take(n)
         .count()
         < n
+}
+
+/// Whether `me` reports the death of `dead` now, `dead_for` after gossip declared it: at
+/// once when it declared the death itself or ranks among the first reporters among the
+/// members it holds alive (`alive`, asked again for each ranking), after
+/// `BACKUP_REPORT_DELAY` when it ranks among the backups, never otherwise. The agent's
+/// rule, which the simulations run for every simulated host.
+pub fn report_due<I, S>(
+    dead: &str,
+    me: &str,
+    declared_here: bool,
+    dead_for: Duration,
+    alive: impl Fn() -> I,
+) -> bool
+where
+    I: Iterator<Item = S>,
+    S: AsRef<str>,
+{
+    declared_here
+        || ranks_first(dead, me, alive())
+        || (dead_for >= BACKUP_REPORT_DELAY
+            && ranks_within(dead, me, alive(), FIRST_REPORTERS + BACKUP_REPORTERS))
 }
 
 /// The deaths this agent should report now. `sessions` are the open node sessions the
@@ -117,15 +141,13 @@ pub fn deaths_to_report(
         .filter(|(name, _)| name != me)
         .filter_map(|(name, incarnation)| {
             let dead = view.is_dead(&name, incarnation)?;
-            let due = dead.declared_here
-                || ranks_first(&name, me, view.alive_names())
-                || (now.duration_since(dead.since) >= BACKUP_REPORT_DELAY
-                    && ranks_within(
-                        &name,
-                        me,
-                        view.alive_names(),
-                        FIRST_REPORTERS + BACKUP_REPORTERS,
-                    ));
+            let due = report_due(
+                &name,
+                me,
+                dead.declared_here,
+                now.duration_since(dead.since),
+                || view.alive_names(),
+            );
             due.then_some(Death { name, incarnation })
         })
         .collect()
