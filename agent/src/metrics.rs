@@ -1,11 +1,14 @@
-//! The agent's counters and latency histograms, rendered in the Prometheus text format.
+//! The agent's counters and latency histograms, and the metric type that hands them to
+//! `prometheus_client` for the OpenMetrics text format.
 //!
 //! Histograms have fixed buckets (50 µs to 10 s) and are plain atomics: recording costs a
 //! few relaxed increments and never blocks a request.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
 /// Upper bounds of the latency buckets, in seconds.
 pub const BUCKETS: [f64; 17] = [
@@ -37,31 +40,92 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    /// Appends the `_bucket`, `_sum` and `_count` lines of `name` with `labels`
-    /// (`key="value"` pairs, comma-separated, possibly empty).
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
+    /// The histogram as it stands: non-cumulative bucket counts (the last one above every
+    /// bound, at +Inf), the sum in seconds and the count.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.counts)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        buckets.shrink_to_fit();
+        HistogramSnapshot {
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            buckets,
         }
-        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// The labels of one series: names fixed in the code, values from anywhere (an agent's
+/// name, a kind), which the encoder escapes.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// One value of a series, read at scrape time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Point {
+    Gauge(i64),
+    /// A gauge that is not a whole number (an age in seconds; NaN when unknown).
+    Measure(f64),
+    Counter(u64),
+    Histogram(HistogramSnapshot),
+}
+
+/// A metric whose series are read when the page is scraped (from atomics, the replica,
+/// the core's status): handed to a `prometheus_client` registry for encoding, so that the
+/// format, names and escaping are the library's.
+#[derive(Debug)]
+pub struct Scraped {
+    kind: MetricType,
+    series: Vec<(Labels, Point)>,
+}
+
+impl Scraped {
+    /// A metric of `kind` with these series; each point must be of that kind.
+    pub fn new(kind: MetricType, series: Vec<(Labels, Point)>) -> Self {
+        Scraped { kind, series }
+    }
+
+    /// One series without labels.
+    pub fn one(kind: MetricType, point: Point) -> Self {
+        Scraped::new(kind, vec![(Labels::new(), point)])
+    }
+}
+
+impl EncodeMetric for Scraped {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        for (labels, point) in &self.series {
+            if labels.is_empty() {
+                encode_point(&mut encoder, point)?;
+            } else {
+                encode_point(&mut encoder.encode_family(labels)?, point)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.kind
+    }
+}
+
+fn encode_point(encoder: &mut MetricEncoder, point: &Point) -> std::fmt::Result {
+    match point {
+        Point::Gauge(value) => encoder.encode_gauge(value),
+        Point::Measure(value) => encoder.encode_gauge(value),
+        Point::Counter(value) => encoder.encode_counter::<NoLabelSet, _, u64>(value, None),
+        Point::Histogram(h) => {
+            encoder.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
+        }
     }
 }
 
@@ -128,20 +192,44 @@ impl AgentMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::registry::Registry;
 
+    /// Buckets are cumulative in the output and count everything; label values are
+    /// escaped, whatever an agent is called.
     #[test]
-    fn buckets_are_cumulative_and_count_everything() {
+    fn histograms_and_labels_encode_as_openmetrics() {
         let histogram = Histogram::default();
         histogram.record(Duration::from_micros(30));
         histogram.record(Duration::from_millis(3));
         histogram.record(Duration::from_secs(60));
-        let mut out = String::new();
-        histogram.render(&mut out, "x", "kind=\"read\"");
-        assert!(out.contains("x_bucket{kind=\"read\",le=\"0.00005\"} 1\n"));
-        assert!(out.contains("x_bucket{kind=\"read\",le=\"0.005\"} 2\n"));
-        assert!(out.contains("x_bucket{kind=\"read\",le=\"10\"} 2\n"));
-        assert!(out.contains("x_bucket{kind=\"read\",le=\"+Inf\"} 3\n"));
-        assert!(out.contains("x_count{kind=\"read\"} 3\n"));
         assert_eq!(histogram.count(), 3);
+        let mut registry = Registry::default();
+        let labels = vec![("kind", "read".to_string())];
+        let series = vec![(labels, Point::Histogram(histogram.snapshot()))];
+        registry.register("x", "Latency", Scraped::new(MetricType::Histogram, series));
+        let hostile = vec![("name", "a\"b\\c\nd".to_string())];
+        let series = vec![(hostile, Point::Gauge(1))];
+        registry.register("y", "Names", Scraped::new(MetricType::Gauge, series));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains("x_bucket{le=\"0.00005\",kind=\"read\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{le=\"0.005\",kind=\"read\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{le=\"10.0\",kind=\"read\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{le=\"+Inf\",kind=\"read\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_count{kind=\"read\"} 3\n"), "{out}");
+        assert!(out.contains("y{name=\"a\\\"b\\\\c\\nd\"} 1\n"), "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 }

@@ -1,254 +1,271 @@
-//! `GET /metrics`: the Prometheus text format.
+//! `GET /metrics`: the OpenMetrics text format (which Prometheus reads), encoded by
+//! `prometheus_client`, so that names, types and the escaping of label values (an agent's
+//! name is one) are the library's.
 //!
 //! The agent's own figures are read in memory; the core's (term, commit index, applied
 //! revision) come from one status call to the core leader, bounded by a short timeout,
 //! so a scrape never hangs on an unreachable core: `corral_core_up` says 0 instead.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 
 use super::gateway::Gateway;
-use crate::metrics::RequestKind;
+use crate::metrics::{Labels, Point, RequestKind, Scraped};
 
 const CORE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
-fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-    );
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A registry filled at scrape time.
+struct Page(Registry);
+
+impl Page {
+    fn gauge(&mut self, name: &str, help: &str, value: impl TryInto<i64>) {
+        let value = value.try_into().unwrap_or(i64::MAX);
+        self.0.register(
+            name,
+            help,
+            Scraped::one(MetricType::Gauge, Point::Gauge(value)),
+        );
+    }
+
+    fn measure(&mut self, name: &str, help: &str, value: f64) {
+        let point = Point::Measure(value);
+        self.0
+            .register(name, help, Scraped::one(MetricType::Gauge, point));
+    }
+
+    /// A counter: the encoder adds `_total` to `name`.
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        let point = Point::Counter(value);
+        self.0
+            .register(name, help, Scraped::one(MetricType::Counter, point));
+    }
+
+    fn family(&mut self, name: &str, help: &str, kind: MetricType, series: Vec<(Labels, Point)>) {
+        self.0.register(name, help, Scraped::new(kind, series));
+    }
+}
+
+fn label(key: &'static str, value: impl ToString) -> Labels {
+    vec![(key, value.to_string())]
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
 }
 
 pub(super) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     let context = &gateway.context;
-    let mut out = String::with_capacity(8 * 1024);
+    let mut page = Page(Registry::default());
     let identity = context.gossip.identity.borrow().clone();
-    let _ = writeln!(
-        out,
-        "# HELP corral_agent_info The agent's identity.\n# TYPE corral_agent_info gauge\n\
-         corral_agent_info{{name=\"{}\",incarnation=\"{}\"}} 1",
-        identity.name, identity.incarnation
+    page.0.register(
+        "corral_agent",
+        "The agent's identity",
+        Info::new(vec![
+            ("name", identity.name.clone()),
+            ("incarnation", identity.incarnation.to_string()),
+        ]),
     );
 
-    let (revision, counts) = context
+    let (revision, counts, quota) = context
         .replica
-        .read(|r| (r.revision(), r.machine().counts()));
-    gauge(
-        &mut out,
+        .read(|r| (r.revision(), r.machine().counts(), r.machine().quota_use()));
+    page.gauge(
         "corral_agent_replica_revision",
-        "Revision the local replica has applied.",
+        "Revision the local replica has applied",
         revision,
     );
-    let age = context
-        .replica
-        .age()
-        .map_or(f64::NAN, |age| age.as_secs_f64());
-    gauge(
-        &mut out,
+    let age = context.replica.age().map_or(f64::NAN, |a| a.as_secs_f64());
+    page.measure(
         "corral_agent_replica_age_seconds",
-        "Time since the replica last heard from the core.",
+        "Time since the replica last heard from the core",
         age,
     );
-    let _ = writeln!(
-        out,
-        "# HELP corral_agent_replica_feed_streams_total Watch streams the replica feed opened to \
-         core members; one that keeps rising says the feed keeps losing its stream.\n\
-         # TYPE corral_agent_replica_feed_streams_total counter\n\
-         corral_agent_replica_feed_streams_total {}",
-        context.replica.feed_streams()
+    page.counter(
+        "corral_agent_replica_feed_streams",
+        "Watch streams the replica feed opened to core members; one that keeps rising says \
+         the feed keeps losing its stream",
+        context.replica.feed_streams(),
     );
-    gauge(
-        &mut out,
-        "corral_agent_keys",
-        "Keys in the replica.",
-        counts.keys,
-    );
-    gauge(
-        &mut out,
+    page.gauge("corral_agent_keys", "Keys in the replica", counts.keys);
+    page.gauge(
         "corral_agent_sessions",
-        "Open sessions in the replica.",
+        "Open sessions in the replica",
         counts.sessions,
     );
-    gauge(
-        &mut out,
+    page.gauge(
         "corral_agent_shards",
-        "Shards in the replica.",
+        "Shards in the replica",
         counts.shards,
     );
-    gauge(
-        &mut out,
-        "corral_agent_locks",
-        "Locks in the replica.",
-        counts.locks,
-    );
-    gauge(
-        &mut out,
+    page.gauge("corral_agent_locks", "Locks in the replica", counts.locks);
+    page.gauge(
         "corral_agent_service_instances",
-        "Service instances in the replica.",
+        "Service instances in the replica",
         counts.service_instances,
     );
-    let quota = context.replica.read(|r| r.machine().quota_use());
-    let _ = writeln!(
-        out,
-        "# HELP corral_state_quota_used The state's keys and bytes against its quota.\n\
-         # TYPE corral_state_quota_used gauge\n\
-         corral_state_quota_used{{what=\"keys\"}} {}\n\
-         corral_state_quota_used{{what=\"bytes\"}} {}\n\
-         # HELP corral_state_quota_max The state's quota.\n\
-         # TYPE corral_state_quota_max gauge\n\
-         corral_state_quota_max{{what=\"keys\"}} {}\n\
-         corral_state_quota_max{{what=\"bytes\"}} {}",
-        quota.keys, quota.bytes, quota.keys_max, quota.bytes_max
+    let quota_series = |keys: u64, bytes: u64| {
+        vec![
+            (
+                label("what", "keys"),
+                Point::Gauge(keys.try_into().unwrap_or(i64::MAX)),
+            ),
+            (
+                label("what", "bytes"),
+                Point::Gauge(bytes.try_into().unwrap_or(i64::MAX)),
+            ),
+        ]
+    };
+    page.family(
+        "corral_state_quota_used",
+        "The state's keys and bytes against its quota",
+        MetricType::Gauge,
+        quota_series(quota.keys, quota.bytes),
     );
-    gauge(
-        &mut out,
+    page.family(
+        "corral_state_quota_max",
+        "The state's quota",
+        MetricType::Gauge,
+        quota_series(quota.keys_max, quota.bytes_max),
+    );
+    page.gauge(
         "corral_state_quota_alarm",
-        "1 once keys or bytes passed 90% of the quota: writes that grow the state will soon be refused.",
+        "1 once keys or bytes passed 90% of the quota: writes that grow the state will soon \
+         be refused",
         u8::from(quota.alarm()),
     );
-    let refused = [
-        ("http_connection", &context.metrics.http_refused),
-        ("socket_connection", &context.metrics.socket_refused),
-        ("subscription", &context.metrics.subscriptions_cut),
+    let metrics = &context.metrics;
+    let cut = [
+        ("http_connection", &metrics.http_refused),
+        ("socket_connection", &metrics.socket_refused),
+        ("subscription", &metrics.subscriptions_cut),
     ];
-    let _ = writeln!(
-        out,
-        "# HELP corral_agent_cut_total Connections refused at a cap, and subscriptions ended \
-         because their subscriber did not read.\n# TYPE corral_agent_cut_total counter"
+    page.family(
+        "corral_agent_cut",
+        "Connections refused at a cap, and subscriptions ended because their subscriber did \
+         not read",
+        MetricType::Counter,
+        cut.iter()
+            .map(|(what, count)| (label("what", what), Point::Counter(load(count))))
+            .collect(),
     );
-    for (what, count) in refused {
-        let _ = writeln!(
-            out,
-            "corral_agent_cut_total{{what=\"{what}\"}} {}",
-            count.load(Ordering::Relaxed)
-        );
-    }
-    let node_session = context.node_session.borrow().unwrap_or(0);
-    gauge(
-        &mut out,
+    page.gauge(
         "corral_agent_node_session",
-        "The agent's node session (0: none).",
-        node_session,
+        "The agent's node session (0: none)",
+        context.node_session.borrow().unwrap_or(0),
     );
 
     let (alive, suspect, down) = context.gossip.view.read().counts();
-    let _ = writeln!(
-        out,
-        "# HELP corral_agent_members Gossip members by state, as this agent sees them.\n\
-         # TYPE corral_agent_members gauge\n\
-         corral_agent_members{{state=\"alive\"}} {alive}\n\
-         corral_agent_members{{state=\"suspect\"}} {suspect}\n\
-         corral_agent_members{{state=\"down\"}} {down}"
+    page.family(
+        "corral_agent_members",
+        "Gossip members by state, as this agent sees them",
+        MetricType::Gauge,
+        [("alive", alive), ("suspect", suspect), ("down", down)]
+            .into_iter()
+            .map(|(state, n)| (label("state", state), Point::Gauge(n as i64)))
+            .collect(),
     );
     let counters = &context.gossip.counters;
-    let _ = writeln!(
-        out,
-        "# HELP corral_agent_gossip_datagrams_total Gossip datagrams received.\n\
-         # TYPE corral_agent_gossip_datagrams_total counter\n\
-         corral_agent_gossip_datagrams_total{{result=\"accepted\"}} {}\n\
-         corral_agent_gossip_datagrams_total{{result=\"rejected\"}} {}",
-        counters.received.load(Ordering::Relaxed),
-        counters.rejected.load(Ordering::Relaxed)
+    page.family(
+        "corral_agent_gossip_datagrams",
+        "Gossip datagrams received",
+        MetricType::Counter,
+        vec![
+            (
+                label("result", "accepted"),
+                Point::Counter(load(&counters.received)),
+            ),
+            (
+                label("result", "rejected"),
+                Point::Counter(load(&counters.rejected)),
+            ),
+        ],
     );
 
-    let metrics = &context.metrics;
-    let _ = writeln!(
-        out,
-        "# HELP corral_agent_request_duration_seconds Socket API request latency.\n\
-         # TYPE corral_agent_request_duration_seconds histogram"
+    page.family(
+        "corral_agent_request_duration_seconds",
+        "Socket API request latency",
+        MetricType::Histogram,
+        RequestKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let snapshot = metrics.requests(kind).snapshot();
+                (label("kind", kind.label()), Point::Histogram(snapshot))
+            })
+            .collect(),
     );
-    for kind in RequestKind::ALL {
-        metrics.requests(kind).render(
-            &mut out,
-            "corral_agent_request_duration_seconds",
-            &format!("kind=\"{}\"", kind.label()),
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP corral_agent_request_errors_total Socket API requests answered with an error.\n\
-         # TYPE corral_agent_request_errors_total counter\n\
-         corral_agent_request_errors_total {}",
-        metrics.request_errors.load(Ordering::Relaxed)
+    page.counter(
+        "corral_agent_request_errors",
+        "Socket API requests answered with an error",
+        load(&metrics.request_errors),
     );
-    let _ = writeln!(
-        out,
-        "# HELP corral_http_request_duration_seconds HTTP gateway request latency.\n\
-         # TYPE corral_http_request_duration_seconds histogram"
+    page.family(
+        "corral_http_request_duration_seconds",
+        "HTTP gateway request latency",
+        MetricType::Histogram,
+        vec![(Labels::new(), Point::Histogram(gateway.latency.snapshot()))],
     );
-    gateway
-        .latency
-        .render(&mut out, "corral_http_request_duration_seconds", "");
 
     let core = &context.core;
     let address = core
         .leader()
         .or_else(|| core.members().first().cloned())
         .unwrap_or_default();
-    match tokio::time::timeout(CORE_STATUS_TIMEOUT, core.status(&address)).await {
-        Ok(Ok(status)) => {
-            gauge(
-                &mut out,
-                "corral_core_up",
-                "1 if the core answered this scrape.",
-                1,
-            );
-            gauge(
-                &mut out,
-                "corral_core_term",
-                "Raft term of the member asked.",
-                status.term,
-            );
-            let commit = status.committed.map_or(0, |log| log.index);
-            gauge(
-                &mut out,
-                "corral_core_commit_index",
-                "Raft commit index of the member asked.",
-                commit,
-            );
-            gauge(
-                &mut out,
-                "corral_core_last_applied",
-                "Raft log index the member asked has applied.",
-                status.last_applied.unwrap_or(0),
-            );
-            gauge(
-                &mut out,
-                "corral_core_revision",
-                "Revision the member asked has applied.",
-                status.revision,
-            );
-            gauge(
-                &mut out,
-                "corral_core_leader",
-                "Id of the core leader (0: none known).",
-                status.leader.unwrap_or(0),
-            );
-            gauge(
-                &mut out,
-                "corral_agent_watch_lag_revisions",
-                "How many revisions the replica is behind the member asked.",
-                status.revision.saturating_sub(revision),
-            );
-        }
-        _ => gauge(
-            &mut out,
-            "corral_core_up",
-            "1 if the core answered this scrape.",
-            0,
+    let status = tokio::time::timeout(CORE_STATUS_TIMEOUT, core.status(&address)).await;
+    let status = status.ok().and_then(Result::ok);
+    page.gauge(
+        "corral_core_up",
+        "1 if the core answered this scrape",
+        u8::from(status.is_some()),
+    );
+    if let Some(status) = status {
+        page.gauge(
+            "corral_core_term",
+            "Raft term of the member asked",
+            status.term,
+        );
+        page.gauge(
+            "corral_core_commit_index",
+            "Raft commit index of the member asked",
+            status.committed.map_or(0, |log| log.index),
+        );
+        page.gauge(
+            "corral_core_last_applied",
+            "Raft log index the member asked has applied",
+            status.last_applied.unwrap_or(0),
+        );
+        page.gauge(
+            "corral_core_revision",
+            "Revision the member asked has applied",
+            status.revision,
+        );
+        page.gauge(
+            "corral_core_leader",
+            "Id of the core leader (0: none known)",
+            status.leader.unwrap_or(0),
+        );
+        page.gauge(
+            "corral_agent_watch_lag_revisions",
+            "How many revisions the replica is behind the member asked",
+            status.revision.saturating_sub(revision),
+        );
+    }
+    let mut out = String::with_capacity(8 * 1024);
+    match prometheus_client::encoding::text::encode(&mut out, &page.0) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], out),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "the metrics could not be encoded\n".to_string(),
         ),
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
 }
