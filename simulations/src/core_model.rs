@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use corral_agent::sessions::node_session;
 use corral_proto::{Answer, Command, Event, Revision, SessionId, SessionOwner};
 use corral_state::StateMachine;
 use rand::RngExt;
@@ -193,29 +194,21 @@ impl CoreModel {
         self.committed(response.revision, &events, Some(name))
     }
 
-    /// Applies the node session of a renewed member: its open session moves to the new
-    /// incarnation (true), or, if the core closed it, a new one opens (false).
+    /// Applies the node session of a renewed member, as its agent asks for it
+    /// (`node_session::session_command`): its open session moves to the new incarnation
+    /// (true), or, if the core closed it, a new one opens (false).
     pub fn commit_open(&mut self, id: SimId) -> (Committed, bool) {
         self.commits += 1;
         let name = SimId::name(id.index);
-        if let Some((_, from)) = self.machine.node_session(&name)
-            && from < id.incarnation
-        {
-            let (response, events) = self.machine.apply(&Command::RenewNode {
-                name,
-                from,
-                to: id.incarnation,
-            });
-            if response.outcome.is_ok() {
-                return (self.committed(response.revision, &events, None), true);
-            }
+        let held = self.machine.node_session(&name);
+        let command = node_session::session_command(held, &name, id.incarnation);
+        let renew = matches!(command, Command::RenewNode { .. });
+        let (response, events) = self.machine.apply(&command);
+        if !renew || response.outcome.is_ok() {
+            return (self.committed(response.revision, &events, None), renew);
         }
-        let (response, events) = self.machine.apply(&Command::OpenSession {
-            owner: SessionOwner::Node {
-                name: SimId::name(id.index),
-                incarnation: id.incarnation,
-            },
-        });
+        let open = node_session::open_command(&name, id.incarnation);
+        let (response, events) = self.machine.apply(&open);
         (self.committed(response.revision, &events, None), false)
     }
 

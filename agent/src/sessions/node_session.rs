@@ -64,6 +64,34 @@ pub fn store_incarnation(data_dir: &Path, incarnation: u64) -> std::io::Result<(
     std::fs::File::open(data_dir)?.sync_all()
 }
 
+/// Opens the node session of `name` at `incarnation` (idempotent: the same owner gets its
+/// open session back).
+pub fn open_command(name: &str, incarnation: u64) -> Command {
+    Command::OpenSession {
+        owner: SessionOwner::Node {
+            name: name.to_string(),
+            incarnation,
+        },
+    }
+}
+
+/// What brings the node session to `incarnation`, given the session this agent holds and
+/// the incarnation it holds it under. A new gossip identity while the session is open (the
+/// pool had declared this live agent dead) moves the session to it, with the apps'
+/// sessions under it: opening one would end the old session and all they hold. Otherwise,
+/// an open. When the core refuses the move (`NodeNotRenewable`: it closed the session
+/// first), the agent opens. The simulations decide with this too.
+pub fn session_command(held: Option<(SessionId, u64)>, name: &str, incarnation: u64) -> Command {
+    match held {
+        Some((_, from)) if from < incarnation => Command::RenewNode {
+            name: name.to_string(),
+            from,
+            to: incarnation,
+        },
+        _ => open_command(name, incarnation),
+    }
+}
+
 pub async fn run(
     data_dir: PathBuf,
     core: Arc<CoreClient>,
@@ -80,24 +108,8 @@ pub async fn run(
         if let Err(e) = store_incarnation(&data_dir, identity.incarnation) {
             tracing::error!(error = %e, "cannot record the incarnation");
         }
-        // Open (idempotent: the same owner gets its open session back).
-        let open = Command::OpenSession {
-            owner: SessionOwner::Node {
-                name: identity.name.clone(),
-                incarnation: identity.incarnation,
-            },
-        };
-        // A new gossip identity while the session is open (the pool had declared this
-        // live agent dead): the session moves to it with the apps' sessions under it.
-        // Opening it would end the old one and all they hold.
-        let mut command = match held {
-            Some((_, from)) if from < identity.incarnation => Command::RenewNode {
-                name: identity.name.clone(),
-                from,
-                to: identity.incarnation,
-            },
-            _ => open.clone(),
-        };
+        let open = open_command(&identity.name, identity.incarnation);
+        let mut command = session_command(held, &identity.name, identity.incarnation);
         let opened = loop {
             let attempt = tokio::select! {
                 result = core.write(&command) => result,
