@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use corral_agent::gossip::{GossipConfig, GossipEffect, GossipEngine, GossipInput};
-use corral_agent::sessions::death_reports::ReportPacer;
+use corral_agent::sessions::death_reports::DeathReporter;
 use corral_core::server::liveness::Liveness;
 use foca::Timer;
 use rand::rngs::StdRng;
@@ -167,8 +167,8 @@ struct Host {
     frozen_at: Micros,
     /// The deaths its gossip declared that it may have to report, and when it learnt each.
     deaths: BTreeMap<SimId, reporting::Seen>,
-    /// The agent's own pacing of its reports.
-    pacer: ReportPacer,
+    /// The agent's own death reporting.
+    reporter: DeathReporter,
     /// When its next check is queued, while it knows of deaths to report.
     next_check: Option<Micros>,
     /// Gossip sent since the last traffic reset.
@@ -241,7 +241,7 @@ impl Sim {
                 last_watch_at: 0,
                 frozen_at: 0,
                 deaths: BTreeMap::new(),
-                pacer: ReportPacer::default(),
+                reporter: DeathReporter::new(SimId::name(id.index)),
                 next_check: None,
                 bytes_sent: 0,
                 datagrams_sent: 0,

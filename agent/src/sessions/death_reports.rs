@@ -40,7 +40,7 @@ use corral_proto::{Command, SessionOwner};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::gossip::GossipView;
+use crate::gossip::{Dead, GossipView};
 use crate::replica::SharedReplica;
 
 /// Agents ranked first for a death, which report it at once.
@@ -129,10 +129,67 @@ where
             && ranks_within(dead, me, alive(), FIRST_REPORTERS + BACKUP_REPORTERS))
 }
 
+/// What the reporting rule reads of an agent's gossip view: the agent's [`GossipView`],
+/// or a simulated host's.
+pub trait MemberView {
+    /// Whether the pool holds incarnation `incarnation` of `name` dead (declared down, or
+    /// a newer incarnation seen), since when, and whether this agent declared it.
+    fn is_dead(&self, name: &str, incarnation: u64) -> Option<Dead>;
+    /// The names of the members held alive (alive or suspect).
+    fn alive_names(&self) -> impl Iterator<Item = impl AsRef<str>>;
+}
+
+impl MemberView for GossipView {
+    fn is_dead(&self, name: &str, incarnation: u64) -> Option<Dead> {
+        GossipView::is_dead(self, name, incarnation)
+    }
+
+    fn alive_names(&self) -> impl Iterator<Item = impl AsRef<str>> {
+        GossipView::alive_names(self)
+    }
+}
+
+/// The agent's death reporting as a plain value, free of I/O and of clocks: at each check
+/// it is given the agent's view, the node sessions its replica shows open and the time,
+/// and answers the reports to send now; told of a refusal, it holds that death back.
+/// `watch_deaths` drives it in the agent; the simulations drive it for every simulated
+/// host.
+#[derive(Debug)]
+pub struct DeathReporter {
+    me: String,
+    pacer: ReportPacer,
+}
+
+impl DeathReporter {
+    pub fn new(me: String) -> Self {
+        DeathReporter {
+            me,
+            pacer: ReportPacer::default(),
+        }
+    }
+
+    /// The reports to send now: the deaths the rule finds due ([`deaths_to_report`]),
+    /// through the pacer.
+    pub fn check(
+        &mut self,
+        view: &impl MemberView,
+        sessions: impl Iterator<Item = (String, u64)>,
+        now: Instant,
+    ) -> Vec<Death> {
+        let due = deaths_to_report(view, sessions, &self.me, now);
+        self.pacer.to_send(due, now)
+    }
+
+    /// The core refused `death`: it hears the node, so only gossip lost it.
+    pub fn refused(&mut self, death: Death, now: Instant) {
+        self.pacer.refused(death, now);
+    }
+}
+
 /// The deaths this agent should report now. `sessions` are the open node sessions the
 /// replica shows, as (name, incarnation).
 pub fn deaths_to_report(
-    view: &GossipView,
+    view: &impl MemberView,
     sessions: impl Iterator<Item = (String, u64)>,
     me: &str,
     now: Instant,
@@ -211,7 +268,7 @@ pub async fn watch_deaths(
     reports: mpsc::UnboundedSender<Death>,
     mut refusals: mpsc::UnboundedReceiver<Death>,
 ) {
-    let mut pacer = ReportPacer::default();
+    let mut reporter = DeathReporter::new(me);
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut events = Some(events);
@@ -223,7 +280,7 @@ pub async fn watch_deaths(
                 events = None;
             },
             Some(death) = refusals.recv() => {
-                pacer.refused(death, Instant::now());
+                reporter.refused(death, Instant::now());
                 continue;
             }
             _ = shutdown.changed() => return,
@@ -232,8 +289,8 @@ pub async fn watch_deaths(
         // for the comparison, not for the replica's too.
         let open = sessions();
         let now = Instant::now();
-        let due = deaths_to_report(&view.read(), open.into_iter(), &me, now);
-        for death in pacer.to_send(due, now) {
+        let send = reporter.check(&*view.read(), open.into_iter(), now);
+        for death in send {
             if reports.send(death).is_err() {
                 return;
             }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use corral_agent::gossip::{GossipEngine, GossipInput};
-use corral_agent::sessions::death_reports::ReportPacer;
+use corral_agent::sessions::death_reports::DeathReporter;
 use rand::RngExt;
 
 use super::{Action, DeathRecord, Event, Host, HostState, Sim};
@@ -105,7 +105,7 @@ impl Sim {
             last_watch_at: self.now,
             frozen_at: 0,
             deaths: BTreeMap::new(),
-            pacer: ReportPacer::default(),
+            reporter: DeathReporter::new(SimId::name(index)),
             next_check: None,
             bytes_sent: 0,
             datagrams_sent: 0,

@@ -1,12 +1,11 @@
 //! Death reports and the core's hearing gate, run with the shipped code rather than a copy
 //! of it:
 //!
-//! - whether a simulated agent reports a death is the agent's own
-//!   [`report_due`] over the members its own gossip engine holds alive (not the
-//!   simulator's truth), checked when gossip declares the death and every
-//!   [`CHECK_INTERVAL`] after, as `watch_deaths` does;
-//! - which due deaths go out, and which wait after a refusal, is the agent's own
-//!   [`ReportPacer`](corral_agent::sessions::death_reports::ReportPacer);
+//! - what a simulated agent reports, and when, is the agent's own `DeathReporter` (its
+//!   rule, `report_due`, over the members the host's own gossip engine holds alive, not
+//!   the simulator's truth; its pacing; its holding back after a refusal), checked when
+//!   gossip declares the death and every [`CHECK_INTERVAL`] after, as `watch_deaths`
+//!   does;
 //! - whether the core refuses a report is the core's own
 //!   [`Liveness`](corral_core::server::liveness::Liveness) table, fed the beats
 //!   each agent sends every [`BEAT_INTERVAL`] on its watch stream while it runs and reaches
@@ -18,8 +17,11 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use corral_agent::gossip::{Dead, GossipEngine};
 use corral_agent::sessions::death_reports::{
-    BACKUP_REPORT_DELAY, CHECK_INTERVAL, Death, report_due,
+    BACKUP_REPORT_DELAY, CHECK_INTERVAL, Death, MemberView, report_due,
 };
 use corral_net::rpc::BEAT_INTERVAL;
 
@@ -105,6 +107,7 @@ impl Sim {
     /// finds due, through its pacer, each to the core. Checks again at its next tick while
     /// any is left.
     pub(super) fn check_deaths(&mut self, host: u32) {
+        let now = tokio::time::Instant::from_std(self.instant(self.now));
         let h = &mut self.hosts[host as usize];
         match h.state {
             HostState::Up => {}
@@ -118,20 +121,22 @@ impl Sim {
         let core = &self.core;
         h.deaths
             .retain(|dead, _| core.session_open_at(*dead, revision));
-        let known: Vec<(SimId, Seen)> = h.deaths.iter().map(|(d, s)| (*d, *s)).collect();
-        let due: Vec<Death> = known
-            .iter()
-            .filter(|(dead, seen)| {
-                let dead_for = Duration::from_micros(self.now - seen.since);
-                self.reports(host, *dead, seen.declared_here, dead_for)
-            })
-            .map(|(dead, _)| death(*dead))
+        // The replica's open node sessions, of those the host knows dead (the others are
+        // never due).
+        let sessions: Vec<(String, u64)> = h
+            .deaths
+            .keys()
+            .map(|dead| (SimId::name(dead.index), dead.incarnation))
             .collect();
-        let now = tokio::time::Instant::from_std(self.instant(self.now));
-        let send = self.hosts[host as usize].pacer.to_send(due, now);
-        for (dead, _) in known.iter().filter(|(d, _)| send.contains(&death(*d))) {
+        let view = HostView {
+            engine: &h.engine,
+            deaths: &h.deaths,
+            clock_base: self.clock_base,
+        };
+        let send = h.reporter.check(&view, sessions.into_iter(), now);
+        let known: Vec<SimId> = h.deaths.keys().copied().collect();
+        for dead in known.into_iter().filter(|d| send.contains(&death(*d))) {
             if let Some(after) = self.network.send_reliable(host, CORE, &mut self.net_rng) {
-                let dead = *dead;
                 self.schedule(self.now + after, Event::ReportArrives { host, dead });
             }
         }
@@ -155,7 +160,7 @@ impl Sim {
         if self.core_hears(dead) {
             self.observations.reports_refused += 1;
             let now = tokio::time::Instant::from_std(self.instant(self.now));
-            self.hosts[host as usize].pacer.refused(death(dead), now);
+            self.hosts[host as usize].reporter.refused(death(dead), now);
         } else {
             let at = self.core.commit_time(self.now, &mut self.net_rng);
             self.schedule(at, Event::CommitClose { dead });
@@ -186,6 +191,33 @@ impl Sim {
         }
         self.liveness
             .heard(&name, dead.incarnation, self.instant(self.now))
+    }
+}
+
+/// A simulated host's gossip view as the agent's reporting reads it: the members its
+/// engine holds alive, and the deaths its engine declared.
+struct HostView<'a> {
+    engine: &'a GossipEngine<SimId>,
+    deaths: &'a BTreeMap<SimId, Seen>,
+    clock_base: std::time::Instant,
+}
+
+impl MemberView for HostView<'_> {
+    fn is_dead(&self, name: &str, incarnation: u64) -> Option<Dead> {
+        let index = name.strip_prefix("host-")?.parse().ok()?;
+        let seen = self.deaths.get(&SimId { index, incarnation })?;
+        let since = self.clock_base + Duration::from_micros(seen.since);
+        Some(Dead {
+            since: tokio::time::Instant::from_std(since),
+            declared_here: seen.declared_here,
+        })
+    }
+
+    fn alive_names(&self) -> impl Iterator<Item = impl AsRef<str>> {
+        self.engine
+            .members()
+            .filter(|(_, state)| *state != foca::State::Down)
+            .map(|(id, _)| SimId::name(id.index))
     }
 }
 
