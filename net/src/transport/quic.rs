@@ -193,14 +193,19 @@ impl QuicTransport {
         serves: bool,
     ) -> Result<(), TransportError> {
         if serves {
-            self.endpoint.set_server_config(Some(server_config(
-                identity,
-                alpn,
-                transport_config(),
-            )?));
+            self.reload_server(identity, alpn)?;
         }
-        *self.client.lock() = Some(client_config(identity, alpn)?);
-        self.connections.lock().clear();
+        self.reload_client(identity, alpn)
+    }
+
+    /// Accepts connections under new TLS files, for the protocols `alpn`, from now on.
+    pub fn reload_server(
+        &self,
+        identity: &TlsIdentity,
+        alpn: &[&[u8]],
+    ) -> Result<(), TransportError> {
+        let config = server_config(identity, alpn, transport_config())?;
+        self.endpoint.set_server_config(Some(config));
         Ok(())
     }
 

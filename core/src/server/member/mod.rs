@@ -209,9 +209,9 @@ impl CoreMember {
     pub fn reload_tls(&self) -> Result<usize, StartError> {
         let identity = TlsIdentity::load(&self.config.tls_dir, &core_member_name(self.id))?;
         self.transport
-            .reload(&identity, &[ALPN_CORE, ALPN_RAFT], true)?;
+            .reload_server(&identity, &[ALPN_CORE, ALPN_RAFT])?;
         self.transport.reload_client(&identity, &[ALPN_CORE])?;
-        self.raft_transport.reload(&identity, &[ALPN_RAFT], false)?;
+        self.raft_transport.reload_client(&identity, &[ALPN_RAFT])?;
         let revoked = identity.revoked.len();
         *self.revoked.write() = identity.revoked.clone();
         tracing::info!(id = self.id, revoked, "TLS files reloaded");
