@@ -328,12 +328,7 @@ impl Sim {
     /// The names of the members `host`'s gossip holds alive (alive or suspect), as the
     /// agent's view lists them.
     pub fn alive_names_seen_by(&self, host: u32) -> Vec<String> {
-        self.hosts[host as usize]
-            .engine
-            .members()
-            .filter(|(_, state)| *state != foca::State::Down)
-            .map(|(id, _)| SimId::name(id.index))
-            .collect()
+        reporting::alive_names(&self.hosts[host as usize].engine).collect()
     }
 
     /// Active members as seen by `host`.

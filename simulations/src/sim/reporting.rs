@@ -88,12 +88,7 @@ impl Sim {
     /// The agent's rule, over the members `host`'s own gossip engine holds alive.
     fn reports(&self, host: u32, dead: SimId, declared_here: bool, dead_for: Duration) -> bool {
         let engine = &self.hosts[host as usize].engine;
-        let alive = || {
-            engine
-                .members()
-                .filter(|(_, state)| *state != foca::State::Down)
-                .map(|(id, _)| SimId::name(id.index))
-        };
+        let alive = || alive_names(engine);
         report_due(
             &SimId::name(dead.index),
             &SimId::name(host),
@@ -214,11 +209,17 @@ impl MemberView for HostView<'_> {
     }
 
     fn alive_names(&self) -> impl Iterator<Item = impl AsRef<str>> {
-        self.engine
-            .members()
-            .filter(|(_, state)| *state != foca::State::Down)
-            .map(|(id, _)| SimId::name(id.index))
+        alive_names(self.engine)
     }
+}
+
+/// The names of the members `engine` holds alive (alive or suspect), as the agent's view
+/// lists them.
+pub(super) fn alive_names(engine: &GossipEngine<SimId>) -> impl Iterator<Item = String> + '_ {
+    engine
+        .members()
+        .filter(|(_, state)| *state != foca::State::Down)
+        .map(|(id, _)| SimId::name(id.index))
 }
 
 fn death(id: SimId) -> Death {
