@@ -50,8 +50,12 @@ pub enum CoreRequest {
     GetLocal {
         key: String,
     },
-    /// Asked by a member with an empty data directory before it forms a cluster.
-    Probe,
+    /// Asked by a member with an empty data directory before it forms a cluster. `fresh`:
+    /// the sender's log was empty when it wrote this request, on a connection already
+    /// established with the receiver (so after the receiver started).
+    Probe {
+        fresh: bool,
+    },
     AddVoter {
         id: NodeId,
         address: String,

@@ -2,14 +2,17 @@
 //! pure decisions.
 //!
 //! A member with an empty data directory asks the other listed members whether they hold
-//! a cluster already. It forms a new one (openraft `initialize` with the listed members,
+//! a cluster already, and remembers which of them asked it the same with an empty log of
+//! their own. It forms a new one (openraft `initialize` with the listed members,
 //! the same call on every fresh member, which openraft allows) only when a majority of the
 //! listed members, itself included, answered that they are fresh too and none answered
 //! that a cluster exists. A member whose data directory was wiped therefore never forms a
 //! second cluster beside the running one: it waits for the leader to catch it up, and
 //! votes under a [`RejoinGuard`] until then.
 
-use crate::raft_types::LogId;
+use std::collections::BTreeSet;
+
+use crate::raft_types::{LogId, NodeId};
 
 /// What one peer answered to a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,21 +50,31 @@ pub enum BootstrapDecision {
     Retry,
 }
 
-/// `answers` are those of the other listed members; `member_count` counts all listed
-/// members (this one included); `listed` says whether this member is one of them.
+/// `answers` are those of the other listed members, by id; `member_count` counts all
+/// listed members (this one included); `listed` says whether this member is one of them;
+/// `fresh_probers` are the other members that probed this one, since it started, with an
+/// empty log of their own.
 ///
 /// A joining member needs no guard when a majority of all members, not counting itself,
-/// answered that they hold nothing past the initial membership: every committed entry is
-/// on a majority, which would meet those members, so nothing was ever committed (the
-/// cluster is still forming) and this member cannot have lost anything.
-pub fn decide(listed: bool, member_count: usize, answers: &[ProbeAnswer]) -> BootstrapDecision {
+/// were seen holding nothing past the initial membership since this member started (by
+/// their answer, or by their own probe): every committed entry is on a majority, which
+/// would meet those members, so nothing was committed before this member started and it
+/// cannot have lost anything. Counting the probes received matters when the cluster forms
+/// while this member's own probes are still unanswered: by the time they are answered, the
+/// new leader has written its first entry and the answers alone would call for the guard.
+pub fn decide(
+    listed: bool,
+    member_count: usize,
+    answers: &[(NodeId, ProbeAnswer)],
+    fresh_probers: &BTreeSet<NodeId>,
+) -> BootstrapDecision {
     if answers
         .iter()
-        .any(|a| matches!(a, ProbeAnswer::Initialized { .. }))
+        .any(|(_, a)| matches!(a, ProbeAnswer::Initialized { .. }))
     {
         let empty_others = answers
             .iter()
-            .filter(|a| a.holds_nothing_committed())
+            .filter(|(id, a)| a.holds_nothing_committed() || fresh_probers.contains(id))
             .count();
         return BootstrapDecision::JoinExisting {
             guarded: empty_others * 2 <= member_count,
@@ -70,7 +83,10 @@ pub fn decide(listed: bool, member_count: usize, answers: &[ProbeAnswer]) -> Boo
     if !listed {
         return BootstrapDecision::Retry;
     }
-    let fresh = 1 + answers.iter().filter(|a| **a == ProbeAnswer::Fresh).count();
+    let fresh = 1 + answers
+        .iter()
+        .filter(|(_, a)| *a == ProbeAnswer::Fresh)
+        .count();
     if fresh * 2 > member_count {
         BootstrapDecision::Initialize
     } else {
@@ -138,6 +154,11 @@ mod tests {
     use super::ProbeAnswer::*;
     use super::*;
 
+    /// Answers from members 2, 3, … in order.
+    fn by_id(answers: &[ProbeAnswer]) -> Vec<(NodeId, ProbeAnswer)> {
+        (2..).zip(answers.iter().copied()).collect()
+    }
+
     fn log_id(term: u64, index: u64) -> LogId {
         LogId::new(openraft::CommittedLeaderId::new(term, 1), index)
     }
@@ -150,48 +171,85 @@ mod tests {
         let busy = Initialized {
             last_log_index: Some(40),
         };
-        assert_eq!(decide(true, 1, &[]), BootstrapDecision::Initialize);
+        let none = BTreeSet::new();
         assert_eq!(
-            decide(true, 3, &[NoAnswer, NoAnswer]),
-            BootstrapDecision::Retry
-        );
-        assert_eq!(
-            decide(true, 3, &[Fresh, NoAnswer]),
+            decide(true, 1, &by_id(&[]), &none),
             BootstrapDecision::Initialize
         );
         assert_eq!(
-            decide(true, 5, &[Fresh, NoAnswer, NoAnswer, NoAnswer]),
+            decide(true, 3, &by_id(&[NoAnswer, NoAnswer]), &none),
             BootstrapDecision::Retry
         );
         assert_eq!(
-            decide(true, 5, &[Fresh, Fresh, NoAnswer, NoAnswer]),
+            decide(true, 3, &by_id(&[Fresh, NoAnswer]), &none),
             BootstrapDecision::Initialize
         );
         assert_eq!(
-            decide(false, 3, &[Fresh, Fresh, Fresh]),
+            decide(
+                true,
+                5,
+                &by_id(&[Fresh, NoAnswer, NoAnswer, NoAnswer]),
+                &none
+            ),
+            BootstrapDecision::Retry
+        );
+        assert_eq!(
+            decide(true, 5, &by_id(&[Fresh, Fresh, NoAnswer, NoAnswer]), &none),
+            BootstrapDecision::Initialize
+        );
+        assert_eq!(
+            decide(false, 3, &by_id(&[Fresh, Fresh, Fresh]), &none),
             BootstrapDecision::Retry
         );
         // A cluster still forming: nothing can have been committed, so no guard.
         assert_eq!(
-            decide(true, 3, &[Fresh, empty]),
+            decide(true, 3, &by_id(&[Fresh, empty]), &none),
             BootstrapDecision::JoinExisting { guarded: false }
         );
         assert_eq!(
-            decide(true, 3, &[empty, empty]),
+            decide(true, 3, &by_id(&[empty, empty]), &none),
             BootstrapDecision::JoinExisting { guarded: false }
         );
         // A running cluster, or one not shown to have committed nothing: guard.
         assert_eq!(
-            decide(true, 3, &[busy, empty]),
+            decide(true, 3, &by_id(&[busy, empty]), &none),
             BootstrapDecision::JoinExisting { guarded: true }
         );
         assert_eq!(
-            decide(true, 3, &[empty, NoAnswer]),
+            decide(true, 3, &by_id(&[empty, NoAnswer]), &none),
             BootstrapDecision::JoinExisting { guarded: true }
         );
         assert_eq!(
-            decide(false, 3, &[busy, NoAnswer, NoAnswer]),
+            decide(false, 3, &by_id(&[busy, NoAnswer, NoAnswer]), &none),
             BootstrapDecision::JoinExisting { guarded: true }
+        );
+    }
+
+    /// The cluster formed while this member's probe of member 2 went unanswered, and its
+    /// leader wrote its first entry before member 3 answered: the probes members 2 and 3
+    /// sent with empty logs since this member started show that nothing was committed
+    /// before.
+    #[test]
+    fn probes_received_from_fresh_members_count_as_seen_empty() {
+        let first_entry = Initialized {
+            last_log_index: Some(1),
+        };
+        let guarded = BootstrapDecision::JoinExisting { guarded: true };
+        let unguarded = BootstrapDecision::JoinExisting { guarded: false };
+        let answers = by_id(&[NoAnswer, first_entry]);
+        assert_eq!(decide(true, 3, &answers, &BTreeSet::new()), guarded);
+        assert_eq!(decide(true, 3, &answers, &BTreeSet::from([3])), guarded);
+        assert_eq!(
+            decide(true, 3, &answers, &BTreeSet::from([2, 3])),
+            unguarded
+        );
+        // A probe from a member that is not listed, or only one of five, is not enough.
+        assert_eq!(decide(true, 3, &answers, &BTreeSet::from([3, 9])), guarded);
+        let five = by_id(&[NoAnswer, first_entry, first_entry, NoAnswer]);
+        assert_eq!(decide(true, 5, &five, &BTreeSet::from([2, 3])), guarded);
+        assert_eq!(
+            decide(true, 5, &five, &BTreeSet::from([2, 3, 4])),
+            unguarded
         );
     }
 

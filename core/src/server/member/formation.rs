@@ -8,7 +8,7 @@ use corral_net::rpc::{CoreRequest, CoreResponse};
 use corral_net::transport::certificate_authority::core_member_name;
 use openraft::{BasicNode, CommittedLeaderId};
 
-use super::{CoreMember, PROBE_INTERVAL};
+use super::{CoreMember, PROBE_INTERVAL, PROBE_TIMEOUT};
 use crate::raft_types::{LogId, NodeId};
 use crate::server::bootstrap::{self, BootstrapDecision, ProbeAnswer, RejoinGuard};
 
@@ -25,33 +25,19 @@ impl CoreMember {
             if self.raft.is_initialized().await.unwrap_or(true) {
                 return;
             }
-            let mut answers = Vec::new();
-            for (id, address) in &others {
-                let answer = self
-                    .transport
-                    .call::<_, CoreResponse>(
-                        address,
-                        &core_member_name(*id),
-                        &CoreRequest::Probe,
-                        PROBE_INTERVAL * 3,
-                    )
-                    .await;
-                answers.push(match answer {
-                    Ok(CoreResponse::Probe {
-                        initialized: true,
-                        last_log_index,
-                        ..
-                    }) => ProbeAnswer::Initialized { last_log_index },
-                    Ok(CoreResponse::Probe {
-                        initialized: false, ..
-                    }) => ProbeAnswer::Fresh,
-                    _ => ProbeAnswer::NoAnswer,
-                });
-            }
+            let member = &self;
+            let answers = futures::future::join_all(
+                others
+                    .iter()
+                    .map(|(id, address)| async move { (*id, member.probe(*id, address).await) }),
+            )
+            .await;
+            let fresh_probers = self.fresh_probers.lock().clone();
             match bootstrap::decide(
                 self.config.is_initial_member(),
                 self.config.peers.len(),
                 &answers,
+                &fresh_probers,
             ) {
                 BootstrapDecision::Initialize => {
                     let members: std::collections::BTreeMap<NodeId, BasicNode> = self
@@ -87,6 +73,42 @@ impl CoreMember {
         }
     }
 
+    /// Asks member `id` whether it holds a cluster, telling it whether this member's log is
+    /// empty as of a connection already established with it.
+    async fn probe(&self, id: NodeId, address: &str) -> ProbeAnswer {
+        let name = core_member_name(id);
+        let connected =
+            tokio::time::timeout(PROBE_TIMEOUT, self.transport.connection(address, &name)).await;
+        if !matches!(connected, Ok(Ok(_))) {
+            return ProbeAnswer::NoAnswer;
+        }
+        let fresh = !self.raft.is_initialized().await.unwrap_or(true);
+        let answer = self
+            .transport
+            .call::<_, CoreResponse>(address, &name, &CoreRequest::Probe { fresh }, PROBE_TIMEOUT)
+            .await;
+        match answer {
+            Ok(CoreResponse::Probe {
+                initialized: true,
+                last_log_index,
+                ..
+            }) => ProbeAnswer::Initialized { last_log_index },
+            Ok(CoreResponse::Probe {
+                initialized: false, ..
+            }) => ProbeAnswer::Fresh,
+            _ => ProbeAnswer::NoAnswer,
+        }
+    }
+
+    /// This member's answer to a probe.
+    pub(super) async fn probe_answer(&self) -> CoreResponse {
+        CoreResponse::Probe {
+            id: self.id,
+            initialized: self.raft.is_initialized().await.unwrap_or(false),
+            last_log_index: self.raft.metrics().borrow().last_log_index,
+        }
+    }
+
     /// Learns the leader's committed log id, then waits until this member applied that far.
     pub(super) async fn rejoin(self: Arc<Self>, others: Vec<(NodeId, String)>) {
         loop {
@@ -99,7 +121,7 @@ impl CoreMember {
                             address,
                             &core_member_name(*id),
                             &CoreRequest::Status,
-                            PROBE_INTERVAL * 3,
+                            PROBE_TIMEOUT,
                         )
                         .await;
                     if let Ok(CoreResponse::Status(status)) = answer

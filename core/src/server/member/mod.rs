@@ -55,6 +55,10 @@ pub const CONNECTIONS_MAX: usize = 16_384;
 const HEARD_ASK_TIMEOUT: Duration = Duration::from_millis(150);
 /// Interval between probes while forming the cluster.
 const PROBE_INTERVAL: Duration = Duration::from_millis(300);
+/// How long a probe of another member may take: past QUIC's first retransmission of a
+/// handshake (about 1 s), so that a member that started a moment after the probe was sent
+/// still answers it.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How often the member looks whether Raft stopped on a fatal error.
 const FATAL_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -98,6 +102,9 @@ pub struct CoreMember {
     /// Not `Off` while a member with an empty data directory catches up with an existing
     /// cluster (see [`RejoinGuard`]).
     rejoin: parking_lot::Mutex<RejoinGuard>,
+    /// The other members that probed this one since it started, with empty logs of their
+    /// own ([`crate::server::bootstrap::decide`]).
+    fresh_probers: parking_lot::Mutex<std::collections::BTreeSet<NodeId>>,
     connections: AtomicUsize,
     proposer: Proposer,
     quorum: QuorumWatch,
@@ -173,6 +180,7 @@ impl CoreMember {
             transport,
             raft_transport,
             rejoin: parking_lot::Mutex::new(RejoinGuard::Off),
+            fresh_probers: parking_lot::Mutex::new(Default::default()),
             connections: AtomicUsize::new(0),
             proposer,
             quorum,

@@ -89,7 +89,7 @@ mod tests {
         for open in [
             CoreRequest::Status,
             CoreRequest::ReadIndex,
-            CoreRequest::Probe,
+            CoreRequest::Probe { fresh: true },
             CoreRequest::Write(corral_proto::Command::Delete {
                 key: "k".into(),
                 prefix: false,

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use corral_net::rpc::{CoreError, CoreRequest, CoreResponse, NodeId};
+use corral_net::transport::certificate_authority::core_member_name;
 use corral_net::transport::quic;
 use corral_net::transport::tls::peer_certificate;
 use corral_proto::frame::{self, FRAME_LEN_MAX};
@@ -216,11 +217,18 @@ impl CoreMember {
                     .read(|a| (a.machine.revision(), a.machine.get(&key)));
                 CoreResponse::Get { revision, value }
             }
-            CoreRequest::Probe => CoreResponse::Probe {
-                id: self.id,
-                initialized: self.raft.is_initialized().await.unwrap_or(false),
-                last_log_index: self.raft.metrics().borrow().last_log_index,
-            },
+            CoreRequest::Probe { fresh } => {
+                if fresh
+                    && let Some(id) = self
+                        .config
+                        .peers
+                        .keys()
+                        .find(|id| **id != self.id && peer.has(&core_member_name(**id)))
+                {
+                    self.fresh_probers.lock().insert(*id);
+                }
+                self.probe_answer().await
+            }
             CoreRequest::AddVoter { id, address } => self.add_voter(id, address).await,
             CoreRequest::RemoveVoter { id } => self.remove_voter(id).await,
         }
