@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use corral_net::client::CoreClient;
@@ -50,6 +50,8 @@ pub struct AgentContext {
     pub idle_poll: Arc<IdlePoll>,
     /// Sessions held for apps beyond one connection (time-to-live, detached).
     pub held: parking_lot::Mutex<HeldSessions>,
+    /// Where the agent keeps what survives a restart.
+    pub data_dir: PathBuf,
     client_keys: AtomicU64,
 }
 
@@ -107,6 +109,8 @@ pub fn check_agent_name(name: &str) -> Result<(), AgentError> {
 pub struct Agent {
     pub context: Arc<AgentContext>,
     shutdown: watch::Sender<bool>,
+    /// Set when the agent leaves for good rather than stopping for a restart.
+    leaving: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     tls_dir: PathBuf,
     core_transport: Arc<QuicTransport>,
@@ -182,6 +186,15 @@ impl Agent {
         );
         let replica = Arc::new(SharedReplica::new());
         let (shutdown, shutdown_receiver) = watch::channel(false);
+        let leaving = Arc::new(AtomicBool::new(false));
+        let mut held = HeldSessions::new(vec![0, nix::unistd::getuid().as_raw()]);
+        let kept = session_expiry::restore(&config.data_dir, &mut held);
+        if !kept.is_empty() {
+            tracing::info!(
+                sessions = kept.len(),
+                "took over the sessions held for apps"
+            );
+        }
         let (session_sender, session_receiver) = watch::channel(None);
         let context = Arc::new(AgentContext {
             name: config.name.clone(),
@@ -194,10 +207,8 @@ impl Agent {
             shutdown: shutdown_receiver.clone(),
             metrics: AgentMetrics::default(),
             idle_poll: IdlePoll::new(config.idle_poll_max),
-            held: parking_lot::Mutex::new(HeldSessions::new(vec![
-                0,
-                nix::unistd::getuid().as_raw(),
-            ])),
+            held: parking_lot::Mutex::new(held),
+            data_dir: config.data_dir.clone(),
             client_keys: AtomicU64::new(1),
         });
         let mut tasks = vec![
@@ -215,6 +226,10 @@ impl Agent {
                 gossip.clone(),
                 session_sender,
                 shutdown_receiver.clone(),
+                node_session::Restart {
+                    leaving: leaving.clone(),
+                    kept,
+                },
             )),
             tokio::spawn(death_reports::run(
                 config.name.clone(),
@@ -260,6 +275,7 @@ impl Agent {
         Ok(Agent {
             context,
             shutdown,
+            leaving,
             tasks,
             tls_dir: config.tls_dir.clone(),
             core_transport,
@@ -283,15 +299,34 @@ impl Agent {
         Ok(tls.revoked.len())
     }
 
-    /// Leaves gracefully: closes the node session (releasing what it holds), leaves the
-    /// gossip pool, and stops every task.
+    /// Stops every task for a restart: the node session stays open, and the core holds it
+    /// (with everything bound to it) for its node grace, for the agent that starts next on
+    /// this host with the same name and data directory.
     pub async fn stop(self) {
+        let name = self.context.name.clone();
+        self.stop_tasks().await;
+        tracing::info!(
+            name,
+            "agent stopped; its node session is held for a restart"
+        );
+    }
+
+    /// Leaves for good: closes the node session (releasing what it holds at once), leaves
+    /// the gossip pool, and stops every task.
+    pub async fn leave(self) {
+        self.leaving.store(true, Ordering::Relaxed);
+        let gossip = self.context.gossip.clone();
+        let name = self.context.name.clone();
+        self.stop_tasks().await;
+        gossip.leave().await;
+        tracing::info!(name, "agent left");
+    }
+
+    async fn stop_tasks(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
         }
-        self.context.gossip.leave().await;
-        tracing::info!(name = self.context.name, "agent stopped");
     }
 }
 

@@ -62,6 +62,12 @@ pub(crate) struct AgentArgs {
     /// Directory with ca.pem and this agent's NAME.pem and NAME-key.pem.
     #[arg(long, env = "CORRAL_TLS_DIR")]
     tls_dir: PathBuf,
+    /// On SIGTERM or Ctrl-C, leave for good: close this host's node session, releasing its
+    /// shards, services, locks and app sessions at once, and leave the gossip pool. Without
+    /// it the core holds the session for its node grace, so that the agent started again
+    /// with the same name and data directory keeps everything.
+    #[arg(long, env = "CORRAL_LEAVE")]
+    leave: bool,
     /// Gossip probe period, in milliseconds.
     #[arg(long, env = "CORRAL_PROBE_PERIOD_MS", default_value_t = config::PROBE_PERIOD_MS)]
     probe_period_ms: u64,
@@ -152,6 +158,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         allowed_origins: args.http_allow_origin,
         tokens,
     };
+    let leave = args.leave;
     let config = AgentConfig {
         name: args.name,
         data_dir: args.data_dir,
@@ -180,8 +187,12 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         super::shutdown_signal().await;
         let agent =
             Arc::try_unwrap(agent).map_err(|_| anyhow::anyhow!("the agent is still shared"))?;
-        tracing::info!("leaving");
-        agent.stop().await;
+        if leave {
+            tracing::info!("leaving for good");
+            agent.leave().await;
+        } else {
+            agent.stop().await;
+        }
         Ok(())
     })
 }

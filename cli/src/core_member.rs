@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use corral_core::server::config::{
     ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT,
-    SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_EVERY_DEFAULT,
+    NODE_GRACE_MS_DEFAULT, SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_EVERY_DEFAULT,
 };
 use corral_core::server::state_check::STATE_CHECK_SECS_DEFAULT;
 use corral_core::server::{CoreConfig, CoreMember, parse_peers};
@@ -68,6 +68,12 @@ struct RunArgs {
     /// only while every member has applied the leader's last log entry).
     #[arg(long, env = "CORRAL_STATE_CHECK_SECS", default_value_t = STATE_CHECK_SECS_DEFAULT)]
     state_check_secs: u64,
+    /// How long the core holds the session of a node it no longer hears, from its last
+    /// beat, in milliseconds: an agent restarted within it (upgraded, killed and started
+    /// again) keeps its shards, services and locks; a host silent for longer is released.
+    /// 0 releases a host as soon as gossip reports it dead.
+    #[arg(long, env = "CORRAL_NODE_GRACE_MS", default_value_t = NODE_GRACE_MS_DEFAULT)]
+    node_grace_ms: u64,
     /// Threads that run the member's work (default: one per two cores, at least one).
     #[arg(long, env = "CORRAL_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -157,6 +163,7 @@ fn run_member(args: RunArgs) -> anyhow::Result<()> {
         election_timeout_min_ms: args.election_timeout_min_ms,
         election_timeout_max_ms: args.election_timeout_max_ms,
         state_check_secs: args.state_check_secs,
+        node_grace_ms: args.node_grace_ms,
     };
     let workers = args.worker_threads.unwrap_or_else(core_worker_threads);
     super::runtime_with_workers(Some(workers))?.block_on(async move {

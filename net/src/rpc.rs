@@ -67,9 +67,9 @@ pub enum CoreRequest {
     /// `WRITE_BATCH_MAX`). An agent sends the writes of its apps that queue up while
     /// earlier ones are in flight as one request.
     WriteBatch(Vec<Command>),
-    /// Whether this member heard node `name` at `incarnation` or newer on a watch stream
-    /// lately (the core's liveness table). Asked by the leader of every member before it
-    /// commits a death report.
+    /// Whether this member hears node `name` at `incarnation` or newer on a watch stream,
+    /// and how long ago it last did (the core's liveness table). Asked by the leader of
+    /// every member before it commits a death report.
     Heard {
         name: String,
         incarnation: u64,
@@ -106,7 +106,11 @@ pub enum CoreResponse {
     Error(CoreError),
     /// One answer per command of a `WriteBatch`, in its order.
     WriteBatch(Vec<Result<CommandResponse, CoreError>>),
-    Heard(bool),
+    Heard {
+        heard: bool,
+        /// Milliseconds since the node's last beat here (None: not heard).
+        silent_ms: Option<u64>,
+    },
     Access(AccessTable),
 }
 
@@ -137,6 +141,11 @@ pub enum CoreError {
     /// so only gossip lost it (a partition of the gossip network).
     #[error("node {name} is alive to the core: member {member} heard it")]
     NodeAlive { name: String, member: NodeId },
+    /// A death report refused for now: no member hears the node, but one heard it less
+    /// than the node grace ago, so its session is held for an agent restarting there.
+    /// Reported again after `retry_ms`, it goes through if the node stayed silent.
+    #[error("node {name} is held for its grace: {retry_ms} ms more")]
+    NodeInGrace { name: String, retry_ms: u64 },
 }
 
 /// A member's view of the cluster, as `corral core status` prints it.

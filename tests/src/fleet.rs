@@ -83,9 +83,19 @@ impl Fleet {
             .clone()
     }
 
-    /// Starts (or restarts) agent `name`.
+    /// Starts (or restarts) agent `name`, with the first agent as its seed (and, for the
+    /// first agent itself, the second: a restarted seed finds the pool again).
     pub fn spawn_agent(&mut self, name: &str) {
-        let seed = self.seed();
+        let mut seed = self.seed();
+        if let Some(second) = self.agents.values().nth(1)
+            && self
+                .agents
+                .values()
+                .next()
+                .is_some_and(|first| first.name == name)
+        {
+            seed = format!("{seed},{}", second.gossip);
+        }
         let core: Vec<String> = self.core.addresses.values().cloned().collect();
         let root = self.root.clone();
         let tls = self.core.pki.dir.clone();
@@ -123,6 +133,12 @@ impl Fleet {
         if let Some(mut process) = self.agents.get_mut(name).and_then(|a| a.process.take()) {
             process.kill();
         }
+    }
+
+    /// SIGTERM to agent `name`, waiting up to 10 s for it to exit; answers its exit code.
+    pub fn terminate_agent(&mut self, name: &str) -> Option<i32> {
+        let mut process = self.agents.get_mut(name).and_then(|a| a.process.take())?;
+        process.terminate(Duration::from_secs(10))
     }
 
     pub fn signal_agent(&self, name: &str, signal: Signal) {

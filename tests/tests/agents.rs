@@ -84,7 +84,8 @@ async fn membership_converges_with_a_node_session_per_agent() {
 }
 
 /// A SIGKILLed agent is declared dead by every other agent within 5 s (default
-/// settings), and the core closes its node session.
+/// settings), and the core closes its node session once it stayed silent for the node
+/// grace (5 s from its last beat): a host that does not come back is released.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_agent_is_seen_dead_everywhere_within_five_seconds() {
     let root = tempfile::tempdir().unwrap();
@@ -115,6 +116,10 @@ async fn a_killed_agent_is_seen_dead_everywhere_within_five_seconds() {
         }
     })
     .await;
+    eprintln!(
+        "a5's node session released {:?} after the kill",
+        killed.elapsed()
+    );
 }
 
 /// A pause of one second (below the 1.5 s suspicion timeout) is not a death; a long

@@ -991,7 +991,7 @@ async fn wait_until_heard(transport: &QuicTransport, member: &str, name: &str, w
                 .call::<_, CoreResponse>(member, "core", heard, Duration::from_secs(5))
                 .await
             {
-                Ok(CoreResponse::Heard(true)) => Some(()),
+                Ok(CoreResponse::Heard { heard: true, .. }) => Some(()),
                 _ => None,
             }
         }

@@ -368,6 +368,14 @@ async fn report(core: Arc<CoreClient>, death: Death, refused: mpsc::UnboundedSen
             );
             let _ = refused.send(death);
         }
+        // The node is held for its grace: reported again on a later check (every
+        // REPORT_INTERVAL), which goes through once the grace ran out.
+        Err(ClientError::Core(CoreError::NodeInGrace { retry_ms, .. })) => tracing::debug!(
+            node = death.name,
+            incarnation = death.incarnation,
+            retry_ms,
+            "death report held back: the core holds the node for its grace"
+        ),
         // Repeated on a later check while the session stays open.
         Err(e) => tracing::warn!(node = death.name, error = %e, "death report failed"),
     }

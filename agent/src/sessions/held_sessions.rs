@@ -30,7 +30,7 @@ pub const DETACHED_EMPTY_GRACE: Duration = Duration::from_secs(5);
 
 /// Who holds a session: the Unix user of a socket client (from `SO_PEERCRED`), or an
 /// HTTP client by the token it presented (None: no token).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Holder {
     Uid(u32),
     Http(Option<String>),
@@ -47,7 +47,7 @@ impl std::fmt::Display for Holder {
 }
 
 /// How a held session ends, besides being closed or its host dying.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Lifetime {
     /// Unless renewed within this time.
     Ttl(Duration),
@@ -86,6 +86,19 @@ pub struct HeldSessions {
     sessions: HashMap<SessionId, Held>,
     /// Unix users that may use every session: root and the agent's own user.
     privileged: Vec<u32>,
+    /// Counts changes, so that the table is saved only when it changed.
+    changes: u64,
+}
+
+/// A held session as the agent saves it in its data directory, so that the agent
+/// restarted on the host keeps it: deadlines on the wall clock, which a restart keeps.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedSession {
+    pub id: SessionId,
+    pub holder: Holder,
+    pub lifetime: Lifetime,
+    /// Milliseconds since the Unix epoch.
+    pub deadline_unix_ms: Option<u64>,
 }
 
 impl HeldSessions {
@@ -93,7 +106,60 @@ impl HeldSessions {
         HeldSessions {
             sessions: HashMap::new(),
             privileged,
+            changes: 0,
         }
+    }
+
+    /// How many changes the table has seen.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// The table to save, `now` being `now_unix_ms` on the wall clock.
+    pub fn saved(&self, now: Instant, now_unix_ms: u64) -> Vec<SavedSession> {
+        let mut saved: Vec<SavedSession> = self
+            .sessions
+            .iter()
+            .map(|(id, held)| SavedSession {
+                id: *id,
+                holder: held.holder.clone(),
+                lifetime: held.lifetime,
+                deadline_unix_ms: held.deadline.map(|deadline| {
+                    now_unix_ms + deadline.saturating_duration_since(now).as_millis() as u64
+                }),
+            })
+            .collect();
+        saved.sort_unstable_by_key(|s| s.id);
+        saved
+    }
+
+    /// Takes over sessions a previous agent saved, with their deadlines (a session whose
+    /// deadline passed while no agent ran expires at the next look); at most
+    /// [`HELD_SESSIONS_MAX`]. Answers their IDs.
+    pub fn restore(
+        &mut self,
+        saved: Vec<SavedSession>,
+        now: Instant,
+        now_unix_ms: u64,
+    ) -> Vec<SessionId> {
+        let mut ids = Vec::new();
+        for session in saved.into_iter().take(HELD_SESSIONS_MAX) {
+            let deadline = session
+                .deadline_unix_ms
+                .map(|at| now + Duration::from_millis(at.saturating_sub(now_unix_ms)));
+            self.sessions.insert(
+                session.id,
+                Held {
+                    holder: session.holder,
+                    lifetime: session.lifetime,
+                    opened: now,
+                    deadline,
+                },
+            );
+            ids.push(session.id);
+        }
+        self.changes += 1;
+        ids
     }
 
     pub fn len(&self) -> usize {
@@ -139,6 +205,7 @@ impl HeldSessions {
                 deadline,
             },
         );
+        self.changes += 1;
     }
 
     /// The session, if `holder` may act in it now.
@@ -166,6 +233,7 @@ impl HeldSessions {
         match lifetime {
             Lifetime::Ttl(ttl) => {
                 held.deadline = Some(now + ttl);
+                self.changes += 1;
                 Ok(Some(ttl))
             }
             Lifetime::UntilEmpty | Lifetime::UntilClosed => Ok(None),
@@ -173,6 +241,7 @@ impl HeldSessions {
     }
 
     pub fn remove(&mut self, id: SessionId) -> Option<Held> {
+        self.changes += 1;
         self.sessions.remove(&id)
     }
 
@@ -245,6 +314,57 @@ mod tests {
     const ALICE: &Holder = &Holder::Uid(1000);
     const BOB: &Holder = &Holder::Uid(1001);
     const AGENT: &Holder = &Holder::Uid(999);
+
+    /// A restarted agent takes the saved sessions over with the deadlines they had on the
+    /// wall clock: the time no agent ran counts against them.
+    #[test]
+    fn saved_sessions_come_back_with_their_wall_clock_deadlines() {
+        let before = Instant::now();
+        let mut table = HeldSessions::new(vec![999]);
+        let changes = table.changes();
+        table.insert(
+            7,
+            ALICE.clone(),
+            Lifetime::Ttl(Duration::from_secs(10)),
+            before,
+        );
+        table.insert(
+            9,
+            Holder::Http(Some("t".into())),
+            Lifetime::UntilClosed,
+            before,
+        );
+        assert!(table.changes() > changes);
+        let saved = table.saved(before, 1_000_000);
+        assert_eq!(saved[0].deadline_unix_ms, Some(1_010_000));
+        assert_eq!(saved[1].deadline_unix_ms, None);
+
+        // Restarted 4 s later on the wall clock.
+        let after = Instant::now();
+        let mut restarted = HeldSessions::new(vec![999]);
+        let json = serde_json::to_string(&saved).unwrap();
+        let ids = restarted.restore(serde_json::from_str(&json).unwrap(), after, 1_004_000);
+        assert_eq!(ids, vec![7, 9]);
+        assert!(restarted.check(7, ALICE, after).is_ok());
+        assert_eq!(
+            restarted.check(7, BOB, after).err(),
+            Some(HeldError::OtherUser)
+        );
+        assert_eq!(
+            restarted.next_deadline(),
+            Some(after + Duration::from_secs(6))
+        );
+        assert_eq!(restarted.expired(after + Duration::from_secs(6)), vec![7]);
+        assert!(
+            restarted
+                .check(9, &Holder::Http(Some("t".into())), after)
+                .is_ok()
+        );
+        // A deadline that passed while no agent ran ends the session at once.
+        let mut late = HeldSessions::new(vec![]);
+        late.restore(saved, after, 2_000_000);
+        assert_eq!(late.expired(after), vec![7]);
+    }
 
     /// A session expires at its deadline unless renewed, and only its holder (or a
     /// privileged user) may use or renew it.

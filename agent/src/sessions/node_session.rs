@@ -1,7 +1,9 @@
-//! The agent's node session: opened at start under its gossip identity, reopened under a
-//! new incarnation whenever the core closed it (the pool declared this agent dead), moved
-//! to a new incarnation the pool forced while the core kept it open, and closed when the
-//! agent leaves.
+//! The agent's node session: taken over at start from the agent that ran before on this
+//! host (the core holds a silent node's session for its grace), or opened under the gossip
+//! identity; reopened under a new incarnation whenever the core closed it (the pool
+//! declared this agent dead), moved to a new incarnation the pool forced while the core
+//! kept it open, and closed only when the agent leaves for good (`--leave`). A stop
+//! without leaving keeps it, so that a restart moves no master and releases nothing.
 //!
 //! ```text
 //!  gossip identity ──► OpenSession{Node{name, incarnation}} ──► session id (watch)
@@ -13,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use corral_net::client::{ClientError, CoreClient};
@@ -23,6 +26,10 @@ use crate::gossip::{GossipHandle, NodeIdentity};
 use crate::replica::SharedReplica;
 
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// How long a starting agent waits for its replica to catch up with the core before it
+/// opens its node session without looking for one to take over.
+const FIRST_STATE_WAIT: Duration = Duration::from_secs(10);
 
 /// The incarnation file in the data directory.
 pub fn incarnation_path(data_dir: &Path) -> PathBuf {
@@ -92,6 +99,15 @@ pub fn session_command(held: Option<(SessionId, u64)>, name: &str, incarnation: 
     }
 }
 
+/// What a node session carries across an agent restart.
+#[derive(Debug)]
+pub struct Restart {
+    /// Set when this agent leaves for good: it then closes the session as it stops.
+    pub leaving: Arc<AtomicBool>,
+    /// The sessions held for apps that this agent took over from the one before it.
+    pub kept: Vec<SessionId>,
+}
+
 pub async fn run(
     data_dir: PathBuf,
     core: Arc<CoreClient>,
@@ -99,10 +115,25 @@ pub async fn run(
     gossip: GossipHandle,
     session: watch::Sender<Option<SessionId>>,
     mut shutdown: watch::Receiver<bool>,
+    restart: Restart,
 ) {
+    let Restart { leaving, kept } = restart;
     let mut identity_changes = gossip.identity.clone();
-    // The node session this agent holds open, and the incarnation it is under.
-    let mut held: Option<(SessionId, u64)> = None;
+    // The node session this agent holds open, and the incarnation it is under: at start,
+    // the one an earlier agent of this host left open, if the core still holds it.
+    let name = identity_changes.borrow().name.clone();
+    let mut held: Option<(SessionId, u64)> = tokio::select! {
+        held = left_open(&core, &replica, &name) => held,
+        _ = shutdown.changed() => return,
+    };
+    if let Some((id, incarnation)) = held {
+        tracing::info!(
+            session = id,
+            incarnation,
+            "taking over the node session an earlier agent of this host left open"
+        );
+    }
+    let mut orphans_closed = false;
     loop {
         let identity: NodeIdentity = identity_changes.borrow_and_update().clone();
         if let Err(e) = store_incarnation(&data_dir, identity.incarnation) {
@@ -152,6 +183,16 @@ pub async fn run(
             continue;
         };
         tracing::info!(session = id, identity = %identity, "node session open");
+        if !orphans_closed {
+            orphans_closed = true;
+            tokio::spawn(close_orphans(
+                core.clone(),
+                replica.clone(),
+                id,
+                revision,
+                kept.clone(),
+            ));
+        }
         held = Some((id, identity.incarnation));
         session.send_replace(Some(id));
         // Watch for the session's end, or a new identity.
@@ -179,6 +220,11 @@ pub async fn run(
                     }
                 }
                 _ = shutdown.changed() => {
+                    if !leaving.load(Ordering::Relaxed) {
+                        // Stopping to restart: the core holds the session for its grace.
+                        tracing::info!(session = id, "node session left open for a restart");
+                        return;
+                    }
                     // Leaving: close the session so that what it holds is released now.
                     let close = Command::CloseSession { session: id };
                     match tokio::time::timeout(Duration::from_secs(2), core.write(&close)).await {
@@ -189,6 +235,63 @@ pub async fn run(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// The node session of `name` open in the core, with its incarnation, as this host's
+/// replica shows it once it caught up with the core's read index (asked until the core
+/// answers: no node session can be had without it anyway). None when there is none, or
+/// the replica did not catch up within [`FIRST_STATE_WAIT`].
+async fn left_open(
+    core: &CoreClient,
+    replica: &SharedReplica,
+    name: &str,
+) -> Option<(SessionId, u64)> {
+    let revision = loop {
+        match core.read_index().await {
+            Ok(revision) => break revision,
+            Err(e) => tracing::debug!(error = %e, "core unavailable; the node session waits"),
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    };
+    replica.wait_for(revision, FIRST_STATE_WAIT).await.ok()?;
+    replica.read(|r| r.machine().node_session(name))
+}
+
+/// Closes the client sessions under node session `node` that were open before `revision`
+/// (when this agent took the node session over) and that it does not keep (`kept`: the
+/// sessions its apps hold beyond a connection, restored from the data directory): they
+/// belonged to connections of the agent that ran before, which are gone.
+async fn close_orphans(
+    core: Arc<CoreClient>,
+    replica: Arc<SharedReplica>,
+    node: SessionId,
+    revision: corral_proto::Revision,
+    kept: Vec<SessionId>,
+) {
+    let mut revisions = replica.revisions();
+    if revisions.wait_for(|r| *r >= revision).await.is_err() {
+        return;
+    }
+    let orphans: Vec<SessionId> = replica.read(|r| {
+        r.machine()
+            .sessions()
+            .filter(|s| {
+                s.id < revision
+                    && !kept.contains(&s.id)
+                    && matches!(&s.owner, SessionOwner::Client { node_session, .. } if *node_session == node)
+            })
+            .map(|s| s.id)
+            .collect()
+    });
+    for session in orphans {
+        match core.write(&Command::CloseSession { session }).await {
+            Ok(_) => tracing::info!(
+                session,
+                "closed an app session of the agent that ran before (its connection is gone)"
+            ),
+            Err(e) => tracing::warn!(session, error = %e, "closing an earlier app session failed"),
         }
     }
 }

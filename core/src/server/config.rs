@@ -14,6 +14,10 @@ pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5_000;
 pub const HEARTBEAT_MS_DEFAULT: u64 = 100;
 pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = 500;
 pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = 1000;
+/// How long the core holds the session of a node no member hears any more, from its last
+/// beat: the agent's gossip detection time at its defaults (about 2 s) and 3 s for an
+/// agent restarting on the host to take its session back.
+pub const NODE_GRACE_MS_DEFAULT: u64 = 5000;
 
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -31,6 +35,9 @@ pub struct CoreConfig {
     /// Seconds between the leader's checks that every member holds the same state
     /// ([`super::state_check`]).
     pub state_check_secs: u64,
+    /// How long a node's session is held after the core last heard it
+    /// ([`super::liveness`]): an agent restarted within it keeps everything bound to it.
+    pub node_grace_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +97,9 @@ impl CoreConfig {
         }
         if self.state_check_secs == 0 {
             return invalid("state-check-secs", "must be at least 1");
+        }
+        if self.node_grace_ms > super::liveness::NODE_GRACE_MAX.as_millis() as u64 {
+            return invalid("node-grace-ms", "must be at most an hour (3600000)");
         }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
             return invalid(

@@ -16,7 +16,19 @@
 //! defaults) its last beat is older than `HEARD_WITHIN`, so the report goes through at once.
 //! A beat of a newer incarnation counts too: a report of the old one is then either moot
 //! (a restarted agent's new session ends the old one) or would end the session a renewed
-//! agent is carrying over. Free of I/O and of clocks.
+//! agent is carrying over.
+//!
+//! A node no member hears is not released at once either: its session is held for the
+//! node grace (`--node-grace-ms`) after the last beat any member heard, so that an agent
+//! restarted in that time (a new binary, SIGKILL and start again) takes its session back
+//! with everything bound to it ([`hearing`]). The last beat is kept after the stream
+//! ends for that. Free of I/O and of clocks.
+//!
+//! ```text
+//!  heard within HEARD_WITHIN by a member ─► Alive (refused: NodeAlive)
+//!  last beat younger than the grace      ─► InGrace (refused: NodeInGrace, reported again)
+//!  older, or never heard                 ─► Silent (the report is proposed)
+//! ```
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,19 +39,30 @@ pub use corral_net::rpc::{BEAT_FRAME_MAX, BEAT_INTERVAL};
 /// the shortest time gossip takes to declare a death at its defaults.
 pub const HEARD_WITHIN: Duration = Duration::from_millis(1250);
 
+/// Longest node grace a member accepts; beats older than this are forgotten once the
+/// stream that carried them ended.
+pub const NODE_GRACE_MAX: Duration = Duration::from_secs(3600);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Heard {
     incarnation: u64,
     at: Instant,
-    /// The stream that beat last: only its end forgets the node.
+    /// The stream that beat last: only its end stops the node being heard.
     stream: u64,
+    /// That stream ended: the beat only dates the node's silence.
+    ended: bool,
 }
 
 /// The last beat of every node whose watch stream this member serves.
 #[derive(Debug, Default)]
 pub struct Liveness {
     nodes: HashMap<String, Heard>,
+    /// Streams ended since beats older than [`NODE_GRACE_MAX`] were last forgotten.
+    ended_since_pruned: usize,
 }
+
+/// Stream ends between two passes that forget old beats.
+const PRUNE_EVERY: usize = 1024;
 
 impl Liveness {
     pub fn beat(&mut self, name: &str, incarnation: u64, stream: u64, now: Instant) {
@@ -47,6 +70,7 @@ impl Liveness {
             incarnation,
             at: now,
             stream,
+            ended: false,
         };
         match self.nodes.get_mut(name) {
             Some(entry) => *entry = heard,
@@ -57,21 +81,83 @@ impl Liveness {
     }
 
     /// The watch stream `stream` of `name` ended: a process that is gone beats no more.
-    pub fn stream_ended(&mut self, name: &str, stream: u64) {
-        if self.nodes.get(name).is_some_and(|h| h.stream == stream) {
-            self.nodes.remove(name);
+    /// Its last beat is kept to date its silence; those older than [`NODE_GRACE_MAX`] go.
+    pub fn stream_ended(&mut self, name: &str, stream: u64, now: Instant) {
+        if let Some(heard) = self.nodes.get_mut(name)
+            && heard.stream == stream
+        {
+            heard.ended = true;
+        }
+        self.ended_since_pruned += 1;
+        if self.ended_since_pruned >= PRUNE_EVERY {
+            self.forget_old(now);
         }
     }
 
-    /// Whether `name` at `incarnation` or newer beat within [`HEARD_WITHIN`] of `now`.
+    /// Forgets the beats of ended streams older than [`NODE_GRACE_MAX`].
+    pub fn forget_old(&mut self, now: Instant) {
+        self.ended_since_pruned = 0;
+        self.nodes
+            .retain(|_, h| !h.ended || now.saturating_duration_since(h.at) <= NODE_GRACE_MAX);
+    }
+
+    /// Whether `name` at `incarnation` or newer beat within [`HEARD_WITHIN`] of `now`, on
+    /// a stream still open.
     pub fn heard(&self, name: &str, incarnation: u64, now: Instant) -> bool {
         self.nodes.get(name).is_some_and(|h| {
-            h.incarnation >= incarnation && now.saturating_duration_since(h.at) <= HEARD_WITHIN
+            !h.ended
+                && h.incarnation >= incarnation
+                && now.saturating_duration_since(h.at) <= HEARD_WITHIN
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+    /// How long ago `name` at `incarnation` or newer last beat here; None when this member
+    /// has not heard it (since it started, or within [`NODE_GRACE_MAX`]).
+    pub fn silent_for(&self, name: &str, incarnation: u64, now: Instant) -> Option<Duration> {
+        self.nodes
+            .get(name)
+            .filter(|h| h.incarnation >= incarnation)
+            .map(|h| now.saturating_duration_since(h.at))
+    }
+
+    /// Whether any node's stream is open here.
+    pub fn hears_any(&self) -> bool {
+        self.nodes.values().any(|h| !h.ended)
+    }
+}
+
+/// What the core makes of a death report, from each member's answer for the node:
+/// whether it hears it, and how long ago it last heard it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hearing {
+    /// `member` hears it: only gossip lost it.
+    Alive { member: u64 },
+    /// No member hears it, but one heard it less than the grace ago: its session is held
+    /// for `remaining` more, for an agent restarting on the host.
+    InGrace { remaining: Duration },
+    /// Silent for the grace or longer, or never heard: the report goes through.
+    Silent,
+}
+
+/// The verdict from the members' answers (member, heard, silent for).
+pub fn hearing(
+    answers: impl IntoIterator<Item = (u64, bool, Option<Duration>)>,
+    grace: Duration,
+) -> Hearing {
+    let mut shortest: Option<Duration> = None;
+    for (member, heard, silent) in answers {
+        if heard {
+            return Hearing::Alive { member };
+        }
+        if let Some(silent) = silent {
+            shortest = Some(shortest.map_or(silent, |s| s.min(silent)));
+        }
+    }
+    match shortest {
+        Some(silent) if silent < grace => Hearing::InGrace {
+            remaining: grace - silent,
+        },
+        _ => Hearing::Silent,
     }
 }
 
@@ -129,11 +215,58 @@ mod tests {
 
         // The node moved to another stream: the old stream's end does not forget it.
         liveness.beat("a1", 7, 2, t0);
-        liveness.stream_ended("a1", 1);
+        liveness.stream_ended("a1", 1, t0);
         assert!(liveness.heard("a1", 7, t0));
-        liveness.stream_ended("a1", 2);
+        liveness.stream_ended("a1", 2, t0);
         assert!(!liveness.heard("a1", 7, t0));
-        assert!(liveness.is_empty());
+        assert!(!liveness.hears_any());
+    }
+
+    #[test]
+    fn silence_is_dated_from_the_last_beat_even_after_the_stream_ended() {
+        let mut liveness = Liveness::default();
+        let t0 = Instant::now();
+        let later = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(liveness.silent_for("a1", 7, t0), None);
+        liveness.beat("a1", 7, 1, t0);
+        liveness.stream_ended("a1", 1, later(100));
+        assert_eq!(
+            liveness.silent_for("a1", 7, later(3000)),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(liveness.silent_for("a1", 8, later(3000)), None);
+        // Forgotten once older than the longest grace.
+        liveness.forget_old(t0 + NODE_GRACE_MAX + Duration::from_secs(1));
+        assert_eq!(liveness.silent_for("a1", 7, t0), None);
+    }
+
+    #[test]
+    fn a_report_waits_out_the_grace_of_the_member_that_heard_the_node_last() {
+        let grace = Duration::from_secs(5);
+        let s = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(
+            hearing([(1, false, s(4000)), (2, true, s(0))], grace),
+            Hearing::Alive { member: 2 }
+        );
+        assert_eq!(
+            hearing(
+                [(1, false, s(4000)), (2, false, s(1500)), (3, false, None)],
+                grace
+            ),
+            Hearing::InGrace {
+                remaining: Duration::from_millis(3500)
+            }
+        );
+        assert_eq!(
+            hearing([(1, false, s(5000)), (2, false, None)], grace),
+            Hearing::Silent
+        );
+        assert_eq!(hearing([(1, false, None)], grace), Hearing::Silent);
+        assert_eq!(
+            hearing([(1, false, s(100))], Duration::ZERO),
+            Hearing::Silent,
+            "no grace: released as soon as no member hears it"
+        );
     }
 
     #[test]

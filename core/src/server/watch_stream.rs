@@ -70,7 +70,10 @@ pub(crate) async fn serve(
         end = beats(member, connection, stream_id, &mut receive, &mut beating) => Err(end),
     };
     if let Some(name) = &beating {
-        member.liveness.lock().stream_ended(name, stream_id);
+        member
+            .liveness
+            .lock()
+            .stream_ended(name, stream_id, Instant::now());
     }
     match result {
         Ok(()) | Err(WatchEnd::Stopped) => {
@@ -103,7 +106,10 @@ async fn beats(
                 ));
             }
             if let Some(previous) = beating.replace(beat.name.clone()) {
-                member.liveness.lock().stream_ended(&previous, stream_id);
+                member
+                    .liveness
+                    .lock()
+                    .stream_ended(&previous, stream_id, Instant::now());
             }
         }
         member

@@ -175,7 +175,9 @@ impl Sim {
                 HostState::Dead | HostState::Left => None,
             };
             match beating_until {
-                None => self.liveness.stream_ended(&name, stream),
+                None => self
+                    .liveness
+                    .stream_ended(&name, stream, self.instant(self.now)),
                 Some(until) if self.network.reaches_core(dead.index) => {
                     let at = self.instant(last_beat(dead.index, until));
                     let incarnation = host.engine.identity().incarnation;

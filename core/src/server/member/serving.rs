@@ -181,11 +181,16 @@ impl CoreMember {
             CoreRequest::Access => {
                 CoreResponse::Access(self.applied.read(|a| a.machine.access().clone()))
             }
-            CoreRequest::Heard { name, incarnation } => CoreResponse::Heard(
-                self.liveness
-                    .lock()
-                    .heard(&name, incarnation, Instant::now()),
-            ),
+            CoreRequest::Heard { name, incarnation } => {
+                let now = Instant::now();
+                let liveness = self.liveness.lock();
+                CoreResponse::Heard {
+                    heard: liveness.heard(&name, incarnation, now),
+                    silent_ms: liveness
+                        .silent_for(&name, incarnation, now)
+                        .map(|d| d.as_millis() as u64),
+                }
+            }
             CoreRequest::ReadIndex => match self.read_index().await {
                 Ok(revision) => CoreResponse::ReadIndex { revision },
                 Err(e) => CoreResponse::Error(e),

@@ -1,7 +1,7 @@
 //! Writes and linearizable reads: validation, the death-report gate (no member may hear a
 //! node whose death is reported), the proposer, and the read index.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use corral_net::rpc::{CoreError, CoreRequest, CoreResponse, WRITE_BATCH_MAX};
 use corral_net::transport::certificate_authority::core_member_name;
@@ -9,8 +9,8 @@ use corral_proto::{Command, CommandResponse, Revision};
 use openraft::error::{CheckIsLeaderError, RaftError};
 
 use super::{CoreMember, HEARD_ASK_TIMEOUT, READ_INDEX_TIMEOUT};
-use crate::raft_types::NodeId;
 use crate::server::actor;
+use crate::server::liveness::{self, Hearing};
 use crate::server::quorum_watch::quorum_lost;
 
 impl CoreMember {
@@ -22,19 +22,34 @@ impl CoreMember {
         if let Some(silent) = self.quorum.lost_for() {
             return CoreResponse::Error(quorum_lost(silent));
         }
-        if let Command::CloseNode { name, incarnation } = command.unwrapped()
-            && let Some(member) = self.who_hears(name, *incarnation).await
-        {
-            tracing::info!(
-                node = name,
-                incarnation,
-                member,
-                "death report refused: the core hears the node"
-            );
-            return CoreResponse::Error(CoreError::NodeAlive {
-                name: name.clone(),
-                member,
-            });
+        if let Command::CloseNode { name, incarnation } = command.unwrapped() {
+            match self.hearing(name, *incarnation).await {
+                Hearing::Silent => {}
+                Hearing::Alive { member } => {
+                    tracing::info!(
+                        node = name,
+                        incarnation,
+                        member,
+                        "death report refused: the core hears the node"
+                    );
+                    return CoreResponse::Error(CoreError::NodeAlive {
+                        name: name.clone(),
+                        member,
+                    });
+                }
+                Hearing::InGrace { remaining } => {
+                    tracing::info!(
+                        node = name,
+                        incarnation,
+                        remaining_ms = remaining.as_millis() as u64,
+                        "death report held back: the node is within its grace"
+                    );
+                    return CoreResponse::Error(CoreError::NodeInGrace {
+                        name: name.clone(),
+                        retry_ms: remaining.as_millis() as u64,
+                    });
+                }
+            }
         }
         match self.proposer.propose(command).await {
             Ok(response) => CoreResponse::Write(response),
@@ -42,20 +57,31 @@ impl CoreMember {
         }
     }
 
-    /// The member that heard node `name` at `incarnation` or newer lately, asking every
-    /// member at once: only the leader asks, before it proposes a death report. A member
-    /// that does not answer within [`HEARD_ASK_TIMEOUT`] counts as not hearing it: what it
-    /// cannot answer cannot keep a dead node's session open.
-    pub(super) async fn who_hears(&self, name: &str, incarnation: u64) -> Option<NodeId> {
+    /// Whether the core hears node `name` at `incarnation` or newer, or holds it for its
+    /// grace ([`liveness::hearing`]), asking every member at once: only the leader asks,
+    /// before it proposes a death report. A member that does not answer within
+    /// [`HEARD_ASK_TIMEOUT`] counts as neither hearing it nor having heard it: what it
+    /// cannot answer cannot keep a dead node's session open. A member that hears it
+    /// settles the question without waiting for the others.
+    pub(super) async fn hearing(&self, name: &str, incarnation: u64) -> Hearing {
         if self.raft.metrics().borrow().current_leader != Some(self.id) {
-            return None;
+            return Hearing::Silent;
         }
         let now = Instant::now();
-        if self.liveness.lock().heard(name, incarnation, now) {
-            return Some(self.id);
+        let grace = Duration::from_millis(self.config.node_grace_ms);
+        let own = {
+            let liveness = self.liveness.lock();
+            (
+                self.id,
+                liveness.heard(name, incarnation, now),
+                liveness.silent_for(name, incarnation, now),
+            )
+        };
+        if own.1 {
+            return Hearing::Alive { member: self.id };
         }
         if let Some(member) = self.heard_answers.lock().get(name, incarnation, now) {
-            return Some(member);
+            return Hearing::Alive { member };
         }
         let request = CoreRequest::Heard {
             name: name.to_string(),
@@ -77,24 +103,27 @@ impl CoreMember {
                         )
                         .await
                     {
-                        Ok(CoreResponse::Heard(true)) => Some(id),
-                        _ => None,
+                        Ok(CoreResponse::Heard { heard, silent_ms }) => {
+                            (id, heard, silent_ms.map(Duration::from_millis))
+                        }
+                        _ => (id, false, None),
                     }
                 })
             })
             .collect::<Vec<_>>();
-        // The first member that heard it settles it; the others need not be awaited.
+        let mut answers = vec![own];
         while !asks.is_empty() {
             let (answer, _, rest) = futures::future::select_all(asks).await;
-            if let Some(member) = answer {
+            if answer.1 {
                 self.heard_answers
                     .lock()
-                    .keep(name, incarnation, member, now);
-                return answer;
+                    .keep(name, incarnation, answer.0, now);
+                return Hearing::Alive { member: answer.0 };
             }
+            answers.push(answer);
             asks = rest;
         }
-        None
+        liveness::hearing(answers, grace)
     }
 
     /// Proposes every command of a batch; the proposer puts those that arrive together in

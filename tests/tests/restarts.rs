@@ -1,0 +1,239 @@
+//! Restarting agents loses nothing: an agent stopped (SIGTERM) or killed (SIGKILL) and
+//! started again with the same name and data directory takes its node session back within
+//! the core's node grace, with every shard replica, lock and service bound to it and the
+//! sessions its apps hold beyond a connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use corral_proto::api::{AgentRequest, MemberState};
+use corral_proto::{Lock, ServiceInstance, Shard};
+use corral_tests::fleet::Fleet;
+use corral_tests::process::wait_until;
+
+const SHARDS: [&str; 3] = ["m1", "m2", "m3"];
+
+/// What the fleet holds that a restart must not change.
+#[derive(Debug, PartialEq)]
+struct Holdings {
+    shards: Vec<Shard>,
+    lock: Option<Lock>,
+    services: Vec<ServiceInstance>,
+    /// Each agent's node session, by name.
+    node_sessions: Vec<(String, Option<u64>)>,
+}
+
+async fn holdings(fleet: &Fleet, on: &str) -> Holdings {
+    let client = fleet.client(on).await;
+    let mut shards = Vec::new();
+    for shard in SHARDS {
+        shards.push(
+            client
+                .shard(shard)
+                .await
+                .unwrap()
+                .expect("the shard exists"),
+        );
+    }
+    let mut node_sessions: Vec<(String, Option<u64>)> = client
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.session))
+        .collect();
+    node_sessions.sort();
+    Holdings {
+        shards,
+        lock: client.lock("leader-job").await.unwrap(),
+        services: client.service("api").await.unwrap(),
+        node_sessions,
+    }
+}
+
+/// Waits until `on` sees all five agents alive, each with a node session.
+async fn wait_for_everyone(fleet: &Fleet, on: &str) {
+    let client = fleet.client(on).await;
+    wait_until(
+        Duration::from_secs(30),
+        "every agent alive with a session",
+        || {
+            let client = client.clone();
+            async move {
+                let members = client.members().await.ok()?;
+                (members.len() == 5
+                    && members
+                        .iter()
+                        .all(|m| m.state == MemberState::Alive && m.session.is_some()))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// Three core members, five agents, three shards with a replica on every host, a lock and
+/// a service held by apps (detached: the agent holds their sessions beyond the app's
+/// connection). Every agent is restarted in turn, first with SIGTERM, then with SIGKILL,
+/// while apps write through every agent: the shards' epochs, masters and replicas, the
+/// lock's holder and token, the services and every node session are the same at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions() {
+    let root = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::start(root.path(), 5).await;
+    let names = fleet.names();
+    wait_for_everyone(&fleet, "a1").await;
+
+    let first = fleet.client("a1").await;
+    for shard in SHARDS {
+        first
+            .write(AgentRequest::CreateShard { name: shard.into() })
+            .await
+            .unwrap();
+    }
+    for (n, name) in names.iter().enumerate() {
+        let client = fleet.client(name).await;
+        for shard in SHARDS {
+            client
+                .write(AgentRequest::JoinShard {
+                    shard: shard.into(),
+                    address: format!("10.0.{n}.1:{}", 7000 + n),
+                    priority: 1 + n as u32,
+                    detach: true,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let on_a2 = fleet.client("a2").await;
+    let grant = on_a2.call(AgentRequest::AcquireLock {
+        name: "leader-job".into(),
+        wait_ms: 0,
+        detach: true,
+    });
+    grant.await.unwrap();
+    fleet
+        .client("a3")
+        .await
+        .write(AgentRequest::RegisterService {
+            service: "api".into(),
+            id: "api-a3".into(),
+            address: "10.0.2.1".into(),
+            port: 8080,
+            tags: vec!["v1".into()],
+            detach: true,
+        })
+        .await
+        .unwrap();
+    drop(on_a2);
+    // Held sessions are saved within a tick; let every replica settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for_everyone(&fleet, "a1").await;
+    let before = holdings(&fleet, "a1").await;
+    assert!(before.lock.as_ref().is_some_and(|l| l.holder.is_some()));
+    assert_eq!(before.services.len(), 1);
+    for shard in &before.shards {
+        assert_eq!(shard.replicas.len(), 5, "{shard:?}");
+        assert!(shard.master.is_some());
+    }
+
+    // Apps write through every agent all along; a write that fails while its agent is
+    // down is counted and retried.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut writers = Vec::new();
+    for name in &names {
+        let socket = fleet.agent(name).socket.clone();
+        let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+        let name = name.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut client = None;
+            while !stop.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    client = corral_proto::AgentClient::connect(&socket).await.ok();
+                }
+                let Some(c) = &client else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                match c.put(&format!("w/{name}/{i}"), b"x").await {
+                    Ok(_) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        client = None;
+                    }
+                }
+            }
+        }));
+    }
+
+    let mut downtimes = Vec::new();
+    for how in ["SIGTERM", "SIGKILL"] {
+        for name in &names {
+            let stopped = Instant::now();
+            if how == "SIGTERM" {
+                assert_eq!(fleet.terminate_agent(name), Some(0), "{name} exits cleanly");
+            } else {
+                fleet.kill_agent(name);
+            }
+            fleet.spawn_agent(name);
+            let witness = if name == "a1" { "a2" } else { "a1" };
+            wait_for_everyone(&fleet, witness).await;
+            // Serving again: its node session taken back, its replica caught up.
+            let client = fleet.client(name).await;
+            let session = before
+                .node_sessions
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, s)| *s);
+            let took_back = wait_until(
+                Duration::from_secs(20),
+                "the restarted agent to take its session back",
+                || {
+                    let client = client.clone();
+                    async move {
+                        let status = client.status().await.ok()?;
+                        let shard = client.shard("m1").await.ok()??;
+                        (status.node_session.is_some() && shard.replicas.len() == 5)
+                            .then_some(status.node_session)
+                    }
+                },
+            )
+            .await;
+            assert_eq!(
+                took_back, session,
+                "{name} came back under another node session"
+            );
+            downtimes.push((how, name.clone(), stopped.elapsed()));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    eprintln!(
+        "writes acknowledged {}, failed while their agent restarted {}",
+        acked.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    for (how, name, took) in &downtimes {
+        eprintln!("{how} {name}: serving again with its session after {took:?}");
+    }
+    assert!(acked.load(Ordering::Relaxed) > 100);
+
+    for name in &names {
+        wait_for_everyone(&fleet, name).await;
+        let after = holdings(&fleet, name).await;
+        assert_eq!(
+            after,
+            before,
+            "{name} sees the fleet's holdings changed by the restarts:\n{}",
+            fleet.logs()
+        );
+    }
+}
