@@ -182,7 +182,7 @@ impl Agent {
             &config.gossip,
             gossip_transport.clone(),
             inbound,
-            config.join.clone(),
+            gossip::known_peers::load(&config.data_dir, &config.join, config.advertise),
         );
         let replica = Arc::new(SharedReplica::new());
         let (shutdown, shutdown_receiver) = watch::channel(false);
@@ -241,6 +241,12 @@ impl Agent {
             )),
             tokio::spawn(crate::api::server::run(listener, context.clone())),
             tokio::spawn(session_expiry::run(context.clone())),
+            tokio::spawn(gossip::known_peers::run(
+                config.data_dir.clone(),
+                gossip.view.clone(),
+                config.name.clone(),
+                shutdown_receiver.clone(),
+            )),
             tokio::spawn(crate::replica::publish::run(
                 replica.clone(),
                 corral_proto::shard_map::path_for_socket(&config.socket),

@@ -83,19 +83,10 @@ impl Fleet {
             .clone()
     }
 
-    /// Starts (or restarts) agent `name`, with the first agent as its seed (and, for the
-    /// first agent itself, the second: a restarted seed finds the pool again).
+    /// Starts (or restarts) agent `name`, with the first agent as its seed (a restarted
+    /// first agent finds the pool again through the peers it saved).
     pub fn spawn_agent(&mut self, name: &str) {
-        let mut seed = self.seed();
-        if let Some(second) = self.agents.values().nth(1)
-            && self
-                .agents
-                .values()
-                .next()
-                .is_some_and(|first| first.name == name)
-        {
-            seed = format!("{seed},{}", second.gossip);
-        }
+        let seed = self.seed();
         let core: Vec<String> = self.core.addresses.values().cloned().collect();
         let root = self.root.clone();
         let tls = self.core.pki.dir.clone();
