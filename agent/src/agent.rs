@@ -185,6 +185,15 @@ impl Agent {
             gossip::known_peers::load(&config.data_dir, &config.join, config.advertise),
         );
         let replica = Arc::new(SharedReplica::new());
+        let saved = crate::replica::on_disk::load(&config.data_dir).map(|machine| {
+            let revision = machine.revision();
+            replica.install_saved(machine);
+            tracing::info!(
+                revision,
+                "serving from the replica saved before the restart"
+            );
+            revision
+        });
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let leaving = Arc::new(AtomicBool::new(false));
         let mut held = HeldSessions::new(vec![0, nix::unistd::getuid().as_raw()]);
@@ -241,6 +250,11 @@ impl Agent {
             )),
             tokio::spawn(crate::api::server::run(listener, context.clone())),
             tokio::spawn(session_expiry::run(context.clone())),
+            tokio::spawn(crate::replica::on_disk::run(
+                config.data_dir.clone(),
+                replica.clone(),
+                shutdown_receiver.clone(),
+            )),
             tokio::spawn(gossip::known_peers::run(
                 config.data_dir.clone(),
                 gossip.view.clone(),
@@ -253,6 +267,14 @@ impl Agent {
                 shutdown_receiver.clone(),
             )),
         ];
+        if let Some(saved) = saved {
+            tasks.push(tokio::spawn(crate::replica::on_disk::check_against_core(
+                core.clone(),
+                replica.clone(),
+                saved,
+                config.data_dir.clone(),
+            )));
+        }
         if let Some(http_listener) = http_listener {
             tasks.push(tokio::spawn(crate::http::serve(
                 http_listener,

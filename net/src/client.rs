@@ -408,6 +408,7 @@ impl CoreClient {
         Ok(WatchStream {
             send: Some(send),
             receive,
+            received: 0,
         })
     }
 }
@@ -420,6 +421,8 @@ fn recently(failed_at: Option<Instant>) -> bool {
 pub struct WatchStream {
     send: Option<SendStream>,
     receive: RecvStream,
+    /// Bytes read from the stream so far.
+    received: u64,
 }
 
 impl std::fmt::Debug for WatchStream {
@@ -437,8 +440,37 @@ impl WatchStream {
 
     /// The next item; `Ok(None)` when the member ended the stream.
     pub async fn next(&mut self) -> Result<Option<WatchItem>, ClientError> {
-        frame::read_frame::<_, WatchItem>(&mut self.receive, FRAME_LEN_MAX)
+        let mut counted = Counted {
+            inner: &mut self.receive,
+            bytes: &mut self.received,
+        };
+        frame::read_frame::<_, WatchItem>(&mut counted, FRAME_LEN_MAX)
             .await
             .map_err(|e| ClientError::Unavailable(format!("watch stream failed: {e}")))
+    }
+
+    /// Bytes read from the stream so far (frames and their headers).
+    pub fn bytes_received(&self) -> u64 {
+        self.received
+    }
+}
+
+/// A reader that counts the bytes read through it.
+struct Counted<'a, R> {
+    inner: &'a mut R,
+    bytes: &'a mut u64,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_read(cx, buf);
+        *this.bytes += (buf.filled().len() - before) as u64;
+        polled
     }
 }

@@ -237,3 +237,87 @@ async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions
         );
     }
 }
+
+/// The agent's fed-bytes counter, from its /metrics page.
+async fn fed_bytes(fleet: &Fleet, name: &str) -> u64 {
+    let gateway = fleet.gateway(name).await;
+    let page = corral_tests::http::get(gateway, "/metrics").await;
+    let text = String::from_utf8_lossy(&page.body).to_string();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix("corral_agent_replica_fed_bytes_total ")
+                .or_else(|| line.strip_prefix("corral_agent_replica_fed_bytes "))
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no fed-bytes counter on the metrics page:\n{text}"))
+}
+
+/// Starts agent `name` and answers how long it took to serve reads at `revision` or
+/// later, and the bytes it read from the core by then.
+async fn start_and_measure(fleet: &mut Fleet, name: &str, revision: u64) -> (Duration, u64) {
+    let started = Instant::now();
+    fleet.spawn_agent(name);
+    let socket = fleet.agent(name).socket.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "the restarted agent to serve",
+        || {
+            let socket = socket.clone();
+            async move {
+                let client = corral_proto::AgentClient::connect(&socket).await.ok()?;
+                let status = client.status().await.ok()?;
+                (status.revision >= revision).then_some(())
+            }
+        },
+    )
+    .await;
+    let serving = started.elapsed();
+    (serving, fed_bytes(fleet, name).await)
+}
+
+/// An agent restarted with the replica it saved in its data directory serves reads at
+/// once and reads from the core only what changed; without it, it reads the whole state.
+/// Prints both (time from start to serving reads, bytes read from the core).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_catches_up_from_its_own_disk() {
+    let root = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::start(root.path(), 1).await;
+    let client = fleet.client("a1").await;
+    let keys = 5_000u64;
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let client = client.clone();
+        writers.push(tokio::spawn(async move {
+            let value = vec![b'v'; 256];
+            let mut last = 0;
+            for i in (w..keys).step_by(16) {
+                last = client.put(&format!("state/{i:05}"), &value).await.unwrap();
+            }
+            last
+        }));
+    }
+    let mut revision = 0;
+    for writer in writers {
+        revision = revision.max(writer.await.unwrap());
+    }
+    drop(client);
+
+    assert_eq!(fleet.terminate_agent("a1"), Some(0));
+    let saved = root.path().join("agent-a1").join("replica");
+    assert!(saved.exists(), "the agent saved its replica at the stop");
+    let (with_time, with_bytes) = start_and_measure(&mut fleet, "a1", revision).await;
+    assert_eq!(fleet.terminate_agent("a1"), Some(0));
+    std::fs::remove_file(&saved).unwrap();
+    let (without_time, without_bytes) = start_and_measure(&mut fleet, "a1", revision).await;
+    eprintln!(
+        "restart of an agent holding {keys} keys of 256 B (revision {revision}): \
+         with its saved replica serving after {with_time:?}, {with_bytes} B from the core; \
+         without it after {without_time:?}, {without_bytes} B from the core"
+    );
+    assert!(
+        with_bytes * 10 < without_bytes,
+        "with its replica on disk the agent read {with_bytes} B from the core, \
+         without it {without_bytes} B"
+    );
+}

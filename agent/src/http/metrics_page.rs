@@ -96,6 +96,11 @@ pub(super) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoRes
          the feed keeps losing its stream",
         context.replica.feed_streams(),
     );
+    page.counter(
+        "corral_agent_replica_fed_bytes",
+        "Bytes the replica read from the core's watch streams since the agent started",
+        context.replica.fed_bytes(),
+    );
     page.gauge("corral_agent_keys", "Keys in the replica", counts.keys);
     page.gauge(
         "corral_agent_sessions",

@@ -137,8 +137,12 @@ async fn follow(
     let mut leader_seen = Instant::now();
     let connected = Instant::now();
     let others = client.members().len() > 1;
+    let mut counted = 0;
     loop {
-        let item = match tokio::time::timeout(FEED_SILENCE, stream.next()).await {
+        let next = tokio::time::timeout(FEED_SILENCE, stream.next()).await;
+        replica.fed(stream.bytes_received() - counted);
+        counted = stream.bytes_received();
+        let item = match next {
             Ok(Ok(Some(item))) => item,
             Ok(Ok(None)) => {
                 tracing::info!(member = address, "watch stream ended by the member");
@@ -182,6 +186,13 @@ async fn follow(
             return Next::Elsewhere;
         }
         match replica.handle_item(item) {
+            Ok(_) if after.is_some() && replica.read(|r| r.resume_point()).is_none() => {
+                tracing::warn!(
+                    member = address,
+                    "the replica started over; fetching the state"
+                );
+                return Next::Same;
+            }
             Ok(_) => {}
             Err(e @ (ReplicaError::Gap { .. } | ReplicaError::NoBase(_))) => {
                 tracing::warn!(member = address, error = %e, "replica feed resumes");

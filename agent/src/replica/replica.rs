@@ -323,6 +323,15 @@ impl Replica {
         Ok(ItemOutcome::Replaced(revision))
     }
 
+    /// Takes a state saved on disk as its base: the feed resumes after its revision.
+    pub fn install_saved(&mut self, machine: StateMachine) {
+        *self = Replica {
+            machine,
+            has_base: true,
+            ..Replica::default()
+        };
+    }
+
     fn remember(&mut self, batch: Arc<EventBatch>) {
         self.history_bytes += batch_len_estimate(&batch);
         self.history.push_back(batch);

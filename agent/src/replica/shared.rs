@@ -32,6 +32,8 @@ pub struct SharedReplica {
     /// Watch streams the feed has opened: a count that keeps rising says the feed keeps
     /// losing its stream.
     feed_streams: AtomicU64,
+    /// Bytes read from the core's watch streams.
+    fed_bytes: AtomicU64,
     /// The core's Raft term and leader, as the feed last heard them.
     term: AtomicU64,
     leader: AtomicU64,
@@ -52,6 +54,7 @@ impl SharedReplica {
             last_heard: Mutex::new(None),
             feed: Mutex::new(None),
             feed_streams: AtomicU64::new(0),
+            fed_bytes: AtomicU64::new(0),
             term: AtomicU64::new(0),
             leader: AtomicU64::new(0),
         }
@@ -103,6 +106,33 @@ impl SharedReplica {
             self.feed_streams.fetch_add(1, Ordering::Relaxed);
         }
         *self.feed.lock() = member;
+    }
+
+    /// Counts `bytes` more read from the core's watch streams.
+    pub(crate) fn fed(&self, bytes: u64) {
+        self.fed_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes read from the core's watch streams since the agent started: a start from the
+    /// replica saved on disk reads only what changed since.
+    pub fn fed_bytes(&self) -> u64 {
+        self.fed_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Starts from a state saved on disk, as if a snapshot at its revision had arrived;
+    /// the feed resumes after it.
+    pub fn install_saved(&self, machine: corral_state::StateMachine) {
+        let revision = machine.revision();
+        self.state.write().install_saved(machine);
+        self.revision.send_replace(revision);
+    }
+
+    /// Drops the state (one that cannot belong to the core): subscribers are reset and
+    /// the feed's next item makes it fetch a snapshot.
+    pub fn start_over(&self) {
+        *self.state.write() = Replica::new();
+        let _ = self.signals.send(ReplicaSignal::Replaced(0));
+        self.revision.send_replace(0);
     }
 
     pub(crate) fn heard(&self) {

@@ -1,0 +1,191 @@
+//! The replica saved in the agent's data directory, so that a restarted agent serves
+//! reads from it at once and takes from the core only what changed since (a fleet-wide
+//! restart does not make every agent fetch the whole state).
+//!
+//! ```text
+//!  every SAVE_INTERVAL (when the revision moved) and at a stop:
+//!      state ─► MAGIC ‖ crc32 ‖ snapshot bytes ─► DATA_DIR/replica.tmp ─fsync, rename─► replica
+//!  at start: replica file ─► checked (magic, checksum, the state's own invariants)
+//!      ─► the agent's replica; the feed resumes after its revision
+//! ```
+//!
+//! A file that fails a check is named in the log and set aside: the agent then starts
+//! empty and takes a snapshot from the core, as a new one does. A saved revision ahead of
+//! the core (a data directory from another cluster, or a core restored from an older
+//! backup) is dropped the same way by the agent's start ([`ahead_of_core`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_net::client::CoreClient;
+use corral_proto::Revision;
+use corral_state::StateMachine;
+use tokio::sync::watch;
+
+use super::shared::SharedReplica;
+
+const MAGIC: &[u8; 8] = b"CRLREPL1";
+
+/// How often the replica is saved while the agent runs, when it changed.
+const SAVE_INTERVAL: Duration = Duration::from_secs(30);
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join("replica")
+}
+
+/// The file's bytes for `snapshot` (a state's snapshot bytes).
+pub fn encode(snapshot: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(snapshot.len() + 12);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&crc32fast::hash(snapshot).to_le_bytes());
+    bytes.extend_from_slice(snapshot);
+    bytes
+}
+
+/// The state in a file's bytes, checked.
+pub fn decode(bytes: &[u8]) -> Result<StateMachine, String> {
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or("not a saved replica (wrong magic)")?;
+    if rest.len() < 4 {
+        return Err("truncated".into());
+    }
+    let (crc, snapshot) = rest.split_at(4);
+    let expected = u32::from_le_bytes(crc.try_into().expect("four bytes"));
+    if crc32fast::hash(snapshot) != expected {
+        return Err("checksum mismatch".into());
+    }
+    StateMachine::from_snapshot_bytes(snapshot).map_err(|e| e.to_string())
+}
+
+/// The saved state, if there is a readable one; an unreadable file is set aside.
+pub fn load(data_dir: &Path) -> Option<StateMachine> {
+    let path = path(data_dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read the saved replica");
+            return None;
+        }
+    };
+    match decode(&bytes) {
+        Ok(machine) => Some(machine),
+        Err(e) => {
+            set_aside(&path, &e);
+            None
+        }
+    }
+}
+
+/// Whether a saved state at `saved` is ahead of the core, whose read index is `core`:
+/// it cannot belong to this core's history.
+pub fn ahead_of_core(saved: Revision, core: Revision) -> bool {
+    saved > core
+}
+
+/// Once the core answers its read index, drops a saved state that is ahead of it: the
+/// replica starts over from the core's snapshot.
+pub async fn check_against_core(
+    core: Arc<CoreClient>,
+    replica: Arc<SharedReplica>,
+    saved: Revision,
+    data_dir: PathBuf,
+) {
+    let core_revision = loop {
+        match core.read_index().await {
+            Ok(revision) => break revision,
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    if ahead_of_core(saved, core_revision) {
+        set_aside(
+            &path(&data_dir),
+            &format!("saved at revision {saved}, the core is at {core_revision}"),
+        );
+        replica.start_over();
+    }
+}
+
+pub fn set_aside(path: &Path, why: &str) {
+    let aside = path.with_extension("unreadable");
+    tracing::error!(
+        path = %path.display(),
+        aside = %aside.display(),
+        why,
+        "the saved replica cannot be used; set aside, the state comes from the core"
+    );
+    let _ = std::fs::rename(path, aside);
+}
+
+fn save(data_dir: &Path, snapshot: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let target = path(data_dir);
+    let tmp = target.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&encode(snapshot))?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &target)
+}
+
+/// Saves the replica every [`SAVE_INTERVAL`] when its revision moved, and at the stop.
+pub async fn run(
+    data_dir: PathBuf,
+    replica: Arc<SharedReplica>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut saved_at = replica.revision();
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(SAVE_INTERVAL) => false,
+            _ = shutdown.changed() => true,
+        };
+        let (revision, snapshot) = replica.read(|r| {
+            (
+                r.revision(),
+                (r.resume_point().is_some() && r.revision() != saved_at)
+                    .then(|| r.machine().to_snapshot_bytes()),
+            )
+        });
+        if let Some(snapshot) = snapshot {
+            let dir = data_dir.clone();
+            match tokio::task::spawn_blocking(move || save(&dir, &snapshot)).await {
+                Ok(Ok(())) => saved_at = revision,
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the replica"),
+                Err(e) => tracing::warn!(error = %e, "saving the replica failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_state_comes_back_and_damage_is_refused() {
+        let mut machine = StateMachine::default();
+        for i in 0..3 {
+            machine.apply(&corral_proto::Command::Put {
+                key: format!("k{i}"),
+                value: b"v".to_vec(),
+                session: None,
+            });
+        }
+        let bytes = encode(&machine.to_snapshot_bytes());
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back.revision(), 3);
+        assert_eq!(back.to_snapshot_bytes(), machine.to_snapshot_bytes());
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(decode(&flipped).err().as_deref(), Some("checksum mismatch"));
+        assert!(decode(&bytes[..10]).is_err());
+        assert!(decode(b"something else entirely").is_err());
+        assert!(ahead_of_core(10, 9));
+        assert!(!ahead_of_core(9, 9));
+    }
+}
