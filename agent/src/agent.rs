@@ -185,9 +185,9 @@ impl Agent {
             gossip::known_peers::load(&config.data_dir, &config.join, config.advertise),
         );
         let replica = Arc::new(SharedReplica::new());
-        let saved = crate::replica::on_disk::load(&config.data_dir).map(|machine| {
+        let saved = crate::replica::on_disk::load(&config.data_dir).map(|(machine, history)| {
             let revision = machine.revision();
-            replica.install_saved(machine);
+            replica.install_saved(machine, history);
             tracing::info!(
                 revision,
                 "serving from the replica saved before the restart"

@@ -26,6 +26,8 @@ pub mod limits;
 pub mod model;
 mod nesting;
 pub mod range;
+#[cfg(feature = "io")]
+pub mod reconnecting;
 pub mod shard_map;
 
 pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};
@@ -39,4 +41,6 @@ pub use command::{
 pub use event::{Event, EventBatch};
 pub use frame::FrameError;
 pub use model::*;
+#[cfg(feature = "io")]
+pub use reconnecting::{ReconnectingClient, ReconnectingSubscription};
 pub use shard_map::{ShardMap, ShardMapError};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use corral_proto::api::{AgentRequest, MemberState};
-use corral_proto::{Lock, ServiceInstance, Shard};
+use corral_proto::api::{AgentRequest, MemberState, SubscriptionItem};
+use corral_proto::{Event, EventFilter, Lock, ReconnectingClient, ServiceInstance, Shard};
 use corral_tests::fleet::Fleet;
 use corral_tests::process::wait_until;
 
@@ -18,7 +18,7 @@ const SHARDS: [&str; 3] = ["m1", "m2", "m3"];
 #[derive(Debug, PartialEq)]
 struct Holdings {
     shards: Vec<Shard>,
-    lock: Option<Lock>,
+    locks: Vec<Option<Lock>>,
     services: Vec<ServiceInstance>,
     /// Each agent's node session, by name.
     node_sessions: Vec<(String, Option<u64>)>,
@@ -44,10 +44,15 @@ async fn holdings(fleet: &Fleet, on: &str) -> Holdings {
         .map(|m| (m.name, m.session))
         .collect();
     node_sessions.sort();
+    let mut services = client.service("api").await.unwrap();
+    services.extend(client.service("app-api").await.unwrap());
     Holdings {
         shards,
-        lock: client.lock("leader-job").await.unwrap(),
-        services: client.service("api").await.unwrap(),
+        locks: vec![
+            client.lock("leader-job").await.unwrap(),
+            client.lock("app-lock").await.unwrap(),
+        ],
+        services,
         node_sessions,
     }
 }
@@ -127,12 +132,83 @@ async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions
         .await
         .unwrap();
     drop(on_a2);
+    // Apps connected through the client that reconnects by itself: one holds a lock in
+    // its session on a2, one a service on a4, and one on a5 follows every write.
+    let ttl = Some(Duration::from_secs(10));
+    let options = corral_proto::ClientOptions::default();
+    let lock_app = ReconnectingClient::connect(&fleet.agent("a2").socket, options, ttl, "lock-app")
+        .await
+        .unwrap();
+    lock_app
+        .write_in_session(AgentRequest::AcquireLock {
+            name: "app-lock".into(),
+            wait_ms: 0,
+            detach: false,
+        })
+        .await
+        .unwrap();
+    let service_app =
+        ReconnectingClient::connect(&fleet.agent("a4").socket, options, ttl, "service-app")
+            .await
+            .unwrap();
+    service_app
+        .write_in_session(AgentRequest::RegisterService {
+            service: "app-api".into(),
+            id: "app-api-a4".into(),
+            address: "10.0.3.1".into(),
+            port: 9090,
+            tags: vec![],
+            detach: false,
+        })
+        .await
+        .unwrap();
+    let watcher = ReconnectingClient::connect(&fleet.agent("a5").socket, options, None, "watcher")
+        .await
+        .unwrap();
+    let mut subscription = watcher
+        .subscribe(EventFilter::keys("w/"), None)
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(u64, String)>::new()));
+    let resets = Arc::new(AtomicU64::new(0));
+    let follower = {
+        let (seen, resets) = (seen.clone(), resets.clone());
+        tokio::spawn(async move {
+            while let Some(item) = subscription.next().await {
+                match item {
+                    SubscriptionItem::Events(batch) => {
+                        for event in batch.events {
+                            if let Event::KeyPut(kv) = event {
+                                seen.lock().unwrap().push((batch.revision, kv.key));
+                            }
+                        }
+                    }
+                    SubscriptionItem::Reset { .. } => {
+                        resets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
     // Held sessions are saved within a tick; let every replica settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
     wait_for_everyone(&fleet, "a1").await;
     let before = holdings(&fleet, "a1").await;
-    assert!(before.lock.as_ref().is_some_and(|l| l.holder.is_some()));
-    assert_eq!(before.services.len(), 1);
+    for lock in &before.locks {
+        assert!(
+            lock.as_ref().is_some_and(|l| l.holder.is_some()),
+            "{lock:?}"
+        );
+    }
+    assert_eq!(
+        before.locks[1]
+            .as_ref()
+            .and_then(|l| l.holder.as_ref())
+            .map(|h| h.session),
+        lock_app.session()
+    );
+    assert_eq!(before.services.len(), 2);
     for shard in &before.shards {
         assert_eq!(shard.replicas.len(), 5, "{shard:?}");
         assert!(shard.master.is_some());
@@ -142,10 +218,12 @@ async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions
     // down is counted and retried.
     let stop = Arc::new(AtomicBool::new(false));
     let (acked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let acked_keys = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut writers = Vec::new();
     for name in &names {
         let socket = fleet.agent(name).socket.clone();
         let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+        let acked_keys = acked_keys.clone();
         let name = name.clone();
         writers.push(tokio::spawn(async move {
             let mut i = 0u64;
@@ -158,9 +236,11 @@ async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                match c.put(&format!("w/{name}/{i}"), b"x").await {
+                let key = format!("w/{name}/{i}");
+                match c.put(&key, b"x").await {
                     Ok(_) => {
                         acked.fetch_add(1, Ordering::Relaxed);
+                        acked_keys.lock().unwrap().push(key);
                         i += 1;
                     }
                     Err(_) => {
@@ -225,6 +305,46 @@ async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions
         eprintln!("{how} {name}: serving again with its session after {took:?}");
     }
     assert!(acked.load(Ordering::Relaxed) > 100);
+
+    // The apps' sessions never ended, and the subscription missed no acknowledged write
+    // and repeated none, across five restarts of its agent.
+    assert!(!lock_app.session_ended() && !service_app.session_ended());
+    let acked_keys = acked_keys.lock().unwrap().clone();
+    wait_until(
+        Duration::from_secs(20),
+        "the subscriber to see every write",
+        || {
+            let seen = seen.clone();
+            let acked_keys = acked_keys.clone();
+            async move {
+                let seen: std::collections::HashSet<String> = seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(_, k)| k.clone())
+                    .collect();
+                acked_keys.iter().all(|k| seen.contains(k)).then_some(())
+            }
+        },
+    )
+    .await;
+    follower.abort();
+    let seen = seen.lock().unwrap().clone();
+    let revisions: Vec<u64> = seen.iter().map(|(r, _)| *r).collect();
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "the subscription repeated or reordered a revision"
+    );
+    eprintln!(
+        "the subscriber on a5 saw {} writes across the restarts, {} resets",
+        seen.len(),
+        resets.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        resets.load(Ordering::Relaxed),
+        0,
+        "the subscription was reset"
+    );
 
     for name in &names {
         wait_for_everyone(&fleet, name).await;

@@ -4,10 +4,14 @@
 //!
 //! ```text
 //!  every SAVE_INTERVAL (when the revision moved) and at a stop:
-//!      state ─► MAGIC ‖ crc32 ‖ snapshot bytes ─► DATA_DIR/replica.tmp ─fsync, rename─► replica
+//!      state and history ─► MAGIC ‖ crc32 ‖ postcard(snapshot bytes, batches)
+//!          ─► DATA_DIR/replica.tmp ─fsync, rename─► replica
 //!  at start: replica file ─► checked (magic, checksum, the state's own invariants)
 //!      ─► the agent's replica; the feed resumes after its revision
 //! ```
+//!
+//! The history of recent batches is saved too, so that an app's subscription resumes
+//! across the restart from the revision it had reached, without a reset.
 //!
 //! A file that fails a check is named in the log and set aside: the agent then starts
 //! empty and takes a snapshot from the core, as a new one does. A saved revision ahead of
@@ -19,13 +23,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_net::client::CoreClient;
-use corral_proto::Revision;
+use corral_proto::{EventBatch, Revision};
 use corral_state::StateMachine;
 use tokio::sync::watch;
 
 use super::shared::SharedReplica;
 
-const MAGIC: &[u8; 8] = b"CRLREPL1";
+const MAGIC: &[u8; 8] = b"CRLREPL2";
+
+/// What the file holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    snapshot: Vec<u8>,
+    history: Vec<EventBatch>,
+}
 
 /// How often the replica is saved while the agent runs, when it changed.
 const SAVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -34,33 +45,37 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("replica")
 }
 
-/// The file's bytes for `snapshot` (a state's snapshot bytes).
-pub fn encode(snapshot: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(snapshot.len() + 12);
+/// The file's bytes for `snapshot` (a state's snapshot bytes) and the `history` that led
+/// to it.
+pub fn encode(snapshot: Vec<u8>, history: Vec<EventBatch>) -> Vec<u8> {
+    let body = postcard::to_stdvec(&Saved { snapshot, history }).expect("always encodes");
+    let mut bytes = Vec::with_capacity(body.len() + 12);
     bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&crc32fast::hash(snapshot).to_le_bytes());
-    bytes.extend_from_slice(snapshot);
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
     bytes
 }
 
-/// The state in a file's bytes, checked.
-pub fn decode(bytes: &[u8]) -> Result<StateMachine, String> {
+/// The state and history in a file's bytes, checked.
+pub fn decode(bytes: &[u8]) -> Result<(StateMachine, Vec<EventBatch>), String> {
     let rest = bytes
         .strip_prefix(MAGIC.as_slice())
         .ok_or("not a saved replica (wrong magic)")?;
     if rest.len() < 4 {
         return Err("truncated".into());
     }
-    let (crc, snapshot) = rest.split_at(4);
+    let (crc, body) = rest.split_at(4);
     let expected = u32::from_le_bytes(crc.try_into().expect("four bytes"));
-    if crc32fast::hash(snapshot) != expected {
+    if crc32fast::hash(body) != expected {
         return Err("checksum mismatch".into());
     }
-    StateMachine::from_snapshot_bytes(snapshot).map_err(|e| e.to_string())
+    let saved: Saved = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+    let machine = StateMachine::from_snapshot_bytes(&saved.snapshot).map_err(|e| e.to_string())?;
+    Ok((machine, saved.history))
 }
 
 /// The saved state, if there is a readable one; an unreadable file is set aside.
-pub fn load(data_dir: &Path) -> Option<StateMachine> {
+pub fn load(data_dir: &Path) -> Option<(StateMachine, Vec<EventBatch>)> {
     let path = path(data_dir);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -71,7 +86,7 @@ pub fn load(data_dir: &Path) -> Option<StateMachine> {
         }
     };
     match decode(&bytes) {
-        Ok(machine) => Some(machine),
+        Ok(saved) => Some(saved),
         Err(e) => {
             set_aside(&path, &e);
             None
@@ -119,12 +134,12 @@ pub fn set_aside(path: &Path, why: &str) {
     let _ = std::fs::rename(path, aside);
 }
 
-fn save(data_dir: &Path, snapshot: &[u8]) -> std::io::Result<()> {
+fn save(data_dir: &Path, snapshot: Vec<u8>, history: Vec<EventBatch>) -> std::io::Result<()> {
     use std::io::Write;
     let target = path(data_dir);
     let tmp = target.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&encode(snapshot))?;
+    file.write_all(&encode(snapshot, history))?;
     file.sync_all()?;
     std::fs::rename(&tmp, &target)
 }
@@ -144,13 +159,17 @@ pub async fn run(
         let (revision, snapshot) = replica.read(|r| {
             (
                 r.revision(),
-                (r.resume_point().is_some() && r.revision() != saved_at)
-                    .then(|| r.machine().to_snapshot_bytes()),
+                (r.resume_point().is_some() && r.revision() != saved_at).then(|| {
+                    (
+                        r.machine().to_snapshot_bytes(),
+                        r.history().cloned().collect::<Vec<_>>(),
+                    )
+                }),
             )
         });
-        if let Some(snapshot) = snapshot {
+        if let Some((snapshot, history)) = snapshot {
             let dir = data_dir.clone();
-            match tokio::task::spawn_blocking(move || save(&dir, &snapshot)).await {
+            match tokio::task::spawn_blocking(move || save(&dir, snapshot, history)).await {
                 Ok(Ok(())) => saved_at = revision,
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the replica"),
                 Err(e) => tracing::warn!(error = %e, "saving the replica failed"),
@@ -176,10 +195,15 @@ mod tests {
                 session: None,
             });
         }
-        let bytes = encode(&machine.to_snapshot_bytes());
-        let back = decode(&bytes).unwrap();
+        let history = vec![EventBatch {
+            revision: 3,
+            events: vec![],
+        }];
+        let bytes = encode(machine.to_snapshot_bytes(), history.clone());
+        let (back, back_history) = decode(&bytes).unwrap();
         assert_eq!(back.revision(), 3);
         assert_eq!(back.to_snapshot_bytes(), machine.to_snapshot_bytes());
+        assert_eq!(back_history, history);
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert_eq!(decode(&flipped).err().as_deref(), Some("checksum mismatch"));

@@ -323,13 +323,31 @@ impl Replica {
         Ok(ItemOutcome::Replaced(revision))
     }
 
-    /// Takes a state saved on disk as its base: the feed resumes after its revision.
-    pub fn install_saved(&mut self, machine: StateMachine) {
+    /// Takes a state saved on disk as its base, with the history of batches that led to
+    /// it (so that subscribers resume across the restart without a reset): the feed
+    /// resumes after its revision. Batches that do not end at the state's revision, in
+    /// order and without a hole, are dropped.
+    pub fn install_saved(&mut self, machine: StateMachine, history: Vec<EventBatch>) {
+        let revision = machine.revision();
+        let joined = history
+            .windows(2)
+            .all(|pair| pair[1].revision == pair[0].revision + 1)
+            && history.last().is_none_or(|last| last.revision == revision);
         *self = Replica {
             machine,
             has_base: true,
             ..Replica::default()
         };
+        if joined {
+            for batch in history {
+                self.remember(Arc::new(batch));
+            }
+        }
+    }
+
+    /// The batches this replica keeps for subscribers to resume from, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &EventBatch> {
+        self.history.iter().map(|batch| batch.as_ref())
     }
 
     fn remember(&mut self, batch: Arc<EventBatch>) {

@@ -121,9 +121,13 @@ impl SharedReplica {
 
     /// Starts from a state saved on disk, as if a snapshot at its revision had arrived;
     /// the feed resumes after it.
-    pub fn install_saved(&self, machine: corral_state::StateMachine) {
+    pub fn install_saved(
+        &self,
+        machine: corral_state::StateMachine,
+        history: Vec<corral_proto::EventBatch>,
+    ) {
         let revision = machine.revision();
-        self.state.write().install_saved(machine);
+        self.state.write().install_saved(machine, history);
         self.revision.send_replace(revision);
     }
 
