@@ -13,11 +13,16 @@ use std::time::{Duration, Instant};
 use corral_core::state::StateMachine;
 use corral_net::rpc::WatchItem;
 use corral_proto::api::{AgentRequest, EventFilter, Query, QueryResult, SubscriptionItem};
-use corral_proto::{AgentClient, Event, KeyValue, Lock, Revision, Shard};
+use corral_proto::{
+    AgentClient, ClientOptions, Event, KeyValue, Lock, ReconnectingClient, Revision, Shard,
+};
 use corral_tests::checker::{self, Call, Fence, Operation, Outcome};
 use corral_tests::docker::{AGENTS, CORES, DockerCluster};
 use corral_tests::wait_until;
 use tokio::sync::Mutex;
+
+#[path = "faults/agent_restarts.rs"]
+mod agent_restarts;
 
 const KEYS: usize = 5;
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,7 +44,16 @@ impl Workload {
         let acks: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
         let mut tasks = Vec::new();
         for (n, agent) in agents.iter().enumerate() {
-            let client = cluster.client(agent).await;
+            // Connects again by itself when the agent restarts.
+            let _ = cluster.client(agent).await;
+            let client = ReconnectingClient::connect(
+                cluster.socket(agent),
+                ClientOptions::default(),
+                None,
+                "workload",
+            )
+            .await
+            .unwrap();
             let (stop, history, acks) = (stop.clone(), history.clone(), acks.clone());
             let name = agent.to_string();
             tasks.push(tokio::spawn(async move {
@@ -50,9 +64,12 @@ impl Workload {
                     let invoked = Instant::now();
                     let (call, outcome) = if write {
                         let value = format!("{name}-{i}");
-                        let result =
-                            tokio::time::timeout(OP_TIMEOUT, client.put(&key, value.as_bytes()))
-                                .await;
+                        let put = AgentRequest::Put {
+                            key: key.clone(),
+                            value: value.clone().into_bytes(),
+                            ephemeral: false,
+                        };
+                        let result = tokio::time::timeout(OP_TIMEOUT, client.write(put)).await;
                         let outcome = match result {
                             Ok(Ok(_)) => Outcome::Written,
                             _ => Outcome::Unknown,
@@ -452,13 +469,17 @@ impl LockChurn {
 fn report(scenario: &str, ops: usize, anomalies: &[String], failover_ms: &[u128]) {
     let mut sorted = failover_ms.to_vec();
     sorted.sort();
-    let p50 = sorted.get(sorted.len() / 2).copied();
-    let max = sorted.last().copied();
+    let rank = |q: f64| {
+        (!sorted.is_empty()).then(|| sorted[((sorted.len() - 1) as f64 * q).round() as usize])
+    };
+    let shown = |v: Option<u128>| v.map_or("-".into(), |v| v.to_string());
     println!(
-        "FAULTS scenario={scenario} ops={ops} anomalies={} failover_ms_p50={} failover_ms_max={} failovers_ms={failover_ms:?} {anomalies:?}",
+        "FAULTS scenario={scenario} ops={ops} anomalies={} samples={} failover_ms_p50={} failover_ms_p90={} failover_ms_max={} failovers_ms={failover_ms:?} {anomalies:?}",
         anomalies.len(),
-        p50.map_or("-".into(), |v| v.to_string()),
-        max.map_or("-".into(), |v| v.to_string()),
+        sorted.len(),
+        shown(rank(0.5)),
+        shown(rank(0.9)),
+        shown(sorted.last().copied()),
     );
 }
 
