@@ -248,6 +248,47 @@ impl DockerCluster {
             .status();
     }
 
+    /// Delays the UDP packets `name` sends (to `to` only, when given) by `delay_ms` ±
+    /// `jitter_ms` for `seconds`, in user space: an iptables rule in its network namespace
+    /// hands them to NFQUEUE queue `queue`, and `nfq-delay` (built by `tests/faults/run`
+    /// from `tests/faults/nfq_delay.c`) holds each before it lets it go. The rule bypasses
+    /// the queue once the program exits; [`DockerCluster::heal`] removes it.
+    pub fn delay(
+        &self,
+        name: &str,
+        to: Option<&str>,
+        queue: u16,
+        (delay_ms, jitter_ms): (u32, u32),
+        seconds: u32,
+    ) -> std::process::Child {
+        let queue_text = queue.to_string();
+        let mut rule = vec!["iptables", "-A", "OUTPUT", "-p", "udp"];
+        let destination = to.map(|to| self.ip(to));
+        if let Some(ip) = &destination {
+            rule.extend(["-d", ip.as_str()]);
+        }
+        rule.extend([
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &queue_text,
+            "--queue-bypass",
+        ]);
+        self.in_netns(name, &rule);
+        let program = nfq_delay_program();
+        Command::new("nsenter")
+            .args(["-t", &self.pid(name), "-n"])
+            .arg(&program)
+            .args([
+                queue_text,
+                delay_ms.to_string(),
+                jitter_ms.to_string(),
+                seconds.to_string(),
+            ])
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
+    }
+
     pub fn logs(&self, name: &str) -> String {
         Command::new("docker")
             .args(["logs", "--tail", "200", &self.container(name)])
@@ -272,4 +313,12 @@ impl Drop for DockerCluster {
         }
         self.compose_down();
     }
+}
+
+/// The user-space delay program `tests/faults/run` builds.
+pub fn nfq_delay_program() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("nfq-delay")
 }

@@ -23,6 +23,8 @@ use tokio::sync::Mutex;
 
 #[path = "faults/agent_restarts.rs"]
 mod agent_restarts;
+#[path = "faults/delays.rs"]
+mod delays;
 
 const KEYS: usize = 5;
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -122,6 +124,11 @@ impl Workload {
             acks,
             tasks,
         }
+    }
+
+    /// Operations recorded so far.
+    async fn ops(&self) -> usize {
+        self.history.lock().await.values().map(Vec::len).sum()
     }
 
     /// Milliseconds from `fault` to the first acknowledgement of a put invoked after it:

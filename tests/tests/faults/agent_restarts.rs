@@ -80,7 +80,15 @@ async fn every_agent_restarted_in_turn_under_load() {
     let before = holdings(&cluster, "a1").await;
     let mut sessions = Vec::new();
     for agent in AGENTS {
-        sessions.push(cluster.client(agent).await.status().await.unwrap().node_session);
+        sessions.push(
+            cluster
+                .client(agent)
+                .await
+                .status()
+                .await
+                .unwrap()
+                .node_session,
+        );
     }
     let workload = Workload::start(&cluster, &AGENTS).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -150,7 +158,9 @@ async fn an_agent_that_never_comes_back_is_released_after_the_grace() {
     for shard in &shards {
         let master = on_a1.shard(shard).await.unwrap().and_then(|s| s.master);
         if master.as_deref() != Some(a5_master.as_str()) {
-            anomalies.push(format!("{shard}: master {master:?} before the kill, not a5"));
+            anomalies.push(format!(
+                "{shard}: master {master:?} before the kill, not a5"
+            ));
         }
     }
     cluster.kill("a5");
