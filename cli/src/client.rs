@@ -13,6 +13,7 @@ use corral_proto::api::{
 use corral_proto::{AgentClient, Answer, KeyValue, Shard};
 use serde_json::json;
 
+use super::holding;
 use super::output::{print_json, print_json_line};
 
 #[derive(Debug, Args)]
@@ -78,8 +79,8 @@ pub(crate) enum ShardAction {
         consistent: bool,
     },
     List,
-    /// Register ADDRESS as a replica of the shard; held until this command exits (Ctrl-C),
-    /// or, with --detach, in a session of its own that lives until it is closed
+    /// Register ADDRESS as a replica of the shard; held until this command exits (Ctrl-C;
+    /// across restarts of the agent; 10 s after the command is killed), or, with --detach, in a session of its own that lives until it is closed
     /// (`corral session close ID`, the replica's session) or the host dies.
     Join {
         name: String,
@@ -101,7 +102,8 @@ pub(crate) enum ShardAction {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum LockAction {
-    /// Acquire the lock, waiting up to --wait-ms; held until this command exits, or, with
+    /// Acquire the lock, waiting up to --wait-ms; held until this command exits (across
+    /// restarts of the agent; 10 s after the command is killed), or, with
     /// --detach, in a session of its own that lives until released (or the host dies),
     /// or in the held session --session names.
     Acquire {
@@ -126,7 +128,8 @@ pub(crate) enum LockAction {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ServiceAction {
-    /// Register an instance; held until this command exits, unless --detach.
+    /// Register an instance; held until this command exits (across restarts of the agent;
+    /// 10 s after the command is killed), unless --detach.
     Register {
         service: String,
         id: String,
@@ -217,13 +220,8 @@ fn print_shard(shard: &Shard) {
     );
 }
 
-/// Waits for Ctrl-C or SIGTERM while holding what the connection owns.
-async fn hold(what: &str) {
-    eprintln!("holding {what}; Ctrl-C releases it");
-    super::shutdown_signal().await;
-}
-
 async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> {
+    let socket = args.socket.clone().unwrap_or_default();
     let client = connect(args.socket).await?;
     let json = args.json;
     let read = |query, consistent| {
@@ -299,14 +297,15 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                     value: value.into_bytes(),
                     ephemeral,
                 };
-                let (revision, _) = client.write(request).await?;
+                let (holding, revision, _) =
+                    holding::send(&client, &socket, "kv put", request, ephemeral).await?;
                 if json {
                     print_json(&json!({ "revision": revision }))?;
                 } else {
                     println!("revision {revision}");
                 }
-                if ephemeral {
-                    hold(&format!("ephemeral key {key}")).await;
+                if let Some(held) = holding {
+                    holding::hold(held, &format!("ephemeral key {key}")).await?;
                 }
             }
             KvAction::Del { key, prefix } => {
@@ -415,7 +414,8 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                     priority,
                     detach,
                 };
-                let (revision, answer) = client.write(request).await?;
+                let (holding, revision, answer) =
+                    holding::send(&client, &socket, "shard join", request, !detach).await?;
                 if json {
                     print_json(&json!({ "revision": revision, "answer": answer }))?;
                 } else if let Answer::ReplicaRegistered { master, epoch } = &answer {
@@ -424,8 +424,8 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                         master.as_deref().unwrap_or("-")
                     );
                 }
-                if !detach {
-                    hold(&format!("replica {address} of {name}")).await;
+                if let Some(held) = holding {
+                    holding::hold(held, &format!("replica {address} of {name}")).await?;
                 }
             }
             ShardAction::Handover { name, to, epoch } => {
@@ -454,9 +454,14 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                     wait_ms,
                     detach,
                 };
-                let (revision, answer) = match session {
-                    Some(session) => client.write_in(session, request).await?,
-                    None => client.write(request).await?,
+                let (holding, revision, answer) = match session {
+                    Some(session) => {
+                        let (revision, answer) = client.write_in(session, request).await?;
+                        (None, revision, answer)
+                    }
+                    None => {
+                        holding::send(&client, &socket, "lock acquire", request, !detach).await?
+                    }
                 };
                 let Answer::LockGranted(grant) = answer else {
                     bail!("lock {name} not granted: {answer:?}");
@@ -474,8 +479,8 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                 } else {
                     println!("granted {name} token {}", grant.token);
                 }
-                if !detach && session.is_none() {
-                    hold(&format!("lock {name}")).await;
+                if let Some(held) = holding {
+                    holding::hold(held, &format!("lock {name}")).await?;
                 }
             }
             LockAction::Release { name, session } => {
@@ -517,14 +522,15 @@ async fn run_async(args: Connect, command: ClientCommand) -> anyhow::Result<()> 
                     tags,
                     detach,
                 };
-                let (revision, _) = client.write(request).await?;
+                let (holding, revision, _) =
+                    holding::send(&client, &socket, "service register", request, !detach).await?;
                 if json {
                     print_json(&json!({ "revision": revision }))?;
                 } else {
                     println!("registered {service}/{id} (revision {revision})");
                 }
-                if !detach {
-                    hold(&format!("service instance {service}/{id}")).await;
+                if let Some(held) = holding {
+                    holding::hold(held, &format!("service instance {service}/{id}")).await?;
                 }
             }
             ServiceAction::Resolve { service } => {

@@ -9,6 +9,7 @@ pub mod config_file;
 mod core_member;
 mod demo;
 mod dev;
+mod holding;
 mod import;
 mod output;
 

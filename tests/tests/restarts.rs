@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use corral_proto::api::{AgentRequest, MemberState, SubscriptionItem};
 use corral_proto::{Event, EventFilter, Lock, ReconnectingClient, ServiceInstance, Shard};
 use corral_tests::fleet::Fleet;
-use corral_tests::process::wait_until;
+use corral_tests::process::{ChildProcess, wait_until};
 
 const SHARDS: [&str; 3] = ["m1", "m2", "m3"];
 
@@ -51,6 +51,7 @@ async fn holdings(fleet: &Fleet, on: &str) -> Holdings {
         locks: vec![
             client.lock("leader-job").await.unwrap(),
             client.lock("app-lock").await.unwrap(),
+            client.lock("cli-lock").await.unwrap(),
         ],
         services,
         node_sessions,
@@ -191,6 +192,31 @@ async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions
             }
         })
     };
+    // `corral lock acquire` holds its lock on a3 while it runs.
+    let mut cli = ChildProcess::spawn(
+        "lock-acquire",
+        &[
+            "lock".into(),
+            "acquire".into(),
+            "cli-lock".into(),
+            "--socket".into(),
+            fleet.agent("a3").socket.display().to_string(),
+        ],
+        &root.path().join("lock-acquire.log"),
+        &[],
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the command to hold its lock",
+        || {
+            let client = first.clone();
+            async move {
+                let lock = client.lock("cli-lock").await.ok()??;
+                lock.holder.map(|_| ())
+            }
+        },
+    )
+    .await;
     // Held sessions are saved within a tick; let every replica settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
     wait_for_everyone(&fleet, "a1").await;
@@ -356,6 +382,27 @@ async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions
             fleet.logs()
         );
     }
+    // The command still runs, and Ctrl-C (SIGTERM) releases its lock at once.
+    assert!(cli.is_running(), "{}", cli.log_text());
+    assert_eq!(
+        cli.terminate(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        cli.log_text()
+    );
+    let on_a1 = fleet.client("a1").await;
+    wait_until(
+        Duration::from_secs(5),
+        "the command's lock to be free",
+        || {
+            let client = on_a1.clone();
+            async move {
+                let lock = client.lock("cli-lock").await.ok()?;
+                lock.is_none_or(|l| l.holder.is_none()).then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 /// The agent's fed-bytes counter, from its /metrics page.
