@@ -39,6 +39,8 @@ fn exclusively<T>(name: &str, f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// Runs `command` to its end within [`COMMAND_TIMEOUT`]. Its output is read while it runs:
+/// a program that writes more than a pipe holds would otherwise wait forever for a reader.
 fn run_with_deadline(mut command: Command, input: Option<&str>) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     if input.is_some() {
@@ -51,20 +53,47 @@ fn run_with_deadline(mut command: Command, input: Option<&str>) -> Output {
         let mut stdin = child.stdin.take().expect("piped stdin");
         stdin.write_all(input.as_bytes()).expect("write the input");
     }
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
     let deadline = Instant::now() + COMMAND_TIMEOUT;
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("collect the output");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let output = child.wait_with_output().expect("collect the output");
+            let _ = child.wait();
+            let stderr = stderr.join().unwrap_or_default();
             panic!(
                 "{command:?} ran for more than {COMMAND_TIMEOUT:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
+                String::from_utf8_lossy(&stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     }
 }
 
