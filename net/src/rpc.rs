@@ -213,6 +213,10 @@ pub enum WatchItem {
         revision: Revision,
         leader: Option<NodeId>,
         term: u64,
+        /// The sequence number of the last beat the member had received on this stream
+        /// when it sent this: the item is no older than that beat, which lets the watcher
+        /// date how fresh its copy is even when items sat in buffers (a frozen watcher).
+        beat: Option<u64>,
     },
 }
 
@@ -223,6 +227,8 @@ pub enum WatchItem {
 pub struct WatchBeat {
     pub name: String,
     pub incarnation: u64,
+    /// Counts the stream's beats from 1; echoed in its progress items.
+    pub seq: u64,
 }
 
 /// Size of one snapshot chunk on a watch stream.

@@ -1050,6 +1050,7 @@ async fn requests_end_their_streams_cleanly_and_a_beat_sent_with_the_watch_reque
         frame::encode(&WatchBeat {
             name: "agent-1".into(),
             incarnation: 1,
+            seq: 1,
         })
         .unwrap(),
     );
@@ -1062,11 +1063,25 @@ async fn requests_end_their_streams_cleanly_and_a_beat_sent_with_the_watch_reque
         "member 2 to hear the beat sent with the request",
     )
     .await;
-    // And the stream is still open: it carries the member's items.
-    let item = frame::read_frame::<_, corral_net::rpc::WatchItem>(&mut receive, 1 << 20)
-        .await
-        .unwrap();
-    assert!(item.is_some(), "the member ended the watch stream");
+    // And the stream is still open: it carries the member's items, and its progress
+    // items echo the beat (what lets the watcher date how fresh its copy is).
+    let echoed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let item = frame::read_frame::<_, corral_net::rpc::WatchItem>(&mut receive, 1 << 20)
+                .await
+                .unwrap()
+                .expect("the member ended the watch stream");
+            if let corral_net::rpc::WatchItem::Progress {
+                beat: Some(seq), ..
+            } = item
+            {
+                break seq;
+            }
+        }
+    })
+    .await
+    .expect("a progress item echoing the beat within 5 s");
+    assert_eq!(echoed, 1);
 }
 
 /// A node's session is opened and renewed only under its own certificate (or an admin's),
@@ -1119,6 +1134,7 @@ async fn the_core_refuses_to_close_a_node_it_hears_and_binds_node_sessions_to_ce
             let beat = WatchBeat {
                 name: "agent-1".into(),
                 incarnation: 1,
+                seq: 1,
             };
             if frame::write_frame(&mut beats, &beat).await.is_err() {
                 return;
@@ -1190,6 +1206,7 @@ async fn the_core_refuses_to_close_a_node_it_hears_and_binds_node_sessions_to_ce
     let impostor = WatchBeat {
         name: "agent-2".into(),
         incarnation: 1,
+        seq: 1,
     };
     frame::write_frame(&mut beats, &impostor).await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), async {

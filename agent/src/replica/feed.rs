@@ -128,10 +128,12 @@ async fn follow(
         }
     };
     // Beats go out from their own task, which the stream's end aborts: a read of the
-    // stream is never cut short for one.
+    // stream is never cut short for one. Their send times date the progress items that
+    // echo them.
+    let sent = Arc::new(parking_lot::Mutex::new(BeatsSent::default()));
     let _beats = stream
         .take_beat_sender()
-        .map(|send| AbortOnDrop(tokio::spawn(beat(send, identity.clone()))));
+        .map(|send| AbortOnDrop(tokio::spawn(beat(send, identity.clone(), sent.clone()))));
     tracing::info!(member = address, ?after, "replica feed connected");
     replica.set_feed(Some(address.to_string()));
     let mut leader_seen = Instant::now();
@@ -160,12 +162,17 @@ async fn follow(
                 return Next::Elsewhere;
             }
         };
-        let has_leader = match &item {
-            WatchItem::Progress { leader, term, .. } => {
+        let (has_leader, echoed) = match &item {
+            WatchItem::Progress {
+                leader, term, beat, ..
+            } => {
                 replica.heard_leader(*leader, *term);
-                leader.is_some()
+                (
+                    leader.is_some(),
+                    beat.and_then(|seq| sent.lock().sent_at(seq)),
+                )
             }
-            _ => true,
+            _ => (true, None),
         };
         if leave_leader
             && others
@@ -177,7 +184,10 @@ async fn follow(
         }
         if has_leader {
             leader_seen = Instant::now();
-            replica.heard();
+            // Fresh as of the echoed beat's sending, however long the item sat in buffers.
+            if let Some(at) = echoed {
+                replica.heard_at(at);
+            }
         } else if leader_seen.elapsed() > FEED_LEADERLESS {
             tracing::warn!(
                 member = address,
@@ -206,9 +216,44 @@ async fn follow(
     }
 }
 
+/// When the recent beats of a stream were sent, by sequence number.
+#[derive(Debug, Default)]
+struct BeatsSent {
+    recent: std::collections::VecDeque<(u64, Instant)>,
+    next: u64,
+}
+
+/// Beats whose send times are kept: a progress item echoes a beat a few intervals old at
+/// most, unless the stream stalled for longer than these cover.
+const BEATS_KEPT: usize = 64;
+
+impl BeatsSent {
+    fn record(&mut self, at: Instant) -> u64 {
+        self.next += 1;
+        if self.recent.len() == BEATS_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.next, at));
+        self.next
+    }
+
+    /// When beat `seq` was sent; None for a beat older than those kept (its echo then
+    /// dates nothing: claiming a later time would claim a fresher view than there is).
+    fn sent_at(&self, seq: u64) -> Option<Instant> {
+        self.recent
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, at)| *at)
+    }
+}
+
 /// Sends a beat every [`BEAT_INTERVAL`], and one at once when the identity changes, until
-/// the stream fails.
-async fn beat(mut send: SendStream, mut identity: BeatIdentity) {
+/// the stream fails; records when each went out.
+async fn beat(
+    mut send: SendStream,
+    mut identity: BeatIdentity,
+    sent: Arc<parking_lot::Mutex<BeatsSent>>,
+) {
     let mut tick = tokio::time::interval(BEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // False once the identity's sender is gone (the agent is stopping): beats go on, as
@@ -220,6 +265,7 @@ async fn beat(mut send: SendStream, mut identity: BeatIdentity) {
             WatchBeat {
                 name: identity.name.clone(),
                 incarnation: identity.incarnation,
+                seq: sent.lock().record(Instant::now()),
             }
         };
         if frame::write_frame(&mut send, &beat).await.is_err() {

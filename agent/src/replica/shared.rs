@@ -68,7 +68,8 @@ impl SharedReplica {
         *self.revision.borrow()
     }
 
-    /// Time since the core was last heard from (None: never).
+    /// How old the replica's view of the core may be: the time since the sending of the
+    /// last beat that a progress item from a core member echoed (None: none yet).
     pub fn age(&self) -> Option<Duration> {
         self.last_heard.lock().map(|at| at.elapsed())
     }
@@ -139,8 +140,12 @@ impl SharedReplica {
         self.revision.send_replace(0);
     }
 
-    pub(crate) fn heard(&self) {
-        *self.last_heard.lock() = Some(Instant::now());
+    /// The core was heard as of `at`: what the replica holds is no older than that.
+    pub(crate) fn heard_at(&self, at: Instant) {
+        let mut last = self.last_heard.lock();
+        if last.is_none_or(|last| last < at) {
+            *last = Some(at);
+        }
     }
 
     /// Subscribes to applied batches; call before reading the history to miss nothing.

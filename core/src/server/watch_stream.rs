@@ -14,6 +14,7 @@
 //! lag), and is never sent an older snapshot that would move it backwards.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_proto::Revision;
@@ -63,11 +64,12 @@ pub(crate) async fn serve(
 ) {
     let stream_id = member.next_watch_stream();
     let mut beating: Option<String> = None;
+    let last_beat = AtomicU64::new(0);
     let result = tokio::select! {
-        result = stream(member, after, &mut send) => result,
+        result = stream(member, after, &mut send, &last_beat) => result,
         // The watcher closing its side (or resetting, or sending what is not a beat) ends
         // the stream.
-        end = beats(member, connection, stream_id, &mut receive, &mut beating) => Err(end),
+        end = beats(member, connection, stream_id, &mut receive, &mut beating, &last_beat) => Err(end),
     };
     if let Some(name) = &beating {
         member
@@ -91,6 +93,7 @@ async fn beats(
     stream_id: u64,
     receive: &mut RecvStream,
     beating: &mut Option<String>,
+    last_beat: &AtomicU64,
 ) -> WatchEnd {
     loop {
         let beat = match frame::read_frame::<_, WatchBeat>(receive, BEAT_FRAME_MAX).await {
@@ -116,6 +119,7 @@ async fn beats(
             .liveness
             .lock()
             .beat(&beat.name, beat.incarnation, stream_id, Instant::now());
+        last_beat.fetch_max(beat.seq, Ordering::Relaxed);
     }
 }
 
@@ -123,6 +127,7 @@ async fn stream(
     member: &CoreMember,
     after: Option<Revision>,
     send: &mut SendStream,
+    last_beat: &AtomicU64,
 ) -> Result<(), WatchEnd> {
     let mut last: Option<Revision> = after;
     let mut batch: Vec<u8> = Vec::new();
@@ -180,7 +185,7 @@ async fn stream(
                     Ok(WatchSignal::Reset { .. }) | Err(RecvError::Lagged(_)) => continue 'resume,
                     Err(RecvError::Closed) => return Err(WatchEnd::Stopped),
                 },
-                _ = progress.tick() => send_progress(member, send).await?,
+                _ = progress.tick() => send_progress(member, send, last_beat).await?,
             }
         }
     }
@@ -231,8 +236,13 @@ fn gather(
     }
 }
 
-/// A progress frame: how far this member applied, and the leader and term it knows.
-async fn send_progress(member: &CoreMember, send: &mut SendStream) -> Result<(), WatchEnd> {
+/// A progress frame: how far this member applied, the leader and term it knows, and the
+/// last beat it received on the stream.
+async fn send_progress(
+    member: &CoreMember,
+    send: &mut SendStream,
+    last_beat: &AtomicU64,
+) -> Result<(), WatchEnd> {
     let (leader, term) = {
         let metrics = member.raft.metrics();
         let m = metrics.borrow();
@@ -242,6 +252,10 @@ async fn send_progress(member: &CoreMember, send: &mut SendStream) -> Result<(),
         revision: member.applied.revision(),
         leader,
         term,
+        beat: match last_beat.load(Ordering::Relaxed) {
+            0 => None,
+            seq => Some(seq),
+        },
     };
     send_item(send, &item).await
 }
