@@ -700,6 +700,7 @@ async fn a_frozen_master_host_is_replaced_and_learns_it_on_thaw() {
     };
     let cluster = DockerCluster::up().await;
     step("cluster up");
+    let workload = Workload::start(&cluster, &AGENTS).await;
     // Replicas of S on a1 (preferred), a2, a3, each held by a connection to its agent.
     let holders = register_shard(&cluster, "S", &[("a1", 30), ("a2", 20), ("a3", 10)]).await;
     let old = holders[0].shard("S").await.unwrap().expect("shard S");
@@ -769,11 +770,13 @@ async fn a_frozen_master_host_is_replaced_and_learns_it_on_thaw() {
     for task in observers {
         task.abort();
     }
+    let (ops, workload_anomalies) = workload.finish(&cluster).await;
+    anomalies.extend(workload_anomalies);
     anomalies.extend(replicas_converge(&cluster, &["a2", "a3", "a4", "a5", "a1"]).await);
     step("replicas converged");
     report(
         "frozen-master-host",
-        observed.len(),
+        observed.len() + ops,
         &anomalies,
         &[failover],
     );
@@ -787,6 +790,7 @@ async fn an_agent_cut_off_from_the_core_but_not_from_gossip() {
         return;
     }
     let cluster = DockerCluster::up().await;
+    let workload = Workload::start(&cluster, &AGENTS).await;
     let a3 = cluster.client("a3").await;
     a3.put("before", b"1").await.unwrap();
     for core in CORES {
@@ -833,7 +837,9 @@ async fn an_agent_cut_off_from_the_core_but_not_from_gossip() {
     if seen.is_none() {
         anomalies.push("a3 did not catch up after the heal".into());
     }
-    report("agent-cut-from-core", 4, &anomalies, &[]);
+    let (ops, workload_anomalies) = workload.finish(&cluster).await;
+    anomalies.extend(workload_anomalies);
+    report("agent-cut-from-core", 4 + ops, &anomalies, &[]);
     assert!(anomalies.is_empty(), "{anomalies:?}");
 }
 
@@ -907,6 +913,7 @@ async fn a_gossip_partition_that_leaves_the_core_reachable_closes_no_session() {
         return;
     }
     let cluster = DockerCluster::up().await;
+    let workload = Workload::start(&cluster, &AGENTS).await;
     let (left, right) = (["a1", "a2"], ["a3", "a4", "a5"]);
     // S has its master on a4 (right) and a replica on a1 (left).
     let holders = register_shard(&cluster, "S", &[("a4", 30), ("a1", 10)]).await;
@@ -1045,7 +1052,9 @@ async fn a_gossip_partition_that_leaves_the_core_reachable_closes_no_session() {
     if !observed.is_empty() {
         anomalies.push(format!("S changed master: {observed:?}"));
     }
+    let (ops, workload_anomalies) = workload.finish(&cluster).await;
+    anomalies.extend(workload_anomalies);
     anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
-    report("gossip-partition", refused, &anomalies, &[]);
+    report("gossip-partition", refused + ops, &anomalies, &[]);
     assert!(anomalies.is_empty(), "{anomalies:?}");
 }
