@@ -510,6 +510,19 @@ async fn leader_container(cluster: &DockerCluster) -> &'static str {
     CORES[(status.leader.expect("a leader") - 1) as usize]
 }
 
+/// Kills the core's leader (SIGKILL) and answers it, with the milliseconds until the
+/// workload's writes were acknowledged again (one failover sample).
+async fn kill_the_leader(cluster: &DockerCluster, workload: &Workload) -> (&'static str, u128) {
+    let leader = leader_container(cluster).await;
+    cluster.kill(leader);
+    let killed = Instant::now();
+    let failover = workload
+        .recovery_after(killed)
+        .await
+        .expect("writes resume within 30 s");
+    (leader, failover)
+}
+
 fn docker_or_skip() -> bool {
     if corral_tests::docker::available() {
         true
@@ -531,15 +544,8 @@ async fn leader_killed_under_write_load() {
     let mut failovers = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let leader = leader_container(&cluster).await;
-        cluster.kill(leader);
-        let killed = Instant::now();
-        failovers.push(
-            workload
-                .recovery_after(killed)
-                .await
-                .expect("writes resume within 30 s"),
-        );
+        let (leader, failover) = kill_the_leader(&cluster, &workload).await;
+        failovers.push(failover);
         tokio::time::sleep(Duration::from_secs(2)).await;
         cluster.start(leader);
     }

@@ -29,15 +29,8 @@ async fn delayed_links_under_load() {
     let mut failovers = Vec::new();
     for _ in 0..LEADER_KILLS {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let leader = leader_container(&cluster).await;
-        cluster.kill(leader);
-        let killed = Instant::now();
-        failovers.push(
-            workload
-                .recovery_after(killed)
-                .await
-                .expect("writes resume within 30 s"),
-        );
+        let (leader, failover) = kill_the_leader(&cluster, &workload).await;
+        failovers.push(failover);
         cluster.start(leader);
         // A started container has a new network namespace: delay it again.
         let left = (seconds as u64).saturating_sub(delayed_at.elapsed().as_secs()) as u32;
