@@ -217,8 +217,19 @@ async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions
         },
     )
     .await;
-    // Held sessions are saved within a tick; let every replica settle.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every agent holds detached sessions for its replicas: wait until each saved them
+    // (within a tick of the expiry task), so that even a first restart by SIGKILL finds them.
+    for name in &names {
+        let saved = root
+            .path()
+            .join(format!("agent-{name}"))
+            .join("held-sessions.json");
+        wait_until(Duration::from_secs(10), "the held sessions saved", || {
+            let saved = saved.clone();
+            async move { saved.exists().then_some(()) }
+        })
+        .await;
+    }
     wait_for_everyone(&fleet, "a1").await;
     let before = holdings(&fleet, "a1").await;
     for lock in &before.locks {
