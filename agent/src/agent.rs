@@ -53,6 +53,11 @@ pub struct AgentContext {
     /// Where the agent keeps what survives a restart.
     pub data_dir: PathBuf,
     client_keys: AtomicU64,
+    /// Set off by [`AgentRequest::Leave`](corral_proto::api::AgentRequest::Leave): whoever
+    /// runs the agent then makes it [`Agent::leave`].
+    pub leave_asked: tokio::sync::Notify,
+    /// Set when the agent leaves for good rather than stopping for a restart.
+    pub leaving: Arc<AtomicBool>,
 }
 
 impl AgentContext {
@@ -109,8 +114,6 @@ pub fn check_agent_name(name: &str) -> Result<(), AgentError> {
 pub struct Agent {
     pub context: Arc<AgentContext>,
     shutdown: watch::Sender<bool>,
-    /// Set when the agent leaves for good rather than stopping for a restart.
-    leaving: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     tls_dir: PathBuf,
     core_transport: Arc<QuicTransport>,
@@ -219,6 +222,8 @@ impl Agent {
             held: parking_lot::Mutex::new(held),
             data_dir: config.data_dir.clone(),
             client_keys: AtomicU64::new(1),
+            leave_asked: tokio::sync::Notify::new(),
+            leaving: leaving.clone(),
         });
         let mut tasks = vec![
             tokio::spawn(context.idle_poll.clone().run(shutdown_receiver.clone())),
@@ -303,7 +308,6 @@ impl Agent {
         Ok(Agent {
             context,
             shutdown,
-            leaving,
             tasks,
             tls_dir: config.tls_dir.clone(),
             core_transport,
@@ -339,10 +343,15 @@ impl Agent {
         );
     }
 
+    /// Resolves when a privileged app asked the agent over its socket to leave for good.
+    pub async fn leave_asked(&self) {
+        self.context.leave_asked.notified().await
+    }
+
     /// Leaves for good: closes the node session (releasing what it holds at once), leaves
     /// the gossip pool, and stops every task.
     pub async fn leave(self) {
-        self.leaving.store(true, Ordering::Relaxed);
+        self.context.leaving.store(true, Ordering::Relaxed);
         let gossip = self.context.gossip.clone();
         let name = self.context.name.clone();
         self.stop_tasks().await;

@@ -6,27 +6,52 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use corral_agent::agent::{Agent, AgentConfig};
 use corral_agent::gossip::{GossipConfig, config};
 use corral_agent::http::HttpPolicy;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct AgentArgs {
+    #[command(subcommand)]
+    action: Option<AgentAction>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentAction {
+    /// Make the running agent leave for good, for a host that goes away: the core closes
+    /// its node session (releasing the host's shards, services, locks and app sessions at
+    /// once, without waiting out the node grace), and the agent leaves the gossip pool and
+    /// exits. Root or the agent's own user only.
+    Leave {
+        /// The agent's socket.
+        #[arg(long, env = "CORRAL_SOCKET")]
+        socket: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
     /// A TOML file with any of these flags by their long names; the command line and
     /// CORRAL_* variables take precedence over it.
     #[arg(long, env = "CORRAL_CONFIG")]
     config: Option<PathBuf>,
     /// This host's name in the pool; its certificate is NAME.pem.
-    #[arg(long, env = "CORRAL_NAME")]
-    name: String,
+    #[arg(long, env = "CORRAL_NAME", required = true)]
+    name: Option<String>,
     /// Where the agent keeps its incarnation number.
-    #[arg(long, env = "CORRAL_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(long, env = "CORRAL_DATA_DIR", required = true)]
+    data_dir: Option<PathBuf>,
     /// Address to gossip on (UDP, QUIC).
-    #[arg(long, env = "CORRAL_GOSSIP")]
-    gossip: SocketAddr,
+    #[arg(long, env = "CORRAL_GOSSIP", required = true)]
+    gossip: Option<SocketAddr>,
     /// Address other agents reach this one at, when it differs from --gossip.
     #[arg(long, env = "CORRAL_ADVERTISE")]
     advertise: Option<SocketAddr>,
@@ -37,8 +62,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "CORRAL_CORE", value_delimiter = ',', required = true)]
     core: Vec<String>,
     /// The Unix socket apps connect to.
-    #[arg(long, env = "CORRAL_SOCKET")]
-    socket: PathBuf,
+    #[arg(long, env = "CORRAL_SOCKET", required = true)]
+    socket: Option<PathBuf>,
     /// Address of the HTTP/JSON gateway and status page, e.g. 127.0.0.1:8500 (none by
     /// default). An address beyond loopback needs --http-token-file.
     #[arg(long, env = "CORRAL_HTTP")]
@@ -60,8 +85,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "CORRAL_ETCD")]
     etcd: Option<SocketAddr>,
     /// Directory with ca.pem and this agent's NAME.pem and NAME-key.pem.
-    #[arg(long, env = "CORRAL_TLS_DIR")]
-    tls_dir: PathBuf,
+    #[arg(long, env = "CORRAL_TLS_DIR", required = true)]
+    tls_dir: Option<PathBuf>,
     /// On SIGTERM or Ctrl-C, leave for good: close this host's node session, releasing its
     /// shards, services, locks and app sessions at once, and leave the gossip pool. Without
     /// it the core holds the session for its node grace, so that the agent started again
@@ -133,6 +158,16 @@ fn raise_open_files_limit() {
 }
 
 pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
+    match args.action {
+        None => run_agent(args.run),
+        Some(AgentAction::Leave { socket, json }) => {
+            super::init_logging("warn");
+            super::runtime()?.block_on(super::agent_leave::leave(socket, json))
+        }
+    }
+}
+
+fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     super::init_logging("info");
     raise_open_files_limit();
     let gossip = GossipConfig {
@@ -159,18 +194,20 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         tokens,
     };
     let leave = args.leave;
+    let missing = |name| anyhow::anyhow!("--{name} is required");
+    let gossip_listen = args.gossip.ok_or_else(|| missing("gossip"))?;
     let config = AgentConfig {
-        name: args.name,
-        data_dir: args.data_dir,
-        gossip_listen: args.gossip,
-        advertise: args.advertise.unwrap_or(args.gossip),
+        name: args.name.ok_or_else(|| missing("name"))?,
+        data_dir: args.data_dir.ok_or_else(|| missing("data-dir"))?,
+        gossip_listen,
+        advertise: args.advertise.unwrap_or(gossip_listen),
         join,
         core: args.core,
-        socket: args.socket,
+        socket: args.socket.ok_or_else(|| missing("socket"))?,
         http: args.http,
         http_policy,
         etcd: args.etcd,
-        tls_dir: args.tls_dir,
+        tls_dir: args.tls_dir.ok_or_else(|| missing("tls-dir"))?,
         gossip,
         idle_poll_max: Duration::from_micros(args.idle_poll_us),
     };
@@ -184,7 +221,10 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
                 tracing::error!(%error, "reloading the TLS files failed; the old ones stay in use");
             }
         });
-        super::shutdown_signal().await;
+        let leave = tokio::select! {
+            _ = super::shutdown_signal() => leave,
+            _ = agent.leave_asked() => true,
+        };
         let agent =
             Arc::try_unwrap(agent).map_err(|_| anyhow::anyhow!("the agent is still shared"))?;
         if leave {

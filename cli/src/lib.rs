@@ -1,6 +1,7 @@
 //! The `corral` command line: argument parsing and dispatch to each command.
 
 mod acl;
+mod agent_leave;
 mod agent_run;
 mod bench;
 mod ca;

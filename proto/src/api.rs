@@ -174,6 +174,11 @@ pub enum AgentRequest {
         #[serde(deserialize_with = "crate::nesting::boxed_twice")]
         request: Box<AgentRequest>,
     },
+    /// Makes the agent leave for good: it closes this host's node session (releasing the
+    /// shards, services, locks and app sessions bound to it at once, without waiting out
+    /// the core's node grace), leaves the gossip pool and exits. Only from a connection of
+    /// the agent's own Unix user or root, never on behalf of an HTTP client.
+    Leave,
 }
 
 /// Shortest time-to-live of a held session.
@@ -259,6 +264,12 @@ pub enum Reply {
     Session {
         session: SessionId,
         ttl_ms: Option<u64>,
+    },
+    /// The agent is leaving ([`AgentRequest::Leave`]) and exits: the core closed its node
+    /// session at the revision given (None: it held none).
+    Leaving {
+        name: String,
+        closed: Option<(SessionId, Revision)>,
     },
 }
 

@@ -261,6 +261,15 @@ impl AgentClient {
         }
     }
 
+    /// Asks the agent to leave for good ([`AgentRequest::Leave`]); answers its name and
+    /// the node session the core closed, with the revision it closed it at.
+    pub async fn leave(&self) -> Result<(String, Option<(SessionId, Revision)>), ClientError> {
+        match self.call(AgentRequest::Leave).await? {
+            Reply::Leaving { name, closed } => Ok((name, closed)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     pub async fn members(&self) -> Result<Vec<MemberInfo>, ClientError> {
         match self.call(AgentRequest::Members).await? {
             Reply::Members(members) => Ok(members),

@@ -132,6 +132,12 @@ impl Fleet {
         process.terminate(Duration::from_secs(10))
     }
 
+    /// Agent `name`'s exit code once its process ended by itself (None while it runs).
+    pub fn exit_code(&mut self, name: &str) -> Option<i32> {
+        let agent = self.agents.get_mut(name)?;
+        agent.process.as_mut()?.exit_status()?.code()
+    }
+
     pub fn signal_agent(&self, name: &str, signal: Signal) {
         if let Some(process) = &self.agents[name].process {
             process.signal(signal);

@@ -499,3 +499,156 @@ async fn a_restarted_agent_catches_up_from_its_own_disk() {
          without it {without_bytes} B"
     );
 }
+
+/// Runs `corral agent leave` against `socket`, as user `uid` when given (with group root,
+/// which the socket's mode 0660 admits); answers its exit status and output.
+fn agent_leave(socket: &std::path::Path, uid: Option<u32>) -> std::process::Output {
+    let binary = corral_tests::process::corral_binary();
+    let mut command = match uid {
+        Some(uid) => {
+            let mut command = std::process::Command::new("setpriv");
+            command.args([
+                format!("--reuid={uid}"),
+                "--regid=0".into(),
+                "--clear-groups".into(),
+            ]);
+            command.arg(binary);
+            command
+        }
+        None => std::process::Command::new(binary),
+    };
+    command.args(["agent", "leave", "--json", "--socket"]);
+    command.arg(socket);
+    command.output().expect("corral agent leave runs")
+}
+
+/// `corral agent leave` on a host that goes away for good: the core closes its node
+/// session before the command answers, so a consistent read elsewhere right after it
+/// shows the host's shard mastership moved, its lock free and its service gone (no node
+/// grace waited out), and the agent exits. Another Unix user is refused and changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_told_to_leave_releases_its_host_at_once_and_exits() {
+    let root = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::start(root.path(), 2).await;
+    let on_a1 = fleet.client("a1").await;
+    on_a1
+        .write(AgentRequest::CreateShard { name: "m".into() })
+        .await
+        .unwrap();
+    for (agent, address, priority) in [("a1", "10.0.0.1:7000", 30), ("a2", "10.0.0.2:7000", 10)] {
+        fleet
+            .client(agent)
+            .await
+            .write(AgentRequest::JoinShard {
+                shard: "m".into(),
+                address: address.into(),
+                priority,
+                detach: true,
+            })
+            .await
+            .unwrap();
+    }
+    on_a1
+        .write(AgentRequest::AcquireLock {
+            name: "job".into(),
+            wait_ms: 0,
+            detach: true,
+        })
+        .await
+        .unwrap();
+    on_a1
+        .write(AgentRequest::RegisterService {
+            service: "api".into(),
+            id: "api-a1".into(),
+            address: "10.0.0.1".into(),
+            port: 8080,
+            tags: vec![],
+            detach: true,
+        })
+        .await
+        .unwrap();
+    let status = on_a1.status().await.unwrap();
+    let node_session = status.node_session.expect("a1 holds a node session");
+    let shard = on_a1.shard("m").await.unwrap().expect("shard m");
+    assert_eq!(shard.master.as_deref(), Some("10.0.0.1:7000"));
+    drop(on_a1);
+
+    let socket = fleet.agent("a1").socket.clone();
+    if nix::unistd::getuid().is_root() {
+        // Let group root reach the socket, then ask as user nobody in group root.
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [
+            root.path().to_path_buf(),
+            socket.parent().unwrap().to_path_buf(),
+        ] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        }
+        let refused = agent_leave(&socket, Some(65534));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success(),
+            "nobody made a1 leave: {refused:?}"
+        );
+        assert!(
+            stderr.contains("only root or the agent's own user"),
+            "{stderr}"
+        );
+        let a1 = fleet.client("a1").await;
+        assert_eq!(a1.status().await.unwrap().node_session, Some(node_session));
+    } else {
+        println!("not root: the refusal of another user is not tried");
+    }
+
+    let left = agent_leave(&socket, None);
+    let stdout = String::from_utf8_lossy(&left.stdout);
+    assert!(left.status.success(), "corral agent leave failed: {left:?}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["name"], "a1");
+    assert_eq!(answer["node_session"], node_session);
+    let closed_at = answer["closed_at_revision"].as_u64().expect("a revision");
+
+    // A consistent read on a2 is at or after the close: everything a1 held is released.
+    let a2 = fleet.client("a2").await;
+    let read = a2
+        .read(corral_proto::api::Query::Shard("m".into()), true)
+        .await
+        .unwrap();
+    assert!(read.revision >= closed_at);
+    let corral_proto::api::QueryResult::Shard(Some(shard)) = read.result else {
+        panic!("shard m is gone: {:?}", read.result)
+    };
+    assert_eq!(shard.master.as_deref(), Some("10.0.0.2:7000"), "{shard:?}");
+    assert!(shard.epoch > 1, "{shard:?}");
+    assert!(
+        !shard.replicas.iter().any(|r| r.address == "10.0.0.1:7000"),
+        "{shard:?}"
+    );
+    assert!(
+        a2.lock("job")
+            .await
+            .unwrap()
+            .is_none_or(|l| l.holder.is_none())
+    );
+    assert!(a2.service("api").await.unwrap().is_empty());
+    let members = a2.members().await.unwrap();
+    assert!(
+        members
+            .iter()
+            .all(|m| m.name != "a1" || m.session != Some(node_session)),
+        "{members:?}"
+    );
+    // The agent exits by itself, with success, and says why in its log.
+    let code = wait_until(Duration::from_secs(15), "a1 to exit", || {
+        let code = fleet.exit_code("a1");
+        async move { code }
+    })
+    .await;
+    assert_eq!(code, 0, "{}", fleet.agent("a1").log_text());
+    assert!(
+        fleet
+            .agent("a1")
+            .log_text()
+            .contains("asked over the socket to leave")
+    );
+}

@@ -23,6 +23,7 @@ pub fn needs(request: &AgentRequest) -> Vec<Need> {
     match request {
         AgentRequest::Status
         | AgentRequest::Members
+        | AgentRequest::Leave
         | AgentRequest::Unsubscribe { .. }
         | AgentRequest::OpenSession { .. }
         | AgentRequest::RenewSession { .. }

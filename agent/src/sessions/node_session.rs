@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use corral_net::client::{ClientError, CoreClient};
-use corral_proto::{Answer, Command, CommandError, SessionId, SessionOwner};
+use corral_proto::{Answer, Command, CommandError, Revision, SessionId, SessionOwner};
 use tokio::sync::watch;
 
 use crate::gossip::{GossipHandle, NodeIdentity};
@@ -207,6 +207,11 @@ pub async fn run(
                     let closed = replica.read(|r| {
                         r.revision() >= revision && r.machine().session(id).is_none()
                     });
+                    if closed && leaving.load(Ordering::Relaxed) {
+                        // Closed by the agent itself, asked to leave for good.
+                        session.send_replace(None);
+                        return;
+                    }
                     if closed {
                         tracing::warn!(
                             session = id,
@@ -226,16 +231,32 @@ pub async fn run(
                         return;
                     }
                     // Leaving: close the session so that what it holds is released now.
-                    let close = Command::CloseSession { session: id };
-                    match tokio::time::timeout(Duration::from_secs(2), core.write(&close)).await {
-                        Ok(Ok(_)) => tracing::info!(session = id, "node session closed"),
-                        _ => tracing::warn!(session = id, "node session not closed on leave"),
+                    match close(&core, id).await {
+                        Ok(revision) => tracing::info!(session = id, revision, "node session closed"),
+                        Err(error) => tracing::warn!(session = id, %error, "node session not closed on leave"),
                     }
                     session.send_replace(None);
                     return;
                 }
             }
         }
+    }
+}
+
+/// How long a leaving agent waits for the core to close its node session.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes node session `id` for an agent leaving for good; answers the revision the core
+/// closed it at (also when an earlier attempt of the same leave closed it already).
+pub async fn close(core: &CoreClient, id: SessionId) -> Result<Revision, String> {
+    let command = Command::CloseSession { session: id };
+    match tokio::time::timeout(CLOSE_WAIT, core.write(&command)).await {
+        Ok(Ok(response)) => match response.outcome {
+            Ok(_) | Err(CommandError::NoSuchSession { .. }) => Ok(response.revision),
+            Err(refused) => Err(refused.to_string()),
+        },
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("the core did not answer within {CLOSE_WAIT:?}")),
     }
 }
 

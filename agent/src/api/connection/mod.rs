@@ -34,6 +34,7 @@ use self::sessions::Target;
 use super::rights;
 use super::translate::{self, Binding};
 use crate::sessions::held_sessions::Holder;
+use crate::sessions::node_session;
 use corral_proto::access::Identity;
 
 mod outgoing;
@@ -244,7 +245,7 @@ fn request_kind(request: &AgentRequest) -> Option<RequestKind> {
             consistent: true, ..
         } => RequestKind::ConsistentRead,
         AgentRequest::AcquireLock { .. } | AgentRequest::ReleaseLock { .. } => RequestKind::Lock,
-        AgentRequest::Status | AgentRequest::Members => RequestKind::Other,
+        AgentRequest::Status | AgentRequest::Members | AgentRequest::Leave => RequestKind::Other,
         AgentRequest::Subscribe { .. } | AgentRequest::Unsubscribe { .. } => return None,
         _ => RequestKind::Write,
     })
@@ -268,6 +269,7 @@ impl Connection {
         request: AgentRequest,
     ) -> Option<Result<Reply, ApiError>> {
         let (identity, holder, request) = match request {
+            AgentRequest::Leave => return Some(self.leave().await),
             AgentRequest::OnBehalf { token, request } if self.privileged => (
                 token.clone().map_or(Identity::Anonymous, Identity::Token),
                 Holder::Http(token),
@@ -290,6 +292,9 @@ impl Connection {
         Some(match request {
             AgentRequest::OnBehalf { .. } => Err(ApiError::BadRequest(
                 "a request acts on behalf of one client only".into(),
+            )),
+            AgentRequest::Leave => Err(ApiError::Forbidden(
+                "only the host's operator, on the agent's socket, makes the agent leave".into(),
             )),
             AgentRequest::OpenSession { ttl_ms, label } => {
                 self.handle_open_session(ttl_ms, label, &holder).await
@@ -317,6 +322,41 @@ impl Connection {
                 }
             }
             write => self.write_or_wait(write, None).await,
+        })
+    }
+
+    /// [`AgentRequest::Leave`] from this connection: only the agent's own Unix user or
+    /// root may make the host leave the fleet.
+    /// The node session is closed before the answer, so that the answer says that what
+    /// the host held is released; when the core cannot close it, the agent stays.
+    async fn leave(&self) -> Result<Reply, ApiError> {
+        if !self.privileged {
+            return Err(ApiError::Forbidden(
+                "only root or the agent's own user makes the agent leave".into(),
+            ));
+        }
+        let context = &self.context;
+        if context.leaving.swap(true, Ordering::SeqCst) {
+            return Err(ApiError::Unavailable("the agent is already leaving".into()));
+        }
+        let node_session = *context.node_session.borrow();
+        tracing::info!(?node_session, "asked over the socket to leave for good");
+        let closed = match node_session {
+            None => None,
+            Some(id) => match node_session::close(&context.core, id).await {
+                Ok(revision) => Some((id, revision)),
+                Err(error) => {
+                    context.leaving.store(false, Ordering::SeqCst);
+                    return Err(ApiError::Unavailable(format!(
+                        "node session {id} could not be closed, so the agent stays: {error}"
+                    )));
+                }
+            },
+        };
+        context.leave_asked.notify_one();
+        Ok(Reply::Leaving {
+            name: context.name.clone(),
+            closed,
         })
     }
 
@@ -359,6 +399,7 @@ impl Connection {
             | AgentRequest::RenewSession { .. }
             | AgentRequest::CloseSession { .. }
             | AgentRequest::OnBehalf { .. }
+            | AgentRequest::Leave
             | AgentRequest::InSession { .. } => Err(ApiError::BadRequest(
                 "only reads and writes act in a session".into(),
             )),
