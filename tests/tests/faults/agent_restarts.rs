@@ -3,7 +3,7 @@
 use super::*;
 
 /// Shards `S1`..`S3` with a replica on every agent (held by the agents for their apps,
-/// `detach`), and a lock held the same way on a2.
+/// `detach`), and a lock `held` held the same way on a2 (the lock churn passes `L` around).
 async fn hold_shards_and_a_lock(cluster: &DockerCluster) {
     let first = cluster.client("a1").await;
     for shard in ["S1", "S2", "S3"] {
@@ -29,7 +29,7 @@ async fn hold_shards_and_a_lock(cluster: &DockerCluster) {
         .client("a2")
         .await
         .write(AgentRequest::AcquireLock {
-            name: "L".into(),
+            name: "held".into(),
             wait_ms: 0,
             detach: true,
         })
@@ -51,7 +51,7 @@ async fn holdings(cluster: &DockerCluster, agent: &str) -> (Vec<Shard>, Option<L
             shards.push(shard);
         }
     }
-    (shards, client.lock("L").await.unwrap())
+    (shards, client.lock("held").await.unwrap())
 }
 
 /// Waits until `agent` serves again with node session `session`; answers when.
@@ -91,6 +91,7 @@ async fn every_agent_restarted_in_turn_under_load() {
         );
     }
     let workload = Workload::start(&cluster, &AGENTS).await;
+    let locks = LockChurn::start(&cluster, &["a1", "a2", "a3"], "a5").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Time from the stop to the agent serving again under its old node session.
     let mut restarts = Vec::new();
@@ -105,14 +106,13 @@ async fn every_agent_restarted_in_turn_under_load() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (ops, mut anomalies) = workload.finish(&cluster).await;
+    let (ops, mut anomalies) = finish_checks(&cluster, workload, locks, &AGENTS).await;
     let after = holdings(&cluster, "a1").await;
     if after != before {
         anomalies.push(format!(
             "the restarts changed what the hosts hold: before {before:?}, after {after:?}"
         ));
     }
-    anomalies.extend(replicas_converge(&cluster, &AGENTS).await);
     println!("agent restarts (stop, then kill; ms to serving again): {restarts:?}");
     report("rolling-agent-restart", ops, &anomalies, &[]);
     assert!(anomalies.is_empty(), "{anomalies:?}");
@@ -151,7 +151,10 @@ async fn an_agent_that_never_comes_back_is_released_after_the_grace() {
                 .unwrap();
         }
     }
-    let workload = Workload::start(&cluster, &["a1", "a2", "a3", "a4"]).await;
+    let survivors = ["a1", "a2", "a3", "a4"];
+    let workload = Workload::start(&cluster, &survivors).await;
+    // a5 may hold the lock when it dies: it is free again after the grace.
+    let locks = LockChurn::start(&cluster, &["a1", "a2", "a5"], "a4").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let a5_master = format!("{}:9000", cluster.ip("a5"));
     let mut anomalies = Vec::new();
@@ -187,9 +190,8 @@ async fn an_agent_that_never_comes_back_is_released_after_the_grace() {
             shards.len()
         ));
     }
-    let (ops, workload_anomalies) = workload.finish(&cluster).await;
-    anomalies.extend(workload_anomalies);
-    anomalies.extend(replicas_converge(&cluster, &["a1", "a2", "a3", "a4"]).await);
+    let (ops, found) = finish_checks(&cluster, workload, locks, &survivors).await;
+    anomalies.extend(found);
     cluster.start("a5");
     report("agent-never-back", ops, &anomalies, &failovers);
     assert!(anomalies.is_empty(), "{anomalies:?}");
