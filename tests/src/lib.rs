@@ -1,7 +1,8 @@
 //! Helpers for tests that run real `corral` processes on loopback.
 //!
 //! ```text
-//!  corral_binary()  builds (once per test process, a no-op when fresh) target/<profile>/corral
+//!  corral_binary()  builds (once per test process, a no-op when fresh) target/<profile>/corral,
+//!                   or takes CORRAL_BINARY
 //!  Pki              a throwaway CA with certificates, made by `corral ca`
 //!  CoreCluster      core members as child processes: kill, pause, wipe, restart
 //!  Fleet            a core plus agents as child processes, and clients of their sockets

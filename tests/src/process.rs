@@ -10,11 +10,21 @@ use nix::unistd::Pid;
 
 /// The `corral` binary of this build profile, brought up to date once per test process
 /// (`cargo build --workspace --bins`, a no-op when it is) so that tests always run the
-/// code under test. `scripts/check` runs the same build before the tests so that no test
-/// waits on it.
+/// code under test. `CORRAL_BINARY` names a binary already built from this tree instead:
+/// `scripts/check` builds it in the same cargo run as the tests (one set of features for
+/// the dependencies, so one compilation of them) and sets it.
 pub fn corral_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
+        if let Some(binary) = std::env::var_os("CORRAL_BINARY") {
+            let binary = PathBuf::from(binary);
+            assert!(
+                binary.is_file(),
+                "CORRAL_BINARY={} is not a file",
+                binary.display()
+            );
+            return binary;
+        }
         let exe = std::env::current_exe().expect("the test binary knows its path");
         // target/<profile>/deps/<test> -> target/<profile>
         let profile_dir = exe
