@@ -293,8 +293,9 @@ impl Cluster {
     fn failover_setting(&self) -> String {
         match self {
             Cluster::Corral(c) => format!(
-                "{} (the agent's defaults); an app's session ends with its connection",
-                c.gossip_setting
+                "{} (the agent's defaults); node grace {} ms (`corral core --node-grace-ms`, as etcd's lease TTL here; the default is 5000 ms, so that an agent restarted within it keeps its host's state); an app's session ends with its connection",
+                c.gossip_setting,
+                systems::corral::NODE_GRACE_MS
             ),
             Cluster::Etcd(e) => match e.granted_ttl {
                 Some(ttl) => format!(

@@ -43,6 +43,12 @@ pub struct Corral {
     pub gossip_setting: String,
 }
 
+/// The core's node grace in these runs (`corral core --node-grace-ms`): how long it holds
+/// the session of a host no member hears before a frozen host's masters fail over. Set to
+/// the lease TTL etcd grants here (2 s) so that the frozen-host failovers compare like
+/// with like; Corral's default, 5 s, is sized for an agent's restart to lose nothing.
+pub const NODE_GRACE_MS: u64 = 2000;
+
 /// "probe every P ms, suspicion S ms", read from `corral agent --help`.
 fn gossip_defaults(binary: &str) -> String {
     let help = output(binary, &["agent", "--help"]).unwrap_or_default();
@@ -127,6 +133,8 @@ impl Corral {
                 peers.clone(),
                 "--tls-dir".into(),
                 tls.display().to_string(),
+                "--node-grace-ms".into(),
+                NODE_GRACE_MS.to_string(),
             ];
             let log = dir.join(format!("core-{id}.log"));
             cores.push(Server::spawn(
