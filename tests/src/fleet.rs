@@ -169,18 +169,23 @@ impl Fleet {
         address
     }
 
-    /// A new connection to agent `name`, once its socket answers.
+    /// A new connection to agent `name`, once its socket answers (within 20 s, or the
+    /// test fails with the agent's log).
     pub async fn client(&self, name: &str) -> AgentClient {
-        let socket = self.agents[name].socket.clone();
-        wait_until(
-            Duration::from_secs(20),
-            &format!("socket of {name}"),
-            || {
-                let socket = socket.clone();
-                async move { AgentClient::connect(&socket).await.ok() }
-            },
-        )
-        .await
+        let agent = &self.agents[name];
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(client) = AgentClient::connect(&agent.socket).await {
+                return client;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "the socket of {name} did not answer within 20 s; its log:\n{}",
+                    agent.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until every agent in `names` sees exactly `expected` alive, each with a node

@@ -78,22 +78,60 @@ pub fn without_package_env(command: &mut Command) {
     }
 }
 
-/// A free UDP port on loopback (QUIC listens on UDP).
-pub fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    socket
-        .local_addr()
-        .expect("a bound socket has an address")
-        .port()
+/// Ports tests hand out: below the kernel's ephemeral range (32768 and up by default), so
+/// that no socket bound to port 0 (a QUIC client's, an outgoing connection's) takes one
+/// between the test picking it and the process it starts binding it.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The locks on ports this test process handed out, held until it exits: test processes
+/// run side by side, and each takes a port only under its lock file.
+static PORT_LOCKS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// A port of [`TEST_PORTS`] that no other test process holds and that is free for both
+/// UDP and TCP on loopback now.
+fn reserve_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let dir = std::env::temp_dir().join("corral-test-ports");
+    std::fs::create_dir_all(&dir).expect("a directory for port locks");
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Processes start their search at different places.
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = TEST_PORTS.start + offset;
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        let free = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            PORT_LOCKS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(file);
+            return port;
+        }
+    }
+    panic!("no free port left in {TEST_PORTS:?}");
 }
 
-/// A free TCP port on loopback.
+/// A free UDP port on loopback (QUIC listens on UDP), reserved for this test process.
+pub fn free_udp_port() -> u16 {
+    reserve_port()
+}
+
+/// A free TCP port on loopback, reserved for this test process.
 pub fn free_tcp_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener
-        .local_addr()
-        .expect("a bound listener has an address")
-        .port()
+    reserve_port()
 }
 
 /// Polls `condition` every 50 ms until it yields a value or `timeout` passes.
