@@ -221,7 +221,7 @@ impl Agent {
             idle_poll: IdlePoll::new(config.idle_poll_max),
             held: parking_lot::Mutex::new(held),
             data_dir: config.data_dir.clone(),
-            client_keys: AtomicU64::new(1),
+            client_keys: AtomicU64::new(node_session::client_key_base(incarnation)),
             leave_asked: tokio::sync::Notify::new(),
             leaving: leaving.clone(),
         });

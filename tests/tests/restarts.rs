@@ -79,6 +79,23 @@ async fn wait_for_everyone(fleet: &Fleet, on: &str) {
     .await;
 }
 
+/// Puts `key` bound to a connection opened for it, then closes the connection (which
+/// deletes the key and ends the connection's client session).
+async fn ephemeral_put(
+    socket: &std::path::Path,
+    key: &str,
+) -> Result<(), corral_proto::ClientError> {
+    let client = corral_proto::AgentClient::connect(socket).await?;
+    client
+        .write(AgentRequest::Put {
+            key: key.into(),
+            value: b"x".to_vec(),
+            ephemeral: true,
+        })
+        .await?;
+    Ok(())
+}
+
 /// Three core members, five agents, three shards with a replica on every host, a lock and
 /// a service held by apps (detached: the agent holds their sessions beyond the app's
 /// connection). Every agent is restarted in turn, first with SIGTERM, then with SIGKILL,
@@ -274,7 +291,15 @@ async fn every_agent_restarted_in_turn_keeps_masters_locks_services_and_sessions
                     continue;
                 };
                 let key = format!("w/{name}/{i}");
-                match c.put(&key, b"x").await {
+                // Every tenth write is an ephemeral key on a connection of its own, closed
+                // right after: a client session opened and ended on the restarted agent
+                // (which must not take or end a session its predecessor opened).
+                let written = if i.is_multiple_of(10) {
+                    ephemeral_put(&socket, &key).await
+                } else {
+                    c.put(&key, b"x").await.map(|_| ())
+                };
+                match written {
                     Ok(_) => {
                         acked.fetch_add(1, Ordering::Relaxed);
                         acked_keys.lock().unwrap().push(key);

@@ -71,6 +71,19 @@ pub fn store_incarnation(data_dir: &Path, incarnation: u64) -> std::io::Result<(
     std::fs::File::open(data_dir)?.sync_all()
 }
 
+/// The first client key of an agent started at `incarnation`. The core gives a client
+/// session opened again under the same node session with the same key back (a retried
+/// open gets its session, not a second one), and a restarted agent keeps its node session
+/// with the client sessions under it: keys that started at 1 again would hand a new
+/// connection a session the agent before it opened for an app, and end it with that
+/// connection. Incarnations grow from one start to the next, by at least the milliseconds
+/// between them when the clock is right, so each start's keys lie above every key of the
+/// starts before unless one start opened more than 2^20 client sessions per millisecond
+/// between its incarnation and the next.
+pub fn client_key_base(incarnation: u64) -> u64 {
+    incarnation.saturating_mul(1 << 20)
+}
+
 /// Opens the node session of `name` at `incarnation` (idempotent: the same owner gets its
 /// open session back).
 pub fn open_command(name: &str, incarnation: u64) -> Command {
