@@ -32,6 +32,9 @@ enum BenchAction {
         /// Bytes per value.
         #[arg(long, default_value_t = 256)]
         value_size: usize,
+        /// Distinct keys each client cycles over (`bench/CLIENT/N`).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        keys_per_client: u64,
         #[arg(long)]
         json: bool,
     },
@@ -137,13 +140,20 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             clients,
             ops,
             value_size,
+            keys_per_client,
             json,
         } => {
             anyhow::ensure!(
                 clients > 0 && ops > 0,
                 "--clients and --ops must be positive"
             );
-            let report = super::runtime()?.block_on(bench_put(access, clients, ops, value_size))?;
+            let shape = PutShape {
+                clients,
+                ops,
+                value_size,
+                keys_per_client: keys_per_client as usize,
+            };
+            let report = super::runtime()?.block_on(bench_put(access, shape))?;
             report.print(json)
         }
         BenchAction::Get {
@@ -281,12 +291,21 @@ async fn bench_get(
     ))
 }
 
-async fn bench_put(
-    access: CoreAccess,
+/// What `bench put` writes.
+struct PutShape {
     clients: usize,
     ops: usize,
     value_size: usize,
-) -> anyhow::Result<BenchReport> {
+    keys_per_client: usize,
+}
+
+async fn bench_put(access: CoreAccess, shape: PutShape) -> anyhow::Result<BenchReport> {
+    let PutShape {
+        clients,
+        ops,
+        value_size,
+        keys_per_client,
+    } = shape;
     let client = Arc::new(access.client()?);
     // Find the leader before the clock starts.
     client
@@ -307,7 +326,7 @@ async fn bench_put(
             let value = vec![b'x'; value_size];
             for i in 0..count {
                 let command = Command::Put {
-                    key: format!("bench/{c}/{}", i % 1000),
+                    key: format!("bench/{c}/{}", i % keys_per_client),
                     value: value.clone(),
                     session: None,
                 };

@@ -177,8 +177,8 @@ impl SessionTable {
         Some(owner)
     }
 
-    /// Starts a fresh index holding just the sessions; the caller adds ownership.
-    pub(crate) fn reset_index(&mut self) {
+    /// A fresh index holding just the sessions; the caller adds ownership.
+    pub(crate) fn sessions_index(&self) -> SessionIndex {
         let mut index = SessionIndex::default();
         for (id, owner) in &self.sessions {
             index.owned.insert(*id, Owned::default());
@@ -193,6 +193,6 @@ impl SessionTable {
                 parent.children.insert(*id);
             }
         }
-        self.index = index;
+        index
     }
 }

@@ -7,7 +7,7 @@ use corral_proto::access::AccessTable;
 use corral_proto::{SessionId, SessionOwner};
 
 use super::{EarlierStateMachine, SnapshotError, StateMachine};
-use crate::session_table::Owned;
+use crate::session_table::{Owned, SessionIndex};
 
 impl StateMachine {
     /// The state as bytes. Deterministic: equal states give equal bytes.
@@ -51,7 +51,14 @@ impl StateMachine {
 
     /// Rebuilds the ownership index from the tables.
     pub(super) fn rebuild_index(&mut self) -> Result<(), SnapshotError> {
-        self.sessions.reset_index();
+        self.sessions.index = self.derived_index()?;
+        Ok(())
+    }
+
+    /// The ownership index as the tables give it, built beside the state (which stays as
+    /// it is: checking a loaded snapshot costs the index, not a second copy of the state).
+    fn derived_index(&self) -> Result<SessionIndex, SnapshotError> {
+        let mut index = self.sessions.sessions_index();
         let missing = |what: &str, session: SessionId| {
             SnapshotError::Inconsistent(format!(
                 "{what} refers to session {session}, which is not open"
@@ -96,22 +103,19 @@ impl StateMachine {
                 .insert((instance.service.clone(), instance.id.clone()));
         }
         for (session, things) in owned {
-            if !self.sessions.contains(session) {
+            let Some(entry) = index.owned.get_mut(&session) else {
                 return Err(missing("an owned record", session));
-            }
-            let entry = self.sessions.owned_mut(session);
+            };
             let children = std::mem::take(&mut entry.children);
             *entry = Owned { children, ..things };
         }
-        Ok(())
+        Ok(index)
     }
 
     /// Checks every invariant of the state, including that the ownership index matches
     /// what a rebuild from scratch gives.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut rebuilt = self.clone();
-        rebuilt.rebuild_index().map_err(|e| e.to_string())?;
-        if rebuilt.sessions.index != self.sessions.index {
+        if self.derived_index().map_err(|e| e.to_string())? != self.sessions.index {
             return Err("the ownership index differs from the tables".into());
         }
         for session in self.sessions.iter() {
