@@ -45,15 +45,32 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("replica")
 }
 
-/// The file's bytes for `snapshot` (a state's snapshot bytes) and the `history` that led
-/// to it.
-pub fn encode(snapshot: Vec<u8>, history: Vec<EventBatch>) -> Vec<u8> {
-    let body = postcard::to_stdvec(&Saved { snapshot, history }).expect("always encodes");
-    let mut bytes = Vec::with_capacity(body.len() + 12);
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    bytes.extend_from_slice(&body);
-    bytes
+/// Writes the file for `snapshot` (a state's snapshot bytes) and the `history` that led
+/// to it: the encoding of [`Saved`], written in parts so that neither the state nor the
+/// batches are copied into one buffer first (the batches are those the replica shares).
+pub fn write(
+    out: &mut impl std::io::Write,
+    snapshot: &[u8],
+    history: &[Arc<EventBatch>],
+) -> std::io::Result<()> {
+    let encode_err = |e: postcard::Error| std::io::Error::other(e.to_string());
+    // A sequence's length, as postcard encodes it before the elements.
+    let length = |n: usize| postcard::to_stdvec(&n).map_err(encode_err);
+    let snapshot_len = length(snapshot.len())?;
+    let mut batches = length(history.len())?;
+    for batch in history {
+        batches = postcard::to_extend(batch.as_ref(), batches).map_err(encode_err)?;
+    }
+    let mut crc = crc32fast::Hasher::new();
+    for part in [&snapshot_len[..], snapshot, &batches[..]] {
+        crc.update(part);
+    }
+    out.write_all(MAGIC)?;
+    out.write_all(&crc.finalize().to_le_bytes())?;
+    for part in [&snapshot_len[..], snapshot, &batches[..]] {
+        out.write_all(part)?;
+    }
+    Ok(())
 }
 
 /// The state and history in a file's bytes, checked.
@@ -134,12 +151,12 @@ pub fn set_aside(path: &Path, why: &str) {
     let _ = std::fs::rename(path, aside);
 }
 
-fn save(data_dir: &Path, snapshot: Vec<u8>, history: Vec<EventBatch>) -> std::io::Result<()> {
-    use std::io::Write;
+fn save(data_dir: &Path, snapshot: &[u8], history: &[Arc<EventBatch>]) -> std::io::Result<()> {
     let target = path(data_dir);
     let tmp = target.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&encode(snapshot, history))?;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    write(&mut file, snapshot, history)?;
+    let file = file.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     std::fs::rename(&tmp, &target)
 }
@@ -162,14 +179,14 @@ pub async fn run(
                 (r.resume_point().is_some() && r.revision() != saved_at).then(|| {
                     (
                         r.machine().to_snapshot_bytes(),
-                        r.history().cloned().collect::<Vec<_>>(),
+                        r.history().cloned().collect::<Vec<Arc<EventBatch>>>(),
                     )
                 }),
             )
         });
         if let Some((snapshot, history)) = snapshot {
             let dir = data_dir.clone();
-            match tokio::task::spawn_blocking(move || save(&dir, snapshot, history)).await {
+            match tokio::task::spawn_blocking(move || save(&dir, &snapshot, &history)).await {
                 Ok(Ok(())) => saved_at = revision,
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the replica"),
                 Err(e) => tracing::warn!(error = %e, "saving the replica failed"),
@@ -195,11 +212,26 @@ mod tests {
                 session: None,
             });
         }
-        let history = vec![EventBatch {
-            revision: 3,
-            events: vec![],
-        }];
-        let bytes = encode(machine.to_snapshot_bytes(), history.clone());
+        let history = vec![
+            EventBatch {
+                revision: 2,
+                events: vec![],
+            },
+            EventBatch {
+                revision: 3,
+                events: vec![corral_proto::Event::KeyDeleted { key: "k9".into() }],
+            },
+        ];
+        let shared: Vec<Arc<EventBatch>> = history.iter().cloned().map(Arc::new).collect();
+        let mut bytes = Vec::new();
+        write(&mut bytes, &machine.to_snapshot_bytes(), &shared).unwrap();
+        // The parts make up the encoding of the file's record, as read back.
+        let whole = postcard::to_stdvec(&Saved {
+            snapshot: machine.to_snapshot_bytes(),
+            history: history.clone(),
+        })
+        .unwrap();
+        assert_eq!(&bytes[12..], &whole[..]);
         let (back, back_history) = decode(&bytes).unwrap();
         assert_eq!(back.revision(), 3);
         assert_eq!(back.to_snapshot_bytes(), machine.to_snapshot_bytes());

@@ -371,8 +371,8 @@ impl Replica {
     }
 
     /// The batches this replica keeps for subscribers to resume from, oldest first.
-    pub fn history(&self) -> impl Iterator<Item = &EventBatch> {
-        self.history.iter().map(|batch| batch.as_ref())
+    pub fn history(&self) -> impl Iterator<Item = &Arc<EventBatch>> {
+        self.history.iter()
     }
 
     fn remember(&mut self, batch: Arc<EventBatch>) {
