@@ -20,13 +20,13 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use machine::CpuPerOp;
-use report::{FailoverRun, FootprintRow, Results, Run};
+use report::{FailoverRun, FootprintRow, Results, Run, STATE_LABEL};
 use runner::{Op, Sample, closed_loop};
 use systems::corral::Corral;
 use systems::etcd::Etcd;
 use systems::etcd_api::{self, EtcdWorkload};
 use systems::zookeeper::ZooKeeper;
-use systems::{Freeze, LockVia, Lookup, Writes};
+use systems::{Freeze, LockVia, Lookup, VALUE_SIZE, Writes};
 
 #[derive(Debug, Parser)]
 #[command(about = "Corral, etcd and ZooKeeper side by side on one machine")]
@@ -512,7 +512,46 @@ async fn run_system(
                 .push((format!("{system} failover"), cluster.failover_setting()));
         }
     }
+    if footprint && let Cluster::Corral(corral) = cluster {
+        state_footprint(corral, results).await?;
+    }
     cluster.check_running()?;
+    Ok(())
+}
+
+/// Keys and value size of the state whose footprint the page shows.
+const STATE_KEYS: usize = 128_000;
+
+/// Corral's footprint holding [`STATE_KEYS`] keys of [`VALUE_SIZE`] bytes, once the
+/// cluster has had every other workload: on the core members, on agent a1 (which
+/// followed the writes) and on agent a4, started after them (its state came as a
+/// snapshot). Memory settles for a moment before the window.
+async fn state_footprint(corral: &mut Corral, results: &mut Results) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let revision = corral.fill_state(STATE_KEYS, VALUE_SIZE).await?;
+    println!(
+        "corral: {STATE_KEYS} keys of {VALUE_SIZE} B written in {:.1} s (revision {revision})",
+        started.elapsed().as_secs_f64()
+    );
+    corral.agent_reached(0, revision).await?;
+    let joined = std::time::Instant::now();
+    corral.join_agent(revision).await?;
+    println!(
+        "corral: agent a4 joined and holds the state after {:.2} s",
+        joined.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for f in machine::footprint(&corral.state_processes(), IDLE_WINDOW).await {
+        println!(
+            "corral footprint, {STATE_KEYS} keys: {} {:.1} MiB",
+            f.process, f.rss_mib
+        );
+        results.footprints.push(FootprintRow {
+            system: "Corral",
+            state: STATE_LABEL,
+            footprint: f,
+        });
+    }
     Ok(())
 }
 

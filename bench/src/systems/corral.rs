@@ -22,10 +22,12 @@ use crate::process::{self, Server, check_ports_free, output, wait_for};
 use crate::runner::{Op, op};
 
 const CORE_PORTS: [u16; 3] = [17001, 17002, 17003];
-const GOSSIP_PORTS: [u16; 3] = [17101, 17102, 17103];
-const HTTP_PORTS: [u16; 3] = [17201, 17202, 17203];
+/// Hosts a1..a3 run from the start; a4 joins once the state is filled (the footprint of
+/// an agent that took the state by snapshot).
+const GOSSIP_PORTS: [u16; 4] = [17101, 17102, 17103, 17104];
+const HTTP_PORTS: [u16; 4] = [17201, 17202, 17203, 17204];
 /// The agents' etcd v3 endpoints (`--etcd`).
-const ETCD_PORTS: [u16; 3] = [17301, 17302, 17303];
+const ETCD_PORTS: [u16; 4] = [17301, 17302, 17303, 17304];
 /// The shard looked up: its master is registered from host a2.
 const LOOKUP_MASTER: &str = "10.0.0.3:6379";
 
@@ -93,7 +95,7 @@ impl Corral {
                 "2",
             ],
         )?;
-        for name in ["core-1", "core-2", "core-3", "a1", "a2", "a3"] {
+        for name in ["core-1", "core-2", "core-3", "a1", "a2", "a3", "a4"] {
             output(
                 &bin,
                 &[
@@ -152,7 +154,7 @@ impl Corral {
             tls,
             cores,
             agents: Vec::new(),
-            sockets: (1..=3).map(|i| dir.join(format!("a{i}.sock"))).collect(),
+            sockets: (1..=4).map(|i| dir.join(format!("a{i}.sock"))).collect(),
             core_addresses,
             transport,
             failovers: 0,
@@ -279,6 +281,76 @@ impl Corral {
             .map(|s| (s.name.clone(), s.pid()))
             .collect();
         list.push((self.agents[0].name.clone(), self.agents[0].pid()));
+        list
+    }
+
+    /// Writes `keys` keys of `value_len` bytes straight to the core (32 writers), each
+    /// once; answers the revision of the last write.
+    pub async fn fill_state(&self, keys: usize, value_len: usize) -> anyhow::Result<u64> {
+        const WRITERS: usize = 32;
+        let client = Arc::new(self.core_client());
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last = 0;
+                for i in (w..keys).step_by(WRITERS) {
+                    let command = Command::Put {
+                        key: format!("state/{i:08}"),
+                        value: vec![b'v'; value_len],
+                        session: None,
+                    };
+                    let response = client.write(&command).await?;
+                    anyhow::ensure!(response.outcome.is_ok(), "{:?}", response.outcome);
+                    last = last.max(response.revision);
+                }
+                anyhow::Ok(last)
+            }));
+        }
+        let mut last = 0;
+        for task in tasks {
+            last = last.max(task.await??);
+        }
+        Ok(last)
+    }
+
+    /// Waits until agent `i` (0-based) serves a replica at `revision` or later.
+    pub async fn agent_reached(&self, i: usize, revision: u64) -> anyhow::Result<()> {
+        let socket = self.sockets[i].clone();
+        wait_for(
+            Duration::from_secs(120),
+            &format!("agent a{} to reach revision {revision}", i + 1),
+            || {
+                let socket = socket.clone();
+                async move {
+                    let client = AgentClient::connect(&socket).await.ok()?;
+                    let status = client.status().await.ok()?;
+                    (status.revision >= revision).then_some(())
+                }
+            },
+        )
+        .await
+    }
+
+    /// Starts host a4, which takes the whole state by snapshot, and waits until it
+    /// serves `revision`.
+    pub async fn join_agent(&mut self, revision: u64) -> anyhow::Result<()> {
+        self.spawn_agent(3)?;
+        self.agent_reached(3, revision).await
+    }
+
+    /// The core members, a1 (which followed every write) and a4 (which joined after).
+    pub fn state_processes(&self) -> Vec<(String, u32)> {
+        let mut list: Vec<(String, u32)> = self
+            .cores
+            .iter()
+            .map(|s| (s.name.clone(), s.pid()))
+            .collect();
+        for (agent, how) in [(0, "followed the writes"), (3, "joined after them")] {
+            if let Some(server) = self.agents.get(agent) {
+                list.push((format!("{} ({how})", server.name), server.pid()));
+            }
+        }
         list
     }
 
