@@ -125,7 +125,12 @@ impl CpuTicks {
         self.user + self.system
     }
 
-    fn since(self, earlier: CpuTicks) -> CpuTicks {
+    /// Seconds of CPU.
+    pub fn seconds(self) -> f64 {
+        self.total() as f64 / TICKS_PER_SECOND
+    }
+
+    pub fn since(self, earlier: CpuTicks) -> CpuTicks {
         CpuTicks {
             user: self.user.saturating_sub(earlier.user),
             system: self.system.saturating_sub(earlier.system),
@@ -160,7 +165,7 @@ fn read_process(pid: u32) -> Option<(CpuTicks, u64)> {
 }
 
 /// The CPU `processes` spent together, or None once one of them cannot be read.
-fn processes_cpu(processes: &[(String, u32)]) -> Option<CpuTicks> {
+pub fn processes_cpu(processes: &[(String, u32)]) -> Option<CpuTicks> {
     processes
         .iter()
         .try_fold(CpuTicks::default(), |sum, (_, pid)| {

@@ -5,6 +5,7 @@
 //! turn, drives the same workloads through each one's client library with the same
 //! closed loop, stops it, and writes `docs/benchmarks.md`, its SVG charts and raw CSV.
 
+mod fleet;
 mod grpc_floor;
 mod machine;
 mod process;
@@ -68,6 +69,22 @@ enum Action {
         #[arg(long, default_value = "bench/run.sh")]
         command_line: String,
     },
+    /// Corral's core CPU per write, and the delay to the last agent, for each fleet size:
+    /// three core members and N agents on loopback (printed, not written to the page).
+    Fleet {
+        /// The corral binary (a release build).
+        #[arg(long)]
+        corral: PathBuf,
+        /// Fleet sizes, one fresh cluster each.
+        #[arg(long, value_delimiter = ',', default_value = "3,50,200")]
+        agents: Vec<usize>,
+        /// Writes of 256 B per fleet size.
+        #[arg(long, default_value_t = 6000)]
+        writes: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+    },
     /// (internal) Hold a shard's master registration through a Corral agent.
     HoldCorral {
         socket: PathBuf,
@@ -93,6 +110,26 @@ fn main() -> anyhow::Result<()> {
         } => runtime.block_on(systems::corral::hold(&socket, &shard, &address)),
         Action::HoldEtcd { key, value } => runtime.block_on(systems::etcd::hold(&key, &value)),
         Action::HoldZookeeper { path } => runtime.block_on(systems::zookeeper::hold(&path)),
+        Action::Fleet {
+            corral,
+            agents,
+            writes,
+            writers,
+        } => {
+            if agents.is_empty() || agents.iter().any(|&n| n == 0 || n > 900) {
+                bail!("--agents: fleet sizes between 1 and 900");
+            }
+            if writes == 0 || writers == 0 || writers > writes {
+                bail!("--writes and --writers must be positive, with no more writers than writes");
+            }
+            let plan = fleet::FleetPlan {
+                corral,
+                agents,
+                writes,
+                writers,
+            };
+            runtime.block_on(fleet::run(&plan))
+        }
         Action::All {
             corral,
             out,

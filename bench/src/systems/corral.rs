@@ -70,6 +70,16 @@ fn gossip_defaults(binary: &str) -> String {
     }
 }
 
+/// `corral core --peers` for members 1, 2, 3.. at `addresses`.
+pub fn peers_arg(addresses: &[String]) -> String {
+    addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Agent a1's etcd endpoint: where an etcd client on host a1 connects.
 pub fn etcd_endpoints() -> Vec<String> {
     vec![format!("http://127.0.0.1:{}", ETCD_PORTS[0])]
@@ -114,12 +124,7 @@ impl Corral {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        let peers = core_addresses
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = peers_arg(&core_addresses);
         let mut cores = Vec::new();
         for (i, address) in core_addresses.iter().enumerate() {
             let id = i + 1;
