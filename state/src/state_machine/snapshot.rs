@@ -10,14 +10,9 @@ use super::{EarlierStateMachine, SnapshotError, StateMachine};
 use crate::session_table::{Owned, SessionIndex};
 
 impl StateMachine {
-    /// The state as bytes. Deterministic: equal states give equal bytes. Sized first, so
-    /// that the buffer is allocated once at its length (grown by doubling, it would take
-    /// up to twice the state while the state is being saved or sent).
+    /// The state as bytes. Deterministic: equal states give equal bytes.
     pub fn to_snapshot_bytes(&self) -> Vec<u8> {
-        let len = postcard::experimental::serialized_size(self)
-            .expect("the state machine always encodes");
-        postcard::to_extend(self, Vec::with_capacity(len))
-            .expect("the state machine always encodes")
+        postcard::to_stdvec(self).expect("the state machine always encodes")
     }
 
     /// Loads a state from snapshot bytes, rebuilding the derived indices and checking the
