@@ -769,25 +769,25 @@ fn agent_memory_goals(p: &mut String, results: &Results) {
             .collect()
     };
     let bytes = |f: &Footprint| f.rss_mib * 1024.0 * 1024.0;
-    for f in agents("idle") {
-        let _ = writeln!(
-            p,
-            "| an idle agent at most {:.0} MB resident | {}: {:.1} MB | {} |",
-            AGENT_IDLE_MAX / 1e6,
-            f.process,
-            bytes(f) / 1e6,
-            verdict(bytes(f) <= AGENT_IDLE_MAX)
-        );
-    }
-    for f in agents(STATE_LABEL) {
-        let _ = writeln!(
-            p,
-            "| an agent holding {STATE_LABEL} at most {:.0} MB resident | {}: {:.1} MB | {} |",
-            AGENT_STATE_MAX / 1e6,
-            f.process,
-            bytes(f) / 1e6,
-            verdict(bytes(f) <= AGENT_STATE_MAX)
-        );
+    let goals = [
+        ("idle", "an idle agent".to_string(), AGENT_IDLE_MAX),
+        (
+            STATE_LABEL,
+            format!("an agent holding {STATE_LABEL}"),
+            AGENT_STATE_MAX,
+        ),
+    ];
+    for (state, goal, max) in goals {
+        for f in agents(state) {
+            let _ = writeln!(
+                p,
+                "| {goal} at most {:.0} MB resident | {}: {:.1} MB | {} |",
+                max / 1e6,
+                f.process,
+                bytes(f) / 1e6,
+                verdict(bytes(f) <= max)
+            );
+        }
     }
 }
 
