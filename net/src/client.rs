@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use corral_proto::access::AccessTable;
-use corral_proto::frame::{self, FRAME_LEN_MAX};
+use corral_proto::frame::{self, FRAME_LEN_MAX, FrameError};
 use corral_proto::{Command, CommandResponse, KeyValue, Revision};
 use parking_lot::Mutex;
 use quinn::{RecvStream, SendStream};
@@ -395,6 +396,15 @@ impl CoreClient {
         }
     }
 
+    /// Opens a progress-only stream on the member at `address` ([`CoreRequest::Beats`]).
+    pub async fn beats(&self, address: &str) -> Result<WatchStream, ClientError> {
+        let (send, receive) = self
+            .transport
+            .open_stream(address, CORE_NAME, &CoreRequest::Beats)
+            .await?;
+        Ok(WatchStream::from_streams(send, receive))
+    }
+
     /// Opens a watch stream on the member at `address`, from after revision `after`.
     pub async fn watch(
         &self,
@@ -405,11 +415,7 @@ impl CoreClient {
             .transport
             .open_stream(address, CORE_NAME, &CoreRequest::Watch { after })
             .await?;
-        Ok(WatchStream {
-            send: Some(send),
-            receive,
-            received: 0,
-        })
+        Ok(WatchStream::from_streams(send, receive))
     }
 }
 
@@ -447,6 +453,33 @@ impl WatchStream {
         frame::read_frame::<_, WatchItem>(&mut counted, FRAME_LEN_MAX)
             .await
             .map_err(|e| ClientError::Unavailable(format!("watch stream failed: {e}")))
+    }
+
+    /// The next item and the frame it came in, as received (a relay forwards entries'
+    /// frames as they are); `Ok(None)` when the source ended the stream.
+    pub async fn next_frame(&mut self) -> Result<Option<(WatchItem, Bytes)>, ClientError> {
+        let mut counted = Counted {
+            inner: &mut self.receive,
+            bytes: &mut self.received,
+        };
+        let failed = |e: FrameError| ClientError::Unavailable(format!("watch stream failed: {e}"));
+        let Some(raw) = frame::read_raw_frame(&mut counted, FRAME_LEN_MAX)
+            .await
+            .map_err(failed)?
+        else {
+            return Ok(None);
+        };
+        let item = frame::decode_body(&raw[frame::FRAME_HEADER_LEN..]).map_err(failed)?;
+        Ok(Some((item, Bytes::from(raw))))
+    }
+
+    /// Wraps a stream opened by other means (an agent's relay) as a watch stream.
+    pub fn from_streams(send: SendStream, receive: RecvStream) -> Self {
+        WatchStream {
+            send: Some(send),
+            receive,
+            received: 0,
+        }
     }
 
     /// Bytes read from the stream so far (frames and their headers).

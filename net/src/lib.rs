@@ -23,3 +23,4 @@ pub mod batching;
 pub mod client;
 pub mod rpc;
 pub mod transport;
+pub mod watch_serve;

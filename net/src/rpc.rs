@@ -76,6 +76,10 @@ pub enum CoreRequest {
     },
     /// The access rules, token digests, their enforcement and the quota (admin only).
     Access,
+    /// A watch stream that carries progress items only, no entries: an agent fed by
+    /// another agent beats on it (the core hears it as on a watch) and learns from it how
+    /// far the core is, its leader and its term.
+    Beats,
 }
 
 /// Most commands in one `WriteBatch`.

@@ -146,6 +146,22 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    match read_raw_frame(reader, len_max).await? {
+        Some(frame) => decode_body(&frame[FRAME_HEADER_LEN..]).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame from `reader` as it came, header included, without decoding it (a
+/// relay forwards the very bytes it received). `Ok(None)` and errors as [`read_frame`].
+#[cfg(feature = "io")]
+pub async fn read_raw_frame<R>(
+    reader: &mut R,
+    len_max: usize,
+) -> Result<Option<Vec<u8>>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut header = [0u8; FRAME_HEADER_LEN];
     let mut got = 0;
     while got < FRAME_HEADER_LEN {
@@ -167,27 +183,29 @@ where
         got: FRAME_HEADER_LEN + got,
     };
     if len <= READ_CHUNK_LEN {
-        let mut body = vec![0u8; len];
+        let mut frame = vec![0u8; FRAME_HEADER_LEN + len];
+        frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
         let mut got = 0;
         while got < len {
-            match reader.read(&mut body[got..]).await? {
+            match reader.read(&mut frame[FRAME_HEADER_LEN + got..]).await? {
                 0 => return Err(truncated(got)),
                 n => got += n,
             }
         }
-        return decode_body(&body).map(Some);
+        return Ok(Some(frame));
     }
     // Grow the buffer as bytes arrive rather than trusting the declared length, so that a
     // peer announcing a large frame and then stalling holds little memory.
-    let mut body = Vec::with_capacity(READ_CHUNK_LEN);
+    let mut frame = Vec::with_capacity(READ_CHUNK_LEN);
+    frame.extend_from_slice(&header);
     let got = (&mut *reader)
         .take(len as u64)
-        .read_to_end(&mut body)
+        .read_to_end(&mut frame)
         .await?;
     if got < len {
         return Err(truncated(got));
     }
-    decode_body(&body).map(Some)
+    Ok(Some(frame))
 }
 
 /// Writes `message` as one frame and flushes it.

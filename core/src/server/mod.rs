@@ -13,6 +13,7 @@ pub mod state_check;
 mod watch_stream;
 
 pub use config::{CoreConfig, parse_peers};
+pub use corral_net::watch_serve::WATCH_PROGRESS_INTERVAL;
 pub use member::{
     CONNECTIONS_MAX, CoreMember, FatalError, READ_INDEX_TIMEOUT, REQUEST_READ_TIMEOUT, StartError,
     WRITE_TIMEOUT,
@@ -20,4 +21,3 @@ pub use member::{
 pub use proposer::{
     PROPOSAL_BYTES_MAX, PROPOSAL_COMMANDS_MAX, PROPOSAL_QUEUE_MAX, PROPOSALS_IN_FLIGHT_MAX,
 };
-pub use watch_stream::WATCH_PROGRESS_INTERVAL;

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use super::{CONNECTIONS_MAX, CoreMember, REQUEST_READ_TIMEOUT, rules};
 use crate::raft_rpc::{ALPN_RAFT, RaftRequest, RaftResponse};
 use crate::server::actor::{self, PeerNames};
-use crate::server::watch_stream;
+use crate::server::watch_stream::{self, Served};
 
 impl CoreMember {
     pub(super) async fn accept_loop(self: Arc<Self>) {
@@ -97,9 +97,14 @@ impl CoreMember {
             return;
         };
         let (connection, peer, mut send, receive) = stream;
-        if let CoreRequest::Watch { after } = request {
+        let served = match request {
+            CoreRequest::Watch { after } => Some(Served::Entries(after)),
+            CoreRequest::Beats => Some(Served::Progress),
+            _ => None,
+        };
+        if let Some(served) = served {
             // The watcher's beats follow on this stream: it has no end to take.
-            watch_stream::serve(&self, &connection, after, send, receive).await;
+            watch_stream::serve(&self, &connection, served, send, receive).await;
             return;
         }
         let response = self.handle(&peer, request).await;
@@ -204,7 +209,7 @@ impl CoreMember {
                     .read(|a| (a.machine.revision(), a.machine.get(&key)));
                 CoreResponse::Get { revision, value }
             }
-            CoreRequest::Watch { .. } => {
+            CoreRequest::Watch { .. } | CoreRequest::Beats => {
                 CoreResponse::Error(CoreError::BadRequest("a watch needs its own stream".into()))
             }
             CoreRequest::Status => CoreResponse::Status(self.status().await),
