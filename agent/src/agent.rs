@@ -87,6 +87,8 @@ pub struct AgentConfig {
     pub gossip: GossipConfig,
     /// Longest the worker polls for the next request before it sleeps (zero: never).
     pub idle_poll_max: Duration,
+    /// Which agents feed which (top zero: the core feeds every agent).
+    pub feed_tree: crate::replica::feed_tree::FeedTree,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +233,15 @@ impl Agent {
                 core.clone(),
                 replica.clone(),
                 gossip.identity.clone(),
+                config
+                    .feed_tree
+                    .relays()
+                    .then(|| crate::replica::feed::Relays {
+                        name: config.name.clone(),
+                        view: gossip.view.clone(),
+                        transport: gossip_transport.clone(),
+                        tree: config.feed_tree,
+                    }),
                 shutdown_receiver.clone(),
             )),
             tokio::spawn(node_session::run(
@@ -272,6 +283,15 @@ impl Agent {
                 shutdown_receiver.clone(),
             )),
         ];
+        if let Some(connections) = gossip_transport.relay_connections() {
+            // Served whatever this agent's own tree says: another agent may see the
+            // membership differently, or run with relays where this one does not.
+            tasks.push(tokio::spawn(crate::replica::relay::run(
+                replica.clone(),
+                connections,
+                shutdown_receiver.clone(),
+            )));
+        }
         if let Some(saved) = saved {
             tasks.push(tokio::spawn(crate::replica::on_disk::check_against_core(
                 core.clone(),

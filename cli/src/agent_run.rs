@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use corral_agent::agent::{Agent, AgentConfig};
 use corral_agent::gossip::{GossipConfig, config};
 use corral_agent::http::HttpPolicy;
+use corral_agent::replica::feed_tree;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -122,6 +123,15 @@ struct RunArgs {
     #[arg(long, env = "CORRAL_IDLE_POLL_US", default_value_t = AGENT_IDLE_POLL_US,
           value_parser = clap::value_parser!(u64).range(0..=IDLE_POLL_US_MAX))]
     idle_poll_us: u64,
+    /// Agents the core feeds directly; the others are fed by agents, in a tree
+    /// (`--feed-fanout` each). 0: the core feeds every agent.
+    #[arg(long, env = "CORRAL_FEED_TOP", default_value_t = feed_tree::TOP_DEFAULT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000))]
+    feed_top: usize,
+    /// Agents each agent feeds, on average, in the feed tree.
+    #[arg(long, env = "CORRAL_FEED_FANOUT", default_value_t = feed_tree::FANOUT_DEFAULT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=64))]
+    feed_fanout: usize,
 }
 
 /// The agent's default longest polling window, in µs.
@@ -210,6 +220,10 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         tls_dir: args.tls_dir.ok_or_else(|| missing("tls-dir"))?,
         gossip,
         idle_poll_max: Duration::from_micros(args.idle_poll_us),
+        feed_tree: feed_tree::FeedTree {
+            top: args.feed_top,
+            fanout: args.feed_fanout,
+        },
     };
     super::runtime_with_workers(Some(args.worker_threads))?.block_on(async move {
         let agent = Arc::new(Agent::start(config).await?);

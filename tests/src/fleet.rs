@@ -16,6 +16,8 @@ pub struct Fleet {
     pub core: CoreCluster,
     pub agents: BTreeMap<String, AgentProcess>,
     root: PathBuf,
+    /// Given to every agent after the usual ones.
+    agent_args: Vec<String>,
 }
 
 pub struct AgentProcess {
@@ -46,12 +48,19 @@ impl Fleet {
     /// Starts a three-member core and `agents` agents named `a1`..; the first agent is
     /// everyone's seed. Call within a tokio runtime.
     pub async fn start(root: &Path, agents: usize) -> Fleet {
+        Self::start_with(root, agents, &[]).await
+    }
+
+    /// As [`Fleet::start`], with `agent_args` given to every agent (and to those started
+    /// again).
+    pub async fn start_with(root: &Path, agents: usize, agent_args: &[&str]) -> Fleet {
         let core = CoreCluster::start(root, CoreOptions::default());
         core.wait_for_leader(Duration::from_secs(20)).await;
         let mut fleet = Fleet {
             core,
             agents: BTreeMap::new(),
             root: root.to_path_buf(),
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 1..=agents {
             let name = format!("a{i}");
@@ -90,8 +99,9 @@ impl Fleet {
         let core: Vec<String> = self.core.addresses.values().cloned().collect();
         let root = self.root.clone();
         let tls = self.core.pki.dir.clone();
+        let extra = self.agent_args.clone();
         let agent = self.agents.get_mut(name).expect("a known agent");
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "agent".into(),
             "--name".into(),
             name.into(),
@@ -112,6 +122,7 @@ impl Fleet {
             "--tls-dir".into(),
             tls.display().to_string(),
         ];
+        args.extend(extra);
         let log = root.join(format!("agent-{name}.log"));
         agent.process = Some(ChildProcess::spawn(name, &args, &log, &[]));
     }

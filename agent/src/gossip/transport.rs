@@ -10,6 +10,10 @@
 //! other than the name in its connection's certificate is dropped before it reaches foca.
 //! Queues are bounded and sending never blocks the gossip task: when a peer is slow or
 //! unreachable its packets are dropped, which gossip tolerates by design.
+//!
+//! The same endpoint carries the relay protocol (ALPN [`ALPN_RELAY`]): agents feeding
+//! agents. A connection of that protocol is handed to the relay server
+//! ([`crate::replica::relay`]); a gossip connection may not open streams.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +31,7 @@ use tokio::sync::mpsc;
 
 use super::config::GOSSIP_PACKET_LEN_MAX;
 use super::identity::NodeIdentity;
+use crate::replica::relay::ALPN_RELAY;
 
 /// ALPN of gossip connections.
 pub const ALPN_GOSSIP: &[u8] = b"corral-gossip/1";
@@ -36,6 +41,9 @@ pub const PEER_QUEUE_LEN_MAX: usize = 256;
 
 /// Packets received and not yet taken by the gossip task.
 pub const INBOUND_QUEUE_LEN_MAX: usize = 8192;
+
+/// Relay connections accepted and not yet taken by the relay server.
+const RELAY_QUEUE_LEN_MAX: usize = 64;
 
 /// A link with no packet to send for this long is closed.
 const LINK_IDLE: Duration = Duration::from_secs(120);
@@ -67,18 +75,29 @@ pub enum GossipTransportError {
     Bind { address: SocketAddr, reason: String },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot reach the relay at {address}: {reason}")]
+    Relay { address: SocketAddr, reason: String },
+}
+
+/// The client configurations of the endpoint's two protocols.
+#[derive(Clone)]
+struct ClientConfigs {
+    gossip: quinn::ClientConfig,
+    relay: quinn::ClientConfig,
 }
 
 pub struct GossipTransport {
     endpoint: Endpoint,
     /// Replaced when the TLS files are reloaded.
-    client_config: Mutex<quinn::ClientConfig>,
+    client_config: Mutex<ClientConfigs>,
     links: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
     /// The newest connection with each peer address, whichever side opened it. A peer
     /// that restarted dials us afresh, and its old connection is dead: packets for it
     /// must go on the new one at once, not after the old one's idle timeout.
     newest: Mutex<HashMap<SocketAddr, Connection>>,
     inbound: mpsc::Sender<Inbound>,
+    relays: mpsc::Sender<Connection>,
+    relay_receiver: Mutex<Option<mpsc::Receiver<Connection>>>,
     pub counters: Arc<GossipCounters>,
 }
 
@@ -90,11 +109,13 @@ impl std::fmt::Debug for GossipTransport {
     }
 }
 
-fn transport_config() -> TransportConfig {
+/// `streams`: the bidirectional streams a peer may open (a relay's watchers open one per
+/// connection; gossip opens none).
+fn transport_config(streams: u32) -> TransportConfig {
     let mut config = TransportConfig::default();
     config.max_idle_timeout(Some(VarInt::from_u32(5_000).into()));
     config.keep_alive_interval(Some(Duration::from_secs(1)));
-    config.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    config.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     config.max_concurrent_uni_streams(VarInt::from_u32(0));
     config.datagram_receive_buffer_size(Some(1024 * 1024));
     config.datagram_send_buffer_size(1024 * 1024);
@@ -113,25 +134,63 @@ impl GossipTransport {
 
     fn configs(
         identity: &TlsIdentity,
-    ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), GossipTransportError> {
+    ) -> Result<(quinn::ServerConfig, ClientConfigs), GossipTransportError> {
         let tls = |e: &dyn std::fmt::Display| GossipTransportError::Tls(e.to_string());
         let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
             identity
-                .server_config(&[ALPN_GOSSIP])
+                .server_config(&[ALPN_GOSSIP, ALPN_RELAY])
                 .map_err(|e| tls(&e))?,
         )
         .map_err(|e| tls(&e))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(Arc::new(transport_config()));
-        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
-            identity
-                .client_config_any_member(&[ALPN_GOSSIP])
-                .map_err(|e| tls(&e))?,
-        )
-        .map_err(|e| tls(&e))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client_config.transport_config(Arc::new(transport_config()));
-        Ok((server, client_config))
+        server.transport_config(Arc::new(transport_config(1)));
+        let client = |alpn: &[u8]| -> Result<quinn::ClientConfig, GossipTransportError> {
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
+                identity
+                    .client_config_any_member(&[alpn])
+                    .map_err(|e| tls(&e))?,
+            )
+            .map_err(|e| tls(&e))?;
+            let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+            config.transport_config(Arc::new(transport_config(0)));
+            Ok(config)
+        };
+        Ok((
+            server,
+            ClientConfigs {
+                gossip: client(ALPN_GOSSIP)?,
+                relay: client(ALPN_RELAY)?,
+            },
+        ))
+    }
+
+    /// The relay connections other agents open to this one; the first call takes them.
+    pub fn relay_connections(&self) -> Option<mpsc::Receiver<Connection>> {
+        self.relay_receiver.lock().take()
+    }
+
+    /// Connects to the relay of the agent `name` at `address`: the peer must hold a
+    /// certificate of the cluster that names it.
+    pub async fn connect_relay(
+        &self,
+        address: SocketAddr,
+        name: &str,
+    ) -> Result<Connection, GossipTransportError> {
+        let failed = |reason: String| GossipTransportError::Relay { address, reason };
+        let config = self.client_config.lock().relay.clone();
+        let connecting = self
+            .endpoint
+            .connect_with(config, address, "member")
+            .map_err(|e| failed(e.to_string()))?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| failed("handshake timed out".into()))?
+            .map_err(|e| failed(e.to_string()))?;
+        if !peer_certificate(&connection).is_some_and(|cert| certificate_has_name(&cert, name)) {
+            connection.close(VarInt::from_u32(1), b"not the agent asked for");
+            return Err(failed(format!("its certificate does not name {name}")));
+        }
+        Ok(connection)
     }
 
     /// Listens on `listen`. Accepted datagrams go to the returned receiver.
@@ -146,12 +205,15 @@ impl GossipTransport {
                 reason: e.to_string(),
             })?;
         let (inbound, receiver) = mpsc::channel(INBOUND_QUEUE_LEN_MAX);
+        let (relays, relay_receiver) = mpsc::channel(RELAY_QUEUE_LEN_MAX);
         let transport = Arc::new(GossipTransport {
             endpoint,
             client_config: Mutex::new(client_config),
             links: Mutex::new(HashMap::new()),
             newest: Mutex::new(HashMap::new()),
             inbound,
+            relays,
+            relay_receiver: Mutex::new(Some(relay_receiver)),
             counters: Arc::new(GossipCounters::default()),
         });
         tokio::spawn(accept_loop(transport.clone()));
@@ -254,17 +316,43 @@ async fn accept_loop(transport: Arc<GossipTransport>) {
         let transport = transport.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
+                Ok(Ok(connection)) if protocol(&connection).as_deref() == Some(ALPN_RELAY) => {
+                    if let Err(mpsc::error::TrySendError::Full(connection)) =
+                        transport.relays.try_send(connection)
+                    {
+                        connection.close(VarInt::from_u32(2), b"relay busy");
+                    }
+                }
                 Ok(Ok(connection)) => {
                     transport
                         .newest
                         .lock()
                         .insert(connection.remote_address(), connection.clone());
+                    tokio::spawn(refuse_streams(connection.clone()));
                     read_datagrams(transport, connection).await
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "gossip handshake failed"),
                 Err(_) => tracing::debug!("gossip handshake timed out"),
             }
         });
+    }
+}
+
+/// The application protocol a connection negotiated.
+fn protocol(connection: &Connection) -> Option<Vec<u8>> {
+    connection
+        .handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Gossip travels in datagrams: a stream opened on a gossip connection is refused at once
+/// rather than left to hold the peer's data.
+async fn refuse_streams(connection: Connection) {
+    while let Ok((mut send, mut receive)) = connection.accept_bi().await {
+        let _ = send.reset(VarInt::from_u32(1));
+        let _ = receive.stop(VarInt::from_u32(1));
     }
 }
 
@@ -291,7 +379,7 @@ async fn link(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let config = transport.client_config.lock().clone();
+        let config = transport.client_config.lock().gossip.clone();
         let connection = match transport.endpoint.connect_with(config, address, "member") {
             Ok(connecting) => match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                 Ok(Ok(connection)) => Some(connection),

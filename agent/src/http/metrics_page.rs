@@ -92,13 +92,29 @@ pub(super) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoRes
     );
     page.counter(
         "corral_agent_replica_feed_streams",
-        "Watch streams the replica feed opened to core members; one that keeps rising says \
-         the feed keeps losing its stream",
+        "Watch streams the replica feed opened to core members and relays; one that keeps \
+         rising says the feed keeps losing its stream",
         context.replica.feed_streams(),
+    );
+    page.gauge(
+        "corral_agent_replica_fed_by_relay",
+        "1 while another agent feeds the replica (the feed tree), 0 while a core member does",
+        u64::from(
+            context
+                .replica
+                .feed()
+                .is_some_and(|f| f.starts_with("relay ")),
+        ),
+    );
+    page.gauge(
+        "corral_agent_relay_streams",
+        "Watch streams this agent serves to the agents it feeds",
+        context.replica.relay_streams(),
     );
     page.counter(
         "corral_agent_replica_fed_bytes",
-        "Bytes the replica read from the core's watch streams since the agent started",
+        "Bytes the replica read from its watch streams (core members' and relays') since the \
+         agent started",
         context.replica.fed_bytes(),
     );
     page.gauge("corral_agent_keys", "Keys in the replica", counts.keys);

@@ -1,12 +1,15 @@
 //! The replica as the agent's tasks share it: reads under a read lock, a revision that
-//! writers wait on, and a signal for every applied batch.
+//! writers wait on, a signal for every applied batch, and the frames of the recent
+//! entries that the agent relays to the agents it feeds ([`super::relay`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use corral_net::rpc::WatchItem;
-use corral_proto::{Command, EventBatch, Revision};
+use corral_net::watch_serve::{FrameHistory, WatchSignal, WatchSource, WatchStart};
+use corral_proto::{Command, EventBatch, Revision, frame};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, watch};
 
@@ -14,6 +17,15 @@ use super::replica::{ItemOutcome, Replica, ReplicaError};
 
 /// Signals buffered for subscribers; one that falls further behind resumes from history.
 pub const SIGNALS_BUFFER: usize = 16 * 1024;
+
+/// Most entries whose frames are kept for the agents this one feeds: enough for one that
+/// lost its feeder to resume here without a snapshot.
+pub const RELAY_HISTORY_ENTRIES_MAX: usize = 20_000;
+/// Most bytes of frames kept for the agents this one feeds.
+pub const RELAY_HISTORY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Revisions the core was heard at, waiting for the replica to reach them.
+const PENDING_FRESH_MAX: usize = 64;
 
 #[derive(Clone, Debug)]
 pub enum ReplicaSignal {
@@ -37,6 +49,15 @@ pub struct SharedReplica {
     /// The core's Raft term and leader, as the feed last heard them.
     term: AtomicU64,
     leader: AtomicU64,
+    /// The frames of the entries the replica applied, in order, for relaying. Locked
+    /// after `state`, never before.
+    relay: Mutex<FrameHistory>,
+    /// Watch streams this agent serves to the agents it feeds.
+    relay_streams: AtomicU64,
+    /// Revisions a core member had applied when it echoed a beat sent at the instant
+    /// beside them (progress-only streams): the replica is as fresh as that beat once it
+    /// reaches the revision.
+    pending_fresh: Mutex<std::collections::VecDeque<(Revision, Instant)>>,
 }
 
 impl Default for SharedReplica {
@@ -57,6 +78,12 @@ impl SharedReplica {
             fed_bytes: AtomicU64::new(0),
             term: AtomicU64::new(0),
             leader: AtomicU64::new(0),
+            relay: Mutex::new(FrameHistory::new(
+                RELAY_HISTORY_ENTRIES_MAX,
+                RELAY_HISTORY_BYTES_MAX,
+            )),
+            relay_streams: AtomicU64::new(0),
+            pending_fresh: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -128,14 +155,18 @@ impl SharedReplica {
         history: Vec<corral_proto::EventBatch>,
     ) {
         let revision = machine.revision();
-        self.state.write().install_saved(machine, history);
+        let mut state = self.state.write();
+        state.install_saved(machine, history);
+        self.relay.lock().reset(revision);
         self.revision.send_replace(revision);
     }
 
     /// Drops the state (one that cannot belong to the core): subscribers are reset and
     /// the feed's next item makes it fetch a snapshot.
     pub fn start_over(&self) {
-        *self.state.write() = Replica::new();
+        let mut state = self.state.write();
+        *state = Replica::new();
+        self.relay.lock().reset(0);
         let _ = self.signals.send(ReplicaSignal::Replaced(0));
         self.revision.send_replace(0);
     }
@@ -157,24 +188,43 @@ impl SharedReplica {
         self.revision.subscribe()
     }
 
-    /// Applies one watch item and tells waiters and subscribers.
-    pub(crate) fn handle_item(&self, item: WatchItem) -> Result<ItemOutcome, ReplicaError> {
+    /// Applies one watch item and tells waiters and subscribers; `frame` is the frame the
+    /// item came in, kept for relaying when it is an entry (None: encoded here if needed).
+    pub(crate) fn handle_item(
+        &self,
+        item: WatchItem,
+        frame: Option<Bytes>,
+    ) -> Result<ItemOutcome, ReplicaError> {
         let mut state = self.state.write();
+        let entry_frame = match &item {
+            WatchItem::Entry { revision, command } => Some((
+                *revision,
+                frame.unwrap_or_else(|| entry_frame(*revision, command)),
+            )),
+            _ => None,
+        };
         let outcome = state.handle_item(item);
         match &outcome {
             Ok(ItemOutcome::Applied(batch)) => {
                 // Under the write lock, so signals go out in revision order.
+                if let Some((revision, frame)) = entry_frame {
+                    self.relay.lock().push(revision, frame);
+                }
                 let _ = self.signals.send(ReplicaSignal::Applied(batch.clone()));
                 self.revision.send_replace(batch.revision);
+                self.reached(batch.revision);
             }
             Ok(ItemOutcome::Replaced(revision)) => {
+                self.relay.lock().reset(*revision);
                 let _ = self.signals.send(ReplicaSignal::Replaced(*revision));
                 self.revision.send_replace(*revision);
+                self.reached(*revision);
                 drop(state);
                 release_freed_memory();
             }
             Ok(ItemOutcome::Nothing | ItemOutcome::Progress(_)) => {}
             Err(ReplicaError::Diverged { .. }) => {
+                self.relay.lock().reset(0);
                 let _ = self.signals.send(ReplicaSignal::Replaced(0));
                 self.revision.send_replace(0);
             }
@@ -183,18 +233,73 @@ impl SharedReplica {
         outcome
     }
 
+    /// A core member had applied `revision` when it echoed a beat sent at `at`: once the
+    /// replica holds that revision, it is as fresh as that beat.
+    pub(crate) fn core_at(&self, revision: Revision, at: Instant) {
+        if self.revision() >= revision {
+            self.heard_at(at);
+            return;
+        }
+        let mut pending = self.pending_fresh.lock();
+        if pending.len() == PENDING_FRESH_MAX {
+            pending.pop_front();
+        }
+        pending.push_back((revision, at));
+    }
+
+    /// Since when the replica has been behind a revision the core was heard at (None: it
+    /// is not): a feeder that keeps it behind for long is withholding entries.
+    pub(crate) fn behind_core_since(&self) -> Option<Instant> {
+        self.pending_fresh.lock().front().map(|(_, at)| *at)
+    }
+
+    /// Forgets the revisions the core was heard at (the replica follows a core member's
+    /// stream again, whose own progress dates it).
+    pub(crate) fn forget_core_progress(&self) {
+        self.pending_fresh.lock().clear();
+    }
+
+    /// The replica reached `revision`: the beats of revisions up to it date it.
+    fn reached(&self, revision: Revision) {
+        let mut pending = self.pending_fresh.lock();
+        let mut newest = None;
+        while let Some((_, at)) = pending.front().filter(|(r, _)| *r <= revision) {
+            newest = Some(*at);
+            pending.pop_front();
+        }
+        drop(pending);
+        if let Some(at) = newest {
+            self.heard_at(at);
+        }
+    }
+
+    /// Watch streams this agent serves now to the agents it feeds.
+    pub fn relay_streams(&self) -> u64 {
+        self.relay_streams.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn relay_stream_started(&self) -> RelayStreamGuard<'_> {
+        self.relay_streams.fetch_add(1, Ordering::Relaxed);
+        RelayStreamGuard(self)
+    }
+
     /// Applies the agent's own write when the replica is one revision behind it (see
     /// [`Replica::apply_own`]), and tells waiters and subscribers as for a stream entry.
     pub(crate) fn apply_own(&self, revision: Revision, command: &Command) {
         let mut state = self.state.write();
         match state.apply_own(revision, command) {
             Ok(Some(batch)) => {
+                self.relay
+                    .lock()
+                    .push(revision, entry_frame(revision, command));
                 let _ = self.signals.send(ReplicaSignal::Applied(batch));
                 self.revision.send_replace(revision);
+                self.reached(revision);
             }
             Ok(None) => {}
             Err(error) => {
                 tracing::error!(%error, "the replica diverged applying this agent's own write; it starts over from a snapshot");
+                self.relay.lock().reset(0);
                 let _ = self.signals.send(ReplicaSignal::Replaced(0));
                 self.revision.send_replace(0);
             }
@@ -217,6 +322,53 @@ impl SharedReplica {
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(current)) => Ok(*current),
             _ => Err(self.revision()),
+        }
+    }
+}
+
+/// One relayed stream, counted while it lasts.
+#[derive(Debug)]
+pub(crate) struct RelayStreamGuard<'a>(&'a SharedReplica);
+
+impl Drop for RelayStreamGuard<'_> {
+    fn drop(&mut self) {
+        self.0.relay_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The watch frame of an entry, as a core member encodes it (the encoding is
+/// deterministic: the same entry gives the same bytes everywhere).
+fn entry_frame(revision: Revision, command: &Command) -> Bytes {
+    let item = WatchItem::Entry {
+        revision,
+        command: command.clone(),
+    };
+    // An applied command always fits in a frame: the core validated it against
+    // COMMAND_LEN_MAX, far below the frame limit.
+    Bytes::from(frame::encode(&item).expect("an applied command fits in a watch frame"))
+}
+
+/// The agents this one feeds are served what the replica applied, as a core member
+/// serves its watchers. A replica with no state yet serves nothing.
+impl WatchSource for SharedReplica {
+    fn watch_from(
+        &self,
+        after: Option<Revision>,
+    ) -> (WatchStart, broadcast::Receiver<WatchSignal>) {
+        let state = self.state.read();
+        let relay = self.relay.lock();
+        relay.watch_from(after, state.revision(), || {
+            state.machine().to_snapshot_bytes()
+        })
+    }
+
+    /// How far the replica is; the leader and term as this agent last heard them.
+    fn progress(&self, beat: Option<u64>) -> WatchItem {
+        WatchItem::Progress {
+            revision: self.revision(),
+            leader: self.leader(),
+            term: self.term(),
+            beat,
         }
     }
 }
