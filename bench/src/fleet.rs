@@ -4,7 +4,8 @@
 //! ```text
 //!  for N in --agents: 3 core members + N agents on loopback (fresh cluster)
 //!    idle window ─► core CPU at rest            (beats and progress of N streams)
-//!    W writes of 256 B straight to the core, C writers ─► core CPU over the writes
+//!    W writes of 256 B straight to the core, C writers, at a fixed rate for every size
+//!      ─► core CPU over the writes
 //!    every agent subscribed to the written prefix ─► arrival of each write at the last
 //!    agent, from its acknowledgement
 //! ```
@@ -39,6 +40,10 @@ pub struct FleetPlan {
     pub agents: Vec<usize>,
     pub writes: usize,
     pub writers: usize,
+    /// The agents' `--feed-top` (None: their default).
+    pub feed_top: Option<usize>,
+    /// Writes per second, the same for every fleet size (None: as fast as they go).
+    pub rate: Option<u64>,
 }
 
 /// Runs the plan, one fleet size after the other, printing each size's figures and a
@@ -58,8 +63,13 @@ pub async fn run(plan: &FleetPlan) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&root);
     println!(
-        "\n== summary ({} writes of {VALUE_LEN} B, {} writers, straight to the core)",
-        plan.writes, plan.writers
+        "\n== summary ({} writes of {VALUE_LEN} B, {} writers, {}, straight to the core)",
+        plan.writes,
+        plan.writers,
+        plan.rate
+            .map_or("as fast as they go".to_string(), |r| format!(
+                "{r} per second"
+            ))
     );
     for line in lines {
         println!("{line}");
@@ -68,7 +78,7 @@ pub async fn run(plan: &FleetPlan) -> anyhow::Result<()> {
 }
 
 async fn one_size(plan: &FleetPlan, dir: &Path, agents: usize) -> anyhow::Result<String> {
-    let fleet = Fleet::start(&plan.corral, dir, agents).await?;
+    let fleet = Fleet::start(&plan.corral, dir, agents, plan.feed_top).await?;
     let cores = fleet.core_pids();
     // At rest: what the fleet's streams cost the core with no write.
     let rest = Duration::from_secs(3);
@@ -108,12 +118,22 @@ async fn one_size(plan: &FleetPlan, dir: &Path, agents: usize) -> anyhow::Result
     let before = processes_cpu(&cores).context("core CPU")?;
     let last_revision = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
-    for w in 0..plan.writers {
+    let next = Arc::new(AtomicU64::new(0));
+    for _ in 0..plan.writers {
         let (core, arrivals) = (core.clone(), arrivals.clone());
-        let last_revision = last_revision.clone();
-        let (writes, stride) = (plan.writes, plan.writers);
+        let (last_revision, next) = (last_revision.clone(), next.clone());
+        let (writes, rate) = (plan.writes as u64, plan.rate);
         writers.push(tokio::spawn(async move {
-            for i in (w..writes).step_by(stride) {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= writes {
+                    return anyhow::Ok(());
+                }
+                if let Some(rate) = rate {
+                    // Write i is due i / rate seconds after the start.
+                    let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let command = Command::Put {
                     key: format!("fleet/{i}"),
                     value: vec![b'v'; VALUE_LEN],
@@ -121,10 +141,9 @@ async fn one_size(plan: &FleetPlan, dir: &Path, agents: usize) -> anyhow::Result
                 };
                 let response = core.write(&command).await?;
                 anyhow::ensure!(response.outcome.is_ok(), "{:?}", response.outcome);
-                arrivals.acknowledged(i);
+                arrivals.acknowledged(i as usize);
                 last_revision.fetch_max(response.revision, Ordering::Relaxed);
             }
-            anyhow::Ok(())
         }));
     }
     for writer in writers {
@@ -133,9 +152,10 @@ async fn one_size(plan: &FleetPlan, dir: &Path, agents: usize) -> anyhow::Result
     let written = started.elapsed();
     let last = last_revision.load(Ordering::Relaxed);
     // The core's work for a write ends when the last agent has it: measured until then.
+    let mut relayed = 0;
     for socket in &fleet.sockets {
         let socket = socket.clone();
-        wait_for(
+        let feed = wait_for(
             Duration::from_secs(120),
             "every agent to have every write",
             || {
@@ -147,11 +167,12 @@ async fn one_size(plan: &FleetPlan, dir: &Path, agents: usize) -> anyhow::Result
                         .status()
                         .await
                         .ok()?;
-                    (status.revision >= last).then_some(())
+                    (status.revision >= last).then_some(status.feed)
                 }
             },
         )
         .await?;
+        relayed += usize::from(feed.is_some_and(|f| f.starts_with("relay ")));
     }
     let fed = started.elapsed();
     let spent = processes_cpu(&cores).context("core CPU")?.since(before);
@@ -189,7 +210,7 @@ async fn one_size(plan: &FleetPlan, dir: &Path, agents: usize) -> anyhow::Result
         )
     };
     Ok(format!(
-        "{agents:>4} agents: core CPU per write {per_write_us:.0} µs ({above_rest_us:.0} µs above its CPU at rest, {:.1}% of a core), until the last agent had the last write {:.1} s after the first; {:.0} writes/s acknowledged; acknowledgement to the last agent {delay}",
+        "{agents:>4} agents ({relayed} fed by agents): core CPU per write {per_write_us:.0} µs ({above_rest_us:.0} µs above its CPU at rest, {:.1}% of a core), until the last agent had the last write {:.1} s after the first; {:.0} writes/s acknowledged; acknowledgement to the last agent {delay}",
         idle_per_second * 100.0,
         fed.as_secs_f64(),
         plan.writes as f64 / written.as_secs_f64(),
@@ -267,10 +288,16 @@ struct Fleet {
     agents: Vec<Server>,
     sockets: Vec<PathBuf>,
     core_addresses: Vec<String>,
+    feed_top: Option<usize>,
 }
 
 impl Fleet {
-    async fn start(binary: &Path, dir: &Path, agents: usize) -> anyhow::Result<Fleet> {
+    async fn start(
+        binary: &Path,
+        dir: &Path,
+        agents: usize,
+        feed_top: Option<usize>,
+    ) -> anyhow::Result<Fleet> {
         let bin = binary.display().to_string();
         let tls = dir.join("tls");
         let tls_arg = tls.display().to_string();
@@ -322,6 +349,7 @@ impl Fleet {
             agents: Vec::new(),
             sockets: Vec::new(),
             core_addresses,
+            feed_top,
         };
         let core = Arc::new(fleet.core_client()?);
         wait_for(Duration::from_secs(30), "a core leader", || {
@@ -359,7 +387,7 @@ impl Fleet {
     fn spawn_agent(&mut self, dir: &Path, i: usize) -> anyhow::Result<()> {
         let name = format!("a{i}");
         let socket = dir.join(format!("{name}.sock"));
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "agent".into(),
             "--name".into(),
             name.clone(),
@@ -376,11 +404,13 @@ impl Fleet {
             "--tls-dir".into(),
             self.tls.display().to_string(),
         ];
+        if let Some(top) = self.feed_top {
+            args.extend(["--feed-top".to_string(), top.to_string()]);
+        }
         let log = dir.join(format!("agent-{name}.log"));
         // Agents run at a lower priority than the core members, whose cost is measured:
         // two hundred agents on a machine of a few cores would otherwise starve the core
         // into elections (its heartbeats time out) and measure the machine, not Corral.
-        let mut args = args;
         args.splice(
             0..0,
             [

@@ -79,11 +79,21 @@ enum Action {
         #[arg(long, value_delimiter = ',', default_value = "3,50,200")]
         agents: Vec<usize>,
         /// Writes of 256 B per fleet size.
-        #[arg(long, default_value_t = 6000)]
+        #[arg(long, default_value_t = 3000)]
         writes: usize,
         /// Concurrent writers.
         #[arg(long, default_value_t = 16)]
         writers: usize,
+        /// The agents' `--feed-top`: how many the core feeds (0: all of them; unset: the
+        /// agent's default, a tree of agents feeding agents).
+        #[arg(long)]
+        feed_top: Option<usize>,
+        /// Writes per second, the same for every fleet size, so that each size is measured
+        /// at the same load (0: as fast as the writers go). A fleet of agents on one
+        /// machine applies every write once per agent: the default keeps two hundred
+        /// agents on two cores below saturation.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
     },
     /// (internal) Hold a shard's master registration through a Corral agent.
     HoldCorral {
@@ -115,6 +125,8 @@ fn main() -> anyhow::Result<()> {
             agents,
             writes,
             writers,
+            feed_top,
+            rate,
         } => {
             if agents.is_empty() || agents.iter().any(|&n| n == 0 || n > 900) {
                 bail!("--agents: fleet sizes between 1 and 900");
@@ -127,6 +139,8 @@ fn main() -> anyhow::Result<()> {
                 agents,
                 writes,
                 writers,
+                feed_top,
+                rate: (rate > 0).then_some(rate),
             };
             runtime.block_on(fleet::run(&plan))
         }
