@@ -222,6 +222,14 @@ pub enum WatchItem {
         /// date how fresh its copy is even when items sat in buffers (a frozen watcher).
         beat: Option<u64>,
     },
+    /// A checksum of the whole state at `revision` (a multiple of
+    /// `corral_state::digest::CHECKPOINT_EVERY`), as this member computed it applying that
+    /// revision: an agent fed by another agent checks its own against it. Sent on
+    /// progress-only streams ([`CoreRequest::Beats`]), once per new checkpoint.
+    Checkpoint {
+        revision: Revision,
+        checksum: [u8; 32],
+    },
 }
 
 /// What a watcher sends on its side of a watch stream: an agent beats every

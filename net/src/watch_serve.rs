@@ -169,6 +169,12 @@ pub trait WatchSource {
 
     /// The progress item for a quiet stream; `beat` is the last beat the watcher sent.
     fn progress(&self, beat: Option<u64>) -> WatchItem;
+
+    /// The source's last checkpoint ([`WatchItem::Checkpoint`]), for progress-only
+    /// streams; None: it publishes none.
+    fn checkpoint(&self) -> Option<(Revision, [u8; 32])> {
+        None
+    }
 }
 
 /// Why a served stream ended.
@@ -247,7 +253,8 @@ pub async fn serve<S: WatchSource>(
     }
 }
 
-/// Serves progress items only, every [`WATCH_PROGRESS_INTERVAL`], until the watcher goes.
+/// Serves progress items only, every [`WATCH_PROGRESS_INTERVAL`], and each new
+/// checkpoint of the source, until the watcher goes.
 pub async fn serve_progress<S: WatchSource>(
     source: &S,
     send: &mut SendStream,
@@ -255,6 +262,7 @@ pub async fn serve_progress<S: WatchSource>(
 ) -> Result<(), WatchEnd> {
     let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpoint_sent = None;
     loop {
         progress.tick().await;
         let beat = match last_beat.load(Ordering::Relaxed) {
@@ -262,6 +270,13 @@ pub async fn serve_progress<S: WatchSource>(
             seq => Some(seq),
         };
         send_item(send, &source.progress(beat)).await?;
+        let checkpoint = source.checkpoint();
+        if checkpoint.is_some() && checkpoint != checkpoint_sent {
+            if let Some((revision, checksum)) = checkpoint {
+                send_item(send, &WatchItem::Checkpoint { revision, checksum }).await?;
+            }
+            checkpoint_sent = checkpoint;
+        }
     }
 }
 

@@ -9,6 +9,8 @@ use corral_proto::range::{KeyRange, RangeEnd, RangeQuery, RangeResult, SortOrder
 use corral_proto::{CompareOp, CompareTarget, KeyMeta, KeyValue, Revision, SessionId};
 use serde::{Deserialize, Serialize};
 
+use crate::digest::{RowDigest, SetDigest};
+
 /// One stored key, without its name (the map holds that).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct KeyRecord {
@@ -26,6 +28,26 @@ impl KeyRecord {
             modify_revision: self.modify_revision,
             version: self.version,
         }
+    }
+
+    /// This key's row in the key space's digest.
+    fn row_digest(&self, key: &str) -> RowDigest {
+        RowDigest::of(|context| {
+            context.update(&(key.len() as u64).to_le_bytes());
+            context.update(key.as_bytes());
+            context.update(&(self.value.len() as u64).to_le_bytes());
+            context.update(&self.value);
+            context.update(&self.create_revision.to_le_bytes());
+            context.update(&self.modify_revision.to_le_bytes());
+            context.update(&self.version.to_le_bytes());
+            match self.session {
+                Some(session) => {
+                    context.update(&[1]);
+                    context.update(&session.to_le_bytes());
+                }
+                None => context.update(&[0]),
+            }
+        })
     }
 
     pub(crate) fn to_key_value(&self, key: &str) -> KeyValue {
@@ -47,6 +69,9 @@ pub(crate) struct KeySpace {
     /// Bytes of every key and value: derived, rebuilt when a snapshot loads.
     #[serde(skip)]
     bytes: u64,
+    /// The digest of every key and its record: derived, rebuilt when a snapshot loads.
+    #[serde(skip)]
+    digest: SetDigest,
 }
 
 /// What a put replaced, so the caller can move ownership between sessions.
@@ -69,13 +94,23 @@ impl KeySpace {
         self.bytes
     }
 
-    /// Recounts the bytes, after a snapshot loaded.
+    /// The digest of every key and its record (see [`crate::digest`]).
+    pub(crate) fn digest(&self) -> &SetDigest {
+        &self.digest
+    }
+
+    /// Recounts the bytes and the digest, after a snapshot loaded.
     pub(crate) fn recount(&mut self) {
         self.bytes = self
             .keys
             .iter()
             .map(|(key, record)| (key.len() + record.value.len()) as u64)
             .sum();
+        let mut digest = SetDigest::default();
+        for (key, record) in &self.keys {
+            digest.insert(&record.row_digest(key));
+        }
+        self.digest = digest;
     }
 
     /// How many keys and bytes the state would hold after putting `len` bytes of value
@@ -212,10 +247,12 @@ impl KeySpace {
             Some(record) => {
                 let previous_session = record.session;
                 self.bytes = self.bytes - record.value.len() as u64 + value.len() as u64;
+                self.digest.remove(&record.row_digest(key));
                 record.value = value;
                 record.modify_revision = revision;
                 record.version += 1;
                 record.session = session;
+                self.digest.insert(&record.row_digest(key));
                 PutOutcome {
                     meta: record.meta(),
                     previous_session,
@@ -231,6 +268,7 @@ impl KeySpace {
                     session,
                 };
                 let meta = record.meta();
+                self.digest.insert(&record.row_digest(key));
                 self.keys.insert(key.to_string(), record);
                 PutOutcome {
                     meta,
@@ -243,6 +281,7 @@ impl KeySpace {
     pub(crate) fn remove(&mut self, key: &str) -> Option<KeyRecord> {
         let record = self.keys.remove(key)?;
         self.bytes -= (key.len() + record.value.len()) as u64;
+        self.digest.remove(&record.row_digest(key));
         Some(record)
     }
 

@@ -9,11 +9,13 @@
 //!   key_space.rs      keys, ranges, compares            access_changes.rs  rules, quota
 //!   session_table.rs  sessions and what each owns       shard_table.rs  replicas, master
 //!   lock_table.rs     holders, queues, fencing tokens   service_table.rs  instances
+//!   digest.rs         checksums of the state at revisions, kept as it changes
 //! ```
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod access_changes;
+pub mod digest;
 mod key_space;
 mod lock_table;
 mod ownership;

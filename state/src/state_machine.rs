@@ -35,6 +35,7 @@ use corral_proto::{
 use serde::{Deserialize, Serialize};
 
 use super::access_changes::QuotaUse;
+use super::digest::{CHECKPOINT_EVERY, Checkpoint};
 use super::key_space::KeySpace;
 use super::lock_table::LockTable;
 use super::service_table::ServiceTable;
@@ -60,6 +61,11 @@ pub struct StateMachine {
     services: ServiceTable,
     /// Access rules, tokens and the quota. Snapshots of earlier versions end before it.
     access: AccessTable,
+    /// The checkpoint of the last revision that was a multiple of
+    /// [`CHECKPOINT_EVERY`] this state applied (None after a snapshot loaded, until the
+    /// next one). Derived, never in a snapshot.
+    #[serde(skip)]
+    checkpoint: Option<(Revision, Checkpoint)>,
 }
 
 /// The state as earlier versions wrote it in snapshots: everything but the access table.
@@ -93,6 +99,40 @@ impl StateMachine {
     /// The revision of the last write applied.
     pub fn revision(&self) -> Revision {
         self.revision
+    }
+
+    /// The checkpoint of the last multiple of [`CHECKPOINT_EVERY`] this state applied,
+    /// with its revision: the same on every member and every agent that applied it.
+    pub fn checkpoint(&self) -> Option<(Revision, Checkpoint)> {
+        self.checkpoint
+    }
+
+    /// A checksum of the whole state as it is now (see [`crate::digest`]): the keys' digest,
+    /// kept as they change, and the other tables hashed whole.
+    pub fn compute_checkpoint(&self) -> Checkpoint {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"corral-checkpoint-v1\0");
+        context.update(&self.revision.to_le_bytes());
+        self.keys.digest().write_to(&mut context);
+        let tables = (
+            &self.sessions,
+            &self.shards,
+            &self.locks,
+            &self.services,
+            &self.access,
+        );
+        let bytes = postcard::to_stdvec(&tables).expect("the tables always encode");
+        context.update(&bytes);
+        let mut checkpoint = [0u8; 32];
+        checkpoint.copy_from_slice(context.finish().as_ref());
+        checkpoint
+    }
+
+    /// Takes the checkpoint when the revision is one of those that get one.
+    fn after_revision(&mut self) {
+        if self.revision.is_multiple_of(CHECKPOINT_EVERY) {
+            self.checkpoint = Some((self.revision, self.compute_checkpoint()));
+        }
     }
 
     // ----- reads -------------------------------------------------------------------

@@ -826,3 +826,81 @@ fn the_same_log_gives_identical_snapshots() {
     }
     assert_eq!(a.to_snapshot_bytes(), b.to_snapshot_bytes());
 }
+
+/// Checkpoints: every state that applies a revision that is a multiple of
+/// `CHECKPOINT_EVERY` takes the same one, whether it applied the whole log or loaded a
+/// snapshot partway and applied the rest; a state whose snapshot was altered (one value,
+/// or one key more) takes another.
+#[test]
+fn checkpoints_agree_on_the_same_state_and_catch_an_altered_one() {
+    use corral_state::digest::CHECKPOINT_EVERY;
+    let command = |i: u64| match i % 5 {
+        0 => Command::OpenSession {
+            owner: SessionOwner::Node {
+                name: format!("n{}", i % 7),
+                incarnation: i,
+            },
+        },
+        1 => Command::Delete {
+            key: format!("k/{}", i % 11),
+            prefix: false,
+        },
+        _ => Command::Put {
+            key: format!("k/{}", i % 23),
+            value: i.to_le_bytes().to_vec(),
+            session: None,
+        },
+    };
+    let mut whole = StateMachine::new();
+    whole.apply(&Command::Put {
+        key: "stable".into(),
+        value: vec![0xAA; 8],
+        session: None,
+    });
+    let mut i = 0;
+    while whole.revision() < 700 {
+        whole.apply(&command(i));
+        i += 1;
+    }
+    let snapshot = whole.to_snapshot_bytes();
+    let mut loaded = StateMachine::from_snapshot_bytes(&snapshot).unwrap();
+    assert_eq!(loaded.checkpoint(), None);
+    // The same snapshot with one value changed, and with one key added.
+    let mut altered_value = whole.clone();
+    let mut altered_key = whole.clone();
+    let (_, _) = altered_key.apply(&Command::Put {
+        key: "planted".into(),
+        value: vec![1],
+        session: None,
+    });
+    let mut altered_value_bytes = altered_value.to_snapshot_bytes();
+    let at = altered_value_bytes
+        .windows(8)
+        .position(|w| w == [0xAA; 8])
+        .expect("the value in the snapshot");
+    altered_value_bytes[at] ^= 1;
+    altered_value = StateMachine::from_snapshot_bytes(&altered_value_bytes).unwrap();
+    let mut altered_key =
+        StateMachine::from_snapshot_bytes(&altered_key.to_snapshot_bytes()).unwrap();
+    // Everyone applies the same commands on (the altered key's state is one revision
+    // ahead: it applies one fewer).
+    while whole.revision() < 2 * CHECKPOINT_EVERY + 10 {
+        let c = command(i);
+        let before = whole.revision();
+        whole.apply(&c);
+        if whole.revision() > before {
+            loaded.apply(&c);
+            altered_value.apply(&c);
+            if altered_key.revision() < whole.revision() {
+                altered_key.apply(&c);
+            }
+        }
+        i += 1;
+    }
+    let checkpoint = whole.checkpoint().expect("a checkpoint");
+    assert_eq!(checkpoint.0, 2 * CHECKPOINT_EVERY);
+    assert_eq!(loaded.checkpoint(), Some(checkpoint));
+    assert_eq!(whole.compute_checkpoint(), loaded.compute_checkpoint());
+    assert_ne!(altered_value.checkpoint().map(|c| c.1), Some(checkpoint.1));
+    assert_ne!(altered_key.compute_checkpoint(), whole.compute_checkpoint());
+}

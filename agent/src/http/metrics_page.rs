@@ -106,6 +106,18 @@ pub(super) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoRes
                 .is_some_and(|f| f.starts_with("relay ")),
         ),
     );
+    page.counter(
+        "corral_agent_replica_checkpoints_matched",
+        "Checkpoints of the replica's state that matched the core's (checked while another \
+         agent feeds it)",
+        context.replica.checkpoints_matched(),
+    );
+    page.counter(
+        "corral_agent_replica_checkpoint_mismatches",
+        "Checkpoints of the replica's state that differed from the core's: the replica then \
+         starts over from the core and takes no relay for a minute",
+        context.replica.checkpoint_mismatches(),
+    );
     page.gauge(
         "corral_agent_relay_streams",
         "Watch streams this agent serves to the agents it feeds",

@@ -166,14 +166,18 @@ async fn beat_on(
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err("silent".into()),
         };
-        let WatchItem::Progress {
-            revision,
-            leader,
-            term,
-            beat,
-        } = item
-        else {
-            return Err("an item other than progress on a beat stream".into());
+        let (revision, leader, term, beat) = match item {
+            WatchItem::Progress {
+                revision,
+                leader,
+                term,
+                beat,
+            } => (revision, leader, term, beat),
+            WatchItem::Checkpoint { revision, checksum } => {
+                replica.core_checkpoint(revision, checksum);
+                continue;
+            }
+            _ => return Err("an entry or a snapshot on a beat stream".into()),
         };
         *heard.lock() = Instant::now();
         replica.heard_leader(leader, term);

@@ -291,6 +291,9 @@ impl Replica {
                 Ok(ItemOutcome::Applied(self.apply_entry(revision, &command)?))
             }
             WatchItem::Progress { revision, .. } => Ok(ItemOutcome::Progress(revision)),
+            // Checked against the core's own, on the core's stream ([`super::shared`]);
+            // one on an entry stream (a relay's) proves nothing.
+            WatchItem::Checkpoint { .. } => Ok(ItemOutcome::Nothing),
         }
     }
 

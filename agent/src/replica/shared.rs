@@ -10,6 +10,9 @@ use bytes::Bytes;
 use corral_net::rpc::WatchItem;
 use corral_net::watch_serve::{FrameHistory, WatchSignal, WatchSource, WatchStart};
 use corral_proto::{Command, EventBatch, Revision, frame};
+use corral_state::digest::Checkpoint;
+
+use super::checkpoints::{CheckpointCheck, Checkpoints};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, watch};
 
@@ -58,6 +61,11 @@ pub struct SharedReplica {
     /// beside them (progress-only streams): the replica is as fresh as that beat once it
     /// reaches the revision.
     pending_fresh: Mutex<std::collections::VecDeque<(Revision, Instant)>>,
+    checkpoints: Mutex<Checkpoints>,
+    /// Set by a mismatch, taken by the feed, which then leaves the agent feeding it.
+    mismatch_seen: std::sync::atomic::AtomicBool,
+    /// Why the feed takes no relay for now, shown with the feed.
+    relays_off: Mutex<Option<String>>,
 }
 
 impl Default for SharedReplica {
@@ -84,6 +92,9 @@ impl SharedReplica {
             )),
             relay_streams: AtomicU64::new(0),
             pending_fresh: Mutex::new(std::collections::VecDeque::new()),
+            checkpoints: Mutex::new(Checkpoints::default()),
+            mismatch_seen: std::sync::atomic::AtomicBool::new(false),
+            relays_off: Mutex::new(None),
         }
     }
 
@@ -120,8 +131,70 @@ impl SharedReplica {
         self.leader.store(leader.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// What feeds the replica: a core member's address, or `relay NAME`; with why relays
+    /// are not used, when they are not after a checkpoint mismatch.
     pub fn feed(&self) -> Option<String> {
-        self.feed.lock().clone()
+        let feed = self.feed.lock().clone()?;
+        Some(match &*self.relays_off.lock() {
+            Some(why) => format!("{feed} ({why})"),
+            None => feed,
+        })
+    }
+
+    pub(crate) fn set_relays_off(&self, why: Option<String>) {
+        *self.relays_off.lock() = why;
+    }
+
+    /// The core's checkpoint at `revision`: compared with the replica's own now, or once
+    /// the replica reaches that revision.
+    pub(crate) fn core_checkpoint(
+        &self,
+        revision: Revision,
+        checksum: Checkpoint,
+    ) -> CheckpointCheck {
+        let check = self
+            .checkpoints
+            .lock()
+            .core(revision, checksum, self.revision());
+        self.checked(revision, check);
+        check
+    }
+
+    /// Takes the replica's new checkpoint, if it has one, and compares it with the core's
+    /// for the same revision if that came first. Called under the state's lock.
+    fn own_checkpoint(&self, state: &Replica) {
+        if let Some((revision, own)) = state.machine().checkpoint() {
+            let check = self.checkpoints.lock().own(revision, own);
+            if let Some(check) = check {
+                self.checked(revision, check);
+            }
+        }
+    }
+
+    fn checked(&self, revision: Revision, check: CheckpointCheck) {
+        if check == CheckpointCheck::Mismatched {
+            self.mismatch_seen.store(true, Ordering::Relaxed);
+            tracing::error!(
+                revision,
+                feed = ?self.feed.lock().clone(),
+                "the replica's state differs from the core's at a checkpoint: it starts over from the core"
+            );
+        }
+    }
+
+    /// Whether a checkpoint mismatch was found since the last call.
+    pub(crate) fn take_mismatch(&self) -> bool {
+        self.mismatch_seen.swap(false, Ordering::Relaxed)
+    }
+
+    /// Checkpoints of the replica that matched the core's, since the agent started.
+    pub fn checkpoints_matched(&self) -> u64 {
+        self.checkpoints.lock().matched
+    }
+
+    /// Checkpoints of the replica that differed from the core's, since the agent started.
+    pub fn checkpoint_mismatches(&self) -> u64 {
+        self.checkpoints.lock().mismatched
     }
 
     /// Watch streams the feed has opened to core members, since the agent started.
@@ -167,6 +240,7 @@ impl SharedReplica {
         let mut state = self.state.write();
         *state = Replica::new();
         self.relay.lock().reset(0);
+        self.checkpoints.lock().replica_replaced();
         let _ = self.signals.send(ReplicaSignal::Replaced(0));
         self.revision.send_replace(0);
     }
@@ -213,6 +287,7 @@ impl SharedReplica {
                 let _ = self.signals.send(ReplicaSignal::Applied(batch.clone()));
                 self.revision.send_replace(batch.revision);
                 self.reached(batch.revision);
+                self.own_checkpoint(&state);
             }
             Ok(ItemOutcome::Replaced(revision)) => {
                 self.relay.lock().reset(*revision);
@@ -295,6 +370,7 @@ impl SharedReplica {
                 let _ = self.signals.send(ReplicaSignal::Applied(batch));
                 self.revision.send_replace(revision);
                 self.reached(revision);
+                self.own_checkpoint(&state);
             }
             Ok(None) => {}
             Err(error) => {

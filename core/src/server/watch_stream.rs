@@ -124,4 +124,8 @@ impl WatchSource for CoreMember {
             beat,
         }
     }
+
+    fn checkpoint(&self) -> Option<(Revision, [u8; 32])> {
+        self.applied.read(|a| a.machine.checkpoint())
+    }
 }

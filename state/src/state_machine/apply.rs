@@ -39,6 +39,7 @@ impl StateMachine {
         let changed = !events.is_empty();
         if changed {
             self.revision = next;
+            self.after_revision();
         }
         (
             CommandResponse {

@@ -38,6 +38,7 @@ impl StateMachine {
                     locks: earlier.locks,
                     services: earlier.services,
                     access: AccessTable::default(),
+                    checkpoint: None,
                 }
             }
         };
