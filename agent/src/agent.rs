@@ -241,6 +241,7 @@ impl Agent {
                         view: gossip.view.clone(),
                         transport: gossip_transport.clone(),
                         tree: config.feed_tree,
+                        joins: config.join.iter().any(|seed| *seed != config.advertise),
                     }),
                 shutdown_receiver.clone(),
             )),

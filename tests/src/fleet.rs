@@ -63,20 +63,24 @@ impl Fleet {
             agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 1..=agents {
-            let name = format!("a{i}");
-            fleet.core.pki.issue(&name);
-            let agent = AgentProcess {
-                name: name.clone(),
-                gossip: format!("127.0.0.1:{}", free_udp_port()),
-                socket: root.join("sockets").join(format!("{name}.sock")),
-                http: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
-                etcd: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
-                process: None,
-            };
-            fleet.agents.insert(name.clone(), agent);
-            fleet.spawn_agent(&name);
+            fleet.add_agent(&format!("a{i}"));
         }
         fleet
+    }
+
+    /// Starts a new agent `name` (with a certificate of its own) that joins the fleet.
+    pub fn add_agent(&mut self, name: &str) {
+        self.core.pki.issue(name);
+        let agent = AgentProcess {
+            name: name.to_string(),
+            gossip: format!("127.0.0.1:{}", free_udp_port()),
+            socket: self.root.join("sockets").join(format!("{name}.sock")),
+            http: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            etcd: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            process: None,
+        };
+        self.agents.insert(name.to_string(), agent);
+        self.spawn_agent(name);
     }
 
     pub fn names(&self) -> Vec<String> {

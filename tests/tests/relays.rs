@@ -269,3 +269,50 @@ async fn a_relay_serves_watches_and_refuses_everything_else() {
         .unwrap();
     assert!(status.revision >= revision);
 }
+
+/// An agent that joins a fleet whose tree has formed takes its first snapshot from
+/// another agent, not from the core, and the core feeds it nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joining_agent_takes_its_snapshot_from_a_peer() {
+    let root = tempfile::tempdir().unwrap();
+    let mut fleet = fleet(root.path()).await;
+    tree_formed(&fleet).await;
+    let writer = fleet.client("a1").await;
+    for i in 0..200u32 {
+        writer
+            .put(&format!("before/{i}"), &i.to_le_bytes())
+            .await
+            .unwrap();
+    }
+    fleet.add_agent("a8");
+    let client = fleet.client("a8").await;
+    let status = wait_until(CONVERGE, "a8 to hold the state", || {
+        let client = client.clone();
+        async move {
+            let status = client.status().await.ok()?;
+            (status.revision > 200).then_some(status)
+        }
+    })
+    .await;
+    let log = fleet.agent("a8").log_text();
+    let first_feed = log
+        .lines()
+        .find(|l| l.contains("replica feed connected"))
+        .expect("a feed line in the log");
+    assert!(
+        first_feed.contains("to a relay") && first_feed.contains("after=None"),
+        "the first feed of a8 was not a snapshot from a relay: {first_feed}"
+    );
+    assert!(
+        status
+            .feed
+            .as_deref()
+            .is_some_and(|f| f.starts_with("relay ")),
+        "{:?}",
+        status.feed
+    );
+    assert_eq!(
+        client.get("before/199").await.unwrap().unwrap().value,
+        199u32.to_le_bytes()
+    );
+}

@@ -88,6 +88,8 @@ enum Next {
     Retree,
     /// The core does not hear this agent's beats on their own stream: follow the core.
     BeatsLost,
+    /// The replica's checkpoint differed from the core's: it starts over from the core.
+    Mismatched,
 }
 
 /// What the feed needs to take its stream from other agents.
@@ -96,6 +98,9 @@ pub struct Relays {
     pub view: Arc<RwLock<GossipView>>,
     pub transport: Arc<GossipTransport>,
     pub tree: FeedTree,
+    /// Whether the agent joins a pool through seeds other than itself: a joining agent
+    /// waits a moment for gossip to show it the pool before it takes its first snapshot.
+    pub joins: bool,
 }
 
 impl std::fmt::Debug for Relays {
@@ -158,6 +163,17 @@ pub async fn run(
         members,
         healthy: true,
     };
+    // A joining agent takes its first snapshot from a peer, not the core: it lets gossip
+    // show it the pool before it chooses.
+    if let Some(relays) = &relays
+        && relays.joins
+        && replica.read(|r| r.resume_point()).is_none()
+    {
+        tokio::select! {
+            _ = pool_settled(relays) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
     let mut failed_relays: HashMap<String, Instant> = HashMap::new();
     let mut relays_off_until: Option<Instant> = None;
     // Beats to the core while a relay feeds this agent.
@@ -168,6 +184,9 @@ pub async fn run(
         }
         failed_relays.retain(|_, at| at.elapsed() < RELAY_FAILED_FOR);
         let relays_on = relays_off_until.is_none_or(|until| Instant::now() >= until);
+        if relays_on && relays_off_until.take().is_some() {
+            replica.set_relays_off(None);
+        }
         let feeder = relays
             .as_ref()
             .filter(|_| relays_on)
@@ -202,6 +221,11 @@ pub async fn run(
                         );
                         relays_off_until = Some(Instant::now() + RELAYS_OFF_FOR);
                     }
+                    Next::Mismatched => {
+                        failed_relays.insert(feeder.name.clone(), Instant::now());
+                        relays_off_until = Some(Instant::now() + RELAYS_OFF_FOR);
+                        starts_over_from_the_core(&replica, &format!("relay {}", feeder.name));
+                    }
                     _ => {}
                 }
                 continue;
@@ -225,6 +249,11 @@ pub async fn run(
         let (next, address, started) = next;
         match next {
             Next::Same | Next::Retree | Next::BeatsLost => {}
+            Next::Mismatched => {
+                // The state came from a relay before this member's stream: relays stay off.
+                relays_off_until = Some(Instant::now() + RELAYS_OFF_FOR);
+                starts_over_from_the_core(&replica, "an earlier feeder");
+            }
             Next::OffTheLeader => {
                 tracing::info!(
                     member = address,
@@ -240,12 +269,56 @@ pub async fn run(
     }
 }
 
+/// Longest a joining agent waits for gossip to show it the pool.
+const POOL_SETTLE_MAX: Duration = Duration::from_secs(2);
+
+/// The pool counts as settled once it has held other members, in the same number, this
+/// long; an agent alone this long counts as a pool of one.
+const POOL_STEADY: Duration = Duration::from_millis(300);
+const POOL_ALONE: Duration = Duration::from_millis(500);
+
+/// Returns once gossip shows other members and their count held for [`POOL_STEADY`], once
+/// the agent has been alone for [`POOL_ALONE`] (the first agent of a pool), or after
+/// [`POOL_SETTLE_MAX`].
+async fn pool_settled(relays: &Relays) {
+    let started = Instant::now();
+    let mut last = (0, Instant::now());
+    while started.elapsed() < POOL_SETTLE_MAX {
+        let alive = relays
+            .view
+            .read()
+            .members
+            .values()
+            .filter(|m| m.state == MemberState::Alive)
+            .count();
+        if alive != last.0 {
+            last = (alive, Instant::now());
+        } else if (alive > 1 && last.1.elapsed() >= POOL_STEADY)
+            || (alive <= 1 && last.1.elapsed() >= POOL_ALONE)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Drops the replica, whose state differed from the core's at a checkpoint, so that the
+/// core's stream fetches it whole; the feed says why relays are off meanwhile.
+fn starts_over_from_the_core(replica: &SharedReplica, source: &str) {
+    replica.set_relays_off(Some(format!(
+        "relays off for {} s: the state that {source} fed differed from the core's at a checkpoint",
+        RELAYS_OFF_FOR.as_secs()
+    )));
+    replica.start_over();
+}
+
 /// The best feeder the tree names that did not fail recently.
 fn usable(relays: &Relays, failed: &HashMap<String, Instant>) -> Option<Feeder> {
-    relays
-        .feeders()
-        .into_iter()
-        .find(|f| !failed.contains_key(&f.name))
+    relays.feeders().into_iter().find(|f| {
+        failed
+            .get(&f.name)
+            .is_none_or(|at| at.elapsed() >= RELAY_FAILED_FOR)
+    })
 }
 
 impl Members {
@@ -387,7 +460,11 @@ fn apply(
     after: Option<corral_proto::Revision>,
     source: &str,
 ) -> Option<Next> {
-    match replica.handle_item(item, Some(frame)) {
+    let handled = replica.handle_item(item, Some(frame));
+    if replica.take_mismatch() {
+        return Some(Next::Mismatched);
+    }
+    match handled {
         Ok(_) if after.is_some() && replica.read(|r| r.resume_point()).is_none() => {
             tracing::warn!(source, "the replica started over; fetching the state");
             Some(Next::Same)
