@@ -34,6 +34,12 @@ const GOSSIP_PORT: u16 = 18101;
 const VALUE_LEN: usize = 256;
 /// Agents started together while a fleet comes up.
 const AGENTS_PER_WAVE: usize = 20;
+/// Times a write is sent again after an error before the run gives up.
+const WRITE_TRIES: usize = 10;
+
+fn tracing_retry(error: &corral_net::client::ClientError) {
+    eprintln!("a write is sent again after: {error}");
+}
 
 pub struct FleetPlan {
     pub corral: PathBuf,
@@ -119,9 +125,11 @@ async fn one_size(plan: &FleetPlan, dir: &Path, agents: usize) -> anyhow::Result
     let last_revision = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     let next = Arc::new(AtomicU64::new(0));
+    let retried = Arc::new(AtomicU64::new(0));
     for _ in 0..plan.writers {
         let (core, arrivals) = (core.clone(), arrivals.clone());
         let (last_revision, next) = (last_revision.clone(), next.clone());
+        let retried = retried.clone();
         let (writes, rate) = (plan.writes as u64, plan.rate);
         writers.push(tokio::spawn(async move {
             loop {
@@ -139,7 +147,21 @@ async fn one_size(plan: &FleetPlan, dir: &Path, agents: usize) -> anyhow::Result
                     value: vec![b'v'; VALUE_LEN],
                     session: None,
                 };
-                let response = core.write(&command).await?;
+                // A put of its own key is safe to repeat: one whose outcome the core
+                // could not know (an election under the load) is sent again, and counted.
+                let mut tries = 0;
+                let response = loop {
+                    match core.write(&command).await {
+                        Ok(response) => break response,
+                        Err(e) if tries < WRITE_TRIES => {
+                            tries += 1;
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            tracing_retry(&e);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
                 anyhow::ensure!(response.outcome.is_ok(), "{:?}", response.outcome);
                 arrivals.acknowledged(i as usize);
                 last_revision.fetch_max(response.revision, Ordering::Relaxed);
@@ -209,8 +231,12 @@ async fn one_size(plan: &FleetPlan, dir: &Path, agents: usize) -> anyhow::Result
             arrivals.resets.load(Ordering::Relaxed),
         )
     };
+    let retried = match retried.load(Ordering::Relaxed) {
+        0 => String::new(),
+        n => format!("; {n} writes sent again after an error"),
+    };
     Ok(format!(
-        "{agents:>4} agents ({relayed} fed by agents): core CPU per write {per_write_us:.0} µs ({above_rest_us:.0} µs above its CPU at rest, {:.1}% of a core), until the last agent had the last write {:.1} s after the first; {:.0} writes/s acknowledged; acknowledgement to the last agent {delay}",
+        "{agents:>4} agents ({relayed} fed by agents): core CPU per write {per_write_us:.0} µs ({above_rest_us:.0} µs above its CPU at rest, {:.1}% of a core), until the last agent had the last write {:.1} s after the first; {:.0} writes/s acknowledged; acknowledgement to the last agent {delay}{retried}",
         idle_per_second * 100.0,
         fed.as_secs_f64(),
         plan.writes as f64 / written.as_secs_f64(),
