@@ -177,6 +177,34 @@ pub trait WatchSource {
     }
 }
 
+/// The beats a watcher sends on its side of a stream: the last one's sequence number,
+/// echoed in progress items, and a wake-up for progress-only streams, which answer each
+/// beat rather than a timer.
+#[derive(Debug, Default)]
+pub struct BeatsHeard {
+    last: AtomicU64,
+    heard: tokio::sync::Notify,
+}
+
+impl BeatsHeard {
+    /// Beat `seq` arrived.
+    pub fn heard(&self, seq: u64) {
+        self.last.fetch_max(seq, Ordering::Relaxed);
+        self.heard.notify_one();
+    }
+
+    /// The last beat's sequence number (None: no beat yet).
+    pub fn last(&self) -> Option<u64> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            seq => Some(seq),
+        }
+    }
+}
+
+/// A progress-only stream whose watcher does not beat still gets progress this often.
+pub const PROGRESS_WITHOUT_BEATS: Duration = Duration::from_secs(1);
+
 /// Why a served stream ended.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchEnd {
@@ -198,22 +226,18 @@ async fn send_item(send: &mut SendStream, item: &WatchItem) -> Result<(), WatchE
 }
 
 /// Serves `source` after revision `after` on `send` until the watcher goes or the source
-/// stops. `last_beat` holds the sequence number of the watcher's last beat (0: none),
-/// echoed in progress items.
+/// stops; progress items echo the watcher's last beat.
 pub async fn serve<S: WatchSource>(
     source: &S,
     after: Option<Revision>,
     send: &mut SendStream,
-    last_beat: &AtomicU64,
+    beats: &BeatsHeard,
 ) -> Result<(), WatchEnd> {
     let mut last: Option<Revision> = after;
     let mut batch: Vec<u8> = Vec::new();
     let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let beat = || match last_beat.load(Ordering::Relaxed) {
-        0 => None,
-        seq => Some(seq),
-    };
+    let beat = || beats.last();
     'resume: loop {
         let (start, mut signals) = source.watch_from(last);
         match start {
@@ -253,23 +277,19 @@ pub async fn serve<S: WatchSource>(
     }
 }
 
-/// Serves progress items only, every [`WATCH_PROGRESS_INTERVAL`], and each new
-/// checkpoint of the source, until the watcher goes.
+/// Serves progress items only, one in answer to each beat (or every
+/// [`PROGRESS_WITHOUT_BEATS`] without them), and each new checkpoint of the source, until
+/// the watcher goes: a fleet of agents fed by agents costs the core one packet each way
+/// per beat, and the echo dates the agent's freshness at once.
 pub async fn serve_progress<S: WatchSource>(
     source: &S,
     send: &mut SendStream,
-    last_beat: &AtomicU64,
+    beats: &BeatsHeard,
 ) -> Result<(), WatchEnd> {
-    let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
-    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checkpoint_sent = None;
     loop {
-        progress.tick().await;
-        let beat = match last_beat.load(Ordering::Relaxed) {
-            0 => None,
-            seq => Some(seq),
-        };
-        send_item(send, &source.progress(beat)).await?;
+        let _ = tokio::time::timeout(PROGRESS_WITHOUT_BEATS, beats.heard.notified()).await;
+        send_item(send, &source.progress(beats.last())).await?;
         let checkpoint = source.checkpoint();
         if checkpoint.is_some() && checkpoint != checkpoint_sent {
             if let Some((revision, checksum)) = checkpoint {

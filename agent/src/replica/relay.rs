@@ -17,11 +17,10 @@
 //! request, and serves nothing while its replica has no state.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use corral_net::rpc::{BEAT_FRAME_MAX, CoreRequest, WatchBeat};
-use corral_net::watch_serve::{self, WatchEnd};
+use corral_net::watch_serve::{self, BeatsHeard, WatchEnd};
 use corral_proto::frame;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
@@ -122,10 +121,10 @@ async fn serve_stream(
         return;
     }
     let _counted = replica.relay_stream_started();
-    let last_beat = AtomicU64::new(0);
+    let beats = BeatsHeard::default();
     let result = tokio::select! {
-        result = watch_serve::serve(&*replica, after, &mut send, &last_beat) => result,
-        end = watcher_side(&mut receive, &last_beat) => Err(end),
+        result = watch_serve::serve(&*replica, after, &mut send, &beats) => result,
+        end = watcher_side(&mut receive, &beats) => Err(end),
     };
     match result {
         Ok(()) | Err(WatchEnd::Stopped) => {
@@ -143,12 +142,10 @@ fn refuse(mut send: SendStream, mut receive: RecvStream) {
 
 /// Reads the watcher's side until it ends: beats are counted for the echo in progress
 /// items (the watcher's liveness is the core's business, on its own stream).
-async fn watcher_side(receive: &mut RecvStream, last_beat: &AtomicU64) -> WatchEnd {
+async fn watcher_side(receive: &mut RecvStream, beats: &BeatsHeard) -> WatchEnd {
     loop {
         match frame::read_frame::<_, WatchBeat>(receive, BEAT_FRAME_MAX).await {
-            Ok(Some(beat)) => {
-                last_beat.fetch_max(beat.seq, std::sync::atomic::Ordering::Relaxed);
-            }
+            Ok(Some(beat)) => beats.heard(beat.seq),
             Ok(None) => return WatchEnd::Gone("closed by the watcher".into()),
             Err(e) => return WatchEnd::Gone(format!("bad beat: {e}")),
         }

@@ -2,12 +2,11 @@
 //! the watcher's beats on its side of the stream into the member's liveness
 //! ([`super::liveness`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use corral_net::rpc::{WatchBeat, WatchItem};
 use corral_net::transport::tls::peer_has_name;
-use corral_net::watch_serve::{self, WatchEnd, WatchSignal, WatchSource, WatchStart};
+use corral_net::watch_serve::{self, BeatsHeard, WatchEnd, WatchSignal, WatchSource, WatchStart};
 use corral_proto::Revision;
 use corral_proto::frame;
 use quinn::{RecvStream, SendStream};
@@ -34,20 +33,20 @@ pub(crate) async fn serve(
 ) {
     let stream_id = member.next_watch_stream();
     let mut beating: Option<String> = None;
-    let last_beat = AtomicU64::new(0);
+    let beats_heard = BeatsHeard::default();
     let items = async {
         match served {
             Served::Entries(after) => {
-                watch_serve::serve(member, after, &mut send, &last_beat).await
+                watch_serve::serve(member, after, &mut send, &beats_heard).await
             }
-            Served::Progress => watch_serve::serve_progress(member, &mut send, &last_beat).await,
+            Served::Progress => watch_serve::serve_progress(member, &mut send, &beats_heard).await,
         }
     };
     let result = tokio::select! {
         result = items => result,
         // The watcher closing its side (or resetting, or sending what is not a beat) ends
         // the stream.
-        end = beats(member, connection, stream_id, &mut receive, &mut beating, &last_beat) => Err(end),
+        end = beats(member, connection, stream_id, &mut receive, &mut beating, &beats_heard) => Err(end),
     };
     if let Some(name) = &beating {
         member
@@ -71,7 +70,7 @@ async fn beats(
     stream_id: u64,
     receive: &mut RecvStream,
     beating: &mut Option<String>,
-    last_beat: &AtomicU64,
+    beats_heard: &BeatsHeard,
 ) -> WatchEnd {
     loop {
         let beat = match frame::read_frame::<_, WatchBeat>(receive, BEAT_FRAME_MAX).await {
@@ -97,7 +96,7 @@ async fn beats(
             .liveness
             .lock()
             .beat(&beat.name, beat.incarnation, stream_id, Instant::now());
-        last_beat.fetch_max(beat.seq, Ordering::Relaxed);
+        beats_heard.heard(beat.seq);
     }
 }
 
