@@ -50,9 +50,15 @@ pub const FEED_SILENCE: Duration = Duration::from_secs(2);
 /// 250 ms): the agents a dead relay fed resume elsewhere within a second.
 pub const RELAY_SILENCE: Duration = Duration::from_millis(600);
 
-/// A relay that keeps the replica behind a revision the core was heard at for this long
-/// is left (it lags, or withholds entries).
+/// A relay that keeps the replica behind a revision the core was heard at for this long,
+/// while it says it holds more, is left: it withholds entries.
 pub const RELAY_BEHIND_MAX: Duration = Duration::from_secs(2);
+
+/// A relay that keeps the replica behind the core for this long is left even when it
+/// is behind itself: it lags too far (a relay only somewhat behind, on a host short of
+/// CPU, is kept: moving every agent it feeds to the core would load the core with the
+/// fleet).
+pub const RELAY_LAG_MAX: Duration = Duration::from_secs(10);
 
 /// A member that reports no leader for this long is left for another.
 pub const FEED_LEADERLESS: Duration = Duration::from_secs(2);
@@ -528,14 +534,15 @@ async fn follow_relay(
                 return Next::Elsewhere;
             }
         };
-        if matches!(item, WatchItem::Progress { .. }) {
+        if let WatchItem::Progress { revision, .. } = &item {
+            let relay_revision = *revision;
             if beats_heard.lock().elapsed() > RELAYS_BEATS_SILENCE {
                 return Next::BeatsLost;
             }
-            if replica
-                .behind_core_since()
-                .is_some_and(|since| since.elapsed() > RELAY_BEHIND_MAX)
-            {
+            let withholds = relay_revision > replica.revision();
+            if replica.behind_core_since().is_some_and(|since| {
+                since.elapsed() > RELAY_LAG_MAX || (withholds && since.elapsed() > RELAY_BEHIND_MAX)
+            }) {
                 tracing::warn!(
                     relay = feeder.name,
                     "the relay keeps the replica behind the core; trying another feeder"
