@@ -51,6 +51,11 @@ const CONNECTION_IDLE: Duration = Duration::from_secs(30);
 /// A link with no packet to send for this long is closed.
 const LINK_IDLE: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A relay's handshake is given up after this: a dead relay the gossip still shows alive
+/// costs the agents it would have fed no more than this before they try the next one (a
+/// handshake on a network of hosts takes a few milliseconds; a host that cannot finish
+/// one in this time is no feeder either).
+pub const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A datagram that passed the identity check.
@@ -196,7 +201,7 @@ impl GossipTransport {
             .endpoint
             .connect_with(config, address, "member")
             .map_err(|e| failed(e.to_string()))?;
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let connection = tokio::time::timeout(RELAY_CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| failed("handshake timed out".into()))?
             .map_err(|e| failed(e.to_string()))?;

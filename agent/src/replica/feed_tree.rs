@@ -63,6 +63,42 @@ fn rank_key(name: &str) -> (u64, &str) {
     (hash64(&[b"corral-feed-rank", name.as_bytes()]), name)
 }
 
+/// The agents alive in rank order, computed once for any number of
+/// [`FeedTree::candidates`] questions.
+#[derive(Clone, Debug)]
+pub struct Ranking<'a> {
+    ranked: Vec<(u64, &'a str)>,
+}
+
+impl<'a> Ranking<'a> {
+    /// Ranks `alive`; a name given twice counts once.
+    pub fn new(alive: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut ranked: Vec<(u64, &str)> = alive.into_iter().map(rank_key).collect();
+        ranked.sort_unstable();
+        ranked.dedup();
+        Ranking { ranked }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranked.is_empty()
+    }
+
+    /// The name at `rank` (0: the lowest).
+    pub fn name(&self, rank: usize) -> Option<&'a str> {
+        self.ranked.get(rank).map(|(_, name)| *name)
+    }
+
+    /// The rank of `name`, if it is among the agents ranked.
+    pub fn rank_of(&self, name: &str) -> Option<usize> {
+        let key = rank_key(name);
+        self.ranked.binary_search(&key).ok()
+    }
+}
+
 impl FeedTree {
     /// Whether agents feed agents at all.
     pub fn relays(&self) -> bool {
@@ -71,21 +107,31 @@ impl FeedTree {
 
     /// The agents that should feed `me`, best first (at most [`CANDIDATES`]), among the
     /// agents `alive` (which may or may not include `me`). Empty: the core feeds `me`.
-    pub fn feeders<'a>(&self, me: &str, alive: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    pub fn feeders<'a>(
+        &self,
+        me: &'a str,
+        alive: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<String> {
         if !self.relays() {
             return Vec::new();
         }
-        let mut ranked: Vec<(u64, &str)> = alive
-            .into_iter()
-            .filter(|name| *name != me)
-            .map(rank_key)
-            .collect();
-        ranked.push(rank_key(me));
-        ranked.sort_unstable();
-        ranked.dedup();
-        let Some(rank) = ranked.iter().position(|(_, name)| *name == me) else {
+        let ranking = Ranking::new(alive.into_iter().chain(std::iter::once(me)));
+        match ranking.rank_of(me) {
+            Some(rank) => self
+                .candidates(&ranking, rank)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The feeders of the agent at `rank` in `ranking`, best first: what
+    /// [`FeedTree::feeders`] says for it. Empty: the core feeds it.
+    pub fn candidates<'a>(&self, ranking: &Ranking<'a>, rank: usize) -> Vec<&'a str> {
+        if !self.relays() || rank >= ranking.len() {
             return Vec::new();
-        };
+        }
         // Levels: [0, top), [top, top + top·fanout), …
         let (mut start, mut size) = (0usize, self.top);
         let mut parents = 0..0;
@@ -94,16 +140,19 @@ impl FeedTree {
             start += size;
             size = size.saturating_mul(self.fanout);
         }
-        let mut scored: Vec<(u64, &str)> = ranked[parents]
-            .iter()
-            .map(|(_, parent)| (hash64(&[me.as_bytes(), parent.as_bytes()]), *parent))
-            .collect();
-        scored.sort_unstable_by(|a, b| b.cmp(a));
-        scored
-            .into_iter()
-            .take(CANDIDATES)
-            .map(|(_, name)| name.to_string())
-            .collect()
+        let me = ranking.ranked[rank].1;
+        // The CANDIDATES highest scores, highest first (ties: the greater name first).
+        let mut best: Vec<(u64, &str)> = Vec::with_capacity(CANDIDATES + 1);
+        for (_, parent) in &ranking.ranked[parents] {
+            let scored = (hash64(&[me.as_bytes(), parent.as_bytes()]), *parent);
+            if best.len() == CANDIDATES && best.last().is_some_and(|last| scored <= *last) {
+                continue;
+            }
+            let at = best.partition_point(|b| *b > scored);
+            best.insert(at, scored);
+            best.truncate(CANDIDATES);
+        }
+        best.into_iter().map(|(_, name)| name).collect()
     }
 }
 
@@ -228,6 +277,34 @@ mod tests {
             assert_eq!(distinct.len(), candidates.len());
             shuffled.rotate_left(7);
             assert_eq!(candidates, tree.feeders(me, shuffled));
+        }
+    }
+
+    /// The bounded selection of the best parents gives what sorting every parent's score
+    /// gives, for every agent of a fleet whose levels have more parents than candidates.
+    #[test]
+    fn candidates_are_the_highest_scores_among_the_level_above() {
+        let tree = FeedTree { top: 5, fanout: 4 };
+        let names = fleet(400);
+        let ranking = Ranking::new(names.iter().map(String::as_str));
+        for rank in 0..ranking.len() {
+            let me = ranking.name(rank).unwrap();
+            let (mut start, mut size, mut parents) = (0, tree.top, 0..0);
+            while rank >= start + size {
+                parents = start..start + size;
+                start += size;
+                size *= tree.fanout;
+            }
+            let mut scored: Vec<(u64, &str)> = parents
+                .map(|p| {
+                    let parent = ranking.name(p).unwrap();
+                    (hash64(&[me.as_bytes(), parent.as_bytes()]), parent)
+                })
+                .collect();
+            scored.sort_unstable_by(|a, b| b.cmp(a));
+            let expected: Vec<&str> = scored.into_iter().take(CANDIDATES).map(|s| s.1).collect();
+            assert_eq!(tree.candidates(&ranking, rank), expected, "rank {rank}");
+            assert_eq!(tree.feeders(me, names.iter().map(String::as_str)), expected);
         }
     }
 }
