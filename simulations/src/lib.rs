@@ -7,6 +7,7 @@
 //!  core_model.rs            death reports, commit latency, the real StateMachine, watch fan-out
 //!  sim_id.rs                a 16-byte identity that encodes as the agent's
 //!  memberlist.rs            the published memberlist/Consul timings, for comparison
+//!  writes.rs               the fleet under writes: the feed tree, relays dying
 //!  stats.rs, plot.rs        percentiles, reports, CSV and SVG charts
 //! ```
 //!
@@ -21,3 +22,4 @@ pub mod scenarios;
 pub mod sim;
 pub mod sim_id;
 pub mod stats;
+pub mod writes;

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use corral_agent::replica::feed_tree::FeedTree;
 use corral_simulations::scenarios;
 use corral_simulations::sim::SimConfig;
 use corral_simulations::stats::Report;
+use corral_simulations::writes::{self, WritesConfig};
 
 #[derive(Parser)]
 #[command(about = "Deterministic simulations of Corral's gossip and failover at fleet scale")]
@@ -62,6 +64,52 @@ enum Scenario {
         fleet: Fleet,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+    },
+    /// Writes through the feed tree; a share of the relays dies at once.
+    Writes {
+        #[arg(long, default_value_t = 1000)]
+        members: u32,
+        /// Writes per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// How long writes go on (s).
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Agents the core feeds (0: the core feeds every agent).
+        #[arg(long, default_value_t = corral_agent::replica::feed_tree::TOP_DEFAULT)]
+        feed_top: usize,
+        #[arg(long, default_value_t = corral_agent::replica::feed_tree::FANOUT_DEFAULT)]
+        feed_fanout: usize,
+        /// Share of the relays that die at once, 5 s in.
+        #[arg(long, default_value_t = 0.1)]
+        relays_dying: f64,
+        /// Time an agent takes to apply one entry (µs); `apply-cost` measures it.
+        #[arg(long)]
+        apply_us: Option<u64>,
+        /// Chance that a datagram is lost, 0..1.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Times the agent's own decoding and applying of entries: µs per entry.
+    ApplyCost {
+        #[arg(long, default_value_t = 200_000)]
+        entries: u64,
+        #[arg(long, default_value_t = 256)]
+        value_bytes: usize,
+    },
+    /// The write sweep (1,000 to 50,000 agents, 100 and 1,000 writes/s, with and
+    /// without the feed tree): CSV and SVG charts into `--out`.
+    WritesSweep {
+        #[arg(long, default_value = "docs/simulations")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 50_000)]
+        max_members: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
     /// The sweeps: CSV and SVG charts into `--out`.
     Sweep {
@@ -170,6 +218,58 @@ fn main() -> anyhow::Result<()> {
         Scenario::Partition { fleet, seconds } => {
             (scenarios::partition(fleet.config()?, seconds)?, fleet.csv)
         }
+        Scenario::Writes {
+            members,
+            rate,
+            seconds,
+            seed,
+            feed_top,
+            feed_fanout,
+            relays_dying,
+            apply_us,
+            loss,
+            csv,
+        } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&loss),
+                "--loss must be between 0 and 1, not {loss}"
+            );
+            anyhow::ensure!(
+                seconds > 0.0 && seconds <= 3_600.0,
+                "--seconds must be above 0 and at most 3,600"
+            );
+            let mut config = WritesConfig::new(members, rate, seed);
+            config.seconds = seconds;
+            config.tree = FeedTree {
+                top: feed_top,
+                fanout: feed_fanout,
+            };
+            config.relays_dying = relays_dying;
+            config.network.loss = loss;
+            if let Some(apply_us) = apply_us {
+                config.apply_us = apply_us;
+            }
+            (writes::run(&config)?, csv)
+        }
+        Scenario::ApplyCost {
+            entries,
+            value_bytes,
+        } => {
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&entries) && value_bytes <= 1 << 20,
+                "--entries must be 1..10,000,000 and --value-bytes at most 1 MiB"
+            );
+            let per_entry = writes::apply_cost(entries, value_bytes)?;
+            println!(
+                "{entries} entries of {value_bytes}-byte puts decoded and applied by the agent's replica: {per_entry:.2} µs per entry"
+            );
+            return Ok(());
+        }
+        Scenario::WritesSweep {
+            out,
+            max_members,
+            seed,
+        } => return corral_simulations::plot::writes_sweep(&out, max_members, seed),
         Scenario::Sweep {
             out,
             max_members,

@@ -16,6 +16,7 @@ use crate::memberlist;
 use crate::scenarios;
 use crate::sim::SimConfig;
 use crate::stats::Report;
+use crate::writes::{self, WritesConfig};
 
 const SIZES: [u32; 6] = [100, 300, 1_000, 3_000, 10_000, 50_000];
 const LOSSES: [f64; 5] = [0.0, 0.01, 0.02, 0.05, 0.10];
@@ -123,6 +124,92 @@ pub fn sweep(out: &Path, max_members: u32, seed: u64) -> anyhow::Result<()> {
         ],
     )?;
 
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+const WRITE_SIZES: [u32; 3] = [1_000, 10_000, 50_000];
+const WRITE_RATES: [f64; 2] = [100.0, 1_000.0];
+
+/// The fleet under writes, with the feed tree and without it (the core feeds every
+/// agent): `writes.csv`, `writes-delay.svg`, `writes-core.svg`.
+pub fn writes_sweep(out: &Path, max_members: u32, seed: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let apply_us = writes::apply_cost(200_000, 256)?;
+    eprintln!("the agent applies an entry in {apply_us:.2} µs on this machine");
+    let mut runs: Vec<(u32, f64, bool, Report)> = Vec::new();
+    for &n in WRITE_SIZES.iter().filter(|&&n| n <= max_members) {
+        for &rate in &WRITE_RATES {
+            for tree in [true, false] {
+                let mut config = WritesConfig::new(n, rate, seed);
+                if !tree {
+                    config.tree.top = 0;
+                }
+                let report = writes::run(&config)?;
+                eprintln!("{}", report.to_text());
+                runs.push((n, rate, tree, report));
+            }
+        }
+    }
+    write_csv(&out.join("writes.csv"), runs.iter().map(|r| &r.3))?;
+    let sizes: Vec<u32> = WRITE_SIZES
+        .into_iter()
+        .filter(|&n| n <= max_members)
+        .collect();
+    let xs: Vec<f64> = sizes.iter().map(|n| *n as f64).collect();
+    let series = |rate: f64, tree: bool, name: &str| -> Vec<f64> {
+        sizes
+            .iter()
+            .map(|n| {
+                runs.iter()
+                    .find(|r| r.0 == *n && r.1 == rate && r.2 == tree)
+                    .and_then(|r| r.3.get_f64(name))
+                    .unwrap_or(f64::NAN)
+            })
+            .collect()
+    };
+    line_chart(
+        &out.join("writes-delay.svg"),
+        "Agents feeding agents: a write at the replicas, p99 (ms)",
+        "agents",
+        true,
+        &xs,
+        &[
+            (
+                "100 writes/s, the last replica",
+                series(100.0, true, "steady_last_replica_p99_ms"),
+            ),
+            (
+                "1,000 writes/s, the last replica",
+                series(1_000.0, true, "steady_last_replica_p99_ms"),
+            ),
+            (
+                "1,000 writes/s, every replica, 10% of relays dead at once",
+                series(1_000.0, true, "deaths_every_replica_p99_ms"),
+            ),
+        ],
+    )?;
+    line_chart(
+        &out.join("writes-core.svg"),
+        "Copies of each write the core sends (mean), 1,000 writes/s",
+        "agents",
+        true,
+        &xs,
+        &[
+            (
+                "agents feed agents",
+                series(1_000.0, true, "steady_core_copies_mean"),
+            ),
+            (
+                "agents feed agents, 10% of relays dead at once",
+                series(1_000.0, true, "deaths_core_copies_mean"),
+            ),
+            (
+                "the core feeds every agent",
+                series(1_000.0, false, "steady_core_copies_mean"),
+            ),
+        ],
+    )?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

@@ -258,3 +258,32 @@ fn refuted_suspicions_cost_nothing() {
         report.to_text()
     );
 }
+
+/// Writes through the feed tree: the core sends each write to the tree's top only, every
+/// live replica gets every write, the orphans of the dead relays pause at least as long as
+/// the feed's silence rule and move on; a seed replays the same figures.
+#[test]
+fn writes_go_down_the_tree_and_survive_dead_relays() {
+    use corral_agent::replica::feed::RELAY_SILENCE;
+    use corral_simulations::writes::{self, WritesConfig};
+
+    let mut config = WritesConfig::new(2_000, 200.0, 11);
+    config.seconds = 12.0;
+    let report = writes::run(&config).unwrap();
+    let figure = |name: &str| report.get_f64(name).unwrap_or_else(|| panic!("{name}"));
+    assert_eq!(figure("missed"), 0.0, "{}", report.to_text());
+    assert_eq!(figure("steady_core_copies_max"), config.tree.top as f64);
+    assert!(figure("relays_died") >= 1.0 && figure("orphans") >= 1.0);
+    let silence_ms = RELAY_SILENCE.as_millis() as f64;
+    assert!(figure("orphan_longest_pause_ms") >= silence_ms);
+    // Four levels of a few hundred microseconds each, when no relay dies.
+    assert!(figure("steady_last_replica_max_ms") < silence_ms);
+    assert!(figure("deaths_last_replica_max_ms") >= silence_ms);
+    assert_eq!(writes::run(&config).unwrap().figures, report.figures);
+
+    // Without the tree the core sends every write to every agent.
+    config.tree.top = 0;
+    let flat = writes::run(&config).unwrap();
+    assert_eq!(flat.get_f64("steady_core_copies_mean"), Some(2_000.0));
+    assert_eq!(flat.get_f64("orphans"), Some(0.0));
+}
