@@ -67,6 +67,16 @@ pub enum WatchStart {
     Snapshot { revision: Revision, bytes: Vec<u8> },
 }
 
+/// Memory one kept entry takes: its frame, the entry behind its `Arc`, the frame's
+/// shared header and the history's slot.
+fn entry_bytes(frame: &Bytes) -> usize {
+    const HOLDERS: usize = 2 * std::mem::size_of::<usize>() // Arc counts
+        + std::mem::size_of::<HistoryEntry>()
+        + 4 * std::mem::size_of::<usize>() // the frame's shared header
+        + std::mem::size_of::<Arc<HistoryEntry>>();
+    frame.len() + HOLDERS
+}
+
 /// The recent entries, newest last, bounded in count and bytes, with the broadcast that
 /// announces each one.
 #[derive(Debug)]
@@ -94,7 +104,22 @@ impl FrameHistory {
         self.entries.back().map(|e| e.revision)
     }
 
-    /// Bytes of the frames kept.
+    /// Changes the bound on bytes kept; a lower one drops the oldest entries at once.
+    pub fn set_bytes_max(&mut self, bytes_max: usize) {
+        self.bytes_max = bytes_max;
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.entries.len() > self.entries_max || self.bytes > self.bytes_max {
+            match self.entries.pop_front() {
+                Some(old) => self.bytes -= entry_bytes(&old.frame),
+                None => break,
+            }
+        }
+    }
+
+    /// Memory the kept entries take: their frames and what holds each.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -102,15 +127,10 @@ impl FrameHistory {
     /// Keeps the entry and announces it. Call under the lock that orders the source's
     /// changes, so that signals go out in revision order.
     pub fn push(&mut self, revision: Revision, frame: Bytes) {
-        self.bytes += frame.len();
+        self.bytes += entry_bytes(&frame);
         let entry = Arc::new(HistoryEntry { revision, frame });
         self.entries.push_back(entry.clone());
-        while self.entries.len() > self.entries_max || self.bytes > self.bytes_max {
-            match self.entries.pop_front() {
-                Some(old) => self.bytes -= old.frame.len(),
-                None => break,
-            }
-        }
+        self.trim();
         // Nobody listening is fine: the history keeps the entry.
         let _ = self.signals.send(WatchSignal::Entry(entry));
     }
@@ -462,5 +482,23 @@ mod tests {
             Err(7)
         );
         assert_eq!(history.bytes(), 0);
+    }
+
+    /// The bound counts what holds each frame too, and lowering it drops the oldest
+    /// entries at once.
+    #[test]
+    fn history_bytes_count_the_holders_and_a_lower_bound_trims() {
+        let frame = || Bytes::from(vec![0u8; 100]);
+        let one = entry_bytes(&frame());
+        assert!(one > 100);
+        let mut history = FrameHistory::new(1_000, 10 * one);
+        for revision in 1..=20 {
+            history.push(revision, frame());
+        }
+        assert_eq!(history.bytes(), 10 * one);
+        assert_eq!(history.floor(20), 10);
+        history.set_bytes_max(3 * one);
+        assert_eq!(history.bytes(), 3 * one);
+        assert_eq!(history.floor(20), 17);
     }
 }

@@ -32,8 +32,23 @@ pub const SNAPSHOT_LEN_MAX: usize = 2 * 1024 * 1024 * 1024;
 /// Most event batches kept for subscribers resuming from a past revision.
 pub const HISTORY_BATCHES_MAX: usize = 50_000;
 
-/// Most bytes (estimated) of event batches kept.
+/// Most bytes of memory the kept event batches take, however large the state.
 pub const HISTORY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Bytes of history an agent may keep whatever its state: a few thousand small writes,
+/// enough for a subscriber that reconnects to resume without a reset.
+pub const HISTORY_BYTES_MIN: usize = 1024 * 1024;
+
+/// The history's budget for a state of `state_bytes` (keys and values): a quarter of
+/// it, between [`HISTORY_BYTES_MIN`] and [`HISTORY_BYTES_MAX`]. Every host holds the
+/// history beside the state, so it stays in proportion to it; a subscriber whose
+/// revision is older than the history gets the current state instead (a reset), and an
+/// etcd watcher a "compacted" answer, as from etcd after a compaction.
+pub fn history_budget(state_bytes: u64) -> usize {
+    usize::try_from(state_bytes / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(HISTORY_BYTES_MIN, HISTORY_BYTES_MAX)
+}
 
 /// Most own writes applied ahead of the stream; past it, writes wait for the stream.
 pub const AHEAD_MAX: usize = 1024;
@@ -108,17 +123,27 @@ pub struct Replica {
     ahead: VecDeque<(Revision, Command)>,
 }
 
-/// Bytes a batch holds, roughly: its keys and values plus a fixed cost per event.
-fn batch_len_estimate(batch: &EventBatch) -> usize {
-    batch
+/// Memory a kept batch takes: the batch behind its `Arc`, its events, and the strings
+/// and values they own (other events count a typical size for what they own).
+fn batch_bytes(batch: &EventBatch) -> usize {
+    use corral_proto::Event;
+    const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
+    const SLOT: usize = std::mem::size_of::<Arc<EventBatch>>();
+    const OTHER_OWNED: usize = 64;
+    let owned: usize = batch
         .events
         .iter()
         .map(|event| match event {
-            corral_proto::Event::KeyPut(kv) => 96 + kv.key.len() + kv.value.len(),
-            _ => 96,
+            Event::KeyPut(kv) => kv.key.capacity() + kv.value.capacity(),
+            Event::KeyDeleted { key } => key.capacity(),
+            _ => OTHER_OWNED,
         })
-        .sum::<usize>()
-        + 32
+        .sum();
+    ARC_HEADER
+        + SLOT
+        + std::mem::size_of::<EventBatch>()
+        + batch.events.capacity() * std::mem::size_of::<corral_proto::Event>()
+        + owned
 }
 
 impl Replica {
@@ -379,16 +404,22 @@ impl Replica {
     }
 
     fn remember(&mut self, batch: Arc<EventBatch>) {
-        self.history_bytes += batch_len_estimate(&batch);
+        self.history_bytes += batch_bytes(&batch);
         self.history.push_back(batch);
-        while self.history.len() > HISTORY_BATCHES_MAX || self.history_bytes > HISTORY_BYTES_MAX {
+        let budget = history_budget(self.machine.quota_use().bytes);
+        while self.history.len() > HISTORY_BATCHES_MAX || self.history_bytes > budget {
             match self.history.pop_front() {
                 Some(old) => {
-                    self.history_bytes = self.history_bytes.saturating_sub(batch_len_estimate(&old))
+                    self.history_bytes = self.history_bytes.saturating_sub(batch_bytes(&old))
                 }
                 None => break,
             }
         }
+    }
+
+    /// Memory the kept history takes (see [`history_budget`]).
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
     }
 }
 

@@ -229,3 +229,33 @@ fn own_writes_ahead_are_bounded_and_forgotten_when_the_stream_ends() {
         Ok(ItemOutcome::Applied(_))
     ));
 }
+
+/// The history stays within a budget in proportion to the state: one key written over
+/// and over keeps at most the smallest budget, and the bytes counted cover at least the
+/// keys and values held.
+#[test]
+fn the_history_stays_in_proportion_to_the_state() {
+    let mut replica = Replica::new();
+    let value = vec![7u8; 1_000];
+    for revision in 1..=5_000 {
+        replica
+            .handle_item(WatchItem::Entry {
+                revision,
+                command: Command::Put {
+                    key: "config".into(),
+                    value: value.clone(),
+                    session: None,
+                },
+            })
+            .unwrap();
+    }
+    assert_eq!(history_budget(1_006), HISTORY_BYTES_MIN);
+    assert!(replica.history_bytes() <= HISTORY_BYTES_MIN);
+    let kept = replica.history().count();
+    assert!(kept * 1_006 <= replica.history_bytes(), "{kept} batches");
+    assert!(kept > 500, "only {kept} batches kept");
+    // Oldest first: the newest revisions are kept.
+    assert_eq!(replica.history().last().map(|b| b.revision), Some(5_000));
+    assert_eq!(history_budget(u64::MAX), HISTORY_BYTES_MAX);
+    assert_eq!(history_budget(40 << 20), 10 << 20);
+}

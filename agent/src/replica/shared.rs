@@ -26,6 +26,17 @@ pub const SIGNALS_BUFFER: usize = 16 * 1024;
 pub const RELAY_HISTORY_ENTRIES_MAX: usize = 20_000;
 /// Most bytes of frames kept for the agents this one feeds.
 pub const RELAY_HISTORY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Bytes of frames kept whatever the state: an agent that lost its feeder comes back
+/// within a second or two, a few thousand small writes.
+pub const RELAY_HISTORY_BYTES_MIN: usize = 512 * 1024;
+
+/// The relay history's budget for a state of `state_bytes`: an eighth of it, between
+/// the bounds above, so that it stays in proportion to what every host holds.
+pub fn relay_history_budget(state_bytes: u64) -> usize {
+    usize::try_from(state_bytes / 8)
+        .unwrap_or(usize::MAX)
+        .clamp(RELAY_HISTORY_BYTES_MIN, RELAY_HISTORY_BYTES_MAX)
+}
 
 /// Revisions the core was heard at, waiting for the replica to reach them.
 const PENDING_FRESH_MAX: usize = 64;
@@ -88,7 +99,7 @@ impl SharedReplica {
             leader: AtomicU64::new(0),
             relay: Mutex::new(FrameHistory::new(
                 RELAY_HISTORY_ENTRIES_MAX,
-                RELAY_HISTORY_BYTES_MAX,
+                RELAY_HISTORY_BYTES_MIN,
             )),
             relay_streams: AtomicU64::new(0),
             pending_fresh: Mutex::new(std::collections::VecDeque::new()),
@@ -282,7 +293,7 @@ impl SharedReplica {
             Ok(ItemOutcome::Applied(batch)) => {
                 // Under the write lock, so signals go out in revision order.
                 if let Some((revision, frame)) = entry_frame {
-                    self.relay.lock().push(revision, frame);
+                    self.relay_push(&state, revision, frame);
                 }
                 let _ = self.signals.send(ReplicaSignal::Applied(batch.clone()));
                 self.revision.send_replace(batch.revision);
@@ -364,9 +375,7 @@ impl SharedReplica {
         let mut state = self.state.write();
         match state.apply_own(revision, command) {
             Ok(Some(batch)) => {
-                self.relay
-                    .lock()
-                    .push(revision, entry_frame(revision, command));
+                self.relay_push(&state, revision, entry_frame(revision, command));
                 let _ = self.signals.send(ReplicaSignal::Applied(batch));
                 self.revision.send_replace(revision);
                 self.reached(revision);
@@ -380,6 +389,14 @@ impl SharedReplica {
                 self.revision.send_replace(0);
             }
         }
+    }
+
+    /// Keeps an applied entry's frame for the agents this one feeds, within a budget in
+    /// proportion to the state.
+    fn relay_push(&self, state: &Replica, revision: Revision, frame: Bytes) {
+        let mut relay = self.relay.lock();
+        relay.set_bytes_max(relay_history_budget(state.machine().quota_use().bytes));
+        relay.push(revision, frame);
     }
 
     pub(crate) fn stream_ended(&self) {

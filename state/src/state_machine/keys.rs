@@ -50,7 +50,11 @@ impl StateMachine {
 
     /// Deletes every key of `range`.
     pub(super) fn delete_range(&mut self, range: &KeyRange, events: &mut Vec<Event>) -> u64 {
-        let names: Vec<String> = self.keys.in_range(range).map(|(k, _)| k.clone()).collect();
+        let names: Vec<String> = self
+            .keys
+            .in_range(range)
+            .map(|(k, _)| k.to_string())
+            .collect();
         for name in &names {
             self.remove_key(name, events);
         }

@@ -68,7 +68,7 @@ impl StateMachine {
         let mut owned: BTreeMap<SessionId, Owned> = BTreeMap::new();
         for (key, record) in self.keys.iter() {
             if let Some(s) = record.session {
-                owned.entry(s).or_default().keys.insert(key.clone());
+                owned.entry(s).or_default().keys.insert(key.to_string());
             }
         }
         for shard in self.shards.iter() {
