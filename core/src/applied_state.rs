@@ -13,7 +13,7 @@
 //! broadcast it then follows there is neither a gap nor an overlap.
 
 use bytes::Bytes;
-use corral_net::watch_serve::{FrameHistory, WatchSignal, WatchStart};
+use corral_net::watch_serve::{FrameHistory, WATCH_BROADCAST_CAPACITY, WatchSignal, WatchStart};
 use corral_proto::{Command, CommandResponse, Revision, frame};
 use openraft::{EntryPayload, RaftLogId};
 use parking_lot::RwLock;
@@ -58,7 +58,11 @@ impl AppliedState {
                 machine,
                 last_applied,
                 last_membership,
-                history: FrameHistory::new(WATCH_HISTORY_ENTRIES_MAX, WATCH_HISTORY_BYTES_MAX),
+                history: FrameHistory::new(
+                    WATCH_HISTORY_ENTRIES_MAX,
+                    WATCH_HISTORY_BYTES_MAX,
+                    WATCH_BROADCAST_CAPACITY,
+                ),
             }),
         }
     }

@@ -89,13 +89,16 @@ pub struct FrameHistory {
 }
 
 impl FrameHistory {
-    pub fn new(entries_max: usize, bytes_max: usize) -> Self {
+    /// A history of at most `entries_max` entries and `bytes_max` bytes, announcing each
+    /// new entry on a broadcast of `broadcast_capacity` (allocated in full, and holding the
+    /// entries it last carried: a watcher further behind resumes from the history).
+    pub fn new(entries_max: usize, bytes_max: usize, broadcast_capacity: usize) -> Self {
         FrameHistory {
             entries: VecDeque::new(),
             bytes: 0,
             entries_max,
             bytes_max,
-            signals: broadcast::channel(WATCH_BROADCAST_CAPACITY).0,
+            signals: broadcast::channel(broadcast_capacity.max(1)).0,
         }
     }
 
@@ -447,7 +450,7 @@ mod tests {
     /// oldest entries first.
     #[test]
     fn history_serves_what_it_covers_and_a_snapshot_otherwise() {
-        let mut history = FrameHistory::new(3, 1024);
+        let mut history = FrameHistory::new(3, 1024, 16);
         for revision in 1..=5 {
             history.push(revision, Bytes::from(vec![revision as u8]));
         }
@@ -491,7 +494,7 @@ mod tests {
         let frame = || Bytes::from(vec![0u8; 100]);
         let one = entry_bytes(&frame());
         assert!(one > 100);
-        let mut history = FrameHistory::new(1_000, 10 * one);
+        let mut history = FrameHistory::new(1_000, 10 * one, 16);
         for revision in 1..=20 {
             history.push(revision, frame());
         }

@@ -39,13 +39,13 @@ pub const HISTORY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// enough for a subscriber that reconnects to resume without a reset.
 pub const HISTORY_BYTES_MIN: usize = 1024 * 1024;
 
-/// The history's budget for a state of `state_bytes` (keys and values): a quarter of
+/// The history's budget for a state of `state_bytes` (keys and values): an eighth of
 /// it, between [`HISTORY_BYTES_MIN`] and [`HISTORY_BYTES_MAX`]. Every host holds the
 /// history beside the state, so it stays in proportion to it; a subscriber whose
 /// revision is older than the history gets the current state instead (a reset), and an
 /// etcd watcher a "compacted" answer, as from etcd after a compaction.
 pub fn history_budget(state_bytes: u64) -> usize {
-    usize::try_from(state_bytes / 4)
+    usize::try_from(state_bytes / 8)
         .unwrap_or(usize::MAX)
         .clamp(HISTORY_BYTES_MIN, HISTORY_BYTES_MAX)
 }

@@ -257,5 +257,5 @@ fn the_history_stays_in_proportion_to_the_state() {
     // Oldest first: the newest revisions are kept.
     assert_eq!(replica.history().last().map(|b| b.revision), Some(5_000));
     assert_eq!(history_budget(u64::MAX), HISTORY_BYTES_MAX);
-    assert_eq!(history_budget(40 << 20), 10 << 20);
+    assert_eq!(history_budget(40 << 20), 5 << 20);
 }

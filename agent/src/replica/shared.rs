@@ -19,7 +19,13 @@ use tokio::sync::{broadcast, watch};
 use super::replica::{ItemOutcome, Replica, ReplicaError};
 
 /// Signals buffered for subscribers; one that falls further behind resumes from history.
-pub const SIGNALS_BUFFER: usize = 16 * 1024;
+/// The buffer is allocated in full and holds the batches it last carried until they are
+/// overwritten, whatever the history keeps: it stays small.
+pub const SIGNALS_BUFFER: usize = 1024;
+
+/// Entries announced to the agents this one feeds before a slow one is told it lagged
+/// (it then resumes from the relay history), for the same reason.
+pub const RELAY_BROADCAST_CAPACITY: usize = 1024;
 
 /// Most entries whose frames are kept for the agents this one feeds: enough for one that
 /// lost its feeder to resume here without a snapshot.
@@ -30,10 +36,10 @@ pub const RELAY_HISTORY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// within a second or two, a few thousand small writes.
 pub const RELAY_HISTORY_BYTES_MIN: usize = 512 * 1024;
 
-/// The relay history's budget for a state of `state_bytes`: an eighth of it, between
+/// The relay history's budget for a state of `state_bytes`: a sixteenth of it, between
 /// the bounds above, so that it stays in proportion to what every host holds.
 pub fn relay_history_budget(state_bytes: u64) -> usize {
-    usize::try_from(state_bytes / 8)
+    usize::try_from(state_bytes / 16)
         .unwrap_or(usize::MAX)
         .clamp(RELAY_HISTORY_BYTES_MIN, RELAY_HISTORY_BYTES_MAX)
 }
@@ -100,6 +106,7 @@ impl SharedReplica {
             relay: Mutex::new(FrameHistory::new(
                 RELAY_HISTORY_ENTRIES_MAX,
                 RELAY_HISTORY_BYTES_MIN,
+                RELAY_BROADCAST_CAPACITY,
             )),
             relay_streams: AtomicU64::new(0),
             pending_fresh: Mutex::new(std::collections::VecDeque::new()),

@@ -294,6 +294,16 @@ impl Corral {
     pub async fn fill_state(&self, keys: usize, value_len: usize) -> anyhow::Result<u64> {
         const WRITERS: usize = 32;
         let client = Arc::new(self.core_client());
+        // The keys the other workloads wrote go first: the state then holds exactly `keys`.
+        for prefix in ["bench/", "/etcd-api/"] {
+            let response = client
+                .write(&Command::Delete {
+                    key: prefix.into(),
+                    prefix: true,
+                })
+                .await?;
+            anyhow::ensure!(response.outcome.is_ok(), "{:?}", response.outcome);
+        }
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let client = client.clone();
