@@ -28,14 +28,14 @@ use std::time::Instant;
 use corral_agent::replica::feed_tree::FeedTree;
 use corral_net::rpc::WatchItem;
 use corral_proto::Command;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 mod feeds;
 
 use feeds::{Feeder, Feeds, feeds};
 
-use crate::core_model::CoreConfig;
+use crate::core_model::{CoreConfig, CoreModel};
 use crate::network::{CORE, Micros, Network, NetworkConfig};
 use crate::sim::us;
 use crate::stats::{Histogram, Report};
@@ -233,7 +233,8 @@ pub fn run(config: &WritesConfig) -> anyhow::Result<Report> {
     let mut missed = 0u64;
     // The longest time between two revisions at one agent: others, orphans.
     let mut longest_pause = [0; 2];
-    let mut commit_free = 0;
+    // The core: commits in order, after the commit latency.
+    let mut core = CoreModel::new(config.core.clone());
     let mut delivery = Delivery {
         config,
         network: &network,
@@ -251,14 +252,7 @@ pub fn run(config: &WritesConfig) -> anyhow::Result<Report> {
     }
     for w in 0..writes {
         let arrival = w * gap;
-        let jitter = if config.core.commit_jitter_us == 0 {
-            0
-        } else {
-            let u: f64 = rng.random_range(f64::EPSILON..1.0);
-            ((-u.ln()) * config.core.commit_jitter_us as f64) as Micros
-        };
-        let committed = (arrival + config.core.commit_us + jitter).max(commit_free);
-        commit_free = committed;
+        let committed = core.commit_time(arrival, &mut rng);
         delivery.committed = committed;
         delivery.revision = w;
         delivery.core_copies = 0;
