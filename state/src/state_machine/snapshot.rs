@@ -10,9 +10,16 @@ use super::{EarlierStateMachine, SnapshotError, StateMachine};
 use crate::session_table::{Owned, SessionIndex};
 
 impl StateMachine {
-    /// The state as bytes. Deterministic: equal states give equal bytes.
+    /// The state as bytes. Deterministic: equal states give equal bytes. The buffer is
+    /// sized first (a pass that only counts): grown by doubling, a 36 MB snapshot left
+    /// 36 MB more of freed buffers behind it.
     pub fn to_snapshot_bytes(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("the state machine always encodes")
+        let len = postcard::experimental::serialized_size(self)
+            .expect("the state machine always encodes");
+        let bytes = postcard::to_extend(self, Vec::with_capacity(len))
+            .expect("the state machine always encodes");
+        debug_assert_eq!(bytes.len(), len);
+        bytes
     }
 
     /// Loads a state from snapshot bytes, rebuilding the derived indices and checking the
