@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use machine::CpuPerOp;
-use report::{FailoverRun, FootprintRow, Results, Run, STATE_LABEL};
+use report::{FailoverRun, FootprintRow, Results, Run, STATE_LABEL, WARM_LABEL};
 use runner::{Op, Sample, closed_loop};
 use systems::corral::Corral;
 use systems::etcd::Etcd;
@@ -433,6 +433,12 @@ async fn run_system(
     results: &mut Results,
 ) -> anyhow::Result<()> {
     let system = cluster.name();
+    // Footprint: once, in the first round; idle right after the start (nothing written
+    // yet), and again after the warm-up (its keys held, its connections closed).
+    let footprint = plan.wants("footprint") && rep == 1;
+    if footprint {
+        idle_footprint(cluster, results, "idle").await;
+    }
     // Warm every system up alike (ZooKeeper's JIT most of all): unrecorded lookups and
     // writes from 16 clients.
     let (_, how) = cluster.lookups()[0];
@@ -440,17 +446,8 @@ async fn run_system(
     closed_loop(ops, Duration::ZERO, SYSTEM_WARMUP).await;
     let ops = cluster.write_clients(16, cluster.writes()[0].1).await?;
     closed_loop(ops, Duration::ZERO, SYSTEM_WARMUP).await;
-    // Footprint: once, in the first round.
-    let footprint = plan.wants("footprint") && rep == 1;
     if footprint {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        for f in machine::footprint(&cluster.processes(), IDLE_WINDOW).await {
-            results.footprints.push(FootprintRow {
-                system,
-                state: "idle",
-                footprint: f,
-            });
-        }
+        idle_footprint(cluster, results, WARM_LABEL).await;
     }
     if plan.wants("lookup") {
         for (label, how) in cluster.lookups() {
@@ -568,6 +565,18 @@ async fn run_system(
     }
     cluster.check_running()?;
     Ok(())
+}
+
+/// Every process's footprint after 2 s of rest, over [`IDLE_WINDOW`], as `state`.
+async fn idle_footprint(cluster: &Cluster, results: &mut Results, state: &'static str) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for f in machine::footprint(&cluster.processes(), IDLE_WINDOW).await {
+        results.footprints.push(FootprintRow {
+            system: cluster.name(),
+            state,
+            footprint: f,
+        });
+    }
 }
 
 /// Keys and value size of the state whose footprint the page shows.
