@@ -26,12 +26,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-cargo build --release --quiet --bin corral
+# The binary as shipped (deploy/image): statically linked, so that its footprint counts
+# the C library it carries and not every page of the shared ones it would map.
+target=x86_64-unknown-linux-gnu
+RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --release --quiet --locked --target "$target" --bin corral
 cargo build --release --quiet --manifest-path bench/Cargo.toml
 
 command_line="bench/run.sh${*:+ $*}"
 exec bench/target/release/corral-bench all \
-    --corral target/release/corral \
+    --corral "target/$target/release/corral" \
     --out docs \
     --command-line "$command_line" \
     "$@"
