@@ -733,7 +733,7 @@ fn page(results: &Results, sums: &BTreeMap<Key, Summary>, clients: &[usize]) -> 
         let _ = writeln!(p, "## Footprint\n");
         let _ = writeln!(
             p,
-            "Resident memory at the end of the window and CPU over it (percent of one core):\n*idle* over 5 s from 2 s after the start, before anything is written; *idle after\nwarm-up* the same after the warm-up (3 s of lookups and 3 s of writes from 16 clients,\nwhich leave 16,000 keys of 256 B in Corral and etcd, 16 nodes in ZooKeeper); under the\nwrite load (16 clients, Corral through\nthe agent). Corral's rows include agent a1, the one that served the clients. The rows\n*128,000 keys of 256 B* come last, after every other workload: that many keys written\nstraight to the core, then 3 s of rest and a 5 s window; a1 followed the writes, a4\nwas started after them and took the state as a snapshot.\n"
+            "Resident memory at the end of the window and CPU over it (percent of one core):\n*idle* over 5 s from 2 s after the start, before anything is written; *idle after\nwarm-up* the same after the warm-up (3 s of lookups and 3 s of writes from 16 clients,\nwhich leave 16,000 keys of 256 B in Corral and etcd, 16 nodes in ZooKeeper); under the\nwrite load (16 clients, Corral through the agent). Corral's rows include agent a1, the\none that served the clients. The rows\n*128,000 keys of 256 B* come last, after every other workload: that many keys written\nstraight to the core, then 3 s of rest and a 5 s window; a1 followed the writes, a4\nwas started after them and took the state as a snapshot.\n"
         );
         let _ = writeln!(
             p,

@@ -36,8 +36,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the dialing side lets a connection go quiet before it sends a keep-alive
 /// (three per idle timeout). Only the dialing side sends them: its ping and the answer's
 /// acknowledgement keep both ends alive, and a core member accepting thousands of agents'
-/// connections would otherwise ping each of them too (an agent's connection cost the core
-/// about 17 packets a second at rest instead of 6).
+/// connections would otherwise ping each of them too (with 50 agents at rest the core
+/// spent 5.3% of a core instead of 3.7%).
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
 /// Packets a peer may receive before it must acknowledge them: a request's answer carries
 /// the acknowledgement of the request, so most acknowledgements ride along and a separate
