@@ -204,6 +204,8 @@ pub enum WatchItem {
     /// one with `last` completes it. Entries after `revision` follow.
     SnapshotChunk {
         revision: Revision,
+        /// Encoded as bytes, copied whole (the same encoding as a sequence of `u8`).
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         last: bool,
     },

@@ -14,6 +14,9 @@ use crate::digest::{RowDigest, SetDigest};
 /// One stored key, without its name (the map holds that).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct KeyRecord {
+    /// Encoded as bytes (postcard: a length, then the bytes, the same encoding as a
+    /// sequence of `u8`), copied whole instead of one `u8` at a time.
+    #[serde(with = "serde_bytes")]
     pub(crate) value: Box<[u8]>,
     pub(crate) create_revision: Revision,
     pub(crate) modify_revision: Revision,
@@ -349,6 +352,39 @@ fn compare_by(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value encodes as bytes exactly as it did as a sequence of `u8`, so snapshots and
+    /// saved replicas written either way read back.
+    #[test]
+    fn a_value_encodes_as_a_sequence_of_bytes_did() {
+        #[derive(Serialize, Deserialize)]
+        struct AsSequence {
+            value: Box<[u8]>,
+            create_revision: Revision,
+            modify_revision: Revision,
+            version: u64,
+            session: Option<SessionId>,
+        }
+        let record = KeyRecord {
+            value: (0..=255u8).cycle().take(1000).collect(),
+            create_revision: 3,
+            modify_revision: 9,
+            version: 2,
+            session: Some(7),
+        };
+        let sequence = AsSequence {
+            value: record.value.clone(),
+            create_revision: 3,
+            modify_revision: 9,
+            version: 2,
+            session: Some(7),
+        };
+        let bytes = postcard::to_stdvec(&record).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&sequence).unwrap());
+        assert_eq!(postcard::from_bytes::<KeyRecord>(&bytes).unwrap(), record);
+        let back: AsSequence = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.value, record.value);
+    }
 
     #[test]
     fn prefix_range_stops_at_the_end_of_the_prefix_and_resumes_after_a_key() {

@@ -34,6 +34,8 @@ const MAGIC: &[u8; 8] = b"CRLREPL2";
 /// What the file holds.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Saved {
+    /// Read as bytes, copied whole (the same encoding as a sequence of `u8`).
+    #[serde(with = "serde_bytes")]
     snapshot: Vec<u8>,
     history: Vec<EventBatch>,
 }
