@@ -34,11 +34,19 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// timeout.
 pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the dialing side lets a connection go quiet before it sends a keep-alive
-/// (three per idle timeout). Only the dialing side sends them: its ping and the answer's
+/// (two per idle timeout). Only the dialing side sends them: its ping and the answer's
 /// acknowledgement keep both ends alive, and a core member accepting thousands of agents'
 /// connections would otherwise ping each of them too (with 50 agents at rest the core
-/// spent 5.3% of a core instead of 3.7%).
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// spent 5.3% of a core instead of 3.7%). Longer than [`crate::rpc::BEAT_INTERVAL`]: an
+/// agent hears the answer to a beat every interval, which puts its keep-alive off, so a
+/// beating connection carries no keep-alives at all (at 500 ms, the keep-alive fired just
+/// before each answer was due, two more packets a second per agent at the core).
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(750);
+const _: () = assert!(
+    KEEP_ALIVE_INTERVAL.as_millis() > crate::rpc::BEAT_INTERVAL.as_millis()
+        && 2 * KEEP_ALIVE_INTERVAL.as_millis() <= IDLE_TIMEOUT.as_millis(),
+    "beats put keep-alives off, and a lost keep-alive has a second one before the timeout"
+);
 /// Packets a peer may receive before it must acknowledge them: a request's answer carries
 /// the acknowledgement of the request, so most acknowledgements ride along and a separate
 /// ACK packet is rarely needed. Eleven full packets stay within QUIC's initial congestion
