@@ -9,6 +9,7 @@
 //!  http/        the HTTP/JSON gateway, the status page and /metrics
 //!  metrics.rs   counters and latency histograms
 //!  json.rs      JSON views of answers (values as text or hex)
+//!  txn_json.rs  transactions written as JSON (`corral kv txn`, POST /v1/txn)
 //! ```
 
 pub mod agent;
@@ -20,3 +21,4 @@ pub mod json;
 pub mod metrics;
 pub mod replica;
 pub mod sessions;
+pub mod txn_json;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::answer::{Answer, CommandError};
 use crate::command::{InvalidCommand, Txn};
 use crate::event::EventBatch;
-use crate::model::{KeyValue, Lock, Revision, ServiceInstance, SessionId, Shard};
+use crate::model::{KeyValue, Lock, Revision, ServiceInstance, ServiceSummary, SessionId, Shard};
 
 /// Most requests one connection may have in flight; more are refused with
 /// [`ApiError::TooManyRequests`].
@@ -218,6 +218,12 @@ pub enum Query {
         start_after: Option<String>,
         limit: u32,
     },
+    /// One page of the services, by name, as [`Query::ShardPage`]: each with its number
+    /// of instances and their tags.
+    ServicePage {
+        start_after: Option<String>,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +247,11 @@ pub enum QueryResult {
     /// `more` is true when locks beyond the page exist.
     LockPage {
         locks: Vec<Lock>,
+        more: bool,
+    },
+    /// `more` is true when services beyond the page exist.
+    ServicePage {
+        services: Vec<ServiceSummary>,
         more: bool,
     },
 }

@@ -119,6 +119,15 @@ pub struct Lock {
     pub waiters: Vec<SessionId>,
 }
 
+/// A service as a list of all services shows it: how many instances it has, and every
+/// tag any of them carries (sorted, once each).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub instances: u32,
+    pub tags: Vec<String>,
+}
+
 /// One registered instance of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceInstance {

@@ -37,6 +37,7 @@ pub fn needs(request: &AgentRequest) -> Vec<Need> {
             Query::Locks | Query::LockPage { .. } => one(Locks, "", Read),
             Query::ShardPage { .. } => one(Shards, "", Read),
             Query::Service(name) => one(Services, name, Read),
+            Query::ServicePage { .. } => one(Services, "", Read),
         },
         AgentRequest::Put { key, .. }
         | AgentRequest::CompareAndSet { key, .. }

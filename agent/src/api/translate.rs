@@ -7,7 +7,8 @@ use corral_proto::api::{
 };
 use corral_proto::limits::LIST_KEYS_MAX;
 use corral_proto::{
-    Command, Compare, CompareOp, CompareTarget, Event, EventBatch, Revision, SessionId, Txn, TxnOp,
+    Command, Compare, CompareOp, CompareTarget, Event, EventBatch, Revision, ServiceSummary,
+    SessionId, Txn, TxnOp,
 };
 use corral_state::StateMachine;
 
@@ -21,6 +22,20 @@ pub enum Binding {
     /// A session of the request's own, held by the agent until what it took is released
     /// or the host dies (`detach`).
     Node,
+}
+
+/// Whether a put of `txn` is ephemeral (bound to the session the transaction is sent in,
+/// whatever session id the put names), so that the transaction needs a session.
+pub fn txn_is_bound(txn: &Txn) -> bool {
+    txn.success.iter().chain(&txn.failure).any(|op| {
+        matches!(
+            op,
+            TxnOp::Put {
+                session: Some(_),
+                ..
+            }
+        )
+    })
 }
 
 /// The session binding a write request needs.
@@ -41,16 +56,7 @@ pub fn binding_of(request: &AgentRequest) -> Binding {
             }
         }
         AgentRequest::Txn(txn) => {
-            let any_bound = txn.success.iter().chain(&txn.failure).any(|op| {
-                matches!(
-                    op,
-                    TxnOp::Put {
-                        session: Some(_),
-                        ..
-                    }
-                )
-            });
-            if any_bound {
+            if txn_is_bound(txn) {
                 Binding::Connection
             } else {
                 Binding::None
@@ -190,6 +196,32 @@ pub fn answer(machine: &StateMachine, query: &Query) -> Result<QueryResult, ApiE
         Query::LockPage { start_after, limit } => {
             let (locks, more) = page(machine.locks(), |l| &l.name, start_after.as_deref(), *limit);
             QueryResult::LockPage { locks, more }
+        }
+        Query::ServicePage { start_after, limit } => {
+            let (names, more) = page(
+                machine.service_names(),
+                |name| name,
+                start_after.as_deref(),
+                *limit,
+            );
+            let services = names
+                .into_iter()
+                .map(|name| {
+                    let mut instances = 0;
+                    let mut tags = std::collections::BTreeSet::new();
+                    for instance in machine.service(&name) {
+                        instances += 1;
+                        tags.extend(instance.tags.iter());
+                    }
+                    let tags = tags.into_iter().cloned().collect();
+                    ServiceSummary {
+                        name,
+                        instances,
+                        tags,
+                    }
+                })
+                .collect();
+            QueryResult::ServicePage { services, more }
         }
     })
 }

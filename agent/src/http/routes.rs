@@ -145,6 +145,25 @@ async fn kv_delete(
         .await
 }
 
+/// `POST /v1/txn`: a transaction written as JSON ([`crate::txn_json`]), in the session
+/// `?session=ID` names when a put of it is ephemeral.
+async fn txn(
+    State(gateway): Shared,
+    QueryParams(params): Params,
+    bytes: Bytes,
+) -> Result<Response, HttpError> {
+    let txn = crate::txn_json::parse(&bytes)
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "bad_txn", e))?;
+    let session = if crate::api::translate::txn_is_bound(&txn) {
+        Some(required_session(&params, "an ephemeral put")?)
+    } else {
+        session_param(&params)?
+    };
+    gateway
+        .write(in_session(session, AgentRequest::Txn(txn)))
+        .await
+}
+
 // ----- shards ------------------------------------------------------------------------
 
 async fn shards(
@@ -347,6 +366,22 @@ async fn lock_release(
 
 // ----- services ----------------------------------------------------------------------
 
+async fn services(
+    State(gateway): Shared,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let (start_after, limit) = page_params(&params)?;
+    let query = Query::ServicePage { start_after, limit };
+    let read = gateway.read(query, &params).await?;
+    Ok(Json(json!({
+        "revision": read["revision"],
+        "age_ms": read["age_ms"],
+        "services": read["result"]["ServicePage"]["services"],
+        "more": read["result"]["ServicePage"]["more"],
+    }))
+    .into_response())
+}
+
 async fn service_get(
     State(gateway): Shared,
     Path(name): Path<String>,
@@ -457,6 +492,7 @@ pub(super) fn router(gateway: Arc<Gateway>, guard: Arc<Guarded>) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/kv", get(kv_list))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/txn", post(txn))
         .route("/v1/shards", get(shards))
         .route(
             "/v1/shards/{name}",
@@ -473,6 +509,7 @@ pub(super) fn router(gateway: Arc<Gateway>, guard: Arc<Guarded>) -> Router {
             "/v1/locks/{name}",
             get(lock_get).post(lock_acquire).delete(lock_release),
         )
+        .route("/v1/services", get(services))
         .route("/v1/services/{name}", get(service_get))
         .route(
             "/v1/services/{name}/{id}",

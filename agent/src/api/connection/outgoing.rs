@@ -216,7 +216,7 @@ fn encode_or_refuse(message: &AgentFrame) -> Vec<u8> {
                     len,
                     max,
                     hint: "ask for one page at a time: start_after and limit (Query::Page, \
-                           ShardPage, LockPage; HTTP ?start_after=NAME&limit=N)"
+                           ShardPage, LockPage, ServicePage; HTTP ?start_after=NAME&limit=N)"
                         .into(),
                 },
                 other => ApiError::BadRequest(format!("the answer could not be encoded: {other}")),

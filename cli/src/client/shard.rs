@@ -1,0 +1,181 @@
+//! `corral shard`: shards, their replicas and masters.
+
+use anyhow::bail;
+use clap::Subcommand;
+use corral_proto::api::{AgentRequest, Query, QueryResult};
+use corral_proto::{Answer, Shard};
+use serde_json::json;
+
+use super::Context;
+use crate::holding;
+use crate::output::print_json;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ShardAction {
+    Create {
+        name: String,
+    },
+    Get {
+        name: String,
+        #[arg(long)]
+        consistent: bool,
+    },
+    List,
+    /// Register ADDRESS as a replica of the shard; held until this command exits (Ctrl-C;
+    /// across restarts of the agent; 10 s after the command is killed), or, with --detach, in a session of its own that lives until it is closed
+    /// (`corral session close ID`, the replica's session) or the host dies.
+    Join {
+        name: String,
+        address: String,
+        #[arg(long, default_value_t = 0)]
+        priority: u32,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Remove ADDRESS from the shard's replicas (a new master is chosen if it was the
+    /// master), acting in the session that holds it: a replica joined with --detach, or
+    /// by any session of this user on this host (others' are refused).
+    Leave {
+        name: String,
+        address: String,
+    },
+    /// Delete the shard (refused while it has replicas).
+    Delete {
+        name: String,
+    },
+    /// Hand the master role to TO, or to the best other replica.
+    Handover {
+        name: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+}
+
+fn print_shard(shard: &Shard) {
+    let master = shard.master.as_deref().unwrap_or("-");
+    let slaves: Vec<&str> = shard.slaves().map(|r| r.address.as_str()).collect();
+    println!(
+        "{}  master {}  epoch {}  slaves {}",
+        shard.name,
+        master,
+        shard.epoch,
+        if slaves.is_empty() {
+            "-".to_string()
+        } else {
+            slaves.join(",")
+        }
+    );
+}
+
+pub(super) async fn run(cx: &Context, action: ShardAction) -> anyhow::Result<()> {
+    match action {
+        ShardAction::Create { name } => {
+            let (revision, _) = cx.client.write(AgentRequest::CreateShard { name }).await?;
+            if cx.json {
+                print_json(&json!({ "revision": revision }))?;
+            } else {
+                println!("created (revision {revision})");
+            }
+        }
+        ShardAction::Get { name, consistent } => {
+            let reply = cx.read(Query::Shard(name.clone()), consistent).await?;
+            let QueryResult::Shard(shard) = reply.result else {
+                bail!("unexpected answer");
+            };
+            let Some(shard) = shard else {
+                bail!("shard {name} does not exist (revision {})", reply.revision);
+            };
+            if cx.json {
+                print_json(
+                    &json!({ "revision": reply.revision, "age_ms": reply.age_ms, "shard": shard }),
+                )?;
+            } else {
+                print_shard(&shard);
+            }
+        }
+        ShardAction::Leave { name, address } => {
+            let reply = cx.read(Query::Shard(name.clone()), false).await?;
+            let QueryResult::Shard(shard) = reply.result else {
+                bail!("unexpected answer");
+            };
+            let Some(shard) = shard else {
+                bail!("shard {name} does not exist (revision {})", reply.revision);
+            };
+            let Some(replica) = shard.replicas.iter().find(|r| r.address == address) else {
+                bail!("{address} is not a replica of {name}");
+            };
+            let request = AgentRequest::LeaveShard {
+                shard: name.clone(),
+                address: address.clone(),
+            };
+            let (revision, answer) = cx.client.write_in(replica.session, request).await?;
+            if cx.json {
+                print_json(&json!({ "revision": revision, "answer": answer }))?;
+            } else {
+                println!("{address} left {name} (revision {revision})");
+            }
+        }
+        ShardAction::Delete { name } => {
+            let request = AgentRequest::DeleteShard { name: name.clone() };
+            let (revision, _) = cx.client.write(request).await?;
+            if cx.json {
+                print_json(&json!({ "revision": revision }))?;
+            } else {
+                println!("deleted {name} (revision {revision})");
+            }
+        }
+        ShardAction::List => {
+            let reply = cx.read(Query::Shards, false).await?;
+            let QueryResult::Shards(shards) = reply.result else {
+                bail!("unexpected answer");
+            };
+            if cx.json {
+                print_json(&json!({ "revision": reply.revision, "shards": shards }))?;
+            } else {
+                shards.iter().for_each(print_shard);
+            }
+        }
+        ShardAction::Join {
+            name,
+            address,
+            priority,
+            detach,
+        } => {
+            let request = AgentRequest::JoinShard {
+                shard: name.clone(),
+                address: address.clone(),
+                priority,
+                detach,
+            };
+            let (holding, revision, answer) =
+                holding::send(&cx.client, &cx.socket, "shard join", request, !detach).await?;
+            if cx.json {
+                print_json(&json!({ "revision": revision, "answer": answer }))?;
+            } else if let Answer::ReplicaRegistered { master, epoch } = &answer {
+                println!(
+                    "{address} joined {name}; master {} epoch {epoch}",
+                    master.as_deref().unwrap_or("-")
+                );
+            }
+            if let Some(held) = holding {
+                holding::hold(held, &format!("replica {address} of {name}")).await?;
+            }
+        }
+        ShardAction::Handover { name, to, epoch } => {
+            let request = AgentRequest::Handover {
+                shard: name,
+                to,
+                epoch,
+            };
+            let (revision, answer) = cx.client.write(request).await?;
+            if cx.json {
+                print_json(&json!({ "revision": revision, "answer": answer }))?;
+            } else if let Answer::HandedOver { master, epoch } = answer {
+                println!("master {master} epoch {epoch}");
+            }
+        }
+    }
+    Ok(())
+}
