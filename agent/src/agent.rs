@@ -83,6 +83,14 @@ pub struct AgentConfig {
     /// Address of the etcd v3 gRPC endpoint (None: not served). Beyond loopback it needs
     /// the HTTP gateway's tokens.
     pub etcd: Option<SocketAddr>,
+    /// Address of the DNS server, UDP and TCP (None: not served); loopback unless
+    /// `dns_public`.
+    pub dns: Option<SocketAddr>,
+    /// Serve DNS on an address beyond loopback: anyone who reaches it learns the masters,
+    /// replicas, services and agents it names.
+    pub dns_public: bool,
+    /// TTL of DNS answers, in seconds.
+    pub dns_ttl: u32,
     pub tls_dir: PathBuf,
     pub gossip: GossipConfig,
     /// Longest the worker polls for the next request before it sleeps (zero: never).
@@ -189,6 +197,20 @@ impl Agent {
             inbound,
             gossip::known_peers::load(&config.data_dir, &config.join, config.advertise),
         );
+        let dns_sockets = match config.dns {
+            Some(address) => Some({
+                if !address.ip().is_loopback() && !config.dns_public {
+                    return Err(AgentError::Config(format!(
+                        "DNS on {address} would answer anyone who reaches it, with no rules \
+                         applied: bind a loopback address, or give --dns-public"
+                    )));
+                }
+                crate::dns::server::bind(address)
+                    .await
+                    .map_err(|e| AgentError::Start(format!("DNS on {address}: {e}")))?
+            }),
+            None => None,
+        };
         let replica = Arc::new(SharedReplica::new());
         let saved = crate::replica::on_disk::load(&config.data_dir).map(|(machine, history)| {
             let revision = machine.revision();
@@ -319,11 +341,24 @@ impl Agent {
                 },
             )));
         }
+        if let Some(sockets) = dns_sockets {
+            let handler = crate::dns::server::Handler::new(
+                context.replica.clone(),
+                context.gossip.clone(),
+                config.dns_ttl,
+            );
+            tasks.push(tokio::spawn(crate::dns::server::serve(
+                sockets,
+                handler,
+                context.shutdown.clone(),
+            )));
+        }
         tracing::info!(
             identity = %identity,
             socket = %config.socket.display(),
             http = ?config.http,
             etcd = ?config.etcd,
+            dns = ?config.dns,
             "agent started"
         );
         Ok(Agent {

@@ -7,6 +7,7 @@
 //!  sessions/    the node session and the deaths reported to the core
 //!  api/         the Unix-socket API apps use
 //!  http/        the HTTP/JSON gateway, the status page and /metrics
+//!  dns/         DNS under corral.: masters, replicas, services, agents
 //!  metrics.rs   counters and latency histograms
 //!  json.rs      JSON views of answers (values as text or hex)
 //!  txn_json.rs  transactions written as JSON (`corral kv txn`, POST /v1/txn)
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod dns;
 pub mod etcd;
 pub mod gossip;
 pub mod http;

@@ -85,6 +85,17 @@ struct RunArgs {
     /// clients and etcdctl talk to this agent. Beyond loopback it needs --http-token-file.
     #[arg(long, env = "CORRAL_ETCD")]
     etcd: Option<SocketAddr>,
+    /// Address of the DNS server, UDP and TCP, e.g. 127.0.0.1:8600 (none by default):
+    /// master.M3.shard.corral., M3.shard.corral., NAME.service.corral.,
+    /// TAG.NAME.service.corral., HOST.node.corral., answered from the local replica.
+    #[arg(long, env = "CORRAL_DNS")]
+    dns: Option<SocketAddr>,
+    /// Serve DNS on an address beyond loopback: anyone who reaches it learns what it names.
+    #[arg(long, env = "CORRAL_DNS_PUBLIC")]
+    dns_public: bool,
+    /// TTL of DNS answers, in seconds (0: never cached, so a failover is seen at once).
+    #[arg(long, env = "CORRAL_DNS_TTL", default_value_t = corral_agent::dns::DEFAULT_TTL)]
+    dns_ttl: u32,
     /// Directory with ca.pem and this agent's NAME.pem and NAME-key.pem.
     #[arg(long, env = "CORRAL_TLS_DIR", required = true)]
     tls_dir: Option<PathBuf>,
@@ -217,6 +228,9 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         http: args.http,
         http_policy,
         etcd: args.etcd,
+        dns: args.dns,
+        dns_public: args.dns_public,
+        dns_ttl: args.dns_ttl,
         tls_dir: args.tls_dir.ok_or_else(|| missing("tls-dir"))?,
         gossip,
         idle_poll_max: Duration::from_micros(args.idle_poll_us),

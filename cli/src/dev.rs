@@ -5,7 +5,7 @@
 //! ```text
 //!  base port P:  core-i  127.0.0.1:P+i        (Raft and clients, QUIC)
 //!                agent i gossip 127.0.0.1:P+100+i, HTTP 127.0.0.1:P+200+i,
-//!                        etcd v3 API 127.0.0.1:P+300+i
+//!                        etcd v3 API 127.0.0.1:P+300+i, DNS 127.0.0.1:P+400+i
 //!                socket  DIR/aI.sock, logs DIR/logs/
 //! ```
 
@@ -34,7 +34,8 @@ pub(crate) struct DevArgs {
     /// Number of agents (hosts).
     #[arg(long, default_value_t = 5)]
     agents: usize,
-    /// First port of the layout: cores at +1.., gossip at +101.., HTTP at +201.., etcd at +301..
+    /// First port of the layout: cores at +1.., gossip at +101.., HTTP at +201.., etcd at
+    /// +301.., DNS at +401..
     #[arg(long, default_value_t = 7000)]
     base_port: u16,
     /// Play the sharded-store failover scenario, narrated, then stop.
@@ -57,6 +58,8 @@ pub(crate) struct DevAgent {
     pub(crate) http: SocketAddr,
     /// Its etcd v3 gRPC endpoint.
     pub(crate) etcd: SocketAddr,
+    /// Its DNS server (UDP and TCP).
+    pub(crate) dns: SocketAddr,
     pub(crate) gossip: SocketAddr,
     pub(crate) process: Option<Child>,
 }
@@ -137,10 +140,13 @@ impl DevCluster {
             if !free_udp(base + 100 + i) {
                 taken.push(format!("udp {}", base + 100 + i));
             }
-            for port in [base + 200 + i, base + 300 + i] {
+            for port in [base + 200 + i, base + 300 + i, base + 400 + i] {
                 if !free_tcp(port) {
                     taken.push(format!("tcp {port}"));
                 }
+            }
+            if !free_udp(base + 400 + i) {
+                taken.push(format!("udp {}", base + 400 + i));
             }
         }
         if !taken.is_empty() {
@@ -201,6 +207,7 @@ impl DevCluster {
                 socket: dir.join(format!("{name}.sock")),
                 http: SocketAddr::from(([127, 0, 0, 1], base + 200 + i)),
                 etcd: SocketAddr::from(([127, 0, 0, 1], base + 300 + i)),
+                dns: SocketAddr::from(([127, 0, 0, 1], base + 400 + i)),
                 gossip: SocketAddr::from(([127, 0, 0, 1], base + 100 + i)),
                 name,
                 process: None,
@@ -243,6 +250,8 @@ impl DevCluster {
             agent.http.to_string(),
             "--etcd".into(),
             agent.etcd.to_string(),
+            "--dns".into(),
+            agent.dns.to_string(),
             "--tls-dir".into(),
             tls.display().to_string(),
         ];
@@ -322,16 +331,17 @@ impl DevCluster {
         println!("  core     {}", self.core_addresses.join("  "));
         println!();
         println!(
-            "  {:<6} {:<38} {:<24} {:<18} gossip",
-            "agent", "socket", "HTTP gateway", "etcd v3 API"
+            "  {:<6} {:<38} {:<24} {:<18} {:<18} gossip",
+            "agent", "socket", "HTTP gateway", "etcd v3 API", "DNS"
         );
         for agent in &self.agents {
             println!(
-                "  {:<6} {:<38} http://{:<17} {:<18} {}",
+                "  {:<6} {:<38} http://{:<17} {:<18} {:<18} {}",
                 agent.name,
                 agent.socket.display(),
                 agent.http,
                 agent.etcd,
+                agent.dns,
                 agent.gossip
             );
         }
@@ -361,6 +371,11 @@ impl DevCluster {
         println!(
             "  etcdctl --endpoints={} put hello world && etcdctl --endpoints={} get hello",
             first.etcd, first.etcd
+        );
+        println!(
+            "  dig @{} -p {} +short master.M3.shard.corral. api.service.corral. SRV",
+            first.dns.ip(),
+            first.dns.port()
         );
         println!();
         println!(

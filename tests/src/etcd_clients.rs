@@ -99,7 +99,7 @@ fn run_with_deadline(mut command: Command, input: Option<&str>) -> Output {
 
 /// A program of a Debian package: `$variable` if set, else `name` on the PATH, installed
 /// with apt-get (as root) when missing.
-fn debian_binary(variable: &str, name: &str, package: &str) -> PathBuf {
+pub fn debian_binary(variable: &str, name: &str, package: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(variable) {
         return PathBuf::from(path);
     }

@@ -28,6 +28,8 @@ pub struct AgentProcess {
     pub http: std::net::SocketAddr,
     /// Its etcd v3 gRPC endpoint.
     pub etcd: std::net::SocketAddr,
+    /// Its DNS server (UDP and TCP).
+    pub dns: std::net::SocketAddr,
     process: Option<ChildProcess>,
 }
 
@@ -77,6 +79,7 @@ impl Fleet {
             socket: self.root.join("sockets").join(format!("{name}.sock")),
             http: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
             etcd: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            dns: std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
             process: None,
         };
         self.agents.insert(name.to_string(), agent);
@@ -123,6 +126,8 @@ impl Fleet {
             agent.http.to_string(),
             "--etcd".into(),
             agent.etcd.to_string(),
+            "--dns".into(),
+            agent.dns.to_string(),
             "--tls-dir".into(),
             tls.display().to_string(),
         ];

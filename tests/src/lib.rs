@@ -11,12 +11,14 @@
 //!  docker           the Docker cluster of deploy/: kill, pause, partition, netem
 //!  http, browser    a plain HTTP client with SSE, and headless chromium over DevTools
 //!  etcd_clients     Debian's etcdctl and Python's etcd3, installed when missing
+//!  dig              Debian's dig, asking an agent's DNS server
 //!  wait_until       poll a condition with a deadline, never a bare sleep
 //! ```
 
 pub mod browser;
 pub mod checker;
 pub mod core_cluster;
+pub mod dig;
 pub mod disk;
 pub mod docker;
 pub mod etcd_clients;
