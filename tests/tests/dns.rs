@@ -130,6 +130,10 @@ async fn dig_finds_masters_replicas_services_and_agents() {
     assert!(no_data.answers().is_empty(), "{}", no_data.output);
     let outside = dig(server, "example.com.", "A", &[]);
     assert_eq!(outside.status(), "REFUSED", "{}", outside.output);
+    let chaos = dig(server, "master.M3.shard.corral.", "A", &["-c", "CH"]);
+    assert_eq!(chaos.status(), "REFUSED", "{}", chaos.output);
+    let notify = dig(server, "master.M3.shard.corral.", "A", &["+opcode=notify"]);
+    assert_eq!(notify.status(), "NOTIMP", "{}", notify.output);
     // Garbage over UDP and TCP, and a TCP connection that sends half a query and stalls,
     // cost nothing: the agent still answers.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
