@@ -199,12 +199,8 @@ impl Agent {
         );
         let dns_sockets = match config.dns {
             Some(address) => Some({
-                if !address.ip().is_loopback() && !config.dns_public {
-                    return Err(AgentError::Config(format!(
-                        "DNS on {address} would answer anyone who reaches it, with no rules \
-                         applied: bind a loopback address, or give --dns-public"
-                    )));
-                }
+                crate::dns::check_address(address, config.dns_public)
+                    .map_err(AgentError::Config)?;
                 crate::dns::server::bind(address)
                     .await
                     .map_err(|e| AgentError::Start(format!("DNS on {address}: {e}")))?
