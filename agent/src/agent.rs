@@ -338,11 +338,7 @@ impl Agent {
             )));
         }
         if let Some(sockets) = dns_sockets {
-            let handler = crate::dns::server::Handler::new(
-                context.replica.clone(),
-                context.gossip.clone(),
-                config.dns_ttl,
-            );
+            let handler = crate::dns::server::Handler::new(context.clone(), config.dns_ttl);
             tasks.push(tokio::spawn(crate::dns::server::serve(
                 sockets,
                 handler,

@@ -174,6 +174,37 @@ pub struct AgentMetrics {
     pub socket_refused: AtomicU64,
     /// Subscriptions ended because their subscriber did not read what was queued.
     pub subscriptions_cut: AtomicU64,
+    /// DNS queries, by outcome ([`DnsOutcome`]).
+    dns_queries: [AtomicU64; 4],
+}
+
+/// How a DNS query ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsOutcome {
+    /// Records, or a name with none of the type asked.
+    Answered = 0,
+    NxDomain = 1,
+    /// Outside `corral.`, another class, another opcode.
+    Refused = 2,
+    Malformed = 3,
+}
+
+impl DnsOutcome {
+    pub const ALL: [DnsOutcome; 4] = [
+        DnsOutcome::Answered,
+        DnsOutcome::NxDomain,
+        DnsOutcome::Refused,
+        DnsOutcome::Malformed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DnsOutcome::Answered => "answered",
+            DnsOutcome::NxDomain => "nxdomain",
+            DnsOutcome::Refused => "refused",
+            DnsOutcome::Malformed => "malformed",
+        }
+    }
 }
 
 impl AgentMetrics {
@@ -186,6 +217,14 @@ impl AgentMetrics {
 
     pub fn requests(&self, kind: RequestKind) -> &Histogram {
         &self.requests[kind as usize]
+    }
+
+    pub fn dns_query(&self, outcome: DnsOutcome) {
+        self.dns_queries[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dns_queries(&self, outcome: DnsOutcome) -> u64 {
+        self.dns_queries[outcome as usize].load(Ordering::Relaxed)
     }
 }
 

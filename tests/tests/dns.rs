@@ -149,6 +149,28 @@ async fn dig_finds_masters_replicas_services_and_agents() {
         dig(server, "master.M3.shard.corral.", "A", &[]).data(),
         ["10.0.0.7"]
     );
+    let apex = dig(server, "corral.", "SOA", &[]);
+    assert_eq!(apex.answers().len(), 1, "{}", apex.output);
+    assert_eq!(apex.answers()[0].2, "SOA", "{}", apex.output);
+
+    // /metrics counts the queries by outcome.
+    let gateway = fleet.gateway("a1").await;
+    let metrics =
+        String::from_utf8(corral_tests::http::get(gateway, "/metrics").await.body).unwrap();
+    let count = |result: &str| -> u64 {
+        let series = format!("corral_agent_dns_queries_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"))
+    };
+    // Eleven answered above; five missing names; refused: outside the zone, CHAOS, NOTIFY
+    // and the twelve bytes of 0xff, which parse as a header of another opcode (the other
+    // garbage never parses into a query and is dropped before it is counted).
+    assert_eq!(count("answered"), 11, "{metrics}");
+    assert_eq!(count("nxdomain"), 5, "{metrics}");
+    assert_eq!(count("refused"), 4, "{metrics}");
 }
 
 /// The master's host is killed; a subscriber on a1 sees the master change, and a `dig`

@@ -9,13 +9,14 @@ use std::time::Duration;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::{DNSClass, Record};
+use hickory_server::proto::rr::{DNSClass, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
 use super::zone::{self, Nodes, Question};
+use crate::agent::AgentContext;
 use crate::gossip::GossipHandle;
-use crate::replica::SharedReplica;
+use crate::metrics::DnsOutcome;
 use corral_proto::api::MemberState;
 
 /// How long a TCP connection may stay without a complete query.
@@ -27,8 +28,7 @@ const EDNS_PAYLOAD_MAX: u16 = 1232;
 
 /// Answers queries under `corral.` from the agent's own state.
 pub struct Handler {
-    replica: Arc<SharedReplica>,
-    gossip: GossipHandle,
+    context: Arc<AgentContext>,
     ttl: u32,
 }
 
@@ -58,12 +58,8 @@ impl Nodes for GossipNodes<'_> {
 }
 
 impl Handler {
-    pub fn new(replica: Arc<SharedReplica>, gossip: GossipHandle, ttl: u32) -> Handler {
-        Handler {
-            replica,
-            gossip,
-            ttl,
-        }
+    pub fn new(context: Arc<AgentContext>, ttl: u32) -> Handler {
+        Handler { context, ttl }
     }
 
     /// The response code, answers and additional records for `request`, and whether the
@@ -86,7 +82,7 @@ impl Handler {
             Err(true) => return (ResponseCode::NXDomain, Vec::new(), Vec::new(), true),
             Err(false) => return (ResponseCode::Refused, Vec::new(), Vec::new(), false),
         };
-        let nodes = GossipNodes(&self.gossip);
+        let nodes = GossipNodes(&self.context.gossip);
         let record_type = info.query.query_type();
         let answer = match &question {
             // Only the gossip view: no need to hold the replica.
@@ -98,12 +94,20 @@ impl Handler {
                 &nodes,
                 self.ttl,
             ),
-            _ => self.replica.read(|r| {
+            _ => self.context.replica.read(|r| {
                 zone::answer(&question, name, record_type, r.machine(), &nodes, self.ttl)
             }),
         };
         if !answer.exists {
             return (ResponseCode::NXDomain, Vec::new(), Vec::new(), true);
+        }
+        if question == Question::Apex && matches!(record_type, RecordType::SOA | RecordType::ANY) {
+            return (
+                ResponseCode::NoError,
+                vec![zone::soa(self.ttl)],
+                Vec::new(),
+                false,
+            );
         }
         let empty = answer.answers.is_empty();
         (
@@ -123,6 +127,12 @@ impl RequestHandler for Handler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let (code, answers, additionals, with_soa) = self.resolve(request);
+        self.context.metrics.dns_query(match code {
+            ResponseCode::NoError => DnsOutcome::Answered,
+            ResponseCode::NXDomain => DnsOutcome::NxDomain,
+            ResponseCode::FormErr => DnsOutcome::Malformed,
+            _ => DnsOutcome::Refused,
+        });
         let edns = request.edns.as_ref().map(|asked| {
             let mut edns = Edns::new();
             edns.set_max_payload(asked.max_payload().clamp(512, EDNS_PAYLOAD_MAX));

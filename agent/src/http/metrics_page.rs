@@ -18,7 +18,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use super::gateway::Gateway;
-use crate::metrics::{Labels, Point, RequestKind, Scraped};
+use crate::metrics::{DnsOutcome, Labels, Point, RequestKind, Scraped};
 
 const CORE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -195,6 +195,19 @@ pub(super) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoRes
         "corral_agent_node_session",
         "The agent's node session (0: none)",
         context.node_session.borrow().unwrap_or(0),
+    );
+
+    page.family(
+        "corral_agent_dns_queries",
+        "DNS queries, by outcome",
+        MetricType::Counter,
+        DnsOutcome::ALL
+            .iter()
+            .map(|o| {
+                let count = metrics.dns_queries(*o);
+                (label("result", o.label()), Point::Counter(count))
+            })
+            .collect(),
     );
 
     let (alive, suspect, down) = context.gossip.view.read().counts();
