@@ -4,10 +4,12 @@
 //!
 //! ```text
 //!  zone.rs    names under corral. and the records that answer them (no I/O)
-//!  server.rs  hickory's UDP and TCP server, reading the replica and the gossip view
+//!  server.rs  the handler, reading the replica and the gossip view; hickory serves UDP
+//!  tcp.rs     DNS over TCP, connections capped and timed out
 //! ```
 
 pub mod server;
+pub mod tcp;
 pub mod zone;
 
 /// The TTL of every answer unless `--dns-ttl` says otherwise: an answer is never cached,

@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
@@ -19,10 +18,6 @@ use crate::gossip::GossipHandle;
 use crate::metrics::DnsOutcome;
 use corral_proto::api::MemberState;
 
-/// How long a TCP connection may stay without a complete query.
-const TCP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Responses a TCP connection may have queued.
-const TCP_RESPONSE_BUFFER: usize = 64;
 /// Largest UDP answer offered with EDNS (larger ones are truncated: ask over TCP).
 const EDNS_PAYLOAD_MAX: u16 = 1232;
 
@@ -164,6 +159,30 @@ impl RequestHandler for Handler {
     }
 }
 
+/// The handler shared between the UDP server and the TCP connections.
+struct SharedHandler(Arc<Handler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Binds UDP and TCP on `address` (the same port for both).
 pub async fn bind(
     address: SocketAddr,
@@ -173,16 +192,19 @@ pub async fn bind(
     Ok((udp, tcp))
 }
 
-/// Serves DNS on the bound sockets until `shutdown` turns true.
+/// Serves DNS on the bound sockets until `shutdown` turns true: UDP by hickory's server,
+/// TCP by [`super::tcp`], which caps its connections.
 pub async fn serve(
     sockets: (tokio::net::UdpSocket, tokio::net::TcpListener),
     handler: Handler,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut server = Server::new(handler);
+    let handler = Arc::new(handler);
     let (udp, tcp) = sockets;
+    let tcp = tokio::spawn(super::tcp::serve(tcp, handler.clone()));
+    let _stop_tcp = AbortOnDrop(tcp);
+    let mut server = Server::new(SharedHandler(handler));
     server.register_socket(udp);
-    server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
     let stopping = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
