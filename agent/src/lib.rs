@@ -10,11 +10,13 @@
 //!  dns/         DNS under corral.: masters, replicas, services, agents
 //!  metrics.rs   counters and latency histograms
 //!  json.rs      JSON views of answers (values as text or hex)
+//!  capped.rs    accepting TCP connections under a cap (HTTP, DNS over TCP)
 //!  txn_json.rs  transactions written as JSON (`corral kv txn`, POST /v1/txn)
 //! ```
 
 pub mod agent;
 pub mod api;
+pub mod capped;
 pub mod dns;
 pub mod etcd;
 pub mod gossip;

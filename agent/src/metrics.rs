@@ -172,6 +172,8 @@ pub struct AgentMetrics {
     pub http_refused: AtomicU64,
     /// Socket connections refused because their Unix user had its most open.
     pub socket_refused: AtomicU64,
+    /// DNS connections over TCP closed at once because the most were open.
+    pub dns_tcp_refused: AtomicU64,
     /// Subscriptions ended because their subscriber did not read what was queued.
     pub subscriptions_cut: AtomicU64,
     /// DNS queries, by outcome ([`DnsOutcome`]).

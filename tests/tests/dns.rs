@@ -225,6 +225,12 @@ async fn dig_finds_masters_replicas_services_and_agents() {
     assert_eq!(count("answered"), 13, "{metrics}");
     assert_eq!(count("nxdomain"), 5, "{metrics}");
     assert_eq!(count("refused"), 4, "{metrics}");
+    let cut: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("corral_agent_cut_total{what=\"dns_connection\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no DNS connections cut in /metrics:\n{metrics}"));
+    assert!(cut >= closed as u64, "{cut} counted, {closed} seen closed");
 }
 
 /// The master's host is killed; a subscriber on a1 sees the master change, and a `dig`

@@ -57,6 +57,10 @@ impl Handler {
         Handler { context, ttl }
     }
 
+    pub(super) fn metrics(&self) -> &crate::metrics::AgentMetrics {
+        &self.context.metrics
+    }
+
     /// The response code, answers and additional records for `request`, and whether the
     /// zone's SOA goes in the authority section.
     fn resolve(&self, request: &Request) -> (ResponseCode, Vec<Record>, Vec<Record>, bool) {

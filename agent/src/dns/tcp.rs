@@ -1,5 +1,6 @@
 //! DNS over TCP, served here rather than by hickory so that connections are capped: at
-//! most [`TCP_CONNECTIONS_MAX`] at once (one more is closed at once), each closed after
+//! most [`TCP_CONNECTIONS_MAX`] at once (one more is closed at once, [`crate::capped`]),
+//! each closed after
 //! [`TCP_IDLE`] without a complete query. Messages are framed by a two-byte length
 //! (RFC 1035 4.2.2); each is answered by the same [`Handler`] as UDP.
 
@@ -54,20 +55,10 @@ impl ResponseHandler for Captured {
 /// Accepts connections until the listener fails for good.
 pub async fn serve(listener: TcpListener, handler: Arc<Handler>) {
     let slots = Arc::new(Semaphore::new(TCP_CONNECTIONS_MAX));
+    let refused = &handler.metrics().dns_tcp_refused;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of descriptors, most likely: pause rather than spin.
-                tracing::debug!(%error, "DNS over TCP: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
+        let (stream, peer, slot) =
+            crate::capped::accept(&listener, &slots, refused, "DNS over TCP").await;
         let handler = handler.clone();
         tokio::spawn(async move {
             let _slot = slot;

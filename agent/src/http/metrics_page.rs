@@ -180,6 +180,7 @@ pub(super) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoRes
     let cut = [
         ("http_connection", &metrics.http_refused),
         ("socket_connection", &metrics.socket_refused),
+        ("dns_connection", &metrics.dns_tcp_refused),
         ("subscription", &metrics.subscriptions_cut),
     ];
     page.family(

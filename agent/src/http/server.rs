@@ -64,26 +64,10 @@ pub async fn serve(
     let limit = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
     let mut shutdown = context.shutdown.clone();
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let refused = &context.metrics.http_refused;
+        let (stream, peer, permit) = tokio::select! {
+            accepted = crate::capped::accept(&listener, &limit, refused, "HTTP") => accepted,
             _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accepting an HTTP connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            context
-                .metrics
-                .http_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(%peer, "HTTP connection refused: {HTTP_CONNECTIONS_MAX} open");
-            drop(stream);
-            continue;
         };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
