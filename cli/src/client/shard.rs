@@ -69,6 +69,23 @@ fn print_shard(shard: &Shard) {
     );
 }
 
+/// Shard `name` as the agent answers it, with the revision and age of that answer; an
+/// error if it does not exist.
+async fn read_shard(
+    cx: &Context,
+    name: &str,
+    consistent: bool,
+) -> anyhow::Result<(Shard, u64, Option<u64>)> {
+    let reply = cx.read(Query::Shard(name.to_string()), consistent).await?;
+    let QueryResult::Shard(shard) = reply.result else {
+        bail!("unexpected answer");
+    };
+    let Some(shard) = shard else {
+        bail!("shard {name} does not exist (revision {})", reply.revision);
+    };
+    Ok((shard, reply.revision, reply.age_ms))
+}
+
 pub(super) async fn run(cx: &Context, action: ShardAction) -> anyhow::Result<()> {
     match action {
         ShardAction::Create { name } => {
@@ -80,29 +97,15 @@ pub(super) async fn run(cx: &Context, action: ShardAction) -> anyhow::Result<()>
             }
         }
         ShardAction::Get { name, consistent } => {
-            let reply = cx.read(Query::Shard(name.clone()), consistent).await?;
-            let QueryResult::Shard(shard) = reply.result else {
-                bail!("unexpected answer");
-            };
-            let Some(shard) = shard else {
-                bail!("shard {name} does not exist (revision {})", reply.revision);
-            };
+            let (shard, revision, age_ms) = read_shard(cx, &name, consistent).await?;
             if cx.json {
-                print_json(
-                    &json!({ "revision": reply.revision, "age_ms": reply.age_ms, "shard": shard }),
-                )?;
+                print_json(&json!({ "revision": revision, "age_ms": age_ms, "shard": shard }))?;
             } else {
                 print_shard(&shard);
             }
         }
         ShardAction::Leave { name, address } => {
-            let reply = cx.read(Query::Shard(name.clone()), false).await?;
-            let QueryResult::Shard(shard) = reply.result else {
-                bail!("unexpected answer");
-            };
-            let Some(shard) = shard else {
-                bail!("shard {name} does not exist (revision {})", reply.revision);
-            };
+            let (shard, _, _) = read_shard(cx, &name, false).await?;
             let Some(replica) = shard.replicas.iter().find(|r| r.address == address) else {
                 bail!("{address} is not a replica of {name}");
             };
