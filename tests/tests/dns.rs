@@ -23,6 +23,16 @@ fn read_to_end(stream: &mut std::net::TcpStream) -> usize {
     bytes.len()
 }
 
+/// Waits (up to 10 s) until the agent behind `client` has applied `revision`: DNS answers
+/// from its replica.
+async fn replica_reaches(client: &corral_proto::AgentClient, revision: u64) {
+    corral_tests::wait_until(Duration::from_secs(10), "the agent's replica", || {
+        let client = client.clone();
+        async move { (client.status().await.ok()?.revision >= revision).then_some(()) }
+    })
+    .await;
+}
+
 fn join(address: &str, priority: u32) -> AgentRequest {
     AgentRequest::JoinShard {
         shard: "M3".into(),
@@ -63,11 +73,7 @@ async fn dig_finds_masters_replicas_services_and_agents() {
     }
     // a1 answers from its replica: wait until it holds the last registration.
     let (revision, _) = a2.write(join("10.0.0.9:6379", 0)).await.unwrap();
-    corral_tests::wait_until(Duration::from_secs(10), "a1's replica", || {
-        let a1 = a1.clone();
-        async move { (a1.status().await.ok()?.revision >= revision).then_some(()) }
-    })
-    .await;
+    replica_reaches(&a1, revision).await;
     let server = fleet.agent("a1").dns;
 
     let master = dig(server, "master.M3.shard.corral.", "A", &[]);
@@ -253,11 +259,7 @@ async fn dig_answers_the_new_master_once_the_agent_has_the_failover() {
     on_a2.write(join("10.0.0.2:6379", 2)).await.unwrap();
     let (revision, _) = on_a3.write(join("10.0.0.3:6379", 1)).await.unwrap();
     let server = fleet.agent("a1").dns;
-    corral_tests::wait_until(Duration::from_secs(10), "a1's replica", || {
-        let a1 = on_a1.clone();
-        async move { (a1.status().await.ok()?.revision >= revision).then_some(()) }
-    })
-    .await;
+    replica_reaches(&on_a1, revision).await;
     assert_eq!(
         dig(server, "master.M3.shard.corral.", "A", &[]).data(),
         ["10.0.0.2"]
