@@ -74,6 +74,11 @@ pub enum Answer {
         master: String,
         epoch: u64,
     },
+    /// The shard's master and epoch after a replica's priority changed.
+    PrioritySet {
+        master: Option<String>,
+        epoch: u64,
+    },
     LockGranted(LockGrant),
     /// The session waits; `position` 1 is next in line.
     LockQueued {
@@ -122,6 +127,9 @@ pub enum CommandError {
     EpochMismatch { shard: String, epoch: u64 },
     #[error("shard {shard} has no other replica to hand over to")]
     NoHandoverTarget { shard: String },
+    /// A replica of priority 0 never becomes master.
+    #[error("replica {address} of shard {shard} has priority 0: a standby never becomes master")]
+    Standby { shard: String, address: String },
     #[error("lock {name} is held by session {} with token {}", holder.session, holder.token)]
     LockHeld { name: String, holder: LockGrant },
     #[error("lock {name} already has {max} waiters")]

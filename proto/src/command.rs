@@ -96,6 +96,34 @@ pub enum Command {
         shard: String,
         address: String,
     },
+    /// Registers a replica as [`Command::RegisterReplica`] does, except that priority 0
+    /// makes it a standby, which never becomes master. (`RegisterReplica`, which earlier
+    /// versions send, makes every replica eligible whatever its priority; it is kept so
+    /// that their log entries apply as they did.)
+    JoinShard {
+        shard: String,
+        address: String,
+        priority: u32,
+        session: SessionId,
+    },
+    /// Sets the priority of a replica; 0 makes it a standby. A standby that is master
+    /// hands the role to the best other replica (refused if there is none); a masterless
+    /// shard takes a replica that becomes eligible as master.
+    SetReplicaPriority {
+        shard: String,
+        address: String,
+        priority: u32,
+    },
+    /// `command`, with the replication positions the leader last heard reported for the
+    /// replicas that could succeed a master it takes away: a master chosen while applying
+    /// it is the eligible replica with the highest position (priority, then registration,
+    /// breaking ties; a replica with no position ranks below one with any). Added by the
+    /// leader alone, around any other command (an [`Command::Act`] included).
+    Promoting {
+        positions: Vec<ReplicaPosition>,
+        #[serde(deserialize_with = "crate::nesting::boxed_twice")]
+        command: Box<Command>,
+    },
     /// Planned hand-over of the master role to `to`, or to the best other replica. With
     /// `epoch`, only if the shard is still at that epoch.
     Handover {
@@ -131,7 +159,8 @@ pub enum Command {
     /// wrapped so; entries from earlier versions are not, and apply unchecked as they did.
     Act {
         actor: Actor,
-        #[serde(deserialize_with = "crate::nesting::boxed_once")]
+        // Twice: inside a [`Command::Promoting`].
+        #[serde(deserialize_with = "crate::nesting::boxed_twice")]
         command: Box<Command>,
     },
     /// Sets the access rule `name` (None: removes it). Admin certificate only.
@@ -154,6 +183,15 @@ pub enum Command {
     SetQuota {
         quota: Quota,
     },
+}
+
+/// How far a replica has replicated, as its store counts (an offset, a GTID sequence):
+/// reported by the replica to its agent and by the agent to the core's leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPosition {
+    pub shard: String,
+    pub address: String,
+    pub position: u64,
 }
 
 /// Compare-then-apply, atomically.
@@ -243,6 +281,10 @@ pub enum InvalidCommand {
     ActorName { name: String },
     #[error("a token digest is a SHA-256 of 32 bytes, not {len}")]
     TokenDigest { len: usize },
+    #[error("{count} replication positions, more than the limit of {max}")]
+    TooManyPositions { count: usize, max: usize },
+    #[error("replication positions are attached once, around a command, not inside one")]
+    NestedPositions,
 }
 
 /// Checks a key: non-empty UTF-8 up to [`KEY_LEN_MAX`] bytes with no NUL and no control
@@ -390,6 +432,8 @@ impl Command {
                 validate_name("shard name", name)?
             }
             Command::RegisterReplica { shard, address, .. }
+            | Command::JoinShard { shard, address, .. }
+            | Command::SetReplicaPriority { shard, address, .. }
             | Command::DeregisterReplica { shard, address } => {
                 validate_name("shard name", shard)?;
                 validate_name("replica address", address)?;
@@ -435,9 +479,27 @@ impl Command {
                 validate_name("service name", service)?;
                 validate_name("service instance id", id)?;
             }
+            Command::Promoting { positions, command } => {
+                if matches!(**command, Command::Promoting { .. }) {
+                    return Err(InvalidCommand::NestedPositions);
+                }
+                if positions.len() > PROMOTING_POSITIONS_MAX {
+                    return Err(InvalidCommand::TooManyPositions {
+                        count: positions.len(),
+                        max: PROMOTING_POSITIONS_MAX,
+                    });
+                }
+                for position in positions {
+                    validate_name("shard name", &position.shard)?;
+                    validate_name("replica address", &position.address)?;
+                }
+                command.validate()?;
+            }
             Command::Act { actor, command } => {
-                if matches!(**command, Command::Act { .. }) {
-                    return Err(InvalidCommand::NestedActor);
+                match **command {
+                    Command::Act { .. } => return Err(InvalidCommand::NestedActor),
+                    Command::Promoting { .. } => return Err(InvalidCommand::NestedPositions),
+                    _ => {}
                 }
                 if validate_name("certificate", &actor.certificate).is_err() {
                     return Err(InvalidCommand::ActorName {
@@ -506,7 +568,9 @@ impl Command {
         match self {
             Command::Put { .. } | Command::Delete { .. } | Command::Txn(_) => false,
             Command::Handover { epoch, .. } => epoch.is_some(),
-            Command::Act { command, .. } => command.is_idempotent(),
+            Command::Act { command, .. } | Command::Promoting { command, .. } => {
+                command.is_idempotent()
+            }
             Command::SetRule { .. }
             | Command::SetToken { .. }
             | Command::SetEnforce { .. }
@@ -518,6 +582,8 @@ impl Command {
             | Command::CreateShard { .. }
             | Command::DeleteShard { .. }
             | Command::RegisterReplica { .. }
+            | Command::JoinShard { .. }
+            | Command::SetReplicaPriority { .. }
             | Command::DeregisterReplica { .. }
             | Command::AcquireLock { .. }
             | Command::ReleaseLock { .. }
@@ -532,18 +598,22 @@ impl Command {
             Command::Put { session, .. } => *session,
             Command::CloseSession { session }
             | Command::RegisterReplica { session, .. }
+            | Command::JoinShard { session, .. }
             | Command::AcquireLock { session, .. }
             | Command::ReleaseLock { session, .. }
             | Command::RegisterService { session, .. } => Some(*session),
-            Command::Act { command, .. } => command.session(),
+            Command::Act { command, .. } | Command::Promoting { command, .. } => command.session(),
             _ => None,
         }
     }
 
-    /// The command itself, without the actor a core member wrapped it in.
+    /// The command itself, without the actor a core member wrapped it in and the
+    /// positions the leader attached.
     pub fn unwrapped(&self) -> &Command {
         match self {
-            Command::Act { command, .. } => command,
+            Command::Act { command, .. } | Command::Promoting { command, .. } => {
+                command.unwrapped()
+            }
             other => other,
         }
     }

@@ -38,6 +38,12 @@ pub enum Event {
         shard: String,
         address: String,
     },
+    /// A replica's priority changed (0: a standby, never master).
+    ReplicaPriority {
+        shard: String,
+        address: String,
+        priority: u32,
+    },
     /// The core chose a new master (or none is left). `epoch` is the new epoch.
     MasterChanged {
         shard: String,

@@ -35,8 +35,8 @@ pub use api::{AgentRequest, ApiError, EventFilter, Query, QueryResult, Reply};
 #[cfg(feature = "io")]
 pub use client::{AgentClient, ClientError, ClientOptions, Subscription};
 pub use command::{
-    ADMIN_CERTIFICATE, Actor, Command, Compare, CompareOp, CompareTarget, InvalidCommand, Txn,
-    TxnOp,
+    ADMIN_CERTIFICATE, Actor, Command, Compare, CompareOp, CompareTarget, InvalidCommand,
+    ReplicaPosition, Txn, TxnOp,
 };
 pub use event::{Event, EventBatch};
 pub use frame::FrameError;

@@ -25,6 +25,14 @@ pub const TXN_OPS_MAX: usize = 128;
 /// Most replicas registered in one shard.
 pub const SHARD_REPLICAS_MAX: usize = 64;
 
+/// Most replication positions the leader attaches to one command (see
+/// `Command::Promoting`): the candidates of the shards whose masters it takes away, the
+/// freshest first where there are more.
+pub const PROMOTING_POSITIONS_MAX: usize = 4096;
+
+/// Most replication positions one agent reports for its host's replicas.
+pub const POSITIONS_PER_NODE_MAX: usize = 1024;
+
 /// Most sessions queued behind the holder of one lock.
 pub const LOCK_WAITERS_MAX: usize = 10_000;
 

@@ -67,7 +67,9 @@ pub enum CloseReason {
 pub struct Replica {
     /// Where clients reach this replica; unique within the shard.
     pub address: String,
-    /// Higher is preferred when a master is chosen.
+    /// Higher is preferred when a master is chosen. 0: a standby that never becomes master
+    /// (for replicas registered with `Command::JoinShard`; those registered by earlier
+    /// versions stay eligible).
     pub priority: u32,
     pub session: SessionId,
     /// Revision of its registration: the tie-breaker between equal priorities.

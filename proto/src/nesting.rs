@@ -42,16 +42,8 @@ where
     T::deserialize(deserializer).map(Box::new)
 }
 
-/// For a box that holds no box of its own kind.
-pub(crate) fn boxed_once<'de, D, T>(deserializer: D) -> Result<Box<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    boxed_within(deserializer, 1)
-}
-
-/// For a box that may hold one more (an HTTP client's request acting in a session).
+/// For a box that may hold one more: an HTTP client's request acting in a session, a
+/// command with its actor inside the positions the leader attached.
 pub(crate) fn boxed_twice<'de, D, T>(deserializer: D) -> Result<Box<T>, D::Error>
 where
     D: Deserializer<'de>,
@@ -82,15 +74,25 @@ mod tests {
         }
     }
 
-    /// One level decodes; a deeper one is refused; and a frame of a hundred thousand
+    /// Two levels decode; a deeper one is refused; and a frame of a hundred thousand
     /// nested headers is refused without overflowing the stack.
     #[test]
     fn nesting_is_bounded_while_decoding() {
         let once = act(Command::CreateShard { name: "M1".into() });
         let bytes = postcard::to_stdvec(&once).unwrap();
         assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), once);
+        let promoting = Command::Promoting {
+            positions: vec![],
+            command: Box::new(once.clone()),
+        };
+        let bytes = postcard::to_stdvec(&promoting).unwrap();
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), promoting);
+        // Decodes, but is not a valid command.
         let twice = act(once);
         let bytes = postcard::to_stdvec(&twice).unwrap();
+        assert!(postcard::from_bytes::<Command>(&bytes).unwrap().validate().is_err());
+        let thrice = act(twice);
+        let bytes = postcard::to_stdvec(&thrice).unwrap();
         assert!(postcard::from_bytes::<Command>(&bytes).is_err());
 
         let request = in_session(AgentRequest::Status);

@@ -25,4 +25,4 @@ mod shard_table;
 mod state_machine;
 
 pub use access_changes::QuotaUse;
-pub use state_machine::{SnapshotError, StateCounts, StateMachine};
+pub use state_machine::{SnapshotError, StateCounts, StateMachine, Succession};

@@ -93,10 +93,12 @@ impl Ownership<'_> {
             } => self.bound_to_certificate(actor, *node_session),
             Command::CloseSession { session }
             | Command::RegisterReplica { session, .. }
+            | Command::JoinShard { session, .. }
             | Command::AcquireLock { session, .. }
             | Command::ReleaseLock { session, .. }
             | Command::RegisterService { session, .. } => self.acts_as(actor, *session),
-            Command::DeregisterReplica { shard, address } => {
+            Command::DeregisterReplica { shard, address }
+            | Command::SetReplicaPriority { shard, address, .. } => {
                 match self.shards.replica_session(shard, address) {
                     Ok(owner) => {
                         self.owned_by(actor, owner, || format!("replica {address} of {shard}"))
@@ -131,6 +133,7 @@ impl Ownership<'_> {
             Command::CloseNode { .. }
             | Command::CreateShard { .. }
             | Command::DeleteShard { .. }
+            | Command::Promoting { .. }
             | Command::Act { .. } => Ok(()),
         }
     }

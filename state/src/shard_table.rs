@@ -2,20 +2,95 @@
 //! fencing epoch that grows with every change of master.
 //!
 //! Invariants (checked by `StateMachine::check_invariants` in tests):
-//! - the master, when set, is one of the shard's replicas;
-//! - a shard with replicas always has a master;
+//! - the master, when set, is one of the shard's replicas, and never a standby;
+//! - a shard with a replica that is not a standby always has a master;
 //! - the epoch never decreases, and grows by exactly one per change of master.
+//!
+//! A master is chosen, when one must be, by [`Roles`]: the standbys (replicas joined or
+//! set with priority 0) never are, and among the others the highest replication position
+//! the leader attached to the command wins, then the highest priority, then the earliest
+//! registration. Without positions (every command but those the leader wraps in
+//! `Command::Promoting`) the choice is by priority and registration alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use corral_proto::{
-    CommandError, Event, Replica, Revision, SessionId, Shard, limits::SHARD_REPLICAS_MAX,
+    CommandError, Event, Replica, ReplicaPosition, Revision, SessionId, Shard,
+    limits::SHARD_REPLICAS_MAX,
 };
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ShardTable {
     shards: BTreeMap<String, Shard>,
+}
+
+/// What decides a master beyond priority. In snapshots: the standbys. Never in one: the
+/// positions of the command being applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Roles {
+    /// `(shard, address)` of every replica that never becomes master.
+    standbys: BTreeSet<(String, String)>,
+    /// Replication positions by `(shard, address)`, while a `Command::Promoting` applies.
+    #[serde(skip)]
+    positions: BTreeMap<(String, String), u64>,
+}
+
+impl Roles {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.standbys.is_empty()
+    }
+
+    pub(crate) fn is_standby(&self, shard: &str, address: &str) -> bool {
+        self.standbys
+            .contains(&(shard.to_string(), address.to_string()))
+    }
+
+    pub(crate) fn standbys(&self) -> impl Iterator<Item = &(String, String)> {
+        self.standbys.iter()
+    }
+
+    /// Positions to choose masters by until [`Roles::forget_positions`].
+    pub(crate) fn hear_positions(&mut self, positions: &[ReplicaPosition]) {
+        self.positions = positions
+            .iter()
+            .map(|p| ((p.shard.clone(), p.address.clone()), p.position))
+            .collect();
+    }
+
+    pub(crate) fn forget_positions(&mut self) {
+        self.positions.clear();
+    }
+
+    fn set_standby(&mut self, shard: &str, address: &str, standby: bool) {
+        let key = (shard.to_string(), address.to_string());
+        if standby {
+            self.standbys.insert(key);
+        } else {
+            self.standbys.remove(&key);
+        }
+    }
+
+    /// The best replica of `shard` other than `excluding` that may be master.
+    fn best_replica(&self, shard: &Shard, excluding: Option<&str>) -> Option<String> {
+        shard
+            .replicas
+            .iter()
+            .filter(|r| Some(r.address.as_str()) != excluding)
+            .filter(|r| !self.is_standby(&shard.name, &r.address))
+            .max_by_key(|r| {
+                let position = self
+                    .positions
+                    .get(&(shard.name.clone(), r.address.clone()))
+                    .copied();
+                (
+                    position,
+                    r.priority,
+                    std::cmp::Reverse(r.registered_revision),
+                )
+            })
+            .map(|r| r.address.clone())
+    }
 }
 
 /// What a registration did.
@@ -89,15 +164,19 @@ impl ShardTable {
         Ok(())
     }
 
-    /// Adds a replica; the first replica of a masterless shard becomes its master.
-    /// A repeated registration by the same session changes nothing.
+    /// Adds a replica (a standby with `standby`); the first replica of a masterless shard
+    /// that may be master becomes its master. A repeated registration by the same session
+    /// changes nothing.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn register(
         &mut self,
         name: &str,
         address: &str,
         priority: u32,
+        standby: bool,
         session: SessionId,
         revision: Revision,
+        roles: &mut Roles,
         events: &mut Vec<Event>,
     ) -> Result<Registered, CommandError> {
         let shard = self
@@ -137,7 +216,8 @@ impl ShardTable {
             shard: name.to_string(),
             replica,
         });
-        if shard.master.is_none() {
+        roles.set_standby(name, address, standby);
+        if shard.master.is_none() && !standby {
             set_master(shard, Some(address.to_string()), events);
         }
         Ok(Registered {
@@ -176,6 +256,7 @@ impl ShardTable {
         &mut self,
         name: &str,
         addresses: &BTreeSet<String>,
+        roles: &mut Roles,
         events: &mut Vec<Event>,
     ) {
         let Some(shard) = self.shards.get_mut(name) else {
@@ -185,6 +266,7 @@ impl ShardTable {
         shard.replicas.retain(|r| {
             let gone = addresses.contains(&r.address);
             if gone {
+                roles.set_standby(name, &r.address, false);
                 events.push(Event::ReplicaRemoved {
                     shard: name.to_string(),
                     address: r.address.clone(),
@@ -197,9 +279,63 @@ impl ShardTable {
         }
         let master_gone = shard.master.as_ref().is_some_and(|m| addresses.contains(m));
         if master_gone {
-            let next = best_replica(shard, None);
+            let next = roles.best_replica(shard, None);
             set_master(shard, next, events);
         }
+    }
+
+    /// Sets the priority of replica `address` (0: a standby). A standby cannot stay
+    /// master: the role goes to the best other replica, and the change is refused when
+    /// there is none. A masterless shard takes the replica if it may now be master.
+    pub(crate) fn set_priority(
+        &mut self,
+        name: &str,
+        address: &str,
+        priority: u32,
+        roles: &mut Roles,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CommandError> {
+        let shard = self
+            .shards
+            .get_mut(name)
+            .ok_or_else(|| CommandError::NoSuchShard {
+                name: name.to_string(),
+            })?;
+        let Some(index) = shard.replicas.iter().position(|r| r.address == address) else {
+            return Err(CommandError::NoSuchReplica {
+                shard: name.to_string(),
+                address: address.to_string(),
+            });
+        };
+        let standby = priority == 0;
+        if shard.replicas[index].priority == priority && roles.is_standby(name, address) == standby
+        {
+            return Ok(());
+        }
+        let is_master = shard.master.as_deref() == Some(address);
+        let successor = if standby && is_master {
+            let next = roles.best_replica(shard, Some(address)).ok_or_else(|| {
+                CommandError::NoHandoverTarget {
+                    shard: name.to_string(),
+                }
+            })?;
+            Some(next)
+        } else {
+            None
+        };
+        shard.replicas[index].priority = priority;
+        roles.set_standby(name, address, standby);
+        events.push(Event::ReplicaPriority {
+            shard: name.to_string(),
+            address: address.to_string(),
+            priority,
+        });
+        if successor.is_some() {
+            set_master(shard, successor, events);
+        } else if shard.master.is_none() && !standby {
+            set_master(shard, Some(address.to_string()), events);
+        }
+        Ok(())
     }
 
     /// Hands the master role to `to` or to the best other replica.
@@ -208,6 +344,7 @@ impl ShardTable {
         name: &str,
         to: Option<&str>,
         expected_epoch: Option<u64>,
+        roles: &Roles,
         events: &mut Vec<Event>,
     ) -> Result<(String, u64), CommandError> {
         let shard = self
@@ -232,9 +369,15 @@ impl ShardTable {
                         address: to.to_string(),
                     });
                 }
+                if roles.is_standby(name, to) {
+                    return Err(CommandError::Standby {
+                        shard: name.to_string(),
+                        address: to.to_string(),
+                    });
+                }
                 to.to_string()
             }
-            None => best_replica(shard, shard.master.as_deref()).ok_or_else(|| {
+            None => roles.best_replica(shard, shard.master.as_deref()).ok_or_else(|| {
                 CommandError::NoHandoverTarget {
                     shard: name.to_string(),
                 }
@@ -245,16 +388,6 @@ impl ShardTable {
         }
         Ok((target, shard.epoch))
     }
-}
-
-/// The best replica other than `excluding`: highest priority, then earliest registration.
-fn best_replica(shard: &Shard, excluding: Option<&str>) -> Option<String> {
-    shard
-        .replicas
-        .iter()
-        .filter(|r| Some(r.address.as_str()) != excluding)
-        .min_by_key(|r| (std::cmp::Reverse(r.priority), r.registered_revision))
-        .map(|r| r.address.clone())
 }
 
 fn set_master(shard: &mut Shard, master: Option<String>, events: &mut Vec<Event>) {

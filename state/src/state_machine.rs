@@ -20,17 +20,21 @@
 //!
 //! This file holds the value and its reads; `apply` dispatches a command to the tables,
 //! `keys` and `sessions` apply what touches several of them, `snapshot` turns the state
-//! into bytes and back.
+//! into bytes and back, `succession` says which masters a command would take away.
 
 mod apply;
 mod keys;
 mod sessions;
 mod snapshot;
+mod succession;
+
+pub use succession::Succession;
 
 use corral_proto::access::AccessTable;
 use corral_proto::range::{KeyRange, RangeQuery, RangeResult};
 use corral_proto::{
-    Answer, CommandError, KeyValue, Lock, Revision, ServiceInstance, Session, SessionId, Shard, Txn,
+    Answer, CommandError, KeyValue, Lock, Revision, ServiceInstance, Session, SessionId,
+    SessionOwner, Shard, Txn,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +44,7 @@ use super::key_space::KeySpace;
 use super::lock_table::LockTable;
 use super::service_table::ServiceTable;
 use super::session_table::SessionTable;
-use super::shard_table::ShardTable;
+use super::shard_table::{Roles, ShardTable};
 
 /// A snapshot that cannot be loaded. The state it was meant to replace is untouched.
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +65,26 @@ pub struct StateMachine {
     services: ServiceTable,
     /// Access rules, tokens and the quota. Snapshots of earlier versions end before it.
     access: AccessTable,
+    /// The standbys, and the positions a master is chosen by while a command applies.
+    /// Snapshots of earlier versions end before it.
+    roles: Roles,
     /// The checkpoint of the last revision that was a multiple of
     /// [`CHECKPOINT_EVERY`] this state applied (None after a snapshot loaded, until the
     /// next one). Derived, never in a snapshot.
     #[serde(skip)]
     checkpoint: Option<(Revision, Checkpoint)>,
+}
+
+/// The state as the version before wrote it in snapshots: everything but the roles.
+#[derive(Deserialize)]
+struct StateMachineWithoutRoles {
+    revision: Revision,
+    keys: KeySpace,
+    sessions: SessionTable,
+    shards: ShardTable,
+    locks: LockTable,
+    services: ServiceTable,
+    access: AccessTable,
 }
 
 /// The state as earlier versions wrote it in snapshots: everything but the access table.
@@ -123,6 +142,12 @@ impl StateMachine {
         );
         let bytes = postcard::to_stdvec(&tables).expect("the tables always encode");
         context.update(&bytes);
+        // Hashed only once there are standbys: a state without any sums as it did before
+        // there were, on members and agents of either version.
+        if !self.roles.is_empty() {
+            let bytes = postcard::to_stdvec(&self.roles).expect("the roles always encode");
+            context.update(&bytes);
+        }
         let mut checkpoint = [0u8; 32];
         checkpoint.copy_from_slice(context.finish().as_ref());
         checkpoint
@@ -234,6 +259,25 @@ impl StateMachine {
     /// The open node session of `name` and its incarnation.
     pub fn node_session(&self, name: &str) -> Option<(SessionId, u64)> {
         self.sessions.node_session(name)
+    }
+
+    /// The node whose session (or a client session under it) registered replica
+    /// `address` of `shard`.
+    pub fn replica_node(&self, shard: &str, address: &str) -> Option<&str> {
+        let session = self.shards.replica_session(shard, address).ok()?;
+        let node_session = match self.sessions.get(session)? {
+            SessionOwner::Node { name, .. } => return Some(name),
+            SessionOwner::Client { node_session, .. } => *node_session,
+        };
+        match self.sessions.get(node_session)? {
+            SessionOwner::Node { name, .. } => Some(name),
+            SessionOwner::Client { .. } => None,
+        }
+    }
+
+    /// True when replica `address` of `shard` is a standby: it never becomes master.
+    pub fn is_standby(&self, shard: &str, address: &str) -> bool {
+        self.roles.is_standby(shard, address)
     }
 
     /// The access rules, tokens and quota.

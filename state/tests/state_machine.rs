@@ -69,6 +69,24 @@ enum Op {
         shard: u8,
         address: u8,
     },
+    /// A join of this version: priority 0 makes a standby.
+    Join {
+        shard: u8,
+        address: u8,
+        priority: u8,
+        session: u8,
+    },
+    SetPriority {
+        shard: u8,
+        address: u8,
+        priority: u8,
+    },
+    /// A death report with the positions a leader attaches.
+    CloseNodePromoting {
+        name: u8,
+        incarnation: u8,
+        positions: Vec<(u8, u8, u8)>,
+    },
     Handover {
         shard: u8,
         to: Option<u8>,
@@ -120,6 +138,12 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (0u8..3, 0u8..5, 0u8..3, s.clone())
             .prop_map(|(shard, address, priority, session)| Op::Register { shard, address, priority, session }),
         1 => (0u8..3, 0u8..5).prop_map(|(shard, address)| Op::Deregister { shard, address }),
+        2 => (0u8..3, 0u8..5, 0u8..3, s.clone())
+            .prop_map(|(shard, address, priority, session)| Op::Join { shard, address, priority, session }),
+        1 => (0u8..3, 0u8..5, 0u8..3)
+            .prop_map(|(shard, address, priority)| Op::SetPriority { shard, address, priority }),
+        1 => (0u8..3, 0u8..4, proptest::collection::vec((0u8..3, 0u8..5, any::<u8>()), 0..6))
+            .prop_map(|(name, incarnation, positions)| Op::CloseNodePromoting { name, incarnation, positions }),
         1 => (0u8..3, proptest::option::of(0u8..5), proptest::option::of(0u8..6))
             .prop_map(|(shard, to, epoch)| Op::Handover { shard, to, epoch }),
         3 => (0u8..3, s.clone(), any::<bool>()).prop_map(|(lock, session, wait)| Op::Acquire { lock, session, wait }),
@@ -249,6 +273,44 @@ impl Resolver {
                 shard: format!("M{shard}"),
                 address: format!("10.0.0.{address}:7000"),
             },
+            Op::Join {
+                shard,
+                address,
+                priority,
+                session,
+            } => Command::JoinShard {
+                shard: format!("M{shard}"),
+                address: format!("10.0.0.{address}:7000"),
+                priority: priority as u32,
+                session: self.session(session),
+            },
+            Op::SetPriority {
+                shard,
+                address,
+                priority,
+            } => Command::SetReplicaPriority {
+                shard: format!("M{shard}"),
+                address: format!("10.0.0.{address}:7000"),
+                priority: priority as u32,
+            },
+            Op::CloseNodePromoting {
+                name,
+                incarnation,
+                positions,
+            } => Command::Promoting {
+                positions: positions
+                    .into_iter()
+                    .map(|(shard, address, position)| ReplicaPosition {
+                        shard: format!("M{shard}"),
+                        address: format!("10.0.0.{address}:7000"),
+                        position: position as u64,
+                    })
+                    .collect(),
+                command: Box::new(Command::CloseNode {
+                    name: format!("node{name}"),
+                    incarnation: incarnation as u64,
+                }),
+            },
             Op::Handover { shard, to, epoch } => Command::Handover {
                 shard: format!("M{shard}"),
                 to: to.map(|a| format!("10.0.0.{a}:7000")),
@@ -337,6 +399,7 @@ proptest! {
             let command = resolver.command(op);
             let before_bytes = state.to_snapshot_bytes();
             let before_revision = state.revision();
+            let successions = state.successions(&command);
             let (response, events) = state.apply(&command);
 
             if response.outcome.is_err() || events.is_empty() {
@@ -382,6 +445,23 @@ proptest! {
             }
             if let Err(problem) = state.check_invariants() {
                 prop_assert!(false, "after {:?}: {}", command, problem);
+            }
+            // The successions the leader attaches positions for are exactly the masters
+            // that the command takes away, each going to one of its candidates.
+            if response.outcome.is_ok() {
+                let planned = matches!(command.unwrapped(), Command::Handover { to: Some(_), .. });
+                let replaced: BTreeMap<&String, &String> = events
+                    .iter()
+                    .filter_map(|event| match event {
+                        Event::MasterChanged { shard, master: Some(master), previous: Some(_), .. } if !planned => Some((shard, master)),
+                        _ => None,
+                    })
+                    .collect();
+                let foreseen: BTreeMap<&String, &Vec<String>> = successions.iter().map(|s| (&s.shard, &s.candidates)).collect();
+                prop_assert_eq!(replaced.keys().collect::<Vec<_>>(), foreseen.keys().collect::<Vec<_>>(), "after {:?}", command);
+                for (shard, master) in replaced {
+                    prop_assert!(foreseen[shard].contains(master), "{} went to {} outside {:?}", shard, master, foreseen[shard]);
+                }
             }
         }
 

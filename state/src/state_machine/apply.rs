@@ -21,13 +21,7 @@ impl StateMachine {
         let mut events = Vec::new();
         let outcome = match command.validate() {
             Err(invalid) => Err(CommandError::Invalid(invalid)),
-            Ok(()) => match command {
-                Command::Act { actor, command } => self
-                    .ownership()
-                    .authorize(actor, command)
-                    .and_then(|()| self.dispatch(command, next, &mut events)),
-                command => self.dispatch(command, next, &mut events),
-            },
+            Ok(()) => self.apply_valid(command, next, &mut events),
         };
         debug_assert!(
             outcome.is_ok() || events.is_empty(),
@@ -49,6 +43,24 @@ impl StateMachine {
             },
             events,
         )
+    }
+
+    /// Applies a command that passed validation: the positions attached around it, then
+    /// the actor's rights, then the command itself.
+    fn apply_valid(&mut self, command: &Command, next: Revision, events: &mut Vec<Event>) -> Outcome {
+        match command {
+            Command::Promoting { positions, command } => {
+                self.roles.hear_positions(positions);
+                let outcome = self.apply_valid(command, next, events);
+                self.roles.forget_positions();
+                outcome
+            }
+            Command::Act { actor, command } => self
+                .ownership()
+                .authorize(actor, command)
+                .and_then(|()| self.dispatch(command, next, events)),
+            command => self.dispatch(command, next, events),
+        }
     }
 
     pub(super) fn ownership(&self) -> Ownership<'_> {
@@ -140,11 +152,26 @@ impl StateMachine {
                 address,
                 priority,
                 session,
+            }
+            | Command::JoinShard {
+                shard,
+                address,
+                priority,
+                session,
             } => {
                 self.require_session(Some(*session))?;
-                let registered = self
-                    .shards
-                    .register(shard, address, *priority, *session, next, events)?;
+                // Only a join of this version makes a standby of priority 0.
+                let standby = *priority == 0 && matches!(command, Command::JoinShard { .. });
+                let registered = self.shards.register(
+                    shard,
+                    address,
+                    *priority,
+                    standby,
+                    *session,
+                    next,
+                    &mut self.roles,
+                    events,
+                )?;
                 if registered.added {
                     self.sessions
                         .owned_mut(*session)
@@ -162,8 +189,12 @@ impl StateMachine {
                     .owned_mut(session)
                     .replicas
                     .remove(&(shard.clone(), address.clone()));
-                self.shards
-                    .remove_replicas(shard, &BTreeSet::from([address.clone()]), events);
+                self.shards.remove_replicas(
+                    shard,
+                    &BTreeSet::from([address.clone()]),
+                    &mut self.roles,
+                    events,
+                );
                 let after = self.shards.get(shard).expect("the shard was just found");
                 Ok(Answer::ReplicaDeregistered {
                     master: after.master.clone(),
@@ -171,8 +202,23 @@ impl StateMachine {
                 })
             }
             Command::Handover { shard, to, epoch } => {
-                let (master, epoch) = self.shards.handover(shard, to.as_deref(), *epoch, events)?;
+                let (master, epoch) =
+                    self.shards
+                        .handover(shard, to.as_deref(), *epoch, &self.roles, events)?;
                 Ok(Answer::HandedOver { master, epoch })
+            }
+            Command::SetReplicaPriority {
+                shard,
+                address,
+                priority,
+            } => {
+                self.shards
+                    .set_priority(shard, address, *priority, &mut self.roles, events)?;
+                let after = self.shards.get(shard).expect("the shard was just found");
+                Ok(Answer::PrioritySet {
+                    master: after.master.clone(),
+                    epoch: after.epoch,
+                })
             }
             Command::AcquireLock {
                 name,
@@ -260,6 +306,9 @@ impl StateMachine {
             }
             Command::Act { .. } => Err(CommandError::Invalid(
                 corral_proto::InvalidCommand::NestedActor,
+            )),
+            Command::Promoting { .. } => Err(CommandError::Invalid(
+                corral_proto::InvalidCommand::NestedPositions,
             )),
             Command::SetRule { .. }
             | Command::SetToken { .. }

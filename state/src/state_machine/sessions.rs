@@ -123,7 +123,8 @@ impl StateMachine {
             by_shard.entry(shard).or_default().insert(address);
         }
         for (shard, addresses) in &by_shard {
-            self.shards.remove_replicas(shard, addresses, events);
+            self.shards
+                .remove_replicas(shard, addresses, &mut self.roles, events);
         }
 
         for name in &owned.locks_waiting {

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use corral_proto::access::AccessTable;
 use corral_proto::{SessionId, SessionOwner};
 
-use super::{EarlierStateMachine, SnapshotError, StateMachine};
+use super::{EarlierStateMachine, SnapshotError, StateMachine, StateMachineWithoutRoles};
+use crate::shard_table::Roles;
 use crate::session_table::{Owned, SessionIndex};
 
 impl StateMachine {
@@ -29,6 +30,22 @@ impl StateMachine {
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let mut state = match postcard::take_from_bytes::<StateMachine>(bytes) {
             Ok((state, [])) => state,
+            // A snapshot of the version before ends before the roles.
+            _ if let Ok((before, [])) =
+                postcard::take_from_bytes::<StateMachineWithoutRoles>(bytes) =>
+            {
+                StateMachine {
+                    revision: before.revision,
+                    keys: before.keys,
+                    sessions: before.sessions,
+                    shards: before.shards,
+                    locks: before.locks,
+                    services: before.services,
+                    access: before.access,
+                    roles: Roles::default(),
+                    checkpoint: None,
+                }
+            }
             // A snapshot of an earlier version ends before the access table.
             _ => {
                 let (earlier, rest) = postcard::take_from_bytes::<EarlierStateMachine>(bytes)
@@ -47,6 +64,7 @@ impl StateMachine {
                     locks: earlier.locks,
                     services: earlier.services,
                     access: AccessTable::default(),
+                    roles: Roles::default(),
                     checkpoint: None,
                 }
             }
@@ -157,6 +175,10 @@ impl StateMachine {
                     ));
                 }
             }
+            let eligible = shard
+                .replicas
+                .iter()
+                .any(|r| !self.roles.is_standby(&shard.name, &r.address));
             match &shard.master {
                 Some(master) if !addresses.contains(master) => {
                     return Err(format!(
@@ -164,10 +186,30 @@ impl StateMachine {
                         shard.name
                     ));
                 }
-                None if !shard.replicas.is_empty() => {
-                    return Err(format!("shard {} has replicas but no master", shard.name));
+                Some(master) if self.roles.is_standby(&shard.name, master) => {
+                    return Err(format!(
+                        "master {master} of shard {} is a standby",
+                        shard.name
+                    ));
+                }
+                None if eligible => {
+                    return Err(format!(
+                        "shard {} has replicas that may be master but no master",
+                        shard.name
+                    ));
                 }
                 _ => {}
+            }
+        }
+        for (shard, address) in self.roles.standbys() {
+            let registered = self
+                .shards
+                .get(shard)
+                .is_some_and(|s| s.replicas.iter().any(|r| &r.address == address));
+            if !registered {
+                return Err(format!(
+                    "standby {address} of shard {shard} is not a replica"
+                ));
             }
         }
         for lock in self.locks.iter() {
