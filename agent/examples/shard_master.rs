@@ -32,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("give --socket PATH or set CORRAL_SOCKET")?;
     let shard = arg("--shard").ok_or("give --shard NAME")?;
     let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
-    let priority: u32 = arg("--priority").map_or(Ok(0), |p| p.parse())?;
+    let priority: u32 = arg("--priority").map_or(Ok(1), |p| p.parse())?;
 
     let listener = TcpListener::bind(&listen).await?;
     let me = listener.local_addr()?.to_string();

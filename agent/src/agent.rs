@@ -58,6 +58,8 @@ pub struct AgentContext {
     pub leave_asked: tokio::sync::Notify,
     /// Set when the agent leaves for good rather than stopping for a restart.
     pub leaving: Arc<AtomicBool>,
+    /// The replication positions this host's replicas reported, for the core's leader.
+    pub positions: Arc<crate::positions::Positions>,
 }
 
 impl AgentContext {
@@ -244,6 +246,7 @@ impl Agent {
             client_keys: AtomicU64::new(node_session::client_key_base(incarnation)),
             leave_asked: tokio::sync::Notify::new(),
             leaving: leaving.clone(),
+            positions: Arc::default(),
         });
         let mut tasks = vec![
             tokio::spawn(context.idle_poll.clone().run(shutdown_receiver.clone())),
@@ -284,6 +287,13 @@ impl Agent {
                 shutdown_receiver.clone(),
             )),
             tokio::spawn(crate::api::server::run(listener, context.clone())),
+            tokio::spawn(crate::positions::run(
+                config.name.clone(),
+                context.positions.clone(),
+                core.clone(),
+                replica.clone(),
+                shutdown_receiver.clone(),
+            )),
             tokio::spawn(session_expiry::run(context.clone())),
             tokio::spawn(crate::replica::on_disk::run(
                 config.data_dir.clone(),

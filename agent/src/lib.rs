@@ -9,6 +9,7 @@
 //!  http/        the HTTP/JSON gateway, the status page and /metrics
 //!  dns/         DNS under corral.: masters, replicas, services, agents
 //!  metrics.rs   counters and latency histograms
+//!  positions.rs replicas' replication positions, reported to the core's leader
 //!  json.rs      JSON views of answers (values as text or hex)
 //!  capped.rs    accepting TCP connections under a cap (HTTP, DNS over TCP)
 //!  txn_json.rs  transactions written as JSON (`corral kv txn`, POST /v1/txn)
@@ -23,6 +24,7 @@ pub mod gossip;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod positions;
 pub mod replica;
 pub mod sessions;
 pub mod txn_json;

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use corral_proto::access::AccessTable;
-use corral_proto::{Command, CommandResponse, InvalidCommand, KeyValue, Revision};
+use corral_proto::{Command, CommandResponse, InvalidCommand, KeyValue, ReplicaPosition, Revision};
 use corral_state::{QuotaUse, StateCounts};
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +80,19 @@ pub enum CoreRequest {
     /// another agent beats on it (the core hears it as on a watch) and learns from it how
     /// far the core is, its leader and its term.
     Beats,
+    /// The replication positions of replicas registered by node `node`'s sessions, as their
+    /// stores last reported them to its agent (at most `POSITIONS_PER_NODE_MAX`). Only the
+    /// leader keeps them, in memory; sent under the node's own certificate every
+    /// [`POSITIONS_REPORT_INTERVAL`] and soon after a change.
+    ReportPositions {
+        node: String,
+        positions: Vec<ReplicaPosition>,
+    },
 }
+
+/// How often an agent reports its replicas' positions to the leader when none changed: a
+/// new leader has them all within this.
+pub const POSITIONS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most commands in one `WriteBatch`.
 pub const WRITE_BATCH_MAX: usize = 256;
@@ -116,6 +128,11 @@ pub enum CoreResponse {
         silent_ms: Option<u64>,
     },
     Access(AccessTable),
+    /// How many positions of a `ReportPositions` the leader kept (those of replicas that
+    /// are not the node's are not).
+    PositionsKept {
+        kept: usize,
+    },
 }
 
 /// What the core refused, and why. Nothing was written in any case except where a variant

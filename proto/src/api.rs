@@ -90,7 +90,9 @@ pub enum AgentRequest {
     DeleteShard {
         name: String,
     },
-    /// Register `address` as a replica of `shard`. The core picks the master.
+    /// Register `address` as a replica of `shard`. The core picks the master: the
+    /// replica with the highest reported position, then the highest priority, then the
+    /// earliest; a replica of priority 0 is a standby and never becomes master.
     JoinShard {
         shard: String,
         address: String,
@@ -100,6 +102,23 @@ pub enum AgentRequest {
     LeaveShard {
         shard: String,
         address: String,
+    },
+    /// Sets a replica's priority (0: a standby, never master), acting in the session
+    /// that holds the replica.
+    SetPriority {
+        shard: String,
+        address: String,
+        priority: u32,
+    },
+    /// How far replica `address` of `shard` has replicated, as its store counts (an
+    /// offset, a GTID sequence; higher is further). Nothing is written to the core: the
+    /// agent keeps the last position of each replica of its host and reports them to the
+    /// core's leader, which promotes the replica with the highest when a master must be
+    /// replaced. Acting in the session that registered the replica.
+    ReportPosition {
+        shard: String,
+        address: String,
+        position: u64,
     },
     /// Planned hand-over of the master role, to `to` or the best other replica; with
     /// `epoch`, only if the shard is still at that epoch.
@@ -276,6 +295,9 @@ pub enum Reply {
         session: SessionId,
         ttl_ms: Option<u64>,
     },
+    /// The agent keeps the position reported ([`AgentRequest::ReportPosition`]) for the
+    /// core's leader.
+    PositionReported,
     /// The agent is leaving ([`AgentRequest::Leave`]) and exits: the core closed its node
     /// session at the revision given (None: it held none).
     Leaving {

@@ -367,6 +367,26 @@ impl AgentClient {
         .await
     }
 
+    /// Reports how far replica `address` of `shard`, registered on this connection, has
+    /// replicated (see [`AgentRequest::ReportPosition`]). Cheap: nothing is written to the
+    /// core, so a store may report as often as its position moves.
+    pub async fn report_position(
+        &self,
+        shard: &str,
+        address: &str,
+        position: u64,
+    ) -> Result<(), ClientError> {
+        let request = AgentRequest::ReportPosition {
+            shard: shard.into(),
+            address: address.into(),
+            position,
+        };
+        match self.call(request).await? {
+            Reply::PositionReported => Ok(()),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<Revision, ClientError> {
         let request = AgentRequest::Put {
             key: key.into(),

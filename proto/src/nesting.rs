@@ -90,7 +90,12 @@ mod tests {
         // Decodes, but is not a valid command.
         let twice = act(once);
         let bytes = postcard::to_stdvec(&twice).unwrap();
-        assert!(postcard::from_bytes::<Command>(&bytes).unwrap().validate().is_err());
+        assert!(
+            postcard::from_bytes::<Command>(&bytes)
+                .unwrap()
+                .validate()
+                .is_err()
+        );
         let thrice = act(twice);
         let bytes = postcard::to_stdvec(&thrice).unwrap();
         assert!(postcard::from_bytes::<Command>(&bytes).is_err());

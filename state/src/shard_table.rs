@@ -377,11 +377,11 @@ impl ShardTable {
                 }
                 to.to_string()
             }
-            None => roles.best_replica(shard, shard.master.as_deref()).ok_or_else(|| {
-                CommandError::NoHandoverTarget {
+            None => roles
+                .best_replica(shard, shard.master.as_deref())
+                .ok_or_else(|| CommandError::NoHandoverTarget {
                     shard: name.to_string(),
-                }
-            })?,
+                })?,
         };
         if shard.master.as_deref() != Some(target.as_str()) {
             set_master(shard, Some(target.clone()), events);

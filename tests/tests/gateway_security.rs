@@ -168,7 +168,7 @@ async fn what_an_app_holds_cannot_be_taken_by_another_host_or_app() {
         AgentRequest::JoinShard {
             shard: "M3".into(),
             address: "10.0.0.3:6379".into(),
-            priority: 0,
+            priority: 1,
             detach: false,
         },
         AgentRequest::RegisterService {

@@ -64,6 +64,8 @@ pub fn needs(request: &AgentRequest) -> Vec<Need> {
         }
         AgentRequest::JoinShard { shard, .. }
         | AgentRequest::LeaveShard { shard, .. }
+        | AgentRequest::SetPriority { shard, .. }
+        | AgentRequest::ReportPosition { shard, .. }
         | AgentRequest::Handover { shard, .. } => one(Shards, shard, Write),
         AgentRequest::AcquireLock { name, .. } | AgentRequest::ReleaseLock { name, .. } => {
             one(Locks, name, Write)

@@ -115,6 +115,19 @@ pub fn command_for(request: &AgentRequest, session: Option<SessionId>) -> Option
         }
         AgentRequest::CreateShard { name } => Command::CreateShard { name },
         AgentRequest::DeleteShard { name } => Command::DeleteShard { name },
+        // Priority 0 makes a standby, which only `JoinShard` says; any other priority goes
+        // as the registration earlier versions know too.
+        AgentRequest::JoinShard {
+            shard,
+            address,
+            priority: 0,
+            ..
+        } => Command::JoinShard {
+            shard,
+            address,
+            priority: 0,
+            session: need(),
+        },
         AgentRequest::JoinShard {
             shard,
             address,
@@ -125,6 +138,15 @@ pub fn command_for(request: &AgentRequest, session: Option<SessionId>) -> Option
             address,
             priority,
             session: need(),
+        },
+        AgentRequest::SetPriority {
+            shard,
+            address,
+            priority,
+        } => Command::SetReplicaPriority {
+            shard,
+            address,
+            priority,
         },
         AgentRequest::LeaveShard { shard, address } => {
             Command::DeregisterReplica { shard, address }
@@ -251,6 +273,7 @@ pub fn matches(filter: &EventFilter, event: &Event) -> bool {
         | Event::ShardDeleted { .. }
         | Event::ReplicaAdded { .. }
         | Event::ReplicaRemoved { .. }
+        | Event::ReplicaPriority { .. }
         | Event::MasterChanged { .. } => filter.shards,
         Event::LockGranted { .. }
         | Event::LockReleased { .. }

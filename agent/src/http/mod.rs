@@ -2,7 +2,7 @@
 //! Prometheus metrics.
 //!
 //! ```text
-//!  HTTP client ──► server.rs ─► guard.rs ─► routes.rs ─► gateway.rs ──AgentClient──►
+//!  HTTP client ──► server.rs ─► guard.rs ─► routes.rs, shards.rs ─► gateway.rs ──AgentClient──►
 //!                                                          the agent's own Unix socket ──► api/
 //!                  sessions.rs sessions with a time-to-live and their keep-alive
 //!                  watch.rs   one socket connection per stream (Server-Sent Events)
@@ -28,6 +28,7 @@ mod metrics_page;
 mod routes;
 mod server;
 mod sessions;
+mod shards;
 mod watch;
 
 pub use gateway::{Gateway, HTTP_WATCHERS_MAX, HTTP_WATCHERS_PER_CLIENT_MAX};

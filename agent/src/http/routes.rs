@@ -164,122 +164,6 @@ async fn txn(
         .await
 }
 
-// ----- shards ------------------------------------------------------------------------
-
-async fn shards(
-    State(gateway): Shared,
-    QueryParams(params): Params,
-) -> Result<Response, HttpError> {
-    let (start_after, limit) = page_params(&params)?;
-    let query = Query::ShardPage { start_after, limit };
-    let read = gateway.read(query, &params).await?;
-    Ok(Json(json!({
-        "revision": read["revision"],
-        "age_ms": read["age_ms"],
-        "shards": read["result"]["ShardPage"]["shards"],
-        "more": read["result"]["ShardPage"]["more"],
-    }))
-    .into_response())
-}
-
-async fn shard_get(
-    State(gateway): Shared,
-    Path(name): Path<String>,
-    QueryParams(params): Params,
-) -> Result<Response, HttpError> {
-    let read = gateway.read(Query::Shard(name.clone()), &params).await?;
-    let shard = &read["result"]["Shard"];
-    if shard.is_null() {
-        return Err(HttpError::not_found(format!("no shard {name}")));
-    }
-    Ok(
-        Json(json!({"revision": read["revision"], "age_ms": read["age_ms"], "shard": shard}))
-            .into_response(),
-    )
-}
-
-async fn shard_create(
-    State(gateway): Shared,
-    Path(name): Path<String>,
-) -> Result<Response, HttpError> {
-    gateway.write(AgentRequest::CreateShard { name }).await
-}
-
-async fn shard_delete(
-    State(gateway): Shared,
-    Path(name): Path<String>,
-) -> Result<Response, HttpError> {
-    gateway.write(AgentRequest::DeleteShard { name }).await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinBody {
-    address: String,
-    #[serde(default)]
-    priority: u32,
-}
-
-async fn shard_join(
-    State(gateway): Shared,
-    Path(shard): Path<String>,
-    QueryParams(params): Params,
-    bytes: Bytes,
-) -> Result<Response, HttpError> {
-    let session = required_session(&params, "a shard replica")?;
-    let JoinBody { address, priority } = body(&bytes)?;
-    let request = AgentRequest::JoinShard {
-        shard,
-        address,
-        priority,
-        detach: false,
-    };
-    gateway.write(in_session(Some(session), request)).await
-}
-
-async fn shard_leave(
-    State(gateway): Shared,
-    Path((shard, address)): Path<(String, String)>,
-    QueryParams(params): Params,
-) -> Result<Response, HttpError> {
-    let session = session_param(&params)?;
-    gateway
-        .write(in_session(
-            session,
-            AgentRequest::LeaveShard { shard, address },
-        ))
-        .await
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct HandoverBody {
-    #[serde(default)]
-    to: Option<String>,
-    #[serde(default)]
-    epoch: Option<u64>,
-}
-
-async fn shard_handover(
-    State(gateway): Shared,
-    Path(shard): Path<String>,
-    QueryParams(params): Params,
-    bytes: Bytes,
-) -> Result<Response, HttpError> {
-    let session = session_param(&params)?;
-    let HandoverBody { to, epoch } = if bytes.is_empty() {
-        HandoverBody::default()
-    } else {
-        body(&bytes)?
-    };
-    gateway
-        .write(in_session(
-            session,
-            AgentRequest::Handover { shard, to, epoch },
-        ))
-        .await
-}
-
 // ----- locks -------------------------------------------------------------------------
 
 async fn locks(State(gateway): Shared, QueryParams(params): Params) -> Result<Response, HttpError> {
@@ -493,17 +377,7 @@ pub(super) fn router(gateway: Arc<Gateway>, guard: Arc<Guarded>) -> Router {
         .route("/v1/kv", get(kv_list))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/txn", post(txn))
-        .route("/v1/shards", get(shards))
-        .route(
-            "/v1/shards/{name}",
-            get(shard_get).put(shard_create).delete(shard_delete),
-        )
-        .route("/v1/shards/{name}/replicas", post(shard_join))
-        .route(
-            "/v1/shards/{name}/replicas/{address}",
-            axum::routing::delete(shard_leave),
-        )
-        .route("/v1/shards/{name}/handover", post(shard_handover))
+        .merge(super::shards::routes())
         .route("/v1/locks", get(locks))
         .route(
             "/v1/locks/{name}",

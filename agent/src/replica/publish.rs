@@ -26,6 +26,7 @@ fn concerns_shards(event: &Event) -> bool {
             | Event::ShardDeleted { .. }
             | Event::ReplicaAdded { .. }
             | Event::ReplicaRemoved { .. }
+            | Event::ReplicaPriority { .. }
             | Event::MasterChanged { .. }
     )
 }

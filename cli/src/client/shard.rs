@@ -27,7 +27,9 @@ pub(crate) enum ShardAction {
     Join {
         name: String,
         address: String,
-        #[arg(long, default_value_t = 0)]
+        /// Higher is preferred as master after the replication position; 0 makes a
+        /// standby that never becomes master.
+        #[arg(long, default_value_t = 1)]
         priority: u32,
         #[arg(long)]
         detach: bool,
@@ -38,6 +40,22 @@ pub(crate) enum ShardAction {
     Leave {
         name: String,
         address: String,
+    },
+    /// Set the priority of replica ADDRESS (0: a standby, never master; a master set to 0
+    /// hands the role to the best other replica), acting in the session that holds it.
+    Priority {
+        name: String,
+        address: String,
+        priority: u32,
+    },
+    /// Report how far replica ADDRESS has replicated (an offset, a sequence number: higher
+    /// is further): when its master must be replaced, the core promotes the replica with
+    /// the highest. Kept by the agent, which sends it to the core's leader; nothing is
+    /// written. Acting in the session that holds the replica.
+    Position {
+        name: String,
+        address: String,
+        position: u64,
     },
     /// Delete the shard (refused while it has replicas).
     Delete {
@@ -86,6 +104,16 @@ async fn read_shard(
     Ok((shard, reply.revision, reply.age_ms))
 }
 
+/// The session that holds replica `address` of shard `name`, which a request about the
+/// replica acts in.
+async fn replica_session(cx: &Context, name: &str, address: &str) -> anyhow::Result<u64> {
+    let (shard, _, _) = read_shard(cx, name, false).await?;
+    match shard.replicas.iter().find(|r| r.address == address) {
+        Some(replica) => Ok(replica.session),
+        None => bail!("{address} is not a replica of {name}"),
+    }
+}
+
 pub(super) async fn run(cx: &Context, action: ShardAction) -> anyhow::Result<()> {
     match action {
         ShardAction::Create { name } => {
@@ -105,19 +133,58 @@ pub(super) async fn run(cx: &Context, action: ShardAction) -> anyhow::Result<()>
             }
         }
         ShardAction::Leave { name, address } => {
-            let (shard, _, _) = read_shard(cx, &name, false).await?;
-            let Some(replica) = shard.replicas.iter().find(|r| r.address == address) else {
-                bail!("{address} is not a replica of {name}");
-            };
+            let session = replica_session(cx, &name, &address).await?;
             let request = AgentRequest::LeaveShard {
                 shard: name.clone(),
                 address: address.clone(),
             };
-            let (revision, answer) = cx.client.write_in(replica.session, request).await?;
+            let (revision, answer) = cx.client.write_in(session, request).await?;
             if cx.json {
                 print_json(&json!({ "revision": revision, "answer": answer }))?;
             } else {
                 println!("{address} left {name} (revision {revision})");
+            }
+        }
+        ShardAction::Priority {
+            name,
+            address,
+            priority,
+        } => {
+            let session = replica_session(cx, &name, &address).await?;
+            let request = AgentRequest::SetPriority {
+                shard: name.clone(),
+                address: address.clone(),
+                priority,
+            };
+            let (revision, answer) = cx.client.write_in(session, request).await?;
+            if cx.json {
+                print_json(&json!({ "revision": revision, "answer": answer }))?;
+            } else if let Answer::PrioritySet { master, epoch } = &answer {
+                println!(
+                    "{address} of {name} has priority {priority}; master {} epoch {epoch}",
+                    master.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        ShardAction::Position {
+            name,
+            address,
+            position,
+        } => {
+            let session = replica_session(cx, &name, &address).await?;
+            let request = AgentRequest::InSession {
+                session,
+                request: Box::new(AgentRequest::ReportPosition {
+                    shard: name.clone(),
+                    address: address.clone(),
+                    position,
+                }),
+            };
+            cx.client.call(request).await?;
+            if cx.json {
+                print_json(&json!({ "position": position }))?;
+            } else {
+                println!("{address} of {name} is at position {position}");
             }
         }
         ShardAction::Delete { name } => {

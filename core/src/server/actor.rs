@@ -89,6 +89,9 @@ fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
 /// The command to propose for `command`, received under `peer`'s certificate, or why it
 /// is refused (nothing was proposed).
 pub(crate) fn attribute(peer: &PeerNames, command: Command) -> Result<Command, String> {
+    if matches!(command, Command::Promoting { .. }) {
+        return Err("replication positions are attached by the core's leader alone".into());
+    }
     if let Command::Act { actor, .. } = &command
         && !peer.has(&actor.certificate)
     {
@@ -136,6 +139,7 @@ pub(crate) fn log_override(command: &Command) {
         **command,
         Command::CloseSession { .. }
             | Command::DeregisterReplica { .. }
+            | Command::SetReplicaPriority { .. }
             | Command::Handover { .. }
             | Command::ReleaseLock { .. }
             | Command::DeregisterService { .. }

@@ -47,7 +47,12 @@ impl StateMachine {
 
     /// Applies a command that passed validation: the positions attached around it, then
     /// the actor's rights, then the command itself.
-    fn apply_valid(&mut self, command: &Command, next: Revision, events: &mut Vec<Event>) -> Outcome {
+    fn apply_valid(
+        &mut self,
+        command: &Command,
+        next: Revision,
+        events: &mut Vec<Event>,
+    ) -> Outcome {
         match command {
             Command::Promoting { positions, command } => {
                 self.roles.hear_positions(positions);

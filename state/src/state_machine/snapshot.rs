@@ -7,8 +7,8 @@ use corral_proto::access::AccessTable;
 use corral_proto::{SessionId, SessionOwner};
 
 use super::{EarlierStateMachine, SnapshotError, StateMachine, StateMachineWithoutRoles};
-use crate::shard_table::Roles;
 use crate::session_table::{Owned, SessionIndex};
+use crate::shard_table::Roles;
 
 impl StateMachine {
     /// The state as bytes. Deterministic: equal states give equal bytes. The buffer is

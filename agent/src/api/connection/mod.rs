@@ -245,7 +245,10 @@ fn request_kind(request: &AgentRequest) -> Option<RequestKind> {
             consistent: true, ..
         } => RequestKind::ConsistentRead,
         AgentRequest::AcquireLock { .. } | AgentRequest::ReleaseLock { .. } => RequestKind::Lock,
-        AgentRequest::Status | AgentRequest::Members | AgentRequest::Leave => RequestKind::Other,
+        AgentRequest::Status
+        | AgentRequest::Members
+        | AgentRequest::Leave
+        | AgentRequest::ReportPosition { .. } => RequestKind::Other,
         AgentRequest::Subscribe { .. } | AgentRequest::Unsubscribe { .. } => return None,
         _ => RequestKind::Write,
     })
@@ -311,6 +314,14 @@ impl Connection {
             AgentRequest::Read { query, consistent } => self.read(query, consistent).await,
             AgentRequest::Subscribe { filter, after } => {
                 return self.subscribe(id, filter, after).await.err().map(Err);
+            }
+            AgentRequest::ReportPosition {
+                shard,
+                address,
+                position,
+            } => {
+                let session = self.session.lock().await.map(|(id, _)| id);
+                self.report_position(&shard, &address, position, session)
             }
             AgentRequest::Unsubscribe { subscription } => {
                 match self.subscriptions.lock().remove(&subscription) {
@@ -391,6 +402,11 @@ impl Connection {
         self.check_held(session, holder)?;
         match request {
             AgentRequest::Read { query, consistent } => self.read(query, consistent).await,
+            AgentRequest::ReportPosition {
+                shard,
+                address,
+                position,
+            } => self.report_position(&shard, &address, position, Some(session)),
             AgentRequest::Status
             | AgentRequest::Members
             | AgentRequest::Subscribe { .. }
@@ -405,6 +421,26 @@ impl Connection {
             )),
             write => self.write_or_wait(write, Some(session)).await,
         }
+    }
+
+    /// Keeps a replica's position for the core's leader: only for a replica that
+    /// `session`, the session the request acts in, registered.
+    fn report_position(
+        &self,
+        shard: &str,
+        address: &str,
+        position: u64,
+        session: Option<SessionId>,
+    ) -> Result<Reply, ApiError> {
+        self.context
+            .replica
+            .read(|r| {
+                self.context
+                    .positions
+                    .note(r.machine(), shard, address, position, session)
+            })
+            .map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
+        Ok(Reply::PositionReported)
     }
 
     fn raise_watermark(&self, revision: Revision) {

@@ -35,6 +35,7 @@ use corral_proto::Revision;
 use super::bootstrap::RejoinGuard;
 use super::config::{ConfigError, CoreConfig};
 use super::liveness::{HeardAnswers, Liveness};
+use super::positions::Positions;
 use super::proposer::{LeaderHint, Proposer};
 use super::quorum_watch::QuorumWatch;
 use super::raft_network::Network;
@@ -112,6 +113,9 @@ pub struct CoreMember {
     pub(crate) liveness: parking_lot::Mutex<Liveness>,
     /// The members' recent answers that they hear a reported node (the leader's).
     heard_answers: parking_lot::Mutex<HeardAnswers>,
+    /// The replication positions agents reported (kept while leader, attached to the
+    /// commands that take masters away).
+    positions: parking_lot::Mutex<Positions>,
     watch_streams: AtomicU64,
     /// The leader's last check that compared the members' states: the revision, and who
     /// differed.
@@ -186,6 +190,7 @@ impl CoreMember {
             quorum,
             liveness: parking_lot::Mutex::new(Liveness::default()),
             heard_answers: parking_lot::Mutex::new(HeardAnswers::default()),
+            positions: parking_lot::Mutex::new(Positions::default()),
             watch_streams: AtomicU64::new(0),
             state_checked: parking_lot::Mutex::new(None),
             revoked: parking_lot::RwLock::new(identity.revoked.clone()),

@@ -6,7 +6,8 @@
 //! | Raft's messages (`corral-raft/1`) | `core-<id>` of the member the message comes from |
 //! | `Access`, `AddVoter`, `RemoveVoter` | `admin` |
 //! | `StateDigest` (it serializes the whole state) | `admin` or a core member's |
-//! | `Write`, `WriteBatch` | any; each command is then attributed to the certificate ([`crate::server::actor`]) |
+//! | `Write`, `WriteBatch` | any; each command is then attributed to the certificate ([`crate::server::actor`]); none may carry replication positions |
+//! | `ReportPositions` | the node's own (checked where it is answered); only positions of replicas its sessions registered are kept |
 //! | the others | any certificate of the cluster's CA |
 //!
 //! A revoked certificate is refused everything, before these rules.

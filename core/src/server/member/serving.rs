@@ -239,6 +239,12 @@ impl CoreMember {
                 }
                 self.probe_answer().await
             }
+            CoreRequest::ReportPositions { node, positions } => {
+                if !peer.has(&node) {
+                    return forbidden("positions are reported under the node's own certificate");
+                }
+                self.hear_positions(&node, positions)
+            }
             CoreRequest::AddVoter { id, address } => self.add_voter(id, address).await,
             CoreRequest::RemoveVoter { id } => self.remove_voter(id).await,
         }

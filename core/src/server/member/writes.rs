@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use corral_net::rpc::{CoreError, CoreRequest, CoreResponse, WRITE_BATCH_MAX};
 use corral_net::transport::certificate_authority::core_member_name;
-use corral_proto::{Command, CommandResponse, Revision};
+use corral_proto::limits::{POSITIONS_PER_NODE_MAX, PROMOTING_POSITIONS_MAX};
+use corral_proto::{Command, CommandResponse, ReplicaPosition, Revision, SessionOwner};
 use openraft::error::{CheckIsLeaderError, RaftError};
 
 use super::{CoreMember, HEARD_ASK_TIMEOUT, READ_INDEX_TIMEOUT};
@@ -51,10 +52,80 @@ impl CoreMember {
                 }
             }
         }
+        let command = self.with_positions(command);
         match self.proposer.propose(command).await {
             Ok(response) => CoreResponse::Write(response),
             Err(e) => CoreResponse::Error(e),
         }
+    }
+
+    /// `command` with the fresh replication positions of the replicas that could succeed
+    /// the masters it takes away ([`Command::Promoting`]), where it takes any and some are
+    /// known; otherwise as it is. A lookup in memory: no round trip is added.
+    fn with_positions(&self, command: Command) -> Command {
+        let may_take_masters = matches!(
+            command.unwrapped(),
+            Command::CloseSession { .. }
+                | Command::CloseNode { .. }
+                | Command::OpenSession {
+                    owner: SessionOwner::Node { .. }
+                }
+                | Command::DeregisterReplica { .. }
+                | Command::SetReplicaPriority { .. }
+                | Command::Handover { to: None, .. }
+        );
+        if !may_take_masters || self.positions.lock().len() == 0 {
+            return command;
+        }
+        let successions = self.applied.read(|a| a.machine.successions(&command));
+        if successions.is_empty() {
+            return command;
+        }
+        let positions =
+            self.positions
+                .lock()
+                .of(&successions, Instant::now(), PROMOTING_POSITIONS_MAX);
+        if positions.is_empty() {
+            return command;
+        }
+        tracing::info!(
+            shards = successions.len(),
+            positions = positions.len(),
+            "replication positions attached to a command that replaces masters"
+        );
+        Command::Promoting {
+            positions,
+            command: Box::new(command),
+        }
+    }
+
+    /// Keeps the positions node `node` reported for replicas its sessions registered (the
+    /// others are dropped): only while this member leads, since only the leader attaches
+    /// them.
+    pub(super) fn hear_positions(
+        &self,
+        node: &str,
+        positions: Vec<ReplicaPosition>,
+    ) -> CoreResponse {
+        if positions.len() > POSITIONS_PER_NODE_MAX {
+            return CoreResponse::Error(CoreError::BadRequest(format!(
+                "a report holds at most {POSITIONS_PER_NODE_MAX} positions, not {}",
+                positions.len()
+            )));
+        }
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return CoreResponse::Error(CoreError::NotLeader {
+                leader: self.leader_hint(),
+            });
+        }
+        let positions: Vec<ReplicaPosition> = self.applied.read(|a| {
+            positions
+                .into_iter()
+                .filter(|p| a.machine.replica_node(&p.shard, &p.address) == Some(node))
+                .collect()
+        });
+        let kept = self.positions.lock().hear(positions, Instant::now());
+        CoreResponse::PositionsKept { kept }
     }
 
     /// Whether the core hears node `name` at `incarnation` or newer, or holds it for its
