@@ -207,10 +207,122 @@ async fn every_service_is_listed_and_shards_leave_and_go_from_the_command_line()
     );
     assert!(joined.status.success(), "{joined:?}");
     failed_with(&corral(&socket, &["shard", "delete", "M7"], b""), "M7");
+
+    // A standby beside it, joined over HTTP; priorities and positions set from the
+    // command line (for the replica it holds) and over HTTP (for the HTTP client's).
+    let joined = http::request(
+        gw,
+        "POST",
+        &format!("/v1/shards/M7/replicas?session={session}"),
+        http::JSON,
+        br#"{"address": "10.0.0.8:6379", "priority": 0}"#,
+    )
+    .await;
+    assert_eq!(
+        joined.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&joined.body)
+    );
+    let reported = corral(
+        &socket,
+        &["shard", "position", "M7", "10.0.0.9:6379", "42"],
+        b"",
+    );
+    assert!(reported.status.success(), "{reported:?}");
+    failed_with(
+        &corral(
+            &socket,
+            &["shard", "position", "M7", "10.0.0.5:1", "1"],
+            b"",
+        ),
+        "not a replica of M7",
+    );
+    failed_with(
+        &corral(
+            &socket,
+            &["shard", "position", "M7", "10.0.0.9:6379", "x"],
+            b"",
+        ),
+        "invalid value",
+    );
+    // The master cannot become a standby while the only other replica is one.
+    failed_with(
+        &corral(
+            &socket,
+            &["shard", "priority", "M7", "10.0.0.9:6379", "0"],
+            b"",
+        ),
+        "no other replica",
+    );
+    let path = "/v1/shards/M7/replicas/10.0.0.8:6379/position";
+    let body = br#"{"position": 7}"#;
+    let unbound = http::request(gw, "PUT", path, http::JSON, body).await;
+    assert_eq!(
+        unbound.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&unbound.body)
+    );
+    let with_session = format!("{path}?session={session}");
+    let bad = http::request(
+        gw,
+        "PUT",
+        &with_session,
+        http::JSON,
+        br#"{"position": "x"}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", String::from_utf8_lossy(&bad.body));
+    // Not the session that holds 10.0.0.9: refused.
+    let foreign = http::request(
+        gw,
+        "PUT",
+        &format!("/v1/shards/M7/replicas/10.0.0.9:6379/position?session={session}"),
+        http::JSON,
+        body,
+    )
+    .await;
+    assert_eq!(
+        foreign.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&foreign.body)
+    );
+    let put = http::request(gw, "PUT", &with_session, http::JSON, body).await;
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    assert_eq!(put.json()["position"], 7);
+    let priority = format!("/v1/shards/M7/replicas/10.0.0.8:6379/priority?session={session}");
+    let raised = http::request(gw, "PUT", &priority, http::JSON, br#"{"priority": 3}"#).await;
+    assert_eq!(
+        raised.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&raised.body)
+    );
+    let lowered = ok_json(&corral(
+        &socket,
+        &["shard", "priority", "M7", "10.0.0.9:6379", "0", "--json"],
+        b"",
+    ));
+    assert_eq!(
+        lowered["answer"]["PrioritySet"]["master"], "10.0.0.8:6379",
+        "{lowered}"
+    );
+    let left = http::request(
+        gw,
+        "DELETE",
+        &format!("/v1/shards/M7/replicas/10.0.0.8:6379?session={session}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(left.status, 200, "{}", String::from_utf8_lossy(&left.body));
+    let shard = ok_json(&corral(&socket, &["shard", "get", "M7", "--json"], b""));
+    // The one left is a standby now: M7 has no master.
+    assert_eq!(shard["shard"]["master"], Value::Null, "{shard}");
     let left = corral(&socket, &["shard", "leave", "M7", "10.0.0.9:6379"], b"");
     assert!(left.status.success(), "{left:?}");
-    let shard = ok_json(&corral(&socket, &["shard", "get", "M7", "--json"], b""));
-    assert_eq!(shard["shard"]["master"], Value::Null, "{shard}");
     let deleted = corral(&socket, &["shard", "delete", "M7"], b"");
     assert!(deleted.status.success(), "{deleted:?}");
     failed_with(

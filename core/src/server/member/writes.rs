@@ -77,6 +77,7 @@ impl CoreMember {
         if !may_take_masters || self.positions.lock().len() == 0 {
             return command;
         }
+        let started = Instant::now();
         let successions = self.applied.read(|a| a.machine.successions(&command));
         if successions.is_empty() {
             return command;
@@ -91,6 +92,7 @@ impl CoreMember {
         tracing::info!(
             shards = successions.len(),
             positions = positions.len(),
+            lookup_us = started.elapsed().as_micros() as u64,
             "replication positions attached to a command that replaces masters"
         );
         Command::Promoting {
