@@ -205,6 +205,12 @@ pub(crate) mod tests {
             },
         };
         assert!(attribute(&web, theirs).is_err());
+        // Positions are the leader's to attach, whoever sends them.
+        let promoting = Command::Promoting {
+            positions: vec![],
+            command: Box::new(release.clone()),
+        };
+        assert!(attribute(&web, promoting).is_err());
         let admin = PeerNames::of(Some(
             rustls_pki_types::CertificateDer::from_pem_file(certificate_authority::cert_path(
                 &dir,
