@@ -113,6 +113,14 @@ impl ShardTable {
         self.shards.len()
     }
 
+    fn shard_mut(&mut self, name: &str) -> Result<&mut Shard, CommandError> {
+        self.shards
+            .get_mut(name)
+            .ok_or_else(|| CommandError::NoSuchShard {
+                name: name.to_string(),
+            })
+    }
+
     pub(crate) fn create(
         &mut self,
         name: &str,
@@ -179,12 +187,7 @@ impl ShardTable {
         roles: &mut Roles,
         events: &mut Vec<Event>,
     ) -> Result<Registered, CommandError> {
-        let shard = self
-            .shards
-            .get_mut(name)
-            .ok_or_else(|| CommandError::NoSuchShard {
-                name: name.to_string(),
-            })?;
+        let shard = self.shard_mut(name)?;
         if let Some(existing) = shard.replicas.iter().find(|r| r.address == address) {
             if existing.session != session {
                 return Err(CommandError::AddressTaken {
@@ -295,12 +298,7 @@ impl ShardTable {
         roles: &mut Roles,
         events: &mut Vec<Event>,
     ) -> Result<(), CommandError> {
-        let shard = self
-            .shards
-            .get_mut(name)
-            .ok_or_else(|| CommandError::NoSuchShard {
-                name: name.to_string(),
-            })?;
+        let shard = self.shard_mut(name)?;
         let Some(index) = shard.replicas.iter().position(|r| r.address == address) else {
             return Err(CommandError::NoSuchReplica {
                 shard: name.to_string(),
@@ -347,12 +345,7 @@ impl ShardTable {
         roles: &Roles,
         events: &mut Vec<Event>,
     ) -> Result<(String, u64), CommandError> {
-        let shard = self
-            .shards
-            .get_mut(name)
-            .ok_or_else(|| CommandError::NoSuchShard {
-                name: name.to_string(),
-            })?;
+        let shard = self.shard_mut(name)?;
         if let Some(epoch) = expected_epoch
             && epoch != shard.epoch
         {
