@@ -74,6 +74,11 @@ pub enum Answer {
         master: String,
         epoch: u64,
     },
+    /// A shard group's version after the change.
+    GroupChanged {
+        version: u64,
+    },
+    GroupDeleted,
     /// The shard's master and epoch after a replica's priority changed.
     PrioritySet {
         master: Option<String>,
@@ -127,6 +132,18 @@ pub enum CommandError {
     EpochMismatch { shard: String, epoch: u64 },
     #[error("shard {shard} has no other replica to hand over to")]
     NoHandoverTarget { shard: String },
+    #[error("shard group {name} already exists")]
+    GroupExists { name: String },
+    #[error("shard group {name} does not exist")]
+    NoSuchGroup { name: String },
+    #[error("shard {shard} is in shard group {group}")]
+    ShardInGroup { shard: String, group: String },
+    #[error("shard group {group} has a move under way: finish it first")]
+    MoveUnderWay { group: String },
+    #[error("shard group {group} has no move under way")]
+    NoMove { group: String },
+    #[error("there are already {max} shard groups")]
+    TooManyGroups { max: usize },
     /// A replica of priority 0 never becomes master.
     #[error("replica {address} of shard {shard} has priority 0: a standby never becomes master")]
     Standby { shard: String, address: String },

@@ -21,6 +21,7 @@ use crate::answer::{Answer, CommandError};
 use crate::command::{InvalidCommand, Txn};
 use crate::event::EventBatch;
 use crate::model::{KeyValue, Lock, Revision, ServiceInstance, ServiceSummary, SessionId, Shard};
+use crate::slots::{Route, ShardGroup};
 
 /// Most requests one connection may have in flight; more are refused with
 /// [`ApiError::TooManyRequests`].
@@ -89,6 +90,26 @@ pub enum AgentRequest {
     },
     DeleteShard {
         name: String,
+    },
+    /// Creates a shard group over existing shards, the slots split evenly among them.
+    CreateGroup {
+        name: String,
+        shards: Vec<String>,
+    },
+    DeleteGroup {
+        name: String,
+    },
+    /// Begins moving slots `first..=last` of `group` to shard `to`.
+    MoveSlots {
+        group: String,
+        first: u16,
+        last: u16,
+        to: String,
+    },
+    /// Ends the move under way: with `commit` the slots change hands at once.
+    FinishMove {
+        group: String,
+        commit: bool,
     },
     /// Register `address` as a replica of `shard`. The core picks the master: the
     /// replica with the highest reported position, then the highest priority, then the
@@ -215,6 +236,13 @@ pub enum Query {
         limit: u32,
     },
     Shard(String),
+    /// A shard group and who owns which slots.
+    Group(String),
+    /// Where `key` goes in shard group `group`: slot, shard, master, version.
+    Route {
+        group: String,
+        key: String,
+    },
     Shards,
     Lock(String),
     Locks,
@@ -255,6 +283,9 @@ pub enum QueryResult {
     },
     Shard(Option<Shard>),
     Shards(Vec<Shard>),
+    Group(Option<ShardGroup>),
+    /// None: no such group.
+    Route(Option<Route>),
     Lock(Option<Lock>),
     Locks(Vec<Lock>),
     Service(Vec<ServiceInstance>),
@@ -491,8 +522,9 @@ impl ApiError {
                 CommandError::NoSuchSession { .. } | CommandError::NotNodeSession { .. } => {
                     "no_session"
                 }
-                CommandError::ShardExists { .. } => "exists",
+                CommandError::ShardExists { .. } | CommandError::GroupExists { .. } => "exists",
                 CommandError::NoSuchShard { .. }
+                | CommandError::NoSuchGroup { .. }
                 | CommandError::NoSuchReplica { .. }
                 | CommandError::NoSuchInstance { .. } => "not_found",
                 CommandError::EpochMismatch { .. } => "epoch_mismatch",

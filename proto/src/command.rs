@@ -124,6 +124,31 @@ pub enum Command {
         #[serde(deserialize_with = "crate::nesting::boxed_twice")]
         command: Box<Command>,
     },
+    /// Creates shard group `name`: the slots split evenly among `shards` (which exist and
+    /// are in no other group), in contiguous ranges in the order given.
+    CreateGroup {
+        name: String,
+        shards: Vec<String>,
+    },
+    /// Deletes a shard group (its shards stay).
+    DeleteGroup {
+        name: String,
+    },
+    /// Begins moving slots `first..=last` of `group` to shard `to` (which exists and is in
+    /// no other group): they stay with their owners, marked as moving, until
+    /// [`Command::FinishMove`]. Refused while a move of the group is under way.
+    MoveSlots {
+        group: String,
+        first: u16,
+        last: u16,
+        to: String,
+    },
+    /// Ends the move under way in `group`: with `commit`, every moving slot goes to its
+    /// new shard at once; without, they stay where they are.
+    FinishMove {
+        group: String,
+        commit: bool,
+    },
     /// Planned hand-over of the master role to `to`, or to the best other replica. With
     /// `epoch`, only if the shard is still at that epoch.
     Handover {
@@ -285,6 +310,10 @@ pub enum InvalidCommand {
     TooManyPositions { count: usize, max: usize },
     #[error("replication positions are attached once, around a command, not inside one")]
     NestedPositions,
+    #[error("slots {first}..={last} are not a range within 0..{slots}", slots = crate::slots::SLOTS)]
+    Slots { first: u16, last: u16 },
+    #[error("a group has 1 to {max} shards, each once, not {count}")]
+    GroupShards { count: usize, max: usize },
 }
 
 /// Checks a key: non-empty UTF-8 up to [`KEY_LEN_MAX`] bytes with no NUL and no control
@@ -438,6 +467,40 @@ impl Command {
                 validate_name("shard name", shard)?;
                 validate_name("replica address", address)?;
             }
+            Command::CreateGroup { name, shards } => {
+                validate_name("group name", name)?;
+                let distinct: std::collections::BTreeSet<&String> = shards.iter().collect();
+                if shards.is_empty()
+                    || shards.len() > GROUP_SHARDS_MAX
+                    || distinct.len() != shards.len()
+                {
+                    return Err(InvalidCommand::GroupShards {
+                        count: shards.len(),
+                        max: GROUP_SHARDS_MAX,
+                    });
+                }
+                for shard in shards {
+                    validate_name("shard name", shard)?;
+                }
+            }
+            Command::DeleteGroup { name } | Command::FinishMove { group: name, .. } => {
+                validate_name("group name", name)?
+            }
+            Command::MoveSlots {
+                group,
+                first,
+                last,
+                to,
+            } => {
+                validate_name("group name", group)?;
+                validate_name("shard name", to)?;
+                if first > last || *last >= crate::slots::SLOTS {
+                    return Err(InvalidCommand::Slots {
+                        first: *first,
+                        last: *last,
+                    });
+                }
+            }
             Command::Handover { shard, to, .. } => {
                 validate_name("shard name", shard)?;
                 if let Some(to) = to {
@@ -581,6 +644,10 @@ impl Command {
             | Command::RenewNode { .. }
             | Command::CreateShard { .. }
             | Command::DeleteShard { .. }
+            | Command::CreateGroup { .. }
+            | Command::DeleteGroup { .. }
+            | Command::MoveSlots { .. }
+            | Command::FinishMove { .. }
             | Command::RegisterReplica { .. }
             | Command::JoinShard { .. }
             | Command::SetReplicaPriority { .. }

@@ -4,6 +4,7 @@
 //! same events from the same log, so an event stream is simply the log seen through
 //! [`Event`]s, each batch tagged with the revision that made it.
 
+use crate::slots::ShardGroup;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
@@ -37,6 +38,12 @@ pub enum Event {
     ReplicaRemoved {
         shard: String,
         address: String,
+    },
+    /// A shard group was created or its slots changed hands (a move begun, finished or
+    /// cancelled): the whole group as it is now.
+    GroupChanged(ShardGroup),
+    GroupDeleted {
+        group: String,
     },
     /// A replica's priority changed (0: a standby, never master).
     ReplicaPriority {

@@ -29,6 +29,7 @@ pub mod range;
 #[cfg(feature = "io")]
 pub mod reconnecting;
 pub mod shard_map;
+pub mod slots;
 
 pub use answer::{Answer, CommandError, CommandResponse, KeyMeta, TxnOpResult};
 pub use api::{AgentRequest, ApiError, EventFilter, Query, QueryResult, Reply};

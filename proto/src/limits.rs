@@ -33,6 +33,12 @@ pub const PROMOTING_POSITIONS_MAX: usize = 4096;
 /// Most replication positions one agent reports for its host's replicas.
 pub const POSITIONS_PER_NODE_MAX: usize = 1024;
 
+/// Most shards in one shard group.
+pub const GROUP_SHARDS_MAX: usize = 1024;
+
+/// Most shard groups.
+pub const GROUPS_MAX: usize = 1024;
+
 /// Most sessions queued behind the holder of one lock.
 pub const LOCK_WAITERS_MAX: usize = 10_000;
 

@@ -16,7 +16,9 @@
 //!
 //! File layout, little-endian: magic `CRLSHRD1`, revision u64, written-at (Unix ms) u64,
 //! core last heard (Unix ms, 0: never) u64, body length u32, CRC-32 of the body u32,
-//! then the body: the shards, postcard-encoded.
+//! then the body: the shards, then the shard groups, postcard-encoded (a reader of the
+//! version before reads the shards and ignores the groups; a map without them reads as
+//! having none).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::Revision;
 use crate::model::Shard;
+use crate::slots::{Route, ShardGroup};
 
 const MAGIC: &[u8; 8] = b"CRLSHRD1";
 const HEADER_LEN: usize = 8 + 8 + 8 + 8 + 4 + 4;
@@ -67,8 +70,9 @@ pub fn encode(
     revision: Revision,
     core_heard: Option<SystemTime>,
     shards: &[&Shard],
+    groups: &[&ShardGroup],
 ) -> Result<Vec<u8>, postcard::Error> {
-    let body = postcard::to_stdvec(shards)?;
+    let body = postcard::to_stdvec(&(shards, groups))?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&revision.to_le_bytes());
@@ -88,6 +92,7 @@ pub struct Published {
     /// When the agent last heard from the core (Unix ms), if ever.
     pub core_heard_ms: Option<u64>,
     pub shards: Arc<HashMap<String, Shard>>,
+    pub groups: Arc<HashMap<String, ShardGroup>>,
     /// CRC-32 of the encoded shards: a rewrite with the same body is not decoded again.
     body_crc: u32,
 }
@@ -123,12 +128,23 @@ fn decode_after(bytes: &[u8], previous: Option<&Published>) -> Result<Published,
     if crc32(body) != crc {
         return Err("checksum mismatch".into());
     }
-    let shards = match previous {
-        Some(p) if p.body_crc == crc && p.revision == revision => p.shards.clone(),
+    let (shards, groups) = match previous {
+        Some(p) if p.body_crc == crc && p.revision == revision => {
+            (p.shards.clone(), p.groups.clone())
+        }
         _ => {
-            let shards: Vec<Shard> =
-                postcard::from_bytes(body).map_err(|e| format!("undecodable body: {e}"))?;
-            Arc::new(shards.into_iter().map(|s| (s.name.clone(), s)).collect())
+            let undecodable = |e: postcard::Error| format!("undecodable body: {e}");
+            let (shards, rest): (Vec<Shard>, _) =
+                postcard::take_from_bytes(body).map_err(undecodable)?;
+            let groups: Vec<ShardGroup> = if rest.is_empty() {
+                Vec::new()
+            } else {
+                postcard::from_bytes(rest).map_err(undecodable)?
+            };
+            (
+                Arc::new(shards.into_iter().map(|s| (s.name.clone(), s)).collect()),
+                Arc::new(groups.into_iter().map(|g| (g.name.clone(), g)).collect()),
+            )
         }
     };
     Ok(Published {
@@ -136,6 +152,7 @@ fn decode_after(bytes: &[u8], previous: Option<&Published>) -> Result<Published,
         written_at_ms,
         core_heard_ms,
         shards,
+        groups,
         body_crc: crc,
     })
 }
@@ -230,6 +247,21 @@ impl ShardMap {
     pub fn master(&mut self, name: &str) -> Result<Option<String>, ShardMapError> {
         Ok(self.load()?.shards.get(name).and_then(|s| s.master.clone()))
     }
+
+    /// Where `key` goes in shard group `group` (slot, shard, master, the group's version),
+    /// or None if the agent's replica has no such group.
+    pub fn route(&mut self, group: &str, key: &[u8]) -> Result<Option<Route>, ShardMapError> {
+        let published = self.load()?;
+        Ok(published
+            .groups
+            .get(group)
+            .and_then(|g| g.route(key, |shard| published.shards.get(shard).cloned())))
+    }
+
+    /// Shard group `group`, or None if the agent's replica has no such group.
+    pub fn group(&mut self, group: &str) -> Result<Option<ShardGroup>, ShardMapError> {
+        Ok(self.load()?.groups.get(group).cloned())
+    }
 }
 
 #[cfg(test)]
@@ -255,7 +287,7 @@ mod tests {
     #[test]
     fn a_map_round_trips_and_every_damage_is_refused() {
         let m3 = shard("M3", "10.0.0.3:6379");
-        let bytes = encode(42, None, &[&m3]).unwrap();
+        let bytes = encode(42, None, &[&m3], &[]).unwrap();
         let published = decode(&bytes).unwrap();
         assert_eq!(published.revision, 42);
         assert_eq!(published.core_heard_ms, None);
@@ -275,6 +307,44 @@ mod tests {
         }
     }
 
+    /// Groups route from the file; a file of the version before (shards alone) reads with
+    /// no groups, and one with groups reads as shards alone to that version's reader.
+    #[test]
+    fn groups_route_from_the_map_and_the_earlier_layout_reads() {
+        use crate::slots::{SLOTS, SlotRange};
+        let m3 = shard("M3", "10.0.0.3:6379");
+        let group = ShardGroup {
+            name: "orders".into(),
+            version: 4,
+            ranges: vec![SlotRange {
+                first: 0,
+                last: SLOTS - 1,
+                shard: "M3".into(),
+                moving_to: None,
+            }],
+        };
+        let published = decode(&encode(1, None, &[&m3], &[&group]).unwrap()).unwrap();
+        let route = published.groups["orders"]
+            .route(b"foo", |s| published.shards.get(s).cloned())
+            .unwrap();
+        assert_eq!(route.slot, 12182);
+        assert_eq!(route.master.as_deref(), Some("10.0.0.3:6379"));
+        assert_eq!((route.epoch, route.version), (2, 4));
+        let body = postcard::to_stdvec(&(&[&m3][..], &[&group][..])).unwrap();
+        let earlier_reader: Vec<Shard> = postcard::from_bytes(&body).unwrap();
+        assert_eq!(earlier_reader, vec![m3.clone()]);
+        // The layout before: the shards alone.
+        let mut earlier = encode(1, None, &[&m3], &[]).unwrap();
+        let shards_only = postcard::to_stdvec(&[&m3][..]).unwrap();
+        earlier.truncate(HEADER_LEN);
+        earlier[32..36].copy_from_slice(&(shards_only.len() as u32).to_le_bytes());
+        earlier[36..40].copy_from_slice(&crc32(&shards_only).to_le_bytes());
+        earlier.extend_from_slice(&shards_only);
+        let published = decode(&earlier).unwrap();
+        assert!(published.groups.is_empty());
+        assert_eq!(published.shards["M3"], m3);
+    }
+
     #[test]
     fn the_reader_follows_replacements_and_refuses_a_stale_map() {
         let dir = std::env::temp_dir().join(format!("corral-shard-map-{}", std::process::id()));
@@ -289,19 +359,19 @@ mod tests {
             std::fs::write(&tmp, bytes).unwrap();
             std::fs::rename(&tmp, &path).unwrap();
         };
-        publish(encode(1, None, &[&shard("M3", "a:1")]).unwrap());
+        publish(encode(1, None, &[&shard("M3", "a:1")], &[]).unwrap());
         assert_eq!(map.master("M3").unwrap().as_deref(), Some("a:1"));
         assert_eq!(map.shard("M9").unwrap(), None);
-        publish(encode(2, None, &[&shard("M3", "b:1")]).unwrap());
+        publish(encode(2, None, &[&shard("M3", "b:1")], &[]).unwrap());
         assert_eq!(map.master("M3").unwrap().as_deref(), Some("b:1"));
         // The once-a-second rewrite of an unchanged map is read, but not decoded again.
         let before = map.load().unwrap().shards.clone();
-        publish(encode(2, None, &[&shard("M3", "b:1")]).unwrap());
+        publish(encode(2, None, &[&shard("M3", "b:1")], &[]).unwrap());
         let after = map.load().unwrap().shards.clone();
         assert!(Arc::ptr_eq(&before, &after));
 
         // Written long ago: the agent is gone.
-        let mut old = encode(3, None, &[&shard("M3", "c:1")]).unwrap();
+        let mut old = encode(3, None, &[&shard("M3", "c:1")], &[]).unwrap();
         let long_ago = unix_ms(SystemTime::now()) - 60_000;
         old[16..24].copy_from_slice(&long_ago.to_le_bytes());
         publish(old);

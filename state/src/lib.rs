@@ -9,6 +9,7 @@
 //!   key_space.rs      keys, ranges, compares            access_changes.rs  rules, quota
 //!   session_table.rs  sessions and what each owns       shard_table.rs  replicas, master
 //!   lock_table.rs     holders, queues, fencing tokens   service_table.rs  instances
+//!   group_table.rs    shard groups: hash slots, moves
 //!   digest.rs         checksums of the state at revisions, kept as it changes
 //! ```
 
@@ -16,6 +17,7 @@
 
 mod access_changes;
 pub mod digest;
+mod group_table;
 mod key_space;
 mod lock_table;
 mod ownership;

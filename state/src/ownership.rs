@@ -133,6 +133,10 @@ impl Ownership<'_> {
             Command::CloseNode { .. }
             | Command::CreateShard { .. }
             | Command::DeleteShard { .. }
+            | Command::CreateGroup { .. }
+            | Command::DeleteGroup { .. }
+            | Command::MoveSlots { .. }
+            | Command::FinishMove { .. }
             | Command::Promoting { .. }
             | Command::Act { .. } => Ok(()),
         }

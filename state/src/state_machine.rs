@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access_changes::QuotaUse;
 use super::digest::{CHECKPOINT_EVERY, Checkpoint};
+use super::group_table::GroupTable;
 use super::key_space::KeySpace;
 use super::lock_table::LockTable;
 use super::service_table::ServiceTable;
@@ -68,6 +69,8 @@ pub struct StateMachine {
     /// The standbys, and the positions a master is chosen by while a command applies.
     /// Snapshots of earlier versions end before it.
     roles: Roles,
+    /// Shard groups and their slots. Snapshots of earlier versions end before the roles.
+    groups: GroupTable,
     /// The checkpoint of the last revision that was a multiple of
     /// [`CHECKPOINT_EVERY`] this state applied (None after a snapshot loaded, until the
     /// next one). Derived, never in a snapshot.
@@ -75,7 +78,8 @@ pub struct StateMachine {
     checkpoint: Option<(Revision, Checkpoint)>,
 }
 
-/// The state as the version before wrote it in snapshots: everything but the roles.
+/// The state as the version before wrote it in snapshots: everything but the roles and
+/// the groups.
 #[derive(Deserialize)]
 struct StateMachineWithoutRoles {
     revision: Revision,
@@ -142,10 +146,11 @@ impl StateMachine {
         );
         let bytes = postcard::to_stdvec(&tables).expect("the tables always encode");
         context.update(&bytes);
-        // Hashed only once there are standbys: a state without any sums as it did before
-        // there were, on members and agents of either version.
-        if !self.roles.is_empty() {
-            let bytes = postcard::to_stdvec(&self.roles).expect("the roles always encode");
+        // Hashed only once there are standbys or groups: a state without any sums as it
+        // did before there were, on members and agents of either version.
+        if !self.roles.is_empty() || !self.groups.is_empty() {
+            let bytes = postcard::to_stdvec(&(&self.roles, &self.groups))
+                .expect("the roles and groups always encode");
             context.update(&bytes);
         }
         let mut checkpoint = [0u8; 32];
@@ -273,6 +278,21 @@ impl StateMachine {
             SessionOwner::Node { name, .. } => Some(name),
             SessionOwner::Client { .. } => None,
         }
+    }
+
+    pub fn group(&self, name: &str) -> Option<&corral_proto::slots::ShardGroup> {
+        self.groups.get(name)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &corral_proto::slots::ShardGroup> {
+        self.groups.iter()
+    }
+
+    /// Where `key` goes in group `group` (None: no such group).
+    pub fn route(&self, group: &str, key: &str) -> Option<corral_proto::slots::Route> {
+        self.groups
+            .get(group)?
+            .route(key.as_bytes(), |shard| self.shards.get(shard).cloned())
     }
 
     /// True when replica `address` of `shard` is a standby: it never becomes master.

@@ -154,7 +154,7 @@ fn the_quota_refuses_growth_and_nothing_else() {
     assert_eq!(reloaded.quota_use(), used);
 }
 
-/// A snapshot written before the state had standbys loads as is, and one written before
+/// A snapshot written before the state had standbys and groups loads as is, and one written before
 /// it had an access table loads with no rules, no enforcement and the default quota, and
 /// its keys counted.
 #[test]
@@ -162,10 +162,11 @@ fn a_snapshot_of_an_earlier_version_loads() {
     let mut state = StateMachine::new();
     state.apply(&put("config/mode", 4));
     let bytes = state.to_snapshot_bytes();
-    // The roles are the last field (no standby: one byte, a count of 0), the access table
-    // the one before: the version before ends before the roles, earlier ones before both.
-    assert_eq!(bytes.last(), Some(&0));
-    let before = &bytes[..bytes.len() - 1];
+    // The roles and the groups are the last fields (none: one byte each, a count of 0),
+    // the access table the one before: the version before ends before the roles, earlier
+    // ones before the access table too.
+    assert_eq!(bytes[bytes.len() - 2..], [0, 0]);
+    let before = &bytes[..bytes.len() - 2];
     let loaded = StateMachine::from_snapshot_bytes(before).expect("the version before loads");
     assert_eq!(loaded.to_snapshot_bytes(), bytes);
     let table = postcard::to_stdvec(state.access()).unwrap();

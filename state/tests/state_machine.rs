@@ -81,6 +81,18 @@ enum Op {
         address: u8,
         priority: u8,
     },
+    /// A group over some of the shards M0..M2 (a bit each).
+    CreateGroup {
+        shards: u8,
+    },
+    MoveSlots {
+        first: u16,
+        len: u16,
+        to: u8,
+    },
+    FinishMove {
+        commit: bool,
+    },
     /// A death report with the positions a leader attaches.
     CloseNodePromoting {
         name: u8,
@@ -142,6 +154,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(shard, address, priority, session)| Op::Join { shard, address, priority, session }),
         1 => (0u8..3, 0u8..5, 0u8..3)
             .prop_map(|(shard, address, priority)| Op::SetPriority { shard, address, priority }),
+        1 => (0u8..8).prop_map(|shards| Op::CreateGroup { shards }),
+        2 => (0u16..16_384, 0u16..9_000, 0u8..3).prop_map(|(first, len, to)| Op::MoveSlots { first, len, to }),
+        1 => any::<bool>().prop_map(|commit| Op::FinishMove { commit }),
         1 => (0u8..3, 0u8..4, proptest::collection::vec((0u8..3, 0u8..5, any::<u8>()), 0..6))
             .prop_map(|(name, incarnation, positions)| Op::CloseNodePromoting { name, incarnation, positions }),
         1 => (0u8..3, proptest::option::of(0u8..5), proptest::option::of(0u8..6))
@@ -293,6 +308,23 @@ impl Resolver {
                 address: format!("10.0.0.{address}:7000"),
                 priority: priority as u32,
             },
+            Op::CreateGroup { shards } => Command::CreateGroup {
+                name: "orders".into(),
+                shards: (0..3u8)
+                    .filter(|i| shards & (1 << i) != 0)
+                    .map(|i| format!("M{i}"))
+                    .collect(),
+            },
+            Op::MoveSlots { first, len, to } => Command::MoveSlots {
+                group: "orders".into(),
+                first,
+                last: first.saturating_add(len).min(16_383),
+                to: format!("M{to}"),
+            },
+            Op::FinishMove { commit } => Command::FinishMove {
+                group: "orders".into(),
+                commit,
+            },
             Op::CloseNodePromoting {
                 name,
                 incarnation,
@@ -394,6 +426,7 @@ proptest! {
         let mut last_token: BTreeMap<String, u64> = BTreeMap::new();
         let mut holder: BTreeMap<String, SessionId> = BTreeMap::new();
         let mut last_epoch: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last_version: BTreeMap<String, u64> = BTreeMap::new();
 
         for op in &ops {
             let command = resolver.command(op);
@@ -435,6 +468,13 @@ proptest! {
                         prop_assert_eq!(&current.master, master);
                     }
                     Event::ShardDeleted { shard } => { last_epoch.remove(shard); }
+                    Event::GroupChanged(group) => {
+                        let previous = last_version.get(&group.name).copied().unwrap_or(0);
+                        prop_assert_eq!(group.version, previous + 1, "version of {} jumped", group.name);
+                        last_version.insert(group.name.clone(), group.version);
+                        prop_assert_eq!(state.group(&group.name), Some(group));
+                    }
+                    Event::GroupDeleted { group } => { last_version.remove(group); }
                     Event::SessionClosed { session, .. } => {
                         let left = references(&state, *session);
                         prop_assert!(left.is_empty(), "session {} closed but still owns {:?}", session, left);

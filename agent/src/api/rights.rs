@@ -32,6 +32,8 @@ pub fn needs(request: &AgentRequest) -> Vec<Need> {
             Query::Key(key) => one(Keys, key, Read),
             Query::Prefix { prefix, .. } | Query::Page { prefix, .. } => one(Keys, prefix, Read),
             Query::Shard(name) => one(Shards, name, Read),
+            // A group and the shards it routes to are read under the group's name.
+            Query::Group(group) | Query::Route { group, .. } => one(Shards, group, Read),
             Query::Shards => one(Shards, "", Read),
             Query::Lock(name) => one(Locks, name, Read),
             Query::Locks | Query::LockPage { .. } => one(Locks, "", Read),
@@ -59,9 +61,12 @@ pub fn needs(request: &AgentRequest) -> Vec<Need> {
             }
             needs
         }
-        AgentRequest::CreateShard { name } | AgentRequest::DeleteShard { name } => {
-            one(Shards, name, Write)
-        }
+        AgentRequest::CreateShard { name }
+        | AgentRequest::DeleteShard { name }
+        | AgentRequest::CreateGroup { name, .. }
+        | AgentRequest::DeleteGroup { name }
+        | AgentRequest::MoveSlots { group: name, .. }
+        | AgentRequest::FinishMove { group: name, .. } => one(Shards, name, Write),
         AgentRequest::JoinShard { shard, .. }
         | AgentRequest::LeaveShard { shard, .. }
         | AgentRequest::SetPriority { shard, .. }

@@ -115,6 +115,20 @@ pub fn command_for(request: &AgentRequest, session: Option<SessionId>) -> Option
         }
         AgentRequest::CreateShard { name } => Command::CreateShard { name },
         AgentRequest::DeleteShard { name } => Command::DeleteShard { name },
+        AgentRequest::CreateGroup { name, shards } => Command::CreateGroup { name, shards },
+        AgentRequest::DeleteGroup { name } => Command::DeleteGroup { name },
+        AgentRequest::MoveSlots {
+            group,
+            first,
+            last,
+            to,
+        } => Command::MoveSlots {
+            group,
+            first,
+            last,
+            to,
+        },
+        AgentRequest::FinishMove { group, commit } => Command::FinishMove { group, commit },
         // Priority 0 makes a standby, which only `JoinShard` says; any other priority goes
         // as the registration earlier versions know too.
         AgentRequest::JoinShard {
@@ -193,6 +207,8 @@ pub fn answer(machine: &StateMachine, query: &Query) -> Result<QueryResult, ApiE
             QueryResult::Keys { keys, more }
         }
         Query::Shard(name) => QueryResult::Shard(machine.shard(name).cloned()),
+        Query::Group(name) => QueryResult::Group(machine.group(name).cloned()),
+        Query::Route { group, key } => QueryResult::Route(machine.route(group, key)),
         Query::Shards => QueryResult::Shards(machine.shards().cloned().collect()),
         Query::Lock(name) => QueryResult::Lock(machine.lock(name).cloned()),
         Query::Locks => QueryResult::Locks(machine.locks().cloned().collect()),
@@ -274,6 +290,8 @@ pub fn matches(filter: &EventFilter, event: &Event) -> bool {
         | Event::ReplicaAdded { .. }
         | Event::ReplicaRemoved { .. }
         | Event::ReplicaPriority { .. }
+        | Event::GroupChanged(_)
+        | Event::GroupDeleted { .. }
         | Event::MasterChanged { .. } => filter.shards,
         Event::LockGranted { .. }
         | Event::LockReleased { .. }

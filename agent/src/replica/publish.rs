@@ -27,6 +27,8 @@ fn concerns_shards(event: &Event) -> bool {
             | Event::ReplicaAdded { .. }
             | Event::ReplicaRemoved { .. }
             | Event::ReplicaPriority { .. }
+            | Event::GroupChanged(_)
+            | Event::GroupDeleted { .. }
             | Event::MasterChanged { .. }
     )
 }
@@ -38,7 +40,8 @@ fn publish(replica: &SharedReplica, path: &Path, temporary: &Path) -> std::io::R
     let bytes = replica
         .read(|r| {
             let shards: Vec<_> = r.machine().shards().collect();
-            shard_map::encode(r.revision(), core_heard, &shards)
+            let groups: Vec<_> = r.machine().groups().collect();
+            shard_map::encode(r.revision(), core_heard, &shards, &groups)
         })
         .map_err(std::io::Error::other)?;
     write_exclusively(temporary, &bytes)?;

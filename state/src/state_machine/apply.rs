@@ -149,8 +149,39 @@ impl StateMachine {
                 Ok(Answer::ShardCreated)
             }
             Command::DeleteShard { name } => {
+                if let Some(group) = self.groups.group_of(name) {
+                    return Err(CommandError::ShardInGroup {
+                        shard: name.clone(),
+                        group: group.to_string(),
+                    });
+                }
                 self.shards.delete(name, events)?;
                 Ok(Answer::ShardDeleted)
+            }
+            Command::CreateGroup { name, shards } => {
+                let exists = |shard: &str| self.shards.get(shard).is_some();
+                let version = self.groups.create(name, shards, exists, events)?;
+                Ok(Answer::GroupChanged { version })
+            }
+            Command::DeleteGroup { name } => {
+                self.groups.delete(name, events)?;
+                Ok(Answer::GroupDeleted)
+            }
+            Command::MoveSlots {
+                group,
+                first,
+                last,
+                to,
+            } => {
+                let exists = |shard: &str| self.shards.get(shard).is_some();
+                let version = self
+                    .groups
+                    .move_slots(group, (*first, *last), to, exists, events)?;
+                Ok(Answer::GroupChanged { version })
+            }
+            Command::FinishMove { group, commit } => {
+                let version = self.groups.finish_move(group, *commit, events)?;
+                Ok(Answer::GroupChanged { version })
             }
             Command::RegisterReplica {
                 shard,

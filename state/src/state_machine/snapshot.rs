@@ -7,6 +7,7 @@ use corral_proto::access::AccessTable;
 use corral_proto::{SessionId, SessionOwner};
 
 use super::{EarlierStateMachine, SnapshotError, StateMachine, StateMachineWithoutRoles};
+use crate::group_table::GroupTable;
 use crate::session_table::{Owned, SessionIndex};
 use crate::shard_table::Roles;
 
@@ -30,7 +31,7 @@ impl StateMachine {
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let mut state = match postcard::take_from_bytes::<StateMachine>(bytes) {
             Ok((state, [])) => state,
-            // A snapshot of the version before ends before the roles.
+            // A snapshot of the version before ends before the roles and the groups.
             _ if let Ok((before, [])) =
                 postcard::take_from_bytes::<StateMachineWithoutRoles>(bytes) =>
             {
@@ -43,6 +44,7 @@ impl StateMachine {
                     services: before.services,
                     access: before.access,
                     roles: Roles::default(),
+                    groups: GroupTable::default(),
                     checkpoint: None,
                 }
             }
@@ -65,6 +67,7 @@ impl StateMachine {
                     services: earlier.services,
                     access: AccessTable::default(),
                     roles: Roles::default(),
+                    groups: GroupTable::default(),
                     checkpoint: None,
                 }
             }
@@ -201,6 +204,8 @@ impl StateMachine {
                 _ => {}
             }
         }
+        self.groups
+            .check(|shard| self.shards.get(shard).is_some())?;
         for (shard, address) in self.roles.standbys() {
             let registered = self
                 .shards
