@@ -22,6 +22,7 @@ use serde_json::json;
 
 use super::output::{print_json, print_json_line};
 
+mod group;
 mod kv;
 mod lock;
 mod service;

@@ -57,6 +57,31 @@ pub(crate) enum ShardAction {
         address: String,
         position: u64,
     },
+    /// Shard groups: hash slots split among shards.
+    Group {
+        #[command(subcommand)]
+        action: super::group::GroupAction,
+    },
+    /// Begin moving SLOTS (FIRST-LAST, or one slot) of GROUP to shard TO: they stay with
+    /// their owners, marked as moving, until `--commit` gives them all to TO at once (or
+    /// `--cancel` leaves them).
+    Move {
+        group: String,
+        slots: Option<String>,
+        to: Option<String>,
+        #[arg(long, conflicts_with = "cancel")]
+        commit: bool,
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// Where KEY goes in GROUP: its slot, the shard that owns it, the master, the group's
+    /// version.
+    Route {
+        group: String,
+        key: String,
+        #[arg(long)]
+        consistent: bool,
+    },
     /// Delete the shard (refused while it has replicas).
     Delete {
         name: String,
@@ -187,6 +212,22 @@ pub(super) async fn run(cx: &Context, action: ShardAction) -> anyhow::Result<()>
                 println!("{address} of {name} is at position {position}");
             }
         }
+        ShardAction::Group { action } => super::group::group(cx, action).await?,
+        ShardAction::Move {
+            group,
+            slots,
+            to,
+            commit,
+            cancel,
+        } => {
+            let finish = (commit || cancel).then_some(commit);
+            super::group::move_slots(cx, group, slots, to, finish).await?
+        }
+        ShardAction::Route {
+            group,
+            key,
+            consistent,
+        } => super::group::route(cx, group, key, consistent).await?,
         ShardAction::Delete { name } => {
             let request = AgentRequest::DeleteShard { name: name.clone() };
             let (revision, _) = cx.client.write(request).await?;
