@@ -255,7 +255,7 @@ impl ShardMap {
         Ok(published
             .groups
             .get(group)
-            .and_then(|g| g.route(key, |shard| published.shards.get(shard).cloned())))
+            .and_then(|g| g.route(key, |shard| published.shards.get(shard))))
     }
 
     /// Shard group `group`, or None if the agent's replica has no such group.
@@ -325,7 +325,7 @@ mod tests {
         };
         let published = decode(&encode(1, None, &[&m3], &[&group]).unwrap()).unwrap();
         let route = published.groups["orders"]
-            .route(b"foo", |s| published.shards.get(s).cloned())
+            .route(b"foo", |s| published.shards.get(s))
             .unwrap();
         assert_eq!(route.slot, 12182);
         assert_eq!(route.master.as_deref(), Some("10.0.0.3:6379"));

@@ -94,7 +94,11 @@ impl ShardGroup {
 
     /// Where `key` goes: its slot, the shard that owns it (with `shard`'s master and
     /// epoch, when given the shard record), and the group's version.
-    pub fn route(&self, key: &[u8], shard: impl Fn(&str) -> Option<Shard>) -> Option<Route> {
+    pub fn route<'a>(
+        &self,
+        key: &[u8],
+        shard: impl Fn(&str) -> Option<&'a Shard>,
+    ) -> Option<Route> {
         let slot = slot_of(key);
         let range = self.range_of(slot)?;
         let record = shard(&range.shard);
@@ -102,8 +106,8 @@ impl ShardGroup {
             group: self.name.clone(),
             slot,
             shard: range.shard.clone(),
-            master: record.as_ref().and_then(|s| s.master.clone()),
-            epoch: record.as_ref().map_or(0, |s| s.epoch),
+            master: record.and_then(|s| s.master.clone()),
+            epoch: record.map_or(0, |s| s.epoch),
             version: self.version,
             moving_to: range.moving_to.clone(),
         })

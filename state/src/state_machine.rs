@@ -292,7 +292,7 @@ impl StateMachine {
     pub fn route(&self, group: &str, key: &str) -> Option<corral_proto::slots::Route> {
         self.groups
             .get(group)?
-            .route(key.as_bytes(), |shard| self.shards.get(shard).cloned())
+            .route(key.as_bytes(), |shard| self.shards.get(shard))
     }
 
     /// True when replica `address` of `shard` is a standby: it never becomes master.

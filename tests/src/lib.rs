@@ -31,4 +31,6 @@ pub use core_cluster::{CoreCluster, CoreOptions};
 pub use disk::SmallDisk;
 pub use fleet::Fleet;
 pub use pki::Pki;
-pub use process::{ChildProcess, corral_binary, free_tcp_port, free_udp_port, wait_until};
+pub use process::{
+    ChildProcess, corral_binary, example_binary, free_tcp_port, free_udp_port, wait_until,
+};

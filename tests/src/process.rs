@@ -161,14 +161,61 @@ pub struct ChildProcess {
     pub log: PathBuf,
 }
 
+/// The example program `name` of the agent crate (`agent/examples/`), built beside the
+/// `corral` binary that the tests run (`cargo build --examples` builds it; built here
+/// once if it is missing).
+pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let examples = corral_binary()
+        .parent()
+        .expect("the binary is in a directory")
+        .join("examples");
+    let binary = examples.join(name);
+    if !binary.exists() {
+        BUILT.get_or_init(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("tests/ is inside the workspace");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.current_dir(workspace).args([
+                "build",
+                "--quiet",
+                "-p",
+                "corral-agent",
+                "--examples",
+            ]);
+            without_package_env(&mut build);
+            if examples.parent().is_some_and(|p| p.ends_with("release")) {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "building the examples failed");
+        });
+    }
+    assert!(binary.exists(), "{} was not built", binary.display());
+    binary
+}
+
 impl ChildProcess {
     pub fn spawn(name: &str, args: &[String], log: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_program(corral_binary(), name, args, log, env)
+    }
+
+    /// As [`ChildProcess::spawn`], running `program` rather than `corral`.
+    pub fn spawn_program(
+        program: &Path,
+        name: &str,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("open the log file");
-        let mut command = Command::new(corral_binary());
+        let mut command = Command::new(program);
         command
             .args(args)
             .stdin(Stdio::null())
@@ -180,7 +227,9 @@ impl ChildProcess {
         if std::env::var("RUST_LOG").is_err() {
             command.env("RUST_LOG", "info,openraft=warn");
         }
-        let child = command.spawn().expect("spawn corral");
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         Self {
             name: name.to_string(),
             child,
