@@ -173,7 +173,7 @@ async fn a_slotted_store_goes_from_three_shards_to_four_to_two_under_writes() {
     left.sort();
     assert_eq!(left, ["orders-1", "orders-4"]);
     let mut history: BTreeMap<u64, ShardGroup> = BTreeMap::new();
-    while history.get(&group.version).is_none() {
+    while !history.contains_key(&group.version) {
         let item = tokio::time::timeout(Duration::from_secs(10), events.next())
             .await
             .expect("the group's events")
