@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use corral_proto::api::{AgentRequest, EventFilter, Query, QueryResult, SubscriptionItem};
 use corral_proto::event::Event;
 use corral_proto::slots::{ShardGroup, slot_of};
-use corral_tests::{ChildProcess, Fleet, example_binary};
+use corral_tests::{ChildProcess, Fleet, example_binary, http};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const SHARDS: [&str; 4] = ["orders-1", "orders-2", "orders-3", "orders-4"];
@@ -223,6 +223,36 @@ async fn a_slotted_store_goes_from_three_shards_to_four_to_two_under_writes() {
         println!("{shard}: took {} writes", accepted.len());
     }
     assert_eq!(held, acked.len(), "every key is held once");
+
+    // The same route from the command line, over HTTP and from the shard map file.
+    let routed = std::process::Command::new(corral_tests::corral_binary())
+        .args(["shard", "route", "orders", "foo", "--json", "--socket"])
+        .arg(&stores_socket)
+        .output()
+        .unwrap();
+    assert!(routed.status.success(), "{routed:?}");
+    let routed: serde_json::Value = serde_json::from_slice(&routed.stdout).unwrap();
+    let owner = &group.range_of(12182).unwrap().shard;
+    assert_eq!(routed["route"]["slot"], 12182);
+    assert_eq!(&routed["route"]["shard"], owner.as_str());
+    assert_eq!(routed["route"]["master"], masters[owner].as_str());
+    assert_eq!(routed["route"]["version"], group.version);
+    let gateway = fleet.gateway("a1").await;
+    let over_http = http::get(gateway, "/v1/groups/orders/route?key=foo").await;
+    assert_eq!(over_http.json()["route"], routed["route"]);
+    assert_eq!(
+        http::get(gateway, "/v1/groups/orders/route").await.status,
+        400
+    );
+    assert_eq!(
+        http::get(gateway, "/v1/groups/none/route?key=foo")
+            .await
+            .status,
+        404
+    );
+    let mut map = corral_proto::shard_map::ShardMap::for_socket(&stores_socket);
+    let from_file = map.route("orders", b"foo").unwrap().unwrap();
+    assert_eq!(serde_json::to_value(&from_file).unwrap(), routed["route"]);
     for mut store in stores {
         store.kill();
     }

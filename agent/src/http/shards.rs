@@ -42,6 +42,52 @@ pub(super) fn routes() -> Router<Arc<Gateway>> {
             put(shard_position),
         )
         .route("/v1/shards/{name}/handover", post(shard_handover))
+        .route("/v1/groups/{name}", get(group_get))
+        .route("/v1/groups/{name}/route", get(group_route))
+}
+
+async fn group_get(
+    State(gateway): Shared,
+    Path(name): Path<String>,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let read = gateway.read(Query::Group(name.clone()), &params).await?;
+    let group = &read["result"]["Group"];
+    if group.is_null() {
+        return Err(HttpError::not_found(format!("no shard group {name}")));
+    }
+    Ok(
+        Json(json!({"revision": read["revision"], "age_ms": read["age_ms"], "group": group}))
+            .into_response(),
+    )
+}
+
+/// `?key=K`: where the key goes.
+async fn group_route(
+    State(gateway): Shared,
+    Path(group): Path<String>,
+    QueryParams(params): Params,
+) -> Result<Response, HttpError> {
+    let Some(key) = params.get("key").cloned() else {
+        return Err(HttpError::bad_request("give the key: ?key=K"));
+    };
+    let read = gateway
+        .read(
+            Query::Route {
+                group: group.clone(),
+                key,
+            },
+            &params,
+        )
+        .await?;
+    let route = &read["result"]["Route"];
+    if route.is_null() {
+        return Err(HttpError::not_found(format!("no shard group {group}")));
+    }
+    Ok(
+        Json(json!({"revision": read["revision"], "age_ms": read["age_ms"], "route": route}))
+            .into_response(),
+    )
 }
 
 async fn shards(
