@@ -38,6 +38,19 @@ enum BenchAction {
         #[arg(long)]
         json: bool,
     },
+    /// Key routes in a shard group, from the shard map the agent publishes beside its
+    /// socket (`ShardMap::route`: slot, shard, master, version), on one thread: prints the
+    /// mean time per route.
+    Route {
+        /// The agent's socket.
+        #[arg(long, env = "CORRAL_SOCKET")]
+        socket: std::path::PathBuf,
+        /// The shard group routed in.
+        group: String,
+        /// Routes, each of another key (`key-N`).
+        #[arg(long, default_value_t = 1_000_000)]
+        ops: usize,
+    },
     /// Shard-master lookups through the local agent's socket ("who is the master of
     /// SHARD"), answered from its replica, or linearizable with --consistent.
     Get {
@@ -155,6 +168,10 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             };
             let report = super::runtime()?.block_on(bench_put(access, shape))?;
             report.print(json)
+        }
+        BenchAction::Route { socket, group, ops } => {
+            anyhow::ensure!(ops > 0, "--ops must be positive");
+            bench_route(&socket, &group, ops)
         }
         BenchAction::Get {
             socket,
@@ -289,6 +306,29 @@ async fn bench_get(
         errors,
         started.elapsed(),
     ))
+}
+
+/// `corral bench route`: routes of distinct keys from the shard map, timed as a whole.
+fn bench_route(socket: &std::path::Path, group: &str, ops: usize) -> anyhow::Result<()> {
+    let mut map = corral_proto::ShardMap::for_socket(socket);
+    anyhow::ensure!(
+        map.route(group, b"warm-up")?.is_some(),
+        "no shard group {group} in the map beside {}",
+        socket.display()
+    );
+    let keys: Vec<String> = (0..ops.min(100_000)).map(|i| format!("key-{i}")).collect();
+    let started = Instant::now();
+    let mut with_master = 0usize;
+    for i in 0..ops {
+        let route = map.route(group, keys[i % keys.len()].as_bytes())?;
+        with_master += usize::from(route.is_some_and(|r| r.master.is_some()));
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{ops} routes in {group} from the shard map: {:.0} ns each on average ({with_master} to a shard with a master)",
+        elapsed.as_nanos() as f64 / ops as f64
+    );
+    Ok(())
 }
 
 /// What `bench put` writes.
