@@ -112,8 +112,17 @@ async fn write(socket: &str, group: &str) -> Result<(), Error> {
             if !(answer.starts_with("MOVED ") || answer.starts_with("MOVING ")) {
                 return Err(format!("{key}: {answer}").into());
             }
-            // Routed with a map the store no longer agrees with: route again.
+            // Routed with a map the store no longer agrees with: route again once this
+            // app's map is at least at the store's version.
             retries += 1;
+            let theirs: u64 = answer
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while map.group(group)?.map_or(0, |g| g.version) < theirs && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         i += 1;

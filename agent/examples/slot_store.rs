@@ -6,7 +6,8 @@
 //! Line protocol on TCP, one request per line:
 //!
 //! ```text
-//!  PUT key value version  → OK slot version          (written)
+//!  PUT key value version  → OK slot version          (written; decided once this store's
+//!                                                     map is at `version` or later)
 //!                         → MOVED shard version      (another shard owns the slot: re-route)
 //!                         → MOVING version           (the slot is on its way: retry soon)
 //!  EXPORT first last version → key value lines, END  (once this store's map is at least at
@@ -106,6 +107,9 @@ impl Store {
         };
         match words.first().copied() {
             Some("PUT") if words.len() == 4 => {
+                // Routed with a newer map than this store's: decide once this store has
+                // it too, rather than bounce the write with an older answer.
+                self.reach(number(3)?).await?;
                 let slot = slot_of(words[1].as_bytes());
                 let (version, standing) = self.standing(slot)?;
                 Ok(vec![match standing {
