@@ -72,7 +72,7 @@ async fn the_replica_furthest_ahead_succeeds_and_a_standby_never_does() {
     // replica is registered on (and reported from) its own app's connection.
     let mut apps: Vec<(AgentClient, &str, u32, u64)> = Vec::new();
     for (agent, address, priority, position) in [
-        ("a2", "10.0.0.2:6379", 30, 260),
+        ("a2", "10.0.0.2:6379", 30, 100),
         ("a3", "10.0.0.3:6379", 10, 250),
         ("a4", "10.0.0.4:6379", 20, 180),
         ("a1", "10.0.0.1:6379", 0, 999),
