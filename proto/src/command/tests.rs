@@ -1,4 +1,5 @@
 use super::*;
+use crate::limits::*;
 
 /// Values are encoded as bytes (one copy, not an element at a time), and postcard lays
 /// them out exactly as it laid out the element sequence earlier versions wrote: logs,

@@ -38,6 +38,7 @@ use crate::sessions::node_session;
 use corral_proto::access::Identity;
 
 mod outgoing;
+mod positions;
 mod reads;
 mod sessions;
 mod subscription;
@@ -421,26 +422,6 @@ impl Connection {
             )),
             write => self.write_or_wait(write, Some(session)).await,
         }
-    }
-
-    /// Keeps a replica's position for the core's leader: only for a replica that
-    /// `session`, the session the request acts in, registered.
-    fn report_position(
-        &self,
-        shard: &str,
-        address: &str,
-        position: u64,
-        session: Option<SessionId>,
-    ) -> Result<Reply, ApiError> {
-        self.context
-            .replica
-            .read(|r| {
-                self.context
-                    .positions
-                    .note(r.machine(), shard, address, position, session)
-            })
-            .map_err(|refused| ApiError::BadRequest(refused.to_string()))?;
-        Ok(Reply::PositionReported)
     }
 
     fn raise_watermark(&self, revision: Revision) {
